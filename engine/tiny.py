@@ -1,0 +1,137 @@
+"""Small seeded random checkpoints in Hugging Face layout (`npinfer tiny`).
+
+They serve as the embedded default model (so `npinfer chat` runs with no
+download) and as the test fixtures the golden references are recorded on.
+Weights are drawn so activations stay near unit scale and logits have a standard
+deviation around 1: a matrix [out, in] is N(0, 1/in), a norm weight 1 + N(0, 0.1^2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from engine.safetensors_io import write_tensors
+from kernels.dtypes import float32_to_bf16
+
+TINY_CONFIGS = {
+    "mistral": {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu",
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "sliding_window": 64, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    },
+    "mixtral": {
+        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu",
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
+        "sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2,
+        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    },
+}
+
+
+def family_config(family: str) -> dict:
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(TINY_CONFIGS)}")
+    return dict(TINY_CONFIGS[family])
+
+
+def expected_shapes_for(config: dict) -> dict[str, tuple[int, ...]]:
+    """The tensors a config needs, asked of the package that runs it."""
+    if config.get("model_type") == "jamba":
+        import jamba_np
+
+        return jamba_np.expected_shapes(jamba_np.JambaConfig.from_hf(config))
+    import mistral_np
+
+    return mistral_np.expected_shapes(mistral_np.MistralConfig.from_hf(config))
+
+
+def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
+    """Seeded float32 weights for every tensor `config` needs (see module docstring).
+
+    A family may ask for its own draw of some tensors (Jamba's A_log, D and dt
+    bias must look like trained ones): ``jamba_np.special_init(name, shape, rng)``
+    returns an array, or None for the generic rule.
+    """
+    rng = np.random.default_rng(seed)
+    special = lambda name, shape, rng: None  # noqa: E731
+    if config.get("model_type") == "jamba":
+        import jamba_np
+
+        special = jamba_np.special_init
+    weights = {}
+    for name, shape in expected_shapes_for(config).items():
+        w = special(name, shape, rng)
+        if w is None and len(shape) == 1:
+            w = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif w is None and name.endswith("embed_tokens.weight"):
+            w = rng.standard_normal(shape)
+        elif w is None:
+            w = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
+        weights[name] = np.asarray(w, dtype=np.float32)
+    return weights
+
+
+def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dtype: str = "float32",
+                     shard_bytes: int | None = None, tokenizer: str | os.PathLike | None = None) -> Path:
+    """Write config.json and random weights (one file, or shards of ~shard_bytes).
+
+    dtype: "float32", "float16" or "bfloat16" (stored as BF16). The directory is
+    built under a temporary name and renamed, so a failure leaves nothing behind.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: exists and is not empty")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        weights = random_weights(config, seed)
+        if dtype == "bfloat16":
+            weights = {n: float32_to_bf16(w) for n, w in weights.items()}
+        elif dtype == "float16":
+            weights = {n: w.astype(np.float16) for n, w in weights.items()}
+        elif dtype != "float32":
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype!r}")
+        bf16 = set(weights) if dtype == "bfloat16" else set()
+        (tmp / "config.json").write_text(json.dumps({**config, "torch_dtype": dtype}, indent=2) + "\n")
+        if shard_bytes is None:
+            write_tensors(tmp / "model.safetensors", weights, bf16=bf16, metadata={"format": "pt"})
+        else:
+            _write_shards(tmp, weights, bf16, shard_bytes)
+        if tokenizer is not None:
+            shutil.copy(tokenizer, tmp / "tokenizer.model")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_shards(out: Path, weights: dict, bf16: set, shard_bytes: int) -> None:
+    shards, current, size = [], {}, 0
+    for name, w in weights.items():
+        if current and size + w.nbytes > shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = w
+        size += w.nbytes
+    shards.append(current)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        filename = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        write_tensors(out / filename, shard, bf16=bf16 & set(shard), metadata={"format": "pt"})
+        weight_map |= {name: filename for name in shard}
+    total = sum(w.nbytes for w in weights.values())
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")

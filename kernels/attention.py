@@ -1,0 +1,53 @@
+"""Causal, optionally sliding-window, grouped-query attention over explicit positions.
+
+Every key carries the absolute position it was made at, so one masking rule serves
+a fresh prompt, a chunk of a long prompt, and a decode step reading a ring cache:
+
+    query at position i may see key at position j  iff  i - W < j <= i
+
+(W = window; without one, only j <= i). That is W keys counting the query's own,
+exactly transformers' ``sliding_window_overlay`` (``kv_idx > q_idx - sliding_window``)
+and mistral-inference's mask. Keys with position -1 are empty cache slots.
+
+Grouped-query attention (Ainslie et al. 2023): H query heads share H_kv key/value
+heads, query head h reads kv head h // (H / H_kv). We view the H query heads as
+[H_kv, G] (G = H / H_kv, the group size) so each kv head meets its G query heads in
+one einsum instead of being copied G times (PyTorch's ``repeat_kv``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.activations import softmax
+
+
+def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, window: int | None) -> np.ndarray:
+    """Boolean [T, S]: may query t see key s (causal, inside the window, slot filled)."""
+    i = np.asarray(q_pos)[:, None]  # [T, 1]
+    j = np.asarray(k_pos)[None, :]  # [1, S]
+    visible = (j >= 0) & (j <= i)  # [T, S]
+    if window is not None:
+        visible &= j > i - window
+    return visible
+
+
+def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
+    """softmax(q k^T * scale + mask) v, per head.
+
+    q [T, H, D], k and v [S, H_kv, D], q_pos [T], k_pos [S] -> [T, H, D].
+    The softmax runs in q's dtype: float32 (as HF's eager path forces) or float64.
+    """
+    T, H, D = q.shape
+    S, H_kv, _ = k.shape
+    G = H // H_kv
+    qg = q.reshape(T, H_kv, G, D)  # [T, H_kv, G, D]
+    scores = np.einsum("tkgd,skd->kgts", qg, k) * scale  # [H_kv, G, T, S]
+    mask = attention_mask(q_pos, k_pos, window)  # [T, S]
+    scores = np.where(mask, scores, -np.inf)  # [H_kv, G, T, S]
+    p = softmax(scores, axis=-1)  # [H_kv, G, T, S]
+    out = np.einsum("kgts,skd->tkgd", p, v)  # [T, H_kv, G, D]
+    return out.reshape(T, H, D).astype(q.dtype, copy=False)
+
+
+attention = attention_ref

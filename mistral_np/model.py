@@ -1,0 +1,265 @@
+"""The Mistral and Mixtral forward pass, top to bottom.
+
+Mistral 7B (Jiang et al. 2023, arXiv:2310.06825) is a pre-norm decoder:
+
+    x = embed(ids)
+    for each layer:
+        x = x + attention(rms_norm(x))      # GQA + RoPE + sliding window
+        x = x + mlp(rms_norm(x))            # SwiGLU; Mixtral: a sparse MoE of SwiGLUs
+    logits = lm_head(rms_norm(x))
+
+Mixtral 8x7B (Jiang et al. 2024, arXiv:2401.04088) is the same network with the
+MLP replaced by E experts of which each token uses k (section 2.1, eq. 1-2).
+
+Reference implementations this file is held against: transformers'
+``models/mistral/modeling_mistral.py`` and ``models/mixtral/modeling_mixtral.py``
+(the tests compare logits to 1e-4), and mistral-inference (native checkpoints).
+
+Shapes: T tokens in this call, S keys in the attention context, d hidden size,
+H query heads, H_kv key/value heads, G = H / H_kv, D head dim, E experts, k experts
+per token, V vocabulary.
+
+Weights are looked up by their Hugging Face names (``model.layers.3.self_attn.
+q_proj.weight``) in a name -> array mapping; they stay in their file dtype (bf16 as
+uint16 bits) and `kernels` widens them to the compute dtype as they are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+
+import kernels
+from mistral_np.config import MistralConfig
+
+Trace = Callable[[str, np.ndarray], None]
+
+
+# --------------------------------------------------------------------------- cache
+@dataclass
+class KVCache:
+    """One layer's keys and values, in a ring buffer when there is a sliding window.
+
+    A key made at position p lives in slot ``p % S``. With a window W, S = W: once
+    position p is written, position p - W (which no later query can see, since
+    query i sees keys i - W < j <= i) is overwritten. Without a window S grows (by
+    doubling) and slot = position.
+
+    Worked example, W = 4 (S = 4 slots), after a 6-token prompt (positions 0-5):
+
+        slot:       0   1   2   3
+        position:   4   5   2   3        <- 0 and 1 were overwritten by 4 and 5
+
+    The next token, position 6, may see positions 3, 4, 5, 6. It attends to the
+    cache (positions 2-5; 2 is masked by the window rule) together with its own
+    key, then its key goes to slot 6 % 4 = 2, replacing position 2.
+
+    A chunk of C tokens attends to the cache *and* its own keys before writing,
+    so a chunk longer than W never overwrites keys its own early queries need.
+    For one token (decode) this is the same as writing first and attending to the
+    W slots.
+    """
+
+    k: np.ndarray  # [S, H_kv, D]
+    v: np.ndarray  # [S, H_kv, D]
+    pos: np.ndarray  # [S] the position held in each slot; -1 = empty
+    window: int | None
+
+    def context(self, k_new, v_new, positions):
+        """Keys, values and positions a chunk attends to: filled cache slots + its own."""
+        first_visible = positions[0] - (self.window or positions[0] + 1) + 1
+        keep = self.pos >= max(first_visible, 0)  # [S]
+        k = np.concatenate([self.k[keep], k_new])  # [S', H_kv, D]
+        v = np.concatenate([self.v[keep], v_new])  # [S', H_kv, D]
+        return k, v, np.concatenate([self.pos[keep], positions])
+
+    def write(self, k_new, v_new, positions):
+        """Store a chunk's keys and values at slot = position % S."""
+        if self.window is None and positions[-1] >= len(self.pos):
+            self._grow(positions[-1] + 1)
+        if self.window is not None and len(positions) > self.window:
+            k_new, v_new, positions = k_new[-self.window:], v_new[-self.window:], positions[-self.window:]
+        slots = positions % len(self.pos)
+        self.k[slots], self.v[slots], self.pos[slots] = k_new, v_new, positions
+
+    def _grow(self, needed: int) -> None:
+        size = max(needed, 2 * len(self.pos))
+        pad = size - len(self.pos)
+        self.k = np.concatenate([self.k, np.zeros((pad, *self.k.shape[1:]), self.k.dtype)])
+        self.v = np.concatenate([self.v, np.zeros((pad, *self.v.shape[1:]), self.v.dtype)])
+        self.pos = np.concatenate([self.pos, np.full(pad, -1, np.int64)])
+
+
+@dataclass
+class MistralState:
+    """Everything a forward pass carries to the next: the per-layer caches and the
+    number of tokens already seen (the position of the next token)."""
+
+    caches: list[KVCache]
+    pos: int = 0
+
+
+def new_state(config: MistralConfig, dtype=np.float32, capacity: int = 256) -> MistralState:
+    """An empty state. `capacity` is the initial size of a window-less cache (it grows)."""
+    W = config.sliding_window
+    S = W if W is not None else capacity
+    shape = (S, config.num_key_value_heads, config.head_dim)
+
+    def empty():
+        return KVCache(np.zeros(shape, dtype), np.zeros(shape, dtype), np.full(S, -1, np.int64), W)
+
+    return MistralState([empty() for _ in range(config.num_hidden_layers)])
+
+
+# --------------------------------------------------------------------------- blocks
+def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, cache: KVCache):
+    """Grouped-query attention with RoPE over cache + chunk: x [T, d] -> [T, d].
+
+    In PyTorch (MistralAttention): q, k, v projections; view as heads; rotary on
+    q and k; append to the cache; softmax(q k^T / sqrt(D) + mask) v; o_proj.
+    """
+    T = x.shape[0]
+    H, H_kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    q = kernels.linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, D)  # [T, H, D]
+    k = kernels.linear(x, w["self_attn.k_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
+    v = kernels.linear(x, w["self_attn.v_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
+    if cfg.rope_interleaved:
+        # Native checkpoints pair dims (2i, 2i+1); HF's conversion script permutes the
+        # rows of wq and wk so pairs become (i, i + D/2). Reordering the outputs is the
+        # same permutation; q.k is unchanged by it, and v is never permuted.
+        q = q.reshape(T, H, D // 2, 2).swapaxes(-1, -2).reshape(T, H, D)  # [T, H, D]
+        k = k.reshape(T, H_kv, D // 2, 2).swapaxes(-1, -2).reshape(T, H_kv, D)  # [T, H_kv, D]
+    q = kernels.apply_rope(q, cos, sin)  # [T, H, D]
+    k = kernels.apply_rope(k, cos, sin)  # [T, H_kv, D]
+    k_ctx, v_ctx, pos_ctx = cache.context(k, v, positions)  # [S, H_kv, D], [S, H_kv, D], [S]
+    out = kernels.attention(q, k_ctx, v_ctx, positions, pos_ctx, cfg.sliding_window, D ** -0.5)  # [T, H, D]
+    cache.write(k, v, positions)
+    return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
+
+
+def swiglu(x, gate, up, down):
+    """The SwiGLU MLP (Shazeer 2020): down(silu(gate(x)) * up(x)). x [T, d] -> [T, d]."""
+    h = kernels.silu(kernels.linear(x, gate)) * kernels.linear(x, up)  # [T, I]
+    return kernels.linear(h, down)  # [T, d]
+
+
+def mlp(w: Mapping, x):
+    """Mistral's dense MLP. In PyTorch: down_proj(act_fn(gate_proj(x)) * up_proj(x))."""
+    return swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
+
+
+def sparse_moe(cfg: MistralConfig, w: Mapping, x, trace: Trace, name: str):
+    """Mixtral's sparse MoE (paper eq. 2): sum over the top-k experts of
+    softmax-renormalised gate weight * SwiGLU_e(x). x [T, d] -> [T, d].
+
+    Experts are w1 = gate, w3 = up, w2 = down. Tokens are grouped by expert, so each
+    chosen expert runs one matrix product over its tokens; an expert nobody chose is
+    never read (its memory-mapped weights stay on disk).
+    """
+    router_logits = kernels.linear(x, w["block_sparse_moe.gate.weight"])  # [T, E]
+    weights, experts = kernels.route(router_logits, cfg.num_experts_per_tok, renormalize=True)  # [T, k], [T, k]
+    trace(f"{name}.router_logits", router_logits)
+    trace(f"{name}.experts", experts)
+    out = np.zeros_like(x)  # [T, d]
+    for e in np.unique(experts):
+        rows, slot = np.nonzero(experts == e)  # tokens routed to e; each appears once
+        p = f"block_sparse_moe.experts.{e}."
+        y = swiglu(x[rows], w[p + "w1.weight"], w[p + "w3.weight"], w[p + "w2.weight"])  # [n_e, d]
+        out[rows] += weights[rows, slot, None].astype(x.dtype) * y
+    return out
+
+
+# --------------------------------------------------------------------------- model
+class Prefixed(Mapping):
+    """A read-only view of the weights under one prefix: ``w["self_attn.q_proj.weight"]``."""
+
+    def __init__(self, weights: Mapping, prefix: str):
+        self.weights, self.prefix = weights, prefix
+
+    def __getitem__(self, name):
+        return self.weights[self.prefix + name]
+
+    def __iter__(self):
+        return (n[len(self.prefix):] for n in self.weights if n.startswith(self.prefix))
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+def _ignore(name: str, value: np.ndarray) -> None:
+    pass
+
+
+def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, state: MistralState, dtype,
+                  trace: Trace = _ignore, last_only: bool = False):
+    """One pass over tokens `ids` [T] at positions state.pos .. state.pos + T - 1.
+
+    Returns logits [T, V] (or [1, V] for the last token when `last_only`) and
+    advances `state` by T. `trace(name, array)` sees every named intermediate, under
+    the names of the Hugging Face modules that produce it.
+    """
+    T, eps = len(ids), cfg.rms_norm_eps
+    positions = state.pos + np.arange(T)  # [T]
+    cos, sin = kernels.rope_tables(positions, cfg.head_dim, cfg.rope_theta, dtype)  # [T, D], [T, D]
+    x = kernels.embed(weights["model.embed_tokens.weight"], ids, dtype)  # [T, d]
+    trace("model.embed_tokens", x)
+    for i in range(cfg.num_hidden_layers):
+        name = f"model.layers.{i}"
+        w = Prefixed(weights, name + ".")
+        h = kernels.rms_norm(x, w["input_layernorm.weight"], eps)  # [T, d]
+        trace(f"{name}.input_layernorm", h)
+        a = attention(cfg, w, h, positions, cos, sin, state.caches[i])  # [T, d]
+        trace(f"{name}.self_attn", a)
+        x = x + a  # [T, d]
+        h = kernels.rms_norm(x, w["post_attention_layernorm.weight"], eps)  # [T, d]
+        trace(f"{name}.post_attention_layernorm", h)
+        if cfg.is_moe:
+            f = sparse_moe(cfg, w, h, trace, f"{name}.block_sparse_moe")  # [T, d]
+            trace(f"{name}.block_sparse_moe", f)
+        else:
+            f = mlp(w, h)  # [T, d]
+            trace(f"{name}.mlp", f)
+        x = x + f  # [T, d]
+        trace(name, x)
+    state.pos += T
+    if last_only:
+        x = x[-1:]  # [1, d]
+    x = kernels.rms_norm(x, weights["model.norm.weight"], eps)  # [T, d]
+    trace("model.norm", x)
+    head = weights["model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
+    logits = kernels.linear(x, head)  # [T, V]
+    trace("lm_head", logits)
+    return logits
+
+
+@dataclass
+class Mistral:
+    """A loaded Mistral or Mixtral: config, weights and compute dtype; no state inside.
+
+        model = Mistral(config, weights)
+        state = model.new_state()
+        logits = model.forward(prompt_ids, state)        # prefill, in chunks
+        logits = model.forward([next_id], state)         # one decode step
+    """
+
+    config: MistralConfig
+    weights: Mapping[str, np.ndarray]
+    dtype: np.dtype = field(default=np.dtype(np.float32))
+    chunk_size: int = 512  # prefill chunk: bounds the score matrix at chunk x (window + chunk)
+
+    def new_state(self) -> MistralState:
+        return new_state(self.config, self.dtype)
+
+    def forward(self, ids, state: MistralState, trace: Trace = _ignore, last_only: bool = False):
+        """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 1 or len(ids) == 0:
+            raise ValueError("forward needs a non-empty 1-D sequence of token ids")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}")
+        chunks = [ids[s:s + self.chunk_size] for s in range(0, len(ids), self.chunk_size)]
+        logits = [forward_chunk(self.config, self.weights, c, state, self.dtype, trace, last_only)
+                  for c in chunks]
+        return logits[-1] if last_only else np.concatenate(logits)

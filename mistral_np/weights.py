@@ -1,0 +1,67 @@
+"""The tensors a Mistral / Mixtral checkpoint must hold, under both naming schemes.
+
+The model reads weights by their Hugging Face names. Native checkpoints
+(``consolidated.safetensors`` next to ``params.json``) use mistral-inference's
+names; `native_names` maps one onto the other. The q/k row order also differs
+(adjacent-pair RoPE); the model handles that itself (``config.rope_interleaved``).
+"""
+
+from __future__ import annotations
+
+from mistral_np.config import MistralConfig
+
+
+def expected_shapes(cfg: MistralConfig) -> dict[str, tuple[int, ...]]:
+    """HF name -> shape, for every tensor the forward pass reads."""
+    d, V, I = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
+    q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, d)
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (d,),
+            p + "post_attention_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (q_rows, d),
+            p + "self_attn.k_proj.weight": (kv_rows, d),
+            p + "self_attn.v_proj.weight": (kv_rows, d),
+            p + "self_attn.o_proj.weight": (d, q_rows),
+        }
+        if cfg.is_moe:
+            shapes[p + "block_sparse_moe.gate.weight"] = (cfg.num_local_experts, d)
+            for e in range(cfg.num_local_experts):
+                x = f"{p}block_sparse_moe.experts.{e}."
+                shapes |= {x + "w1.weight": (I, d), x + "w3.weight": (I, d), x + "w2.weight": (d, I)}
+        else:
+            shapes |= {p + "mlp.gate_proj.weight": (I, d), p + "mlp.up_proj.weight": (I, d),
+                       p + "mlp.down_proj.weight": (d, I)}
+    return shapes
+
+
+# HF name fragment -> native fragment (mistral-inference transformer.py / moe.py)
+_NATIVE = [
+    ("model.embed_tokens.", "tok_embeddings."),
+    ("model.norm.", "norm."),
+    ("lm_head.", "output."),
+    ("model.layers.", "layers."),
+    (".input_layernorm.", ".attention_norm."),
+    (".post_attention_layernorm.", ".ffn_norm."),
+    (".self_attn.q_proj.", ".attention.wq."),
+    (".self_attn.k_proj.", ".attention.wk."),
+    (".self_attn.v_proj.", ".attention.wv."),
+    (".self_attn.o_proj.", ".attention.wo."),
+    (".mlp.gate_proj.", ".feed_forward.w1."),
+    (".mlp.down_proj.", ".feed_forward.w2."),
+    (".mlp.up_proj.", ".feed_forward.w3."),
+    (".block_sparse_moe.gate.", ".feed_forward.gate."),
+    (".block_sparse_moe.experts.", ".feed_forward.experts."),
+]
+
+
+def native_name(hf_name: str) -> str:
+    """``model.layers.0.self_attn.q_proj.weight`` -> ``layers.0.attention.wq.weight``."""
+    name = hf_name
+    for hf, native in _NATIVE:
+        name = name.replace(hf, native)
+    return name
