@@ -67,7 +67,7 @@ def dispatch(ref: Callable, fast: Callable | None = None) -> Callable:
 
 
 from kernels.dtypes import widen, compute_dtype  # noqa: E402
-from kernels.linear import linear, embed  # noqa: E402
+from kernels.linear import linear, embed, swiglu  # noqa: E402
 from kernels.norm import rms_norm  # noqa: E402
 from kernels.rope import rope_tables, apply_rope  # noqa: E402
 from kernels.attention import attention  # noqa: E402
@@ -78,6 +78,6 @@ __all__ = [
     "widen", "compute_dtype", "linear", "embed", "rms_norm",
     "rope_tables", "apply_rope", "attention", "silu", "softmax", "softplus",
 ]
-from kernels.moe import route  # noqa: E402
+from kernels.moe import route, mixture  # noqa: E402
 
-__all__ += ["route"]
+__all__ += ["route", "mixture", "swiglu"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.activations import silu
 from kernels.dtypes import widen
 
 
@@ -28,5 +29,15 @@ def embed_ref(table: np.ndarray, ids: np.ndarray, dtype: np.dtype) -> np.ndarray
     return widen(table[np.asarray(ids)], dtype)  # [T, d]
 
 
+def swiglu_ref(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """The SwiGLU MLP (Shazeer 2020, eq. 6): down(silu(gate x) * up x). x [T, d] -> [T, d].
+
+    In PyTorch: down_proj(act_fn(gate_proj(x)) * up_proj(x)).
+    """
+    h = silu(linear(x, gate)) * linear(x, up)  # [T, I]
+    return linear(h, down)  # [T, d]
+
+
 linear = linear_ref
 embed = embed_ref
+swiglu = swiglu_ref

@@ -30,3 +30,18 @@ def route_ref(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.
 
 
 route = route_ref
+
+
+def mixture(x: np.ndarray, weights: np.ndarray, experts: np.ndarray, expert_fn) -> np.ndarray:
+    """sum_j weights[t, j] * expert_fn(experts[t, j], x[t]) for every token t.
+
+    x [T, d], weights and experts [T, k]; expert_fn(e, x_e) maps the rows routed to
+    expert e, [n_e, d], to [n_e, d]. Tokens are grouped by expert so each expert
+    runs once over all its tokens (no per-token loop), and only chosen experts run.
+    """
+    out = np.zeros_like(x)  # [T, d]
+    for e in np.unique(experts):
+        rows, slot = np.nonzero(experts == e)  # a token picks an expert at most once
+        y = expert_fn(int(e), x[rows])  # [n_e, d]
+        out[rows] += weights[rows, slot, None].astype(x.dtype) * y
+    return out

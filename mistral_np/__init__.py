@@ -10,7 +10,8 @@ name -> array mapping.
 """
 
 from mistral_np.config import ConfigError, MistralConfig
-from mistral_np.model import KVCache, Mistral, MistralState, new_state
+from kernels.cache import KVCache
+from mistral_np.model import Mistral, MistralState, new_state
 from mistral_np.weights import expected_shapes, native_name
 
 __all__ = ["ConfigError", "MistralConfig", "Mistral", "MistralState", "KVCache", "new_state",

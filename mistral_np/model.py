@@ -32,66 +32,14 @@ from typing import Callable, Mapping
 import numpy as np
 
 import kernels
+from kernels.cache import KVCache, new_kv_cache
+from kernels.weights import Prefixed
 from mistral_np.config import MistralConfig
 
 Trace = Callable[[str, np.ndarray], None]
 
 
-# --------------------------------------------------------------------------- cache
-@dataclass
-class KVCache:
-    """One layer's keys and values, in a ring buffer when there is a sliding window.
-
-    A key made at position p lives in slot ``p % S``. With a window W, S = W: once
-    position p is written, position p - W (which no later query can see, since
-    query i sees keys i - W < j <= i) is overwritten. Without a window S grows (by
-    doubling) and slot = position.
-
-    Worked example, W = 4 (S = 4 slots), after a 6-token prompt (positions 0-5):
-
-        slot:       0   1   2   3
-        position:   4   5   2   3        <- 0 and 1 were overwritten by 4 and 5
-
-    The next token, position 6, may see positions 3, 4, 5, 6. It attends to the
-    cache (positions 2-5; 2 is masked by the window rule) together with its own
-    key, then its key goes to slot 6 % 4 = 2, replacing position 2.
-
-    A chunk of C tokens attends to the cache *and* its own keys before writing,
-    so a chunk longer than W never overwrites keys its own early queries need.
-    For one token (decode) this is the same as writing first and attending to the
-    W slots.
-    """
-
-    k: np.ndarray  # [S, H_kv, D]
-    v: np.ndarray  # [S, H_kv, D]
-    pos: np.ndarray  # [S] the position held in each slot; -1 = empty
-    window: int | None
-
-    def context(self, k_new, v_new, positions):
-        """Keys, values and positions a chunk attends to: filled cache slots + its own."""
-        first_visible = positions[0] - (self.window or positions[0] + 1) + 1
-        keep = self.pos >= max(first_visible, 0)  # [S]
-        k = np.concatenate([self.k[keep], k_new])  # [S', H_kv, D]
-        v = np.concatenate([self.v[keep], v_new])  # [S', H_kv, D]
-        return k, v, np.concatenate([self.pos[keep], positions])
-
-    def write(self, k_new, v_new, positions):
-        """Store a chunk's keys and values at slot = position % S."""
-        if self.window is None and positions[-1] >= len(self.pos):
-            self._grow(positions[-1] + 1)
-        if self.window is not None and len(positions) > self.window:
-            k_new, v_new, positions = k_new[-self.window:], v_new[-self.window:], positions[-self.window:]
-        slots = positions % len(self.pos)
-        self.k[slots], self.v[slots], self.pos[slots] = k_new, v_new, positions
-
-    def _grow(self, needed: int) -> None:
-        size = max(needed, 2 * len(self.pos))
-        pad = size - len(self.pos)
-        self.k = np.concatenate([self.k, np.zeros((pad, *self.k.shape[1:]), self.k.dtype)])
-        self.v = np.concatenate([self.v, np.zeros((pad, *self.v.shape[1:]), self.v.dtype)])
-        self.pos = np.concatenate([self.pos, np.full(pad, -1, np.int64)])
-
-
+# --------------------------------------------------------------------------- state
 @dataclass
 class MistralState:
     """Everything a forward pass carries to the next: the per-layer caches and the
@@ -101,16 +49,10 @@ class MistralState:
     pos: int = 0
 
 
-def new_state(config: MistralConfig, dtype=np.float32, capacity: int = 256) -> MistralState:
-    """An empty state. `capacity` is the initial size of a window-less cache (it grows)."""
-    W = config.sliding_window
-    S = W if W is not None else capacity
-    shape = (S, config.num_key_value_heads, config.head_dim)
-
-    def empty():
-        return KVCache(np.zeros(shape, dtype), np.zeros(shape, dtype), np.full(S, -1, np.int64), W)
-
-    return MistralState([empty() for _ in range(config.num_hidden_layers)])
+def new_state(config: MistralConfig, dtype=np.float32) -> MistralState:
+    """An empty state: one KV cache per layer (W slots, or growing without a window)."""
+    return MistralState([new_kv_cache(config.num_key_value_heads, config.head_dim, config.sliding_window, dtype)
+                         for _ in range(config.num_hidden_layers)])
 
 
 # --------------------------------------------------------------------------- blocks
@@ -139,55 +81,32 @@ def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, cache: KVC
     return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
 
 
-def swiglu(x, gate, up, down):
-    """The SwiGLU MLP (Shazeer 2020): down(silu(gate(x)) * up(x)). x [T, d] -> [T, d]."""
-    h = kernels.silu(kernels.linear(x, gate)) * kernels.linear(x, up)  # [T, I]
-    return kernels.linear(h, down)  # [T, d]
-
-
 def mlp(w: Mapping, x):
     """Mistral's dense MLP. In PyTorch: down_proj(act_fn(gate_proj(x)) * up_proj(x))."""
-    return swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
+    return kernels.swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
 
 
 def sparse_moe(cfg: MistralConfig, w: Mapping, x, trace: Trace, name: str):
     """Mixtral's sparse MoE (paper eq. 2): sum over the top-k experts of
     softmax-renormalised gate weight * SwiGLU_e(x). x [T, d] -> [T, d].
 
-    Experts are w1 = gate, w3 = up, w2 = down. Tokens are grouped by expert, so each
-    chosen expert runs one matrix product over its tokens; an expert nobody chose is
-    never read (its memory-mapped weights stay on disk).
+    Experts are w1 = gate, w3 = up, w2 = down. `kernels.mixture` groups tokens by
+    expert, so each chosen expert runs one matrix product over its tokens; an expert
+    nobody chose is never read (its memory-mapped weights stay on disk).
     """
     router_logits = kernels.linear(x, w["block_sparse_moe.gate.weight"])  # [T, E]
     weights, experts = kernels.route(router_logits, cfg.num_experts_per_tok, renormalize=True)  # [T, k], [T, k]
     trace(f"{name}.router_logits", router_logits)
     trace(f"{name}.experts", experts)
-    out = np.zeros_like(x)  # [T, d]
-    for e in np.unique(experts):
-        rows, slot = np.nonzero(experts == e)  # tokens routed to e; each appears once
+
+    def expert(e, xe):  # in mistral-inference moe.py: experts[e](x[rows])
         p = f"block_sparse_moe.experts.{e}."
-        y = swiglu(x[rows], w[p + "w1.weight"], w[p + "w3.weight"], w[p + "w2.weight"])  # [n_e, d]
-        out[rows] += weights[rows, slot, None].astype(x.dtype) * y
-    return out
+        return kernels.swiglu(xe, w[p + "w1.weight"], w[p + "w3.weight"], w[p + "w2.weight"])
+
+    return kernels.mixture(x, weights, experts, expert)  # [T, d]
 
 
 # --------------------------------------------------------------------------- model
-class Prefixed(Mapping):
-    """A read-only view of the weights under one prefix: ``w["self_attn.q_proj.weight"]``."""
-
-    def __init__(self, weights: Mapping, prefix: str):
-        self.weights, self.prefix = weights, prefix
-
-    def __getitem__(self, name):
-        return self.weights[self.prefix + name]
-
-    def __iter__(self):
-        return (n[len(self.prefix):] for n in self.weights if n.startswith(self.prefix))
-
-    def __len__(self):
-        return sum(1 for _ in self)
-
-
 def _ignore(name: str, value: np.ndarray) -> None:
     pass
 

@@ -1,0 +1,71 @@
+"""The key/value cache of one attention layer: a ring buffer under a sliding window.
+
+Generic over models: Mistral and Mixtral use it with their sliding window, Jamba's
+attention layers without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class KVCache:
+    """One layer's keys and values, in a ring buffer when there is a sliding window.
+
+    A key made at position p lives in slot ``p % S``. With a window W, S = W: once
+    position p is written, position p - W (which no later query can see, since
+    query i sees keys i - W < j <= i) is overwritten. Without a window S grows (by
+    doubling) and slot = position.
+
+    Worked example, W = 4 (S = 4 slots), after a 6-token prompt (positions 0-5):
+
+        slot:       0   1   2   3
+        position:   4   5   2   3        <- 0 and 1 were overwritten by 4 and 5
+
+    The next token, position 6, may see positions 3, 4, 5, 6. It attends to the
+    cache (positions 2-5; 2 is masked by the window rule) together with its own
+    key, then its key goes to slot 6 % 4 = 2, replacing position 2.
+
+    A chunk of C tokens attends to the cache *and* its own keys before writing,
+    so a chunk longer than W never overwrites keys its own early queries need.
+    For one token (decode) this is the same as writing first and attending to the
+    W slots.
+    """
+
+    k: np.ndarray  # [S, H_kv, D]
+    v: np.ndarray  # [S, H_kv, D]
+    pos: np.ndarray  # [S] the position held in each slot; -1 = empty
+    window: int | None
+
+    def context(self, k_new, v_new, positions):
+        """Keys, values and positions a chunk attends to: filled cache slots + its own."""
+        first_visible = positions[0] - (self.window or positions[0] + 1) + 1
+        keep = self.pos >= max(first_visible, 0)  # [S]
+        k = np.concatenate([self.k[keep], k_new])  # [S', H_kv, D]
+        v = np.concatenate([self.v[keep], v_new])  # [S', H_kv, D]
+        return k, v, np.concatenate([self.pos[keep], positions])
+
+    def write(self, k_new, v_new, positions):
+        """Store a chunk's keys and values at slot = position % S."""
+        if self.window is None and positions[-1] >= len(self.pos):
+            self._grow(positions[-1] + 1)
+        if self.window is not None and len(positions) > self.window:
+            k_new, v_new, positions = k_new[-self.window:], v_new[-self.window:], positions[-self.window:]
+        slots = positions % len(self.pos)
+        self.k[slots], self.v[slots], self.pos[slots] = k_new, v_new, positions
+
+    def _grow(self, needed: int) -> None:
+        size = max(needed, 2 * len(self.pos))
+        pad = size - len(self.pos)
+        self.k = np.concatenate([self.k, np.zeros((pad, *self.k.shape[1:]), self.k.dtype)])
+        self.v = np.concatenate([self.v, np.zeros((pad, *self.v.shape[1:]), self.v.dtype)])
+        self.pos = np.concatenate([self.pos, np.full(pad, -1, np.int64)])
+
+
+def new_kv_cache(H_kv: int, D: int, window: int | None, dtype, capacity: int = 256) -> KVCache:
+    """An empty cache: W slots under a window, else `capacity` slots that grow."""
+    S = window if window is not None else capacity
+    return KVCache(np.zeros((S, H_kv, D), dtype), np.zeros((S, H_kv, D), dtype), np.full(S, -1, np.int64), window)
