@@ -21,17 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import NpinferError
+from engine import CheckpointError
 from engine.safetensors_io import open_tensors
 
 CONFIG, PARAMS = "config.json", "params.json"
 SINGLE, INDEX, NATIVE = "model.safetensors", "model.safetensors.index.json", "consolidated.safetensors"
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer.model", "tokenizer_config.json", "tekken.json",
                    "special_tokens_map.json", "generation_config.json"]
-
-
-class CheckpointError(NpinferError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -134,13 +130,13 @@ def resolve(model: str | os.PathLike) -> Path:
     def fetch(filename: str, required: bool = True) -> Path | None:
         try:
             return Path(hf_hub_download(repo, filename))
-        except EntryNotFoundError:
-            if required:
-                raise CheckpointError(f"{repo}: the repository has no {filename}") from None
-        except LocalEntryNotFoundError:
+        except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: test it first)
             if required:
                 raise CheckpointError(f"{repo}: {filename} is not in the local cache and the hub "
                                       f"cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '')!r})") from None
+        except EntryNotFoundError:
+            if required:
+                raise CheckpointError(f"{repo}: the repository has no {filename}") from None
         except RepositoryNotFoundError:
             raise CheckpointError(f"{repo}: no such repository on the hub (or it needs a token)") from None
         except OSError as e:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import NpinferError
+from engine import CheckpointError
 
 # safetensors dtype code -> the NumPy dtype its bytes are kept as.
 DTYPES = {
@@ -38,8 +38,7 @@ DTYPES = {
 MAX_HEADER = 100_000_000
 
 
-class SafetensorsError(NpinferError):
-    pass
+SafetensorsError = CheckpointError
 
 
 def read_header(path: Path) -> tuple[dict, int]:

@@ -1,0 +1,52 @@
+"""Tiny model configurations the tests (and the golden recorder) share.
+
+Each case is a Hugging Face config.json dict plus the seed its random weights
+are drawn with (`engine.tiny.write_checkpoint`), so a test can rebuild exactly
+the checkpoint a golden file was recorded on, without transformers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROMPT_LEN, GENERATE = 40, 24
+
+
+def mistral(**overrides) -> dict:
+    config = {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+        "vocab_size": 128, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": None, "hidden_act": "silu",
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "sliding_window": None, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+def mixtral(**overrides) -> dict:
+    return mistral(architectures=["MixtralForCausalLM"], model_type="mixtral", intermediate_size=64,
+                   num_local_experts=4, num_experts_per_tok=2) | overrides
+
+
+# name -> (config, seed). Every feature of the issue appears in at least one case.
+MISTRAL_CASES = {
+    "mha": (mistral(num_key_value_heads=4), 1),                        # GQA ratio 1
+    "gqa2": (mistral(), 2),                                            # ratio 2
+    "gqa4_theta1e6": (mistral(num_key_value_heads=1, rope_theta=1e6), 3),  # ratio 4
+    "window": (mistral(sliding_window=16), 4),                         # window < prompt
+    "head_dim": (mistral(head_dim=24, num_attention_heads=4), 5),      # head_dim != hidden / heads
+    "tied": (mistral(tie_word_embeddings=True, num_hidden_layers=3), 6),
+    "v5_rope_parameters": ({k: v for k, v in mistral(sliding_window=8).items() if k != "rope_theta"}
+                           | {"rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}, 7),
+}
+
+MIXTRAL_CASES = {
+    "e4_top2": (mixtral(), 11),
+    "e8_top2_window": (mixtral(num_local_experts=8, sliding_window=12), 12),
+    "e4_top1_gqa4": (mixtral(num_experts_per_tok=1, num_key_value_heads=1), 13),
+    "e8_top1": (mixtral(num_local_experts=8, num_experts_per_tok=1, num_key_value_heads=4), 14),
+}
+
+
+def prompt(seed: int, vocab: int, n: int = PROMPT_LEN) -> np.ndarray:
+    return np.random.default_rng(1000 + seed).integers(3, vocab, size=n)

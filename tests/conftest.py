@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny checkpoints built on the fly (never downloaded)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.tiny import write_checkpoint
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    """make_checkpoint(config, seed, dtype="float32", shard_bytes=None) -> path."""
+    counter = iter(range(1000))
+
+    def make(config, seed=0, dtype="float32", shard_bytes=None):
+        return write_checkpoint(tmp_path / f"ckpt{next(counter)}", config, seed=seed, dtype=dtype,
+                                shard_bytes=shard_bytes)
+
+    return make
+
+
+def run_cli(*args, check=True, input=None):
+    """Run `npinfer` in a subprocess, as a user would; returns CompletedProcess."""
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True,
+                          text=True, input=input, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"npinfer {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def max_diff(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))

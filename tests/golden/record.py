@@ -1,0 +1,41 @@
+"""Record the golden references: HF transformers' float32 logits on tiny checkpoints.
+
+    python tests/golden/record.py          # rewrites tests/golden/*.npz
+
+For each case of `tests/cases.py`: write its checkpoint with `engine.tiny`
+(numpy-seeded, so the tests rebuild it byte for byte), load it in transformers
+(float32), and store the prompt logits and HF `generate`'s 24-token greedy ids
+and per-step logits. The tests then compare npinfer to these files without
+needing torch; the live tests compare to transformers itself.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import transformers
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
+
+from cases import GENERATE, MISTRAL_CASES, MIXTRAL_CASES, prompt  # noqa: E402
+from engine.tiny import write_checkpoint  # noqa: E402
+from hf_oracle import hf_run, load_hf  # noqa: E402
+
+
+def record(family: str, cases: dict) -> None:
+    for name, (config, seed) in cases.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_checkpoint(Path(tmp) / "ckpt", config, seed=seed)
+            out = hf_run(load_hf(path), prompt(seed, config["vocab_size"]), GENERATE)
+        target = HERE / f"{family}_{name}.npz"
+        np.savez_compressed(target, **out, transformers_version=np.array(transformers.__version__))
+        print(f"{target.name}: logits {out['logits'].shape}, gen_ids {out['gen_ids'][:8]}...")
+
+
+if __name__ == "__main__":
+    record("mistral", MISTRAL_CASES)
+    record("mixtral", MIXTRAL_CASES)

@@ -1,0 +1,92 @@
+"""An independent float64 Mistral / Mixtral, written as plain loops for the tests.
+
+It shares no code with `mistral_np` or `kernels`: it reads the safetensors files
+with the `safetensors` library (bf16 via torch), applies RoPE as a complex
+rotation of (x[i], x[i + D/2]) pairs, attends token by token and head by head
+with the window rule written out, and routes experts one token at a time.
+Everything is float64, so `npinfer logits --dtype float64` must agree to ~1e-12.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load_f64(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    config = json.loads((path / "config.json").read_text())
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    weights = {}
+    for f in files:
+        with safe_open(path / f, framework="pt") as st:
+            for name in st.keys():
+                weights[name] = st.get_tensor(name).double().numpy()
+    return config, weights
+
+
+def forward_f64(path: Path, ids) -> np.ndarray:
+    """Logits [T, V] of a fresh prompt, in float64, the slow obvious way."""
+    cfg, w = load_f64(Path(path))
+    d, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    H_kv = cfg.get("num_key_value_heads") or H
+    D = cfg.get("head_dim") or d // H
+    theta = cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"]
+    W = cfg.get("sliding_window")
+    eps = cfg["rms_norm_eps"]
+
+    def norm(x, g):
+        return g * x / np.sqrt(np.mean(x ** 2) + eps)
+
+    def rope(v, pos):  # v [D]: pair (v[i], v[i + D/2]) is the complex number v[i] + 1j v[i + D/2]
+        half = D // 2
+        z = (v[:half] + 1j * v[half:]) * np.exp(1j * pos * theta ** (-2.0 * np.arange(half) / D))
+        return np.concatenate([z.real, z.imag])
+
+    def silu(a):
+        return a / (1 + np.exp(-a))
+
+    def swiglu(x, gate, up, down):
+        return down @ (silu(gate @ x) * (up @ x))
+
+    T = len(ids)
+    xs = [w["model.embed_tokens.weight"][i].copy() for i in ids]
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        keys, values, outs = [], [], []
+        for t in range(T):
+            h = norm(xs[t], w[p + "input_layernorm.weight"])
+            q = (w[p + "self_attn.q_proj.weight"] @ h).reshape(H, D)
+            k = (w[p + "self_attn.k_proj.weight"] @ h).reshape(H_kv, D)
+            keys.append([rope(k[j], t) for j in range(H_kv)])
+            values.append((w[p + "self_attn.v_proj.weight"] @ h).reshape(H_kv, D))
+            heads = []
+            for i in range(H):
+                j = i // (H // H_kv)
+                qi = rope(q[i], t)
+                visible = [s for s in range(t + 1) if W is None or s > t - W]
+                scores = np.array([qi @ keys[s][j] / np.sqrt(D) for s in visible])
+                prob = np.exp(scores - scores.max())
+                prob /= prob.sum()
+                heads.append(sum(pr * values[s][j] for pr, s in zip(prob, visible)))
+            outs.append(w[p + "self_attn.o_proj.weight"] @ np.concatenate(heads))
+        for t in range(T):
+            xs[t] = xs[t] + outs[t]
+            h = norm(xs[t], w[p + "post_attention_layernorm.weight"])
+            if cfg.get("num_local_experts"):
+                logits = w[p + "block_sparse_moe.gate.weight"] @ h
+                prob = np.exp(logits - logits.max())
+                prob /= prob.sum()
+                top = sorted(range(len(prob)), key=lambda e: -prob[e])[:cfg["num_experts_per_tok"]]
+                total = sum(prob[e] for e in top)
+                f = sum(prob[e] / total * swiglu(h, *(w[f"{p}block_sparse_moe.experts.{e}.{n}.weight"]
+                                                      for n in ("w1", "w3", "w2"))) for e in top)
+            else:
+                f = swiglu(h, w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"], w[p + "mlp.down_proj.weight"])
+            xs[t] = xs[t] + f
+    head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
+    return np.stack([head @ norm(x, w["model.norm.weight"]) for x in xs])

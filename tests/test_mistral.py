@@ -1,0 +1,156 @@
+"""Mistral against live HF transformers (the `oracle` extra), an independent float64
+implementation, and itself (prefill == step decode, continuation from a cache)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from cases import GENERATE, MISTRAL_CASES, mistral, prompt
+from conftest import max_diff, run_cli
+from engine.cli import greedy
+from engine.registry import load_model
+from engine.safetensors_io import write_tensors
+from hf_oracle import hf_run, load_hf, randomize_
+from test_golden import assert_matches
+
+# ------------------------------------------------------------------ live transformers
+
+
+def hf_written(tmp_path, config: dict, seed: int, dtype=torch.float32, shard=None) -> Path:
+    """A checkpoint written by transformers itself (its names, its files, its dtype)."""
+    cfg = {k: v for k, v in config.items() if k not in ("architectures",)}
+    hf_config = transformers.AutoConfig.for_model(**cfg)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    randomize_(model, seed)
+    path = tmp_path / f"hf-{seed}"
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.to(dtype).save_pretrained(path, **kwargs)
+    return path
+
+
+def random_config(rng) -> dict:
+    """A Mistral config drawn at random: shapes the golden cases do not cover."""
+    H_kv = int(rng.choice([1, 2, 3]))
+    H = H_kv * int(rng.choice([1, 2, 4]))
+    return mistral(num_attention_heads=H, num_key_value_heads=H_kv, head_dim=int(rng.choice([8, 12, 16, 32])),
+                   hidden_size=int(rng.choice([48, 80])), intermediate_size=int(rng.choice([96, 160])),
+                   num_hidden_layers=int(rng.integers(1, 4)), sliding_window=rng.choice([None, 5, 23, 64]),
+                   rope_theta=float(rng.choice([1e4, 1e6])), tie_word_embeddings=bool(rng.integers(2)),
+                   rms_norm_eps=float(rng.choice([1e-5, 1e-6])), vocab_size=int(rng.choice([97, 200])))
+
+
+LIVE = {name: cfg for name, (cfg, _) in MISTRAL_CASES.items()} | {
+    f"random{i}": random_config(np.random.default_rng(i)) for i in range(3)}
+
+
+@pytest.mark.parametrize("case", sorted(LIVE))
+def test_live_transformers(case, tmp_path):
+    """Checkpoints written by transformers: prompt logits and a greedy continuation."""
+    config = LIVE[case]
+    path = hf_written(tmp_path, config, seed=len(case))
+    ids = prompt(len(case), config["vocab_size"])
+    assert_matches(greedy(load_model(path), ids, GENERATE), hf_run(load_hf(path), ids, GENERATE))
+
+
+def test_bf16_in_shards(tmp_path):
+    """A bf16 checkpoint in several shards matches HF run in float32 on the same bf16 values."""
+    config = mistral(sliding_window=12, num_hidden_layers=3)
+    path = hf_written(tmp_path, config, seed=9, dtype=torch.bfloat16, shard="60KB")
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 3
+    model = load_model(path)
+    assert model.weights["model.layers.0.self_attn.q_proj.weight"].dtype == np.uint16  # kept as bf16 bits
+    ids = prompt(9, config["vocab_size"])
+    assert_matches(greedy(model, ids, GENERATE), hf_run(load_hf(path), ids, GENERATE))
+
+
+def hf_to_native(hf_path: Path, out: Path) -> None:
+    """Convert an HF checkpoint to Mistral's native layout, undoing HF's q/k permutation.
+
+    transformers' convert_mistral_weights_to_hf.py permutes native rows so that
+    HF row h*D + a*D/2 + i holds native row h*D + 2i + a; we apply the inverse.
+    """
+    import mistral_np
+    from engine.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(hf_path)
+    c = ckpt.config
+    H, H_kv = c["num_attention_heads"], c["num_key_value_heads"]
+    D = c.get("head_dim") or c["hidden_size"] // H
+
+    def to_native(w, heads):
+        return np.ascontiguousarray(w.reshape(heads, 2, D // 2, -1).swapaxes(1, 2).reshape(heads * D, -1))
+
+    tensors = {}
+    for name, w in ckpt.tensors.items():
+        if name.endswith("q_proj.weight"):
+            w = to_native(w, H)
+        elif name.endswith("k_proj.weight"):
+            w = to_native(w, H_kv)
+        tensors[mistral_np.native_name(name)] = np.asarray(w)
+    out.mkdir()
+    write_tensors(out / "consolidated.safetensors", tensors)
+    params = {"dim": c["hidden_size"], "n_layers": c["num_hidden_layers"], "head_dim": D,
+              "hidden_dim": c["intermediate_size"], "n_heads": H, "n_kv_heads": H_kv, "norm_eps": c["rms_norm_eps"],
+              "vocab_size": c["vocab_size"], "rope_theta": c["rope_parameters"]["rope_theta"],
+              "sliding_window": c.get("sliding_window")}
+    if c.get("num_local_experts"):
+        params["moe"] = {"num_experts": c["num_local_experts"], "num_experts_per_tok": c["num_experts_per_tok"]}
+    (out / "params.json").write_text(json.dumps(params))
+
+
+@pytest.mark.parametrize("config", [mistral(sliding_window=10), mistral(num_key_value_heads=1, head_dim=24)],
+                         ids=["window", "gqa4-head_dim"])
+def test_native_params_json(config, tmp_path):
+    """A native params.json + consolidated.safetensors checkpoint gives its HF conversion's logits."""
+    hf_path = hf_written(tmp_path, config, seed=21)
+    hf_to_native(hf_path, tmp_path / "native")
+    ids = prompt(21, config["vocab_size"])
+    native = greedy(load_model(tmp_path / "native"), ids, GENERATE)
+    assert_matches(native, hf_run(load_hf(hf_path), ids, GENERATE))
+
+
+# ---------------------------------------------------------------- self-consistency
+@pytest.mark.parametrize("window,chunk", [(8, 512), (8, 5), (8, 13), (None, 7)])
+def test_prefill_equals_step_decode(window, chunk, make_checkpoint):
+    """Prefill of T tokens (in chunks smaller and larger than the window) equals T
+    one-token steps through the ring cache, across several wrap-arounds."""
+    path = make_checkpoint(mistral(sliding_window=window), seed=31)
+    model = load_model(path)
+    ids = prompt(31, 128, n=45)
+    stepped = np.concatenate([model.forward([i], s) for s in [model.new_state()] for i in ids])
+    model.chunk_size = chunk
+    assert max_diff(model.forward(ids, model.new_state()), stepped) <= 1e-5
+
+
+def test_continuation_from_cache(make_checkpoint):
+    """A second multi-token forward continues the first exactly, past the window."""
+    model = load_model(make_checkpoint(mistral(sliding_window=6), seed=32))
+    ids = prompt(32, 128, n=30)
+    whole = model.forward(ids, model.new_state())
+    state = model.new_state()
+    parts = [model.forward(ids[:11], state), model.forward(ids[11:20], state), model.forward(ids[20:], state)]
+    assert max_diff(np.concatenate(parts), whole) <= 1e-5
+
+
+# ---------------------------------------------------------------- float64
+@pytest.mark.parametrize("config", [mistral(sliding_window=7, num_key_value_heads=1),
+                                    mistral(head_dim=24, tie_word_embeddings=True, rope_theta=1e6)],
+                         ids=["window-gqa4", "head_dim-tied"])
+def test_float64_against_independent_implementation(config, make_checkpoint, tmp_path):
+    """`npinfer logits --dtype float64` equals a plain-loop float64 implementation to 1e-9."""
+    from reference_f64 import forward_f64
+
+    path = make_checkpoint(config, seed=41, dtype="bfloat16")
+    ids = prompt(41, config["vocab_size"], n=24)
+    run_cli("logits", path, "--ids", ",".join(map(str, ids)), "--dtype", "float64", "--out", tmp_path / "o.npz")
+    ours = np.load(tmp_path / "o.npz")["logits"]
+    assert ours.dtype == np.float64
+    assert max_diff(ours, forward_f64(path, ids)) <= 1e-9
