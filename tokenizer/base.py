@@ -1,0 +1,84 @@
+"""The interface every tokenizer kind implements (see ``tokenizer/__init__.py``)."""
+
+from __future__ import annotations
+
+import re
+
+from .stream import DecodeState
+
+
+class Tokenizer:
+    """Base class: ``encode``/``decode``/``stream_decoder`` and vocabulary lookups.
+
+    Attributes set by every kind:
+
+    - ``path``: the file it was loaded from;
+    - ``kind``: ``"sentencepiece"``, ``"hf-json"`` or ``"tekken"``;
+    - ``bos_id``, ``eos_id``: ints, or None if the vocabulary has none;
+    - ``vocab_size``: number of ids;
+    - ``version``: the Mistral tokenizer version (``"v1"`` ... ``"v7"``) when the
+      file says so (``.model.vN`` suffix, tekken ``config.version``), else None;
+    - ``special_tokens``: ``{text: id}`` of the control/special tokens, which
+      ``encode`` never produces from text except for kinds whose reference
+      does (tokenizers matches added tokens in text).
+    """
+
+    path: str
+    kind: str
+    bos_id: int | None
+    eos_id: int | None
+    vocab_size: int
+    version: str | None = None
+    special_tokens: dict[str, int]
+
+    # -- implemented by each kind ------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def id_to_piece(self, token_id: int) -> str:
+        raise NotImplementedError
+
+    def token_bytes(self, token_id: int) -> bytes:
+        raise NotImplementedError
+
+    def _decode_state(self) -> DecodeState:
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------
+    def decode(self, ids: list[int]) -> str:
+        """Text of ``ids``; control/special tokens decode to nothing."""
+        state = self._decode_state()
+        return "".join([state.push(i) for i in ids]) + state.flush()
+
+    def stream_decoder(self) -> DecodeState:
+        """A fresh incremental decoder: ``push(id) -> delta``, ``flush() -> rest``."""
+        return self._decode_state()
+
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        """Encode text in which special-token strings (``<s>``, ``[INST]``...) stand
+        for their ids, as transformers does for a rendered chat template.
+
+        The text is cut at every occurrence of a special token (longest first)
+        and the pieces between are encoded with :meth:`encode`. Kinds whose
+        ``encode`` already matches special tokens override this.
+        """
+        if not self.special_tokens:
+            return self.encode(text)
+        pattern = getattr(self, "_special_re", None)
+        if pattern is None:
+            alternatives = sorted(self.special_tokens, key=len, reverse=True)
+            pattern = self._special_re = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
+        ids: list[int] = []
+        for k, part in enumerate(pattern.split(text)):
+            if k % 2:
+                ids.append(self.special_tokens[part])
+            elif part:
+                ids.extend(self.encode(part))
+        return ids
+
+    def _check_id(self, token_id: int) -> None:
+        if not 0 <= token_id < self.vocab_size:
+            raise IndexError(f"token id {token_id} out of range [0, {self.vocab_size}) for {self.path}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.kind} vocab_size={self.vocab_size} path={self.path!r}>"
