@@ -34,6 +34,16 @@ TINY_CONFIGS = {
         "sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2,
         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
     },
+    "jamba": {  # schedule: mamba+mlp, mamba+moe, attn+mlp, mamba+moe
+        "architectures": ["JambaForCausalLM"], "model_type": "jamba",
+        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+        "attn_layer_period": 4, "attn_layer_offset": 2, "expert_layer_period": 2, "expert_layer_offset": 1,
+        "num_experts": 4, "num_experts_per_tok": 2, "mamba_d_state": 16, "mamba_d_conv": 4,
+        "mamba_expand": 2, "mamba_dt_rank": 8, "mamba_conv_bias": True, "mamba_proj_bias": False,
+        "use_mamba_kernels": False, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    },
 }
 
 

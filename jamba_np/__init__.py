@@ -1,0 +1,18 @@
+"""Jamba in NumPy: config and layer schedule, the Mamba mixer, the hybrid state.
+
+    from jamba_np import JambaConfig, Jamba
+    model = Jamba(config, weights)            # weights: HF name -> array
+    state = model.new_state()                 # per layer: KV cache or (conv, SSM) state
+    logits = model.forward(ids, state)
+
+Read `mamba.py` to learn Mamba, `model.py` for the hybrid. This package never
+imports `engine`: it receives a frozen config and a name -> array mapping.
+"""
+
+from jamba_np.config import ConfigError, JambaConfig
+from jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
+from jamba_np.model import Jamba, JambaState, new_state
+from jamba_np.weights import expected_shapes, special_init
+
+__all__ = ["ConfigError", "JambaConfig", "Jamba", "JambaState", "MambaCache", "new_state", "new_mamba_cache",
+           "mamba_mixer", "expected_shapes", "special_init"]

@@ -81,3 +81,7 @@ __all__ = [
 from kernels.moe import route, mixture  # noqa: E402
 
 __all__ += ["route", "mixture", "swiglu"]
+from kernels.ssm import selective_scan, ssm_step  # noqa: E402
+from kernels.conv import causal_conv1d, conv1d_step  # noqa: E402
+
+__all__ += ["selective_scan", "ssm_step", "causal_conv1d", "conv1d_step"]

@@ -1,0 +1,159 @@
+"""The Jamba configuration: one frozen dataclass and the layer schedule it implies.
+
+Read from ``config.json`` as transformers writes it (``JambaConfig``, 4.x and 5.x
+write the same keys). A missing key takes transformers' default (the Jamba-v0.1
+values). Nothing is mutated after loading: derived values are properties.
+
+The schedule (Jamba, Lieber et al. 2024, arXiv:2403.19887, section 2 and fig. 1;
+transformers ``layers_block_type`` / ``layers_num_experts``): layer i is
+
+    attention  iff  i % attn_layer_period   == attn_layer_offset    (else Mamba)
+    MoE        iff  i % expert_layer_period == expert_layer_offset  (else dense SwiGLU)
+
+Jamba-v0.1 (period 8 / offset 4, period 2 / offset 1) reads, for its first 8 layers:
+
+    mamba+mlp, mamba+moe, mamba+mlp, mamba+moe, attn+mlp, mamba+moe, mamba+mlp, mamba+moe
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A config file this package cannot run; the message names the field."""
+
+
+@dataclass(frozen=True)
+class JambaConfig:
+    vocab_size: int
+    hidden_size: int                # d
+    intermediate_size: int          # the MLP's (or each expert's) hidden width
+    num_hidden_layers: int
+    num_attention_heads: int        # H
+    num_key_value_heads: int        # H_kv
+    head_dim: int                   # D (transformers: hidden_size // num_attention_heads)
+    rms_norm_eps: float             # every RMSNorm, including Mamba's dt/B/C norms
+    attn_layer_period: int = 8
+    attn_layer_offset: int = 4
+    expert_layer_period: int = 2
+    expert_layer_offset: int = 1
+    num_experts: int = 16           # E; 1 = every MLP dense
+    num_experts_per_tok: int = 2    # k
+    mamba_d_state: int = 16         # N
+    mamba_d_conv: int = 4           # K
+    mamba_expand: int = 2           # d_inner = expand * d
+    mamba_dt_rank: int = 256        # R, the rank of the dt projection
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False   # biases on in_proj and out_proj
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 262144
+    pad_token_id: int | None = 0    # only zeroes an embedding row at *init* in HF; no effect on forward
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def d_inner(self) -> int:
+        """Di: the Mamba mixer's channel count (Mamba section 3.4, `expand` E = 2)."""
+        return self.mamba_expand * self.hidden_size
+
+    @property
+    def group_size(self) -> int:
+        """G: query heads per key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def is_attention(self, i: int) -> bool:
+        return i % self.attn_layer_period == self.attn_layer_offset
+
+    def is_moe(self, i: int) -> bool:
+        # transformers builds a JambaSparseMoeBlock only when the layer's expert count is > 1
+        return self.num_experts > 1 and i % self.expert_layer_period == self.expert_layer_offset
+
+    @property
+    def schedule(self) -> list[str]:
+        """Per layer, "mixer+ff": ``["mamba+mlp", "mamba+moe", "attn+mlp", ...]``."""
+        return [("attn" if self.is_attention(i) else "mamba") + ("+moe" if self.is_moe(i) else "+mlp")
+                for i in range(self.num_hidden_layers)]
+
+    def describe(self) -> str:
+        """One line for a user: sizes and the layer schedule."""
+        moe = f", {self.num_experts} experts top-{self.num_experts_per_tok}" if self.num_experts > 1 else ""
+        return (f"Jamba: {self.num_hidden_layers} layers, d={self.hidden_size}, d_inner={self.d_inner}, "
+                f"N={self.mamba_d_state}, dt_rank={self.mamba_dt_rank}{moe}; schedule: {', '.join(self.schedule)}")
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def __post_init__(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                              f"num_key_value_heads={self.num_key_value_heads}")
+        for period, offset in (("attn_layer_period", "attn_layer_offset"),
+                               ("expert_layer_period", "expert_layer_offset")):
+            p, o = getattr(self, period), getattr(self, offset)
+            if p < 1:
+                raise ConfigError(f"{period}={p} must be positive")
+            if not 0 <= o < p:  # transformers' validate_architecture
+                raise ConfigError(f"{offset}={o} must be in 0..{period}-1={p - 1}")
+        if self.num_experts > 1 and not 0 < self.num_experts_per_tok <= self.num_experts:
+            raise ConfigError(f"num_experts_per_tok={self.num_experts_per_tok} must be in "
+                              f"1..num_experts={self.num_experts}")
+        for name in ("mamba_d_state", "mamba_d_conv", "mamba_expand", "mamba_dt_rank", "num_experts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "JambaConfig":
+        """From a transformers ``config.json`` (``JambaConfig``)."""
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"hidden_act={act!r} is not supported (Jamba uses 'silu')")
+        hidden = _int(d, "hidden_size", 4096)
+        heads = _int(d, "num_attention_heads", 32)
+        dt_rank = d.get("mamba_dt_rank", "auto")
+        if dt_rank == "auto":  # transformers: math.ceil(hidden_size / 16)
+            dt_rank = math.ceil(hidden / 16)
+        eos = d.get("eos_token_id", 2)
+        return cls(
+            vocab_size=_int(d, "vocab_size", 65536),
+            hidden_size=hidden,
+            intermediate_size=_int(d, "intermediate_size", 14336),
+            num_hidden_layers=_int(d, "num_hidden_layers", 32),
+            num_attention_heads=heads,
+            num_key_value_heads=d.get("num_key_value_heads") or heads,
+            head_dim=d.get("head_dim") or hidden // heads,
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            attn_layer_period=_int(d, "attn_layer_period", 8),
+            attn_layer_offset=_int(d, "attn_layer_offset", 4),
+            expert_layer_period=_int(d, "expert_layer_period", 2),
+            expert_layer_offset=_int(d, "expert_layer_offset", 1),
+            # transformers maps num_local_experts onto num_experts (attribute_map)
+            num_experts=_int(d, "num_experts", d.get("num_local_experts", 16)),
+            num_experts_per_tok=_int(d, "num_experts_per_tok", 2),
+            mamba_d_state=_int(d, "mamba_d_state", 16),
+            mamba_d_conv=_int(d, "mamba_d_conv", 4),
+            mamba_expand=_int(d, "mamba_expand", 2),
+            mamba_dt_rank=_int({"mamba_dt_rank": dt_rank}, "mamba_dt_rank"),
+            mamba_conv_bias=bool(d.get("mamba_conv_bias", True)),
+            mamba_proj_bias=bool(d.get("mamba_proj_bias", False)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            max_position_embeddings=_int(d, "max_position_embeddings", 262144),
+            pad_token_id=d.get("pad_token_id", 0),
+            bos_token_id=d.get("bos_token_id", 1),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        )
+
+    def replace(self, **changes) -> "JambaConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _int(d: dict, key: str, default: int | None = None) -> int:
+    value = d.get(key, default)
+    if value is None:
+        raise ConfigError(f"missing field {key!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"field {key!r} must be a non-negative integer, not {value!r}")
+    return value
