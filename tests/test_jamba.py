@@ -1,0 +1,283 @@
+"""Jamba without transformers: golden references recorded from HF, an independent
+float64 implementation, self-consistency of the hybrid state, config and CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jamba_np
+import kernels
+from cases import GENERATE, prompt
+from conftest import max_diff, run_cli
+from engine.cli import greedy
+from engine.registry import load_model
+from engine.tiny import family_config, random_weights
+
+GOLDEN = Path(__file__).parent / "golden"
+TOL = 1e-4
+
+_spec = importlib.util.spec_from_file_location("record_jamba", GOLDEN / "record_jamba.py")
+record_jamba = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(record_jamba)
+JAMBA_CASES, jamba = record_jamba.JAMBA_CASES, record_jamba.jamba
+
+
+def assert_matches(ours: tuple, ref: dict) -> None:
+    logits, gen_ids, gen_logits = ours
+    assert max_diff(logits, ref["logits"]) <= TOL
+    np.testing.assert_array_equal(gen_ids, ref["gen_ids"])
+    assert max_diff(gen_logits, ref["gen_logits"]) <= TOL
+
+
+@pytest.mark.parametrize("case", sorted(JAMBA_CASES))
+def test_golden(case, make_checkpoint):
+    """npinfer reproduces the logits transformers recorded (tests/golden/record_jamba.py)."""
+    config, seed = JAMBA_CASES[case]
+    ref = np.load(GOLDEN / f"jamba_{case}.npz")
+    path = make_checkpoint(config, seed)
+    assert_matches(greedy(load_model(path), ref["input_ids"], GENERATE), ref)
+
+
+# ---------------------------------------------------------------- an independent float64 Jamba
+def plain_jamba(c: dict, W: dict, ids) -> np.ndarray:
+    """Jamba in float64 from config.json and HF-named weights, written from the paper and
+    transformers' module docs with plain loops; shares no code with jamba_np or kernels."""
+    W = {k: np.asarray(v, np.float64) for k, v in W.items()}
+    d, eps, L = c["hidden_size"], c["rms_norm_eps"], c["num_hidden_layers"]
+    H, Hkv = c["num_attention_heads"], c["num_key_value_heads"]
+    Dh, Di, N, K = d // H, c["mamba_expand"] * d, c["mamba_d_state"], c["mamba_d_conv"]
+    R = -(-d // 16) if c["mamba_dt_rank"] == "auto" else c["mamba_dt_rank"]
+    T = len(ids)
+
+    def norm(v, w):
+        return v / np.sqrt(np.mean(v * v, -1, keepdims=True) + eps) * w
+
+    def silu(v):
+        return v / (1 + np.exp(-v))
+
+    def lin(v, name, bias=None):
+        return v @ W[name].T + (0 if bias is None else W[bias])
+
+    x = W["model.embed_tokens.weight"][ids]
+    for i in range(L):
+        p = f"model.layers.{i}."
+        h = norm(x, W[p + "input_layernorm.weight"])
+        if i % c["attn_layer_period"] == c["attn_layer_offset"]:
+            q = lin(h, p + "self_attn.q_proj.weight").reshape(T, H, Dh)
+            k = lin(h, p + "self_attn.k_proj.weight").reshape(T, Hkv, Dh)
+            v = lin(h, p + "self_attn.v_proj.weight").reshape(T, Hkv, Dh)
+            out = np.zeros((T, H, Dh))
+            for head in range(H):
+                g = head // (H // Hkv)
+                for t in range(T):
+                    s = np.array([q[t, head] @ k[j, g] / np.sqrt(Dh) for j in range(t + 1)])
+                    a = np.exp(s - s.max())
+                    out[t, head] = (a / a.sum()) @ v[: t + 1, g]
+            mix = lin(out.reshape(T, H * Dh), p + "self_attn.o_proj.weight")
+        else:
+            m = p + "mamba."
+            pb = c["mamba_proj_bias"]
+            xz = lin(h, m + "in_proj.weight", m + "in_proj.bias" if pb else None)
+            u, z = xz[:, :Di], xz[:, Di:]
+            cw = W[m + "conv1d.weight"][:, 0, :]
+            cb = W[m + "conv1d.bias"] if c["mamba_conv_bias"] else np.zeros(Di)
+            conv = np.zeros((T, Di))
+            for t in range(T):
+                for j in range(K):
+                    src = t - (K - 1) + j
+                    if src >= 0:
+                        conv[t] += cw[:, j] * u[src]
+            u = silu(conv + cb)
+            dbc = lin(u, m + "x_proj.weight")
+            dt = norm(dbc[:, :R], W[m + "dt_layernorm.weight"])
+            B = norm(dbc[:, R:R + N], W[m + "b_layernorm.weight"])
+            C = norm(dbc[:, R + N:], W[m + "c_layernorm.weight"])
+            dt = np.log1p(np.exp(lin(dt, m + "dt_proj.weight", m + "dt_proj.bias")))
+            A = -np.exp(W[m + "A_log"])
+            s, y = np.zeros((Di, N)), np.zeros((T, Di))
+            for t in range(T):
+                for ch in range(Di):
+                    s[ch] = np.exp(dt[t, ch] * A[ch]) * s[ch] + dt[t, ch] * B[t] * u[t, ch]
+                    y[t, ch] = s[ch] @ C[t] + W[m + "D"][ch] * u[t, ch]
+            mix = lin(y * silu(z), m + "out_proj.weight", m + "out_proj.bias" if pb else None)
+        x = x + mix
+        h = norm(x, W[p + "pre_ff_layernorm.weight"])
+        f = p + "feed_forward."
+        if c["num_experts"] > 1 and i % c["expert_layer_period"] == c["expert_layer_offset"]:
+            ff = np.zeros_like(h)
+            logits = lin(h, f + "router.weight")
+            for t in range(T):
+                prob = np.exp(logits[t] - logits[t].max())
+                prob /= prob.sum()
+                for e in np.argsort(-prob, kind="stable")[: c["num_experts_per_tok"]]:
+                    e_ = f"{f}experts.{e}."
+                    a = silu(h[t] @ W[e_ + "gate_proj.weight"].T) * (h[t] @ W[e_ + "up_proj.weight"].T)
+                    ff[t] += prob[e] * (a @ W[e_ + "down_proj.weight"].T)
+        else:
+            ff = lin(silu(lin(h, f + "gate_proj.weight")) * lin(h, f + "up_proj.weight"), f + "down_proj.weight")
+        x = x + ff
+    x = norm(x, W["model.final_layernorm.weight"])
+    head = "model.embed_tokens.weight" if c["tie_word_embeddings"] else "lm_head.weight"
+    return x @ W[head].T
+
+
+@pytest.mark.parametrize("case", ["attn3_moe3_top1", "bias_k3_gqa4"])
+@pytest.mark.parametrize("backend", ["ref", "fast"])
+def test_float64_matches_independent_implementation(case, backend, make_checkpoint):
+    config, seed = JAMBA_CASES[case]
+    config = config | {"tie_word_embeddings": case == "bias_k3_gqa4"}
+    model = load_model(make_checkpoint(config, seed), dtype="float64")
+    ids = prompt(seed, config["vocab_size"], n=20)
+    with kernels.using(backend):
+        ours = model.forward(ids, model.new_state())
+    assert ours.dtype == np.float64
+    assert max_diff(ours, plain_jamba(config, random_weights(config, seed), ids)) <= 1e-9
+
+
+def test_float64_is_float64_throughout(make_checkpoint):
+    """Every traced intermediate (norms, mixers, scan, MoE) is float64 in float64 mode."""
+    model = load_model(make_checkpoint(family_config("jamba"), seed=5), dtype="float64")
+    seen = {}
+    model.forward(prompt(5, 1024, n=9), model.new_state(), trace=lambda n, v: seen.setdefault(n, v.dtype))
+    floats = {n: dt for n, dt in seen.items() if not n.endswith(".experts")}
+    assert floats and set(floats.values()) == {np.dtype(np.float64)}
+    state = model.new_state()
+    model.forward([3, 4], state)
+    assert all(a.dtype == np.float64 for c in state.caches for a in vars(c).values() if isinstance(a, np.ndarray)
+               and a.dtype.kind == "f")
+
+
+# ---------------------------------------------------------------- the hybrid state
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from engine.tiny import write_checkpoint
+
+    return load_model(write_checkpoint(tmp_path_factory.mktemp("jamba") / "ckpt", family_config("jamba"), seed=3))
+
+
+@pytest.mark.parametrize("backend", ["ref", "fast"])
+@pytest.mark.parametrize("chunk", [512, 7])
+def test_prefill_equals_step_decode(tiny_model, backend, chunk):
+    """A prompt in one pass (or in chunks) equals the same tokens fed one at a time."""
+    ids = prompt(3, 1024, n=33)
+    with kernels.using(backend):
+        stepped = np.concatenate([tiny_model.forward([i], s) for s in [tiny_model.new_state()] for i in ids])
+        model = jamba_np.Jamba(tiny_model.config, tiny_model.weights, tiny_model.dtype, chunk_size=chunk)
+        assert max_diff(model.forward(ids, model.new_state()), stepped) <= 1e-5
+
+
+def test_continuation_from_state(tiny_model):
+    """Several multi-token calls continue each other exactly (conv, scan and KV state)."""
+    ids = prompt(4, 1024, n=40)
+    whole = tiny_model.forward(ids, tiny_model.new_state())
+    state = tiny_model.new_state()
+    parts = [tiny_model.forward(ids[:9], state), tiny_model.forward(ids[9:11], state),
+             tiny_model.forward(ids[11:12], state), tiny_model.forward(ids[12:], state)]
+    assert state.pos == 40
+    assert max_diff(np.concatenate(parts), whole) <= 1e-5
+
+
+def test_fast_and_ref_backends_agree(tiny_model):
+    ids = prompt(6, 1024, n=25)
+    with kernels.using("ref"):
+        ref = tiny_model.forward(ids, tiny_model.new_state())
+    assert max_diff(tiny_model.forward(ids, tiny_model.new_state()), ref) <= 1e-5
+
+
+def test_state_is_a_value(tiny_model):
+    """Two states never interfere, and the state holds one cache kind per layer."""
+    a, b = tiny_model.new_state(), tiny_model.new_state()
+    tiny_model.forward([5, 6, 7], a)
+    first = tiny_model.forward([8], a)
+    tiny_model.forward([9, 9], b)
+    again = tiny_model.forward([5, 6, 7, 8], tiny_model.new_state())[-1:]
+    assert max_diff(first, again) <= 1e-5
+    kinds = ["KVCache" if type(c).__name__ == "KVCache" else "MambaCache" for c in a.caches]
+    assert kinds == ["KVCache" if s.startswith("attn") else "MambaCache" for s in tiny_model.config.schedule]
+    m = a.caches[0]
+    assert m.conv.shape == (128, 4) and m.ssm.shape == (128, 16)
+
+
+def test_trace_names(tiny_model):
+    names = []
+    tiny_model.forward([1, 2, 3], tiny_model.new_state(), trace=lambda n, v: names.append((n, v.shape)))
+    got = dict(names)
+    assert got["model.embed_tokens"] == (3, 64) and got["lm_head"] == (3, 1024)
+    assert got["model.layers.0.mamba"] == (3, 64) and got["model.layers.2.self_attn"] == (3, 64)
+    assert got["model.layers.1.feed_forward.router_logits"] == (3, 4)
+    assert got["model.layers.1.feed_forward.experts"] == (3, 2)
+    for i in range(4):
+        for leaf in ("input_layernorm", "pre_ff_layernorm", "feed_forward"):
+            assert f"model.layers.{i}.{leaf}" in got
+        assert f"model.layers.{i}" in got
+    assert "model.final_layernorm" in got
+    assert "model.layers.0.feed_forward.router_logits" not in got  # a dense layer
+
+
+# ---------------------------------------------------------------- config and schedule
+def test_schedule_matches_transformers_rule():
+    cfg = jamba_np.JambaConfig.from_hf(jamba(num_hidden_layers=8, attn_layer_period=8, attn_layer_offset=4,
+                                             expert_layer_period=2, expert_layer_offset=1))
+    assert cfg.schedule == ["mamba+mlp", "mamba+moe", "mamba+mlp", "mamba+moe",
+                            "attn+mlp", "mamba+moe", "mamba+mlp", "mamba+moe"]
+    assert "mamba+mlp, mamba+moe" in str(cfg)
+    assert jamba_np.JambaConfig.from_hf(jamba(num_experts=1)).schedule == ["attn+mlp", "mamba+mlp"] * 2
+
+
+def test_config_defaults_and_dt_rank():
+    cfg = jamba_np.JambaConfig.from_hf({"model_type": "jamba"})  # transformers' defaults = Jamba-v0.1
+    assert (cfg.hidden_size, cfg.d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state) == (4096, 8192, 256, 16)
+    assert cfg.num_experts == 16 and cfg.schedule[4] == "attn+mlp"
+    assert jamba_np.JambaConfig.from_hf(jamba(hidden_size=40)).mamba_dt_rank == 3  # ceil(40 / 16)
+    with pytest.raises(Exception):
+        cfg.hidden_size = 1  # frozen
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"attn_layer_offset": 2, "attn_layer_period": 2}, "attn_layer_offset"),
+    ({"expert_layer_period": 0}, "expert_layer_period"),
+    ({"num_experts_per_tok": 5}, "num_experts_per_tok"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"mamba_d_state": "16"}, "mamba_d_state"),
+    ({"mamba_dt_rank": 0}, "mamba_dt_rank"),
+])
+def test_config_errors_name_the_field(change, field):
+    with pytest.raises(ValueError, match=field):
+        jamba_np.JambaConfig.from_hf(jamba(**change))
+
+
+def test_special_init_looks_trained():
+    rng = np.random.default_rng(0)
+    A_log = jamba_np.special_init("model.layers.0.mamba.A_log", (6, 4), rng)
+    np.testing.assert_allclose(np.exp(A_log), np.tile([1, 2, 3, 4], (6, 1)))
+    np.testing.assert_array_equal(jamba_np.special_init("model.layers.0.mamba.D", (6,), rng), np.ones(6))
+    bias = jamba_np.special_init("model.layers.0.mamba.dt_proj.bias", (1000,), rng)
+    dt = np.log1p(np.exp(bias))
+    assert 1e-3 <= dt.min() and dt.max() <= 1e-1 + 1e-12
+    assert jamba_np.special_init("model.layers.0.mamba.in_proj.weight", (4, 4), rng) is None
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_tiny_and_logits_with_router(tmp_path):
+    run_cli("tiny", "jamba", tmp_path / "m")
+    out = tmp_path / "out.npz"
+    run_cli("logits", tmp_path / "m", "--ids", "1,5,9,300", "--generate", "3", "--router", "--out", out)
+    r = np.load(out)
+    assert r["logits"].shape == (4, 1024) and r["gen_ids"].shape == (3,)
+    assert r["router_logits"].shape == (2, 4, 4) and r["experts"].shape == (2, 4, 2)  # 2 MoE layers, E 4, k 2
+
+
+def test_config_checkpoint_mismatch_is_one_line(make_checkpoint):
+    """A config whose d_state disagrees with the tensors: one line naming the tensor."""
+    path = make_checkpoint(jamba(), seed=1)
+    import json
+
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps(cfg | {"mamba_d_state": 8}))
+    proc = run_cli("logits", path, "--ids", "1,2", "--out", path / "o.npz", check=False)
+    assert proc.returncode == 2 and "mamba.x_proj.weight" in proc.stderr and "Traceback" not in proc.stderr
