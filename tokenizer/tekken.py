@@ -109,7 +109,7 @@ class TekkenTokenizer(Tokenizer):
         self.eos_id = self.special_tokens.get("</s>")
         rank = self._rank
         self._priority = lambda a, b: rank.get(a + b)
-        self._piece_ids = WordCache(self._encode_piece)
+        self._word_ids = WordCache(self._encode_piece)
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -118,7 +118,7 @@ class TekkenTokenizer(Tokenizer):
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         ids: list[int] = []
         for piece in self._split.findall(text):
-            ids.extend(self._piece_ids(piece))
+            ids.extend(self._word_ids(piece))
         return ids
 
     def _encode_piece(self, piece: str) -> list[int]:
