@@ -107,24 +107,25 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
     """
     path = Path(path)
     codes = {v: k for k, v in DTYPES.items() if k != "BF16"}
-    header, offset, blobs = {}, 0, []
+    header, offset = {}, 0
     for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
         code = "BF16" if name in bf16 else codes.get(array.dtype.newbyteorder("<"))
         if code is None or (code == "BF16" and array.dtype != np.uint16):
             raise ValueError(f"cannot store tensor {name!r} of dtype {array.dtype}")
-        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
+        header[name] = {"dtype": code, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
     if metadata:
         header["__metadata__"] = metadata
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # data starts 8-byte aligned, as the reference writer does
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for blob in blobs:
-            f.write(blob)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(text)))
+            f.write(text)
+            for array in tensors.values():  # one tensor at a time: no copy of the whole file in memory
+                f.write(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -8,28 +8,63 @@ Shared by Mixtral and Jamba, which differ in one flag:
   chosen experts (they sum to less than 1).
 
 The softmax runs over *all* E experts in float32 (float64 in float64 mode), as
-``softmax(router_logits.float())`` does in transformers. Ties are broken toward
-the lower expert index, so the choice is deterministic.
+``softmax(router_logits.float())`` does in transformers. The k experts are chosen
+on the logits, which rank experts exactly as the probabilities do (softmax is
+monotonic) but without the rounding of exp() that could order two near-equal
+probabilities differently in two implementations. Exact ties go to the lower
+expert index, so the choice is deterministic.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
+from kernels import dispatch
 from kernels.activations import softmax
 
 
 def route_ref(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
     """router_logits [T, E] -> (weights [T, k], experts [T, k]), best expert first."""
     probs = softmax(router_logits, axis=-1)  # [T, E]
-    experts = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # [T, k]
+    experts = np.argsort(-router_logits, axis=-1, kind="stable")[:, :k]  # [T, k]
     weights = np.take_along_axis(probs, experts, axis=-1)  # [T, k]
     if renormalize:
         weights = weights / weights.sum(axis=-1, keepdims=True)  # [T, k]
     return weights, experts
 
 
-route = route_ref
+@numba.njit(cache=True)
+def _route_numba(router_logits, k, renormalize):
+    T, E = router_logits.shape
+    weights = np.empty((T, k), router_logits.dtype)
+    experts = np.empty((T, k), np.int64)
+    for t in range(T):
+        row = router_logits[t]
+        m = row.max()
+        total = 0.0
+        for e in range(E):
+            total += np.exp(row[e] - m)
+        taken = np.zeros(E, np.bool_)
+        for j in range(k):  # k passes of "largest untaken logit, lowest index on ties"
+            best = -1
+            for e in range(E):
+                if not taken[e] and (best < 0 or row[e] > row[best]):
+                    best = e
+            taken[best] = True
+            experts[t, j] = best
+            weights[t, j] = np.exp(row[best] - m) / total
+        if renormalize:
+            weights[t] /= weights[t].sum()
+    return weights, experts
+
+
+def route_numba(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The Numba twin of `route_ref`: one pass per token, no sort."""
+    return _route_numba(np.ascontiguousarray(router_logits), k, renormalize)
+
+
+route = dispatch(route_ref, route_numba)
 
 
 def mixture(x: np.ndarray, weights: np.ndarray, experts: np.ndarray, expert_fn) -> np.ndarray:

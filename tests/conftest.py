@@ -34,3 +34,13 @@ def run_cli(*args, check=True, input=None):
 
 def max_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+TOL = 1e-4  # the issues' bar: max |logit difference| against HF float32
+
+
+def assert_matches(ours: tuple, ref: dict) -> None:
+    logits, gen_ids, gen_logits = ours
+    assert max_diff(logits, ref["logits"]) <= TOL
+    np.testing.assert_array_equal(gen_ids, ref["gen_ids"])
+    assert max_diff(gen_logits, ref["gen_logits"]) <= TOL

@@ -6,8 +6,12 @@ transformers, so only the `oracle` extra needs them.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
 
 
@@ -44,3 +48,52 @@ def randomize_(model, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+
+
+def hf_written(tmp_path, config: dict, seed: int, dtype=torch.float32, shard=None) -> Path:
+    """A checkpoint written by transformers itself (its names, its files, its dtype)."""
+    cfg = {k: v for k, v in config.items() if k not in ("architectures",)}
+    hf_config = transformers.AutoConfig.for_model(**cfg)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    randomize_(model, seed)
+    path = tmp_path / f"hf-{seed}"
+    kwargs = {"max_shard_size": shard} if shard else {}
+    model.to(dtype).save_pretrained(path, **kwargs)
+    return path
+
+
+def hf_to_native(hf_path: Path, out: Path) -> None:
+    """Convert an HF checkpoint to Mistral's native layout, undoing HF's q/k permutation.
+
+    transformers' convert_mistral_weights_to_hf.py permutes native rows so that
+    HF row h*D + a*D/2 + i holds native row h*D + 2i + a; we apply the inverse.
+    """
+    import mistral_np
+    from engine.checkpoint import open_checkpoint
+    from engine.safetensors_io import write_tensors
+
+    ckpt = open_checkpoint(hf_path)
+    c = ckpt.config
+    H, H_kv = c["num_attention_heads"], c["num_key_value_heads"]
+    D = c.get("head_dim") or c["hidden_size"] // H
+
+    def to_native(w, heads):
+        return np.ascontiguousarray(w.reshape(heads, 2, D // 2, -1).swapaxes(1, 2).reshape(heads * D, -1))
+
+    tensors = {}
+    for name, w in ckpt.tensors.items():
+        if name.endswith("q_proj.weight"):
+            w = to_native(w, H)
+        elif name.endswith("k_proj.weight"):
+            w = to_native(w, H_kv)
+        tensors[mistral_np.native_name(name)] = np.asarray(w)
+    out.mkdir()
+    write_tensors(out / "consolidated.safetensors", tensors)
+    params = {"dim": c["hidden_size"], "n_layers": c["num_hidden_layers"], "head_dim": D,
+              "hidden_dim": c["intermediate_size"], "n_heads": H, "n_kv_heads": H_kv, "norm_eps": c["rms_norm_eps"],
+              "vocab_size": c["vocab_size"], "rope_theta": c["rope_parameters"]["rope_theta"],
+              "sliding_window": c.get("sliding_window")}
+    if c.get("num_local_experts"):
+        params["moe"] = {"num_experts": c["num_local_experts"], "num_experts_per_tok": c["num_experts_per_tok"]}
+    (out / "params.json").write_text(json.dumps(params))

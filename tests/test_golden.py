@@ -9,19 +9,11 @@ import numpy as np
 import pytest
 
 from cases import GENERATE, MISTRAL_CASES, MIXTRAL_CASES
-from conftest import max_diff
+from conftest import assert_matches
 from engine.cli import greedy
 from engine.registry import load_model
 
 GOLDEN = Path(__file__).parent / "golden"
-TOL = 1e-4
-
-
-def assert_matches(ours: tuple, ref: dict) -> None:
-    logits, gen_ids, gen_logits = ours
-    assert max_diff(logits, ref["logits"]) <= TOL
-    np.testing.assert_array_equal(gen_ids, ref["gen_ids"])
-    assert max_diff(gen_logits, ref["gen_logits"]) <= TOL
 
 
 CASES = {f"mistral_{k}": v for k, v in MISTRAL_CASES.items()} | {f"mixtral_{k}": v for k, v in MIXTRAL_CASES.items()}

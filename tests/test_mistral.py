@@ -4,35 +4,18 @@ implementation, and itself (prefill == step decode, continuation from a cache)."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from cases import GENERATE, MISTRAL_CASES, mistral, prompt
-from conftest import max_diff, run_cli
+from conftest import assert_matches, max_diff, run_cli
 from engine.cli import greedy
 from engine.registry import load_model
-from engine.safetensors_io import write_tensors
-from hf_oracle import hf_run, load_hf, randomize_
-from test_golden import assert_matches
+from hf_oracle import hf_run, hf_to_native, hf_written, load_hf
 
 # ------------------------------------------------------------------ live transformers
-
-
-def hf_written(tmp_path, config: dict, seed: int, dtype=torch.float32, shard=None) -> Path:
-    """A checkpoint written by transformers itself (its names, its files, its dtype)."""
-    cfg = {k: v for k, v in config.items() if k not in ("architectures",)}
-    hf_config = transformers.AutoConfig.for_model(**cfg)
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-    randomize_(model, seed)
-    path = tmp_path / f"hf-{seed}"
-    kwargs = {"max_shard_size": shard} if shard else {}
-    model.to(dtype).save_pretrained(path, **kwargs)
-    return path
 
 
 def random_config(rng) -> dict:
@@ -69,41 +52,6 @@ def test_bf16_in_shards(tmp_path):
     assert model.weights["model.layers.0.self_attn.q_proj.weight"].dtype == np.uint16  # kept as bf16 bits
     ids = prompt(9, config["vocab_size"])
     assert_matches(greedy(model, ids, GENERATE), hf_run(load_hf(path), ids, GENERATE))
-
-
-def hf_to_native(hf_path: Path, out: Path) -> None:
-    """Convert an HF checkpoint to Mistral's native layout, undoing HF's q/k permutation.
-
-    transformers' convert_mistral_weights_to_hf.py permutes native rows so that
-    HF row h*D + a*D/2 + i holds native row h*D + 2i + a; we apply the inverse.
-    """
-    import mistral_np
-    from engine.checkpoint import open_checkpoint
-
-    ckpt = open_checkpoint(hf_path)
-    c = ckpt.config
-    H, H_kv = c["num_attention_heads"], c["num_key_value_heads"]
-    D = c.get("head_dim") or c["hidden_size"] // H
-
-    def to_native(w, heads):
-        return np.ascontiguousarray(w.reshape(heads, 2, D // 2, -1).swapaxes(1, 2).reshape(heads * D, -1))
-
-    tensors = {}
-    for name, w in ckpt.tensors.items():
-        if name.endswith("q_proj.weight"):
-            w = to_native(w, H)
-        elif name.endswith("k_proj.weight"):
-            w = to_native(w, H_kv)
-        tensors[mistral_np.native_name(name)] = np.asarray(w)
-    out.mkdir()
-    write_tensors(out / "consolidated.safetensors", tensors)
-    params = {"dim": c["hidden_size"], "n_layers": c["num_hidden_layers"], "head_dim": D,
-              "hidden_dim": c["intermediate_size"], "n_heads": H, "n_kv_heads": H_kv, "norm_eps": c["rms_norm_eps"],
-              "vocab_size": c["vocab_size"], "rope_theta": c["rope_parameters"]["rope_theta"],
-              "sliding_window": c.get("sliding_window")}
-    if c.get("num_local_experts"):
-        params["moe"] = {"num_experts": c["num_local_experts"], "num_experts_per_tok": c["num_experts_per_tok"]}
-    (out / "params.json").write_text(json.dumps(params))
 
 
 @pytest.mark.parametrize("config", [mistral(sliding_window=10), mistral(num_key_value_heads=1, head_dim=24)],
