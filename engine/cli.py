@@ -3,6 +3,10 @@
     npinfer logits MODEL (--ids 1,2,3 | --ids-file ids.npy) [--generate N] [--dtype float32|float64] --out out.npz
     npinfer tiny {mistral,mixtral,jamba} OUT_DIR
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
+    npinfer chat [MODEL] "message" [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
+    npinfer serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+
+Without MODEL, chat and serve use the embedded tiny default (engine.default_model).
 
 MODEL is a local checkpoint directory or a Hugging Face repo id. Every failure a
 user can cause (bad checkpoint, bad ids, unwritable output) ends in one line on
@@ -125,6 +129,109 @@ def cmd_tokenize(args) -> int:
     return tokenizer_cli.run(args)
 
 
+def cmd_chat(args) -> int:
+    """One completion, streamed to the terminal as it is generated."""
+    import tokenizer
+    from engine.generate import Delta, Finish, GenerationParams, PromptTooLong, generate, load_chat_model
+    from engine.sampling import SamplingParams
+
+    if len(args.words) > 2:
+        raise NpinferError('expected [MODEL] "message" (quote the message)')
+    model, message = (None, *args.words) if len(args.words) == 1 else args.words
+    if args.max_tokens < 1 or not 0 <= args.temperature <= 2 or not 0 < args.top_p <= 1:
+        raise NpinferError("--max-tokens must be >= 1, --temperature in [0, 2], --top-p in (0, 1]")
+    progress = _LoadProgress(model)
+    chat = load_chat_model(model, dtype=args.dtype)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": message}]
+    try:
+        ids = chat.prompt(messages)
+    except (tokenizer.ChatFormatError, PromptTooLong) as e:
+        raise NpinferError(str(e)) from None
+    params = GenerationParams(max_tokens=args.max_tokens, seed=args.seed,
+                              sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p))
+    for event in generate(chat.model, chat.tok, ids, params):
+        progress.done()
+        if isinstance(event, Delta):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, Finish) and event.reason == "length":
+            print(f"\n[stopped after {args.max_tokens} tokens]", file=sys.stderr)
+    print()
+    return 0
+
+
+class _LoadProgress:
+    """A status line on stderr while a large checkpoint is paged in (until the first token)."""
+
+    LARGE = 256 << 20  # bytes
+
+    def __init__(self, model: str | None):
+        size = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) if model and Path(model).is_dir() \
+            else 0
+        self.shown = size >= self.LARGE
+        if self.shown:
+            print(f"loading {model} ({size / 2**30:.1f} GiB)...", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.shown:
+            print(" ready", file=sys.stderr, flush=True)
+            self.shown = False
+
+
+def cmd_serve(args) -> int:
+    from engine.generate import load_chat_model
+    from engine.server import Limits, Service, serve
+
+    given = {"max_queue": args.max_queue, "requests_per_minute": args.requests_per_minute,
+             "tokens_per_minute": args.tokens_per_minute, "max_body_bytes": args.max_body_bytes}
+    limits = Limits(**{k: v for k, v in given.items() if v is not None})
+    if min(limits.max_queue - 1, limits.requests_per_minute, limits.tokens_per_minute, limits.max_body_bytes - 1) < 0:
+        raise NpinferError("--max-queue and --max-body-bytes must be >= 1, the per-minute limits >= 0")
+    api_key = args.api_key or os.environ.get("NPINFER_API_KEY") or None
+    progress = _LoadProgress(args.model)
+    chat = load_chat_model(args.model, dtype=args.dtype)
+    progress.done()
+    print(f"npinfer: serving {chat.name} ({chat.architecture}, chat format {chat.chat_format}) on "
+          f"http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), file=sys.stderr)
+    serve(Service(chat, limits), args.host, args.port, api_key)
+    return 0
+
+
+def add_chat_parser(sub) -> None:
+    c = sub.add_parser("chat", help="one chat completion, streamed to the terminal",
+                       description="Send one user message (and an optional system message) and stream the "
+                       "answer. Without MODEL, the embedded tiny default is used (random weights: noise).")
+    c.add_argument("words", nargs="+", metavar='[MODEL] "message"',
+                   help="checkpoint directory or Hugging Face repo id (optional), then the message")
+    c.add_argument("--system", help="a system message")
+    c.add_argument("--max-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    c.set_defaults(run=cmd_chat)
+
+
+def add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", help="an HTTP server: Azure AI model inference and AI21 chat completions",
+                       description="Serve GET /info, POST /chat/completions (Azure AI model inference) and "
+                       "POST /v1/chat/completions (AI21; OpenAI SDK with base_url=.../v1). Without MODEL, "
+                       "the embedded tiny default is served.")
+    s.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint directory or Hugging Face repo id")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or api-key: KEY); "
+                   "default: $NPINFER_API_KEY, else none")
+    # defaults (None here): engine.server.Limits, the hosted service's limits
+    s.add_argument("--max-queue", type=int, help="requests that may wait; more get 429 (default 64)")
+    s.add_argument("--requests-per-minute", type=int, help="0 = unlimited (default 1000, as hosted)")
+    s.add_argument("--tokens-per-minute", type=int, help="0 = unlimited (default 200000, as hosted)")
+    s.add_argument("--max-body-bytes", type=int, help="larger request bodies get 413 (default 1 MiB)")
+    s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    s.set_defaults(run=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="npinfer", description="A pure-NumPy reference inference engine "
                                 "for Mistral, Mixtral and Jamba.")
@@ -164,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     except (ImportError, AttributeError):
         k.add_argument("tokenizer", metavar="TOKENIZER")
     k.set_defaults(run=cmd_tokenize)
+
+    add_chat_parser(sub)
+    add_serve_parser(sub)
     return p
 
 

@@ -1,0 +1,57 @@
+"""The embedded default model: what `npinfer chat` and `npinfer serve` run without MODEL.
+
+It is the tiny Mistral of `engine.tiny` (seed 0, float32, the tiny 1024-piece
+tokenizer), written once per user to the cache directory and reused:
+
+    ~/.cache/npinfer/tiny-mistral-seed0/      ($XDG_CACHE_HOME/npinfer/... when set)
+
+The checkpoint is built in a private temporary directory next to it and renamed
+into place, so a reader never sees a half-written model and two processes
+racing to create it both end up with the same complete directory. Its weights
+are random: the text it writes is noise, but every code path is real.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from engine import NpinferError
+
+FAMILY, SEED = "mistral", 0
+NAME = f"tiny-{FAMILY}-seed{SEED}"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "npinfer"
+
+
+def default_model_dir() -> Path:
+    """The default checkpoint directory, created on first use."""
+    final = cache_dir() / NAME
+    if (final / "config.json").is_file():
+        return final
+    import tokenizer
+    from engine.tiny import family_config, write_checkpoint
+
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=final.parent))
+    except OSError as e:
+        raise NpinferError(f"{final.parent}: cannot create the default model here ({e.strerror})") from None
+    try:
+        built = write_checkpoint(scratch / NAME, family_config(FAMILY), seed=SEED,
+                                 tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+        try:
+            os.rename(built, final)
+        except OSError:
+            if not (final / "config.json").is_file():  # not a lost race: a real failure
+                raise
+    except OSError as e:
+        raise NpinferError(f"{final}: cannot write the default model ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final

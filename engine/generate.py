@@ -1,0 +1,280 @@
+"""Generation: prefill once, decode n choices, turn tokens into text deltas.
+
+    for event in generate(model, tok, prompt_ids, GenerationParams(max_tokens=32)):
+        ...  # Delta(index, text, logprobs) / Finish(index, reason) / Usage(...)
+    completion = complete(model, tok, prompt_ids, params)   # the same events, collected
+
+One code path serves streaming and non-streaming answers: `complete` is
+`generate` collected, so the streamed deltas always join to the full text.
+
+The loop, for n choices::
+
+    state = model.new_state(); z = model.forward(prompt, state)   # one prefill
+    states = [state, deepcopy(state), ...]                        # n copies of the cache
+    repeat: for each live choice i:
+        t = choose(z_i)                         # engine.sampling
+        text = decoder_i.push(t)                # tokenizer stream decoder: whole characters only
+        emit the text the stop strings allow    # StopStrings: held back while a stop may match
+        z_i = model.forward([t], states[i])     # one decode step
+
+The models take one sequence at a time, so "decoding as a batch" is this loop
+over the choices at each step; the prefill is shared by copying its state.
+
+A choice ends at the first of: an EOS token (finish_reason "stop", the EOS
+itself produces no text), a stop string ("stop"; the string and anything after
+it are never emitted), `max_tokens` generated tokens or the model's context
+(`max_position_embeddings`) full ("length").
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine import NpinferError
+from engine.sampling import SamplingParams, choice_rngs, choose, log_softmax, top_logprobs
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int | None = None  # None: until EOS, a stop string or the context limit
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token as chat completions report it (OpenAI `logprobs.content[]`)."""
+
+    token: str  # the token's text (its bytes decoded with U+FFFD for partial characters)
+    bytes: list[int]
+    logprob: float
+    top: list[tuple[str, list[int], float]]  # (token, bytes, logprob), most likely first
+
+
+@dataclass(frozen=True)
+class Delta:
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+
+
+@dataclass(frozen=True)
+class Finish:
+    index: int
+    reason: str  # "stop" or "length"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int  # every sampled token, EOS and stop-string tokens included
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class PromptTooLong(NpinferError):
+    pass
+
+
+def context_limit(model) -> int:
+    return int(model.config.max_position_embeddings)
+
+
+def check_prompt(model, prompt_ids) -> None:
+    """A prompt must leave room for at least one generated token."""
+    limit = context_limit(model)
+    if len(prompt_ids) == 0:
+        raise NpinferError("the prompt is empty")
+    if len(prompt_ids) >= limit:
+        raise PromptTooLong(f"the prompt is {len(prompt_ids)} tokens; this model's context is {limit} tokens "
+                            f"and needs room for at least one generated token")
+
+
+class StopStrings:
+    """Cut text at the first stop string, holding back what might be the start of one.
+
+    Text is pushed as it is decoded; `push` returns the part that can be shown
+    now. A suffix of the pending text that is a prefix of some stop string is
+    held back, so an occurrence of a stop string always starts inside the held
+    text and can be cut before anything of it was shown. Example, stop "\\n\\n":
+    push("Hi\\n") -> "Hi" (holds "\\n"); push("\\nBye") -> "" and stopped.
+    """
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops = stops
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            shown, self.pending, self.stopped = self.pending[:min(hits)], "", True
+            return shown
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        shown, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        return shown
+
+    def flush(self) -> str:
+        shown, self.pending = self.pending, ""
+        return shown
+
+
+class _Choice:
+    """The running state of one choice: its cache, sampler inputs and text pipeline."""
+
+    def __init__(self, index, state, logits, rng, tok, stops, vocab_size):
+        self.index, self.state, self.logits, self.rng = index, state, logits, rng
+        self.counts = np.zeros(vocab_size, dtype=np.int64)  # [V] generated-token counts (penalties)
+        self.decoder = tok.stream_decoder()
+        self.stops = StopStrings(stops)
+        self.generated = 0
+
+    def text_of(self, token_id: int) -> str:
+        return self.stops.push(self.decoder.push(token_id))
+
+    def rest(self) -> str:
+        """Whatever the decoder and the stop strings hold, at the end of the choice."""
+        if self.stops.stopped:
+            return ""
+        shown = self.stops.push(self.decoder.flush())
+        return shown if self.stops.stopped else shown + self.stops.flush()
+
+
+def token_logprob(tok, token_id: int, logprobs: np.ndarray, k: int) -> TokenLogprob:
+    def entry(i):
+        raw = tok.token_bytes(i)
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    top = [(*entry(i), lp) for i, lp in top_logprobs(logprobs, k)]
+    return TokenLogprob(*entry(token_id), float(logprobs[token_id]), top)
+
+
+def eos_ids(model, tok) -> set[int]:
+    eos = model.config.eos_token_id
+    ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    return {i for i in ids | {tok.eos_id} if i is not None}
+
+
+def generate(model, tok, prompt_ids, params: GenerationParams) -> Iterator[Delta | Finish | Usage]:
+    """Yield Delta and Finish events for each choice, then one Usage.
+
+    Closing the generator (or stopping to iterate) cancels the generation.
+    """
+    check_prompt(model, prompt_ids)
+    limit, eos = context_limit(model), eos_ids(model, tok)
+    state = model.new_state()
+    z = model.forward(list(prompt_ids), state, last_only=True)[-1]  # [V], the prefill
+    states = [state] + [copy.deepcopy(state) for _ in range(params.n - 1)]
+    choices = [_Choice(i, s, z, rng, tok, params.stop, model.config.vocab_size)
+               for i, (s, rng) in enumerate(zip(states, choice_rngs(params.seed, params.n)))]
+    completion_tokens = 0
+    while choices:
+        for c in list(choices):
+            t = choose(c.logits, params.sampling, c.counts, c.rng)
+            c.counts[t] += 1
+            c.generated += 1
+            completion_tokens += 1
+            logprobs = []
+            if t in eos:
+                text, ended = c.rest(), True
+            else:
+                text = c.text_of(t)
+                if params.logprobs:
+                    logprobs = [token_logprob(tok, t, log_softmax(c.logits), params.top_logprobs)]
+                ended = (c.stops.stopped or c.generated == params.max_tokens
+                         or len(prompt_ids) + c.generated >= limit)
+                if ended:
+                    text += c.rest()
+            reason = None if not ended else "stop" if t in eos or c.stops.stopped else "length"
+            if text or logprobs:
+                yield Delta(c.index, text, logprobs)
+            if reason:
+                yield Finish(c.index, reason)
+                choices.remove(c)
+            else:
+                c.logits = model.forward([t], c.state, last_only=True)[-1]  # [V]
+    yield Usage(len(prompt_ids), completion_tokens)
+
+
+@dataclass
+class Choice:
+    text: str = ""
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Completion:
+    choices: list[Choice]
+    usage: Usage
+
+
+def complete(model, tok, prompt_ids, params: GenerationParams) -> Completion:
+    """The events of `generate`, collected into n finished choices."""
+    return collect(generate(model, tok, prompt_ids, params), params.n)
+
+
+def collect(events, n: int) -> Completion:
+    choices = [Choice() for _ in range(n)]
+    for event in events:
+        if isinstance(event, Delta):
+            choices[event.index].text += event.text
+            choices[event.index].logprobs += event.logprobs
+        elif isinstance(event, Finish):
+            choices[event.index].finish_reason = event.reason
+        else:
+            return Completion(choices, event)
+    raise RuntimeError("generation ended without usage")
+
+
+# --------------------------------------------------------------------------- a model to chat with
+@dataclass(frozen=True)
+class ChatModel:
+    """A loaded model with what chatting needs: its tokenizer, chat format and names."""
+
+    model: object
+    tok: object
+    chat_format: str  # tokenizer.chat format, e.g. "mistral-v3" or "hf-template"
+    name: str  # what answers and /info call it
+    architecture: str  # MistralForCausalLM, MixtralForCausalLM or JambaForCausalLM
+    path: str
+
+    def prompt(self, messages: list[dict]) -> list[int]:
+        """The chat-formatted prompt ids; tokenizer.ChatFormatError or PromptTooLong if unusable."""
+        from tokenizer.chat import render_chat
+
+        ids = render_chat(self.tok, messages, self.chat_format)
+        check_prompt(self.model, ids)
+        return ids
+
+
+def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
+    """Load MODEL (a directory or a repo id), or the embedded default when None."""
+    from pathlib import Path
+
+    import tokenizer
+    from engine.checkpoint import open_checkpoint, resolve
+    from engine.default_model import NAME, default_model_dir
+    from engine.registry import architecture, load_model
+    from tokenizer.chat import chat_format_for
+
+    path = default_model_dir() if model is None else resolve(model)
+    name = NAME if model is None else Path(model).resolve().name if Path(model).exists() else str(model)
+    loaded = load_model(path, dtype=dtype)
+    try:
+        tok = tokenizer.load(path)
+        fmt = chat_format_for(path)
+    except tokenizer.TokenizerError as e:
+        raise NpinferError(str(e)) from None
+    return ChatModel(loaded, tok, fmt, name, architecture(open_checkpoint(path)), str(path))
