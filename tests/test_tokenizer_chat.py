@@ -199,3 +199,28 @@ def test_chat_format_for(tmp_path):
     assert chat_format_for(DATA / "tekken_240718.json") == "mistral-v3"
     (v7 / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ bos_token }}"}))
     assert chat_format_for(v7) == "hf-template"
+
+
+def test_hf_template_with_sentencepiece_file_in_a_hub_style_directory(tmp_path, hf_dir):
+    """A Mistral hub directory: tokenizer.model (which load() prefers), a legacy
+    tokenizer.json (Prepend/Replace normalizer) and a chat template. transformers
+    5 rebuilds a Llama-class tokenizer with Metaspace(prepend_scheme='first')
+    whatever the file says; our sentencepiece tokenizer renders the same ids."""
+    from transformers import AutoTokenizer
+
+    for name in ("tokenizer_config.json", "chat_template.jinja"):
+        if (hf_dir / name).exists():
+            shutil.copy(hf_dir / name, tmp_path / name)
+    data = json.loads((hf_dir / "tokenizer.json").read_text())
+    data["pre_tokenizer"] = None
+    data["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}  # fmt: skip
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    shutil.copy(DATA / "tokenizer.model.v1", tmp_path / "tokenizer.model")
+    ours = tokenizer.load(tmp_path)
+    assert ours.kind == "sentencepiece" and chat_format_for(tmp_path) == "hf-template"
+    ref = AutoTokenizer.from_pretrained(str(tmp_path))
+    for messages in CHATS[:4]:
+        expected = ref.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert render_chat(ours, messages, "hf-template") == list(expected), messages

@@ -62,19 +62,24 @@ class Tokenizer:
         and the pieces between are encoded with :meth:`encode`. Kinds whose
         ``encode`` already matches special tokens override this.
         """
-        if not self.special_tokens:
-            return self.encode(text)
-        pattern = getattr(self, "_special_re", None)
-        if pattern is None:
-            alternatives = sorted(self.special_tokens, key=len, reverse=True)
-            pattern = self._special_re = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
         ids: list[int] = []
-        for k, part in enumerate(pattern.split(text)):
+        for k, part in enumerate(self._special_re_split(text)):
             if k % 2:
                 ids.append(self.special_tokens[part])
             elif part:
                 ids.extend(self.encode(part))
         return ids
+
+    def _special_re_split(self, text: str) -> list[str]:
+        """``text`` cut at special-token strings (longest first): text parts at
+        even indices, the special tokens at odd ones."""
+        if not self.special_tokens:
+            return [text]
+        pattern = getattr(self, "_special_re", None)
+        if pattern is None:
+            alternatives = sorted(self.special_tokens, key=len, reverse=True)
+            pattern = self._special_re = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
+        return pattern.split(text)
 
     def _check_id(self, token_id: int) -> None:
         if not 0 <= token_id < self.vocab_size:

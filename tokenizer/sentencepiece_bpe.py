@@ -148,7 +148,29 @@ class SentencePieceTokenizer(Tokenizer):
         return SPACE + text if self.add_dummy_prefix else text
 
     def encode(self, text: str) -> list[int]:
-        normalized = self.normalize(text)
+        return self._encode_normalized(self.normalize(text))
+
+    def encode_with_special_tokens(self, text: str) -> list[int]:
+        """Text with control-token strings standing for their ids, tokenized as
+        transformers (5.x) tokenizes a rendered chat template with a Llama-class
+        tokenizer built from this file: the text is cut at special tokens and
+        each part gets ``Metaspace(prepend_scheme="first")``, i.e. spaces become
+        ``▁`` and only a part at the very start of the text that does not
+        already start with ``▁`` gets the dummy prefix (so ``"<s>[INST]"`` has
+        no ``▁`` before ``[INST]``, where ``encode`` would add one).
+        """
+        ids: list[int] = []
+        for k, part in enumerate(self._special_re_split(text)):
+            if k % 2:
+                ids.append(self.special_tokens[part])
+            elif part:
+                normalized = part.replace(" ", SPACE)
+                if k == 0 and not normalized.startswith(SPACE):
+                    normalized = SPACE + normalized
+                ids.extend(self._encode_normalized(normalized))
+        return ids
+
+    def _encode_normalized(self, normalized: str) -> list[int]:
         ids: list[int] = []
         if self._user_re is None:
             self._encode_run(normalized, ids)

@@ -136,7 +136,7 @@ class DecodeState:
     is the full decode.
 
     Subclasses set ``byte_policy`` (a class above) and implement ``unit(id)``;
-    they may override ``text(s)`` (called for every text unit, after the
+    they may override ``text(s, token_id)`` (called for every text unit, after the
     preceding byte run was resolved) and ``emit(s)`` (called on every
     non-empty output) for leading-space rules. ``self.emitted`` tells whether
     any text was produced so far.
