@@ -234,4 +234,4 @@ def chat_format_for(model_dir_or_tokenizer_path) -> str:
         return f"mistral-v{n}"
     if n > 7:
         return "mistral-v7"
-    raise ChatFormatError(f"{model_dir_or_tokenizer_path}: unknown tokenizer version {version!r}")
+    raise TokenizerError(f"{model_dir_or_tokenizer_path}: unknown tokenizer version {version!r}")
