@@ -185,13 +185,18 @@ async def job_events(job: Job, request: Request | None = None):
     (Streaming responses are cancelled by Starlette itself when the client
     leaves, which also ends up in the `finally` here.)
     """
+    checked = time.monotonic()
     try:
         while True:
             try:
                 item = await asyncio.wait_for(job.events.get(), timeout=0.25)
             except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
+                item = None
+            if request is not None and time.monotonic() - checked >= 0.25:
+                checked = time.monotonic()
+                if await request.is_disconnected():
                     return
+            if item is None:
                 continue
             if item is DONE:
                 return

@@ -1,0 +1,383 @@
+"""The real server (uvicorn on a loopback port, in a thread) driven by real clients:
+the azure-ai-inference SDK, the OpenAI SDK (base_url=.../v1) and raw HTTP (httpx)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from azure.ai.inference import ChatCompletionsClient
+from azure.ai.inference.models import SystemMessage, UserMessage
+from azure.core.credentials import AzureKeyCredential
+from azure.core.exceptions import HttpResponseError
+from openai import OpenAI
+
+import tokenizer
+from engine.cli import greedy
+from engine.generate import load_chat_model
+from engine.server import Limits, Service, create_app
+from engine.tiny import family_config, write_checkpoint
+
+KEY = "test-key-123"
+SYSTEM, QUESTION = "You are a helpful assistant.", "How many languages are in the world?"
+PASS = {"extra-parameters": "pass-through"}
+MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+
+
+@contextlib.contextmanager
+def running(chat, limits=Limits(), api_key=KEY):
+    """Serve `chat` on a free loopback port for the duration of the block; yields (base url, service)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    service = Service(chat, limits)
+    server = uvicorn.Server(uvicorn.Config(create_app(service, api_key), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", service
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory):
+    path = write_checkpoint(tmp_path_factory.mktemp("srv") / "tiny-mistral", family_config("mistral"), seed=5,
+                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    return load_chat_model(str(path))
+
+
+@pytest.fixture(scope="module")
+def server(chat):
+    with running(chat) as (url, service):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server, headers={"api-key": KEY}, timeout=60) as client:
+        yield client
+
+
+def engine_greedy_ids(chat, messages, n):
+    """Token ids the engine's own greedy decode (engine.cli.greedy) gives, cut after EOS."""
+    _, ids, _ = greedy(chat.model, np.array(chat.prompt(messages)), n)
+    ids = list(ids)
+    eos = chat.model.config.eos_token_id
+    return ids[:ids.index(eos)] if eos in ids else ids
+
+
+def post(http, body, path="/chat/completions", **headers):
+    return http.post(path, content=body if isinstance(body, (bytes, str)) else json.dumps(body), headers=headers)
+
+
+def sse_events(response) -> list:
+    lines = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+# --------------------------------------------------------------------------- azure-ai-inference SDK
+def test_azure_sdk_documentation_example(server, chat):
+    """The Azure docs' Python example for Mistral/Jamba chat models, unmodified but for the endpoint."""
+    client = ChatCompletionsClient(endpoint=server, credential=AzureKeyCredential(KEY))
+    info = client.get_model_info()
+    assert (info.model_name, info.model_type, info.model_provider_name) == \
+        ("tiny-mistral", "chat-completions", "MistralAI")
+
+    response = client.complete(messages=[SystemMessage(content=SYSTEM), UserMessage(content=QUESTION)],
+                               temperature=0, max_tokens=20)
+    ids = engine_greedy_ids(chat, MESSAGES, 20)
+    assert response.choices[0].message.content == chat.tok.decode(ids)
+    assert response.choices[0].message.role == "assistant"
+    assert response.usage.prompt_tokens == len(chat.prompt(MESSAGES))
+    assert response.usage.completion_tokens == 20 and response.choices[0].finish_reason == "length"
+    assert response.model == "tiny-mistral" and response.id
+
+    stream = client.complete(messages=[SystemMessage(content=SYSTEM), UserMessage(content=QUESTION)],
+                             temperature=0, max_tokens=20, stream=True)
+    text, finish, usage = "", None, None
+    for update in stream:
+        if update.choices:
+            text += update.choices[0].delta.content or ""
+            finish = update.choices[0].finish_reason or finish
+        usage = update.usage or usage
+    assert text == response.choices[0].message.content
+    assert finish == "length" and usage.total_tokens == response.usage.total_tokens
+
+    extra = client.complete(messages=[SystemMessage(content=SYSTEM), UserMessage(content=QUESTION)],
+                            temperature=0, max_tokens=8,
+                            model_extras={"logprobs": True, "top_logprobs": 2, "n": 2, "logit_bias": {"13": -100}})
+    assert len(extra.choices) == 2
+    raw = extra.choices[0].as_dict()["logprobs"]["content"]
+    assert len(raw) <= 8 and all(len(e["top_logprobs"]) == 2 for e in raw)
+    assert 13 not in [e["bytes"] for e in raw]  # token 13 is the byte <0x0A>: banned by the bias
+    assert extra.choices[0].message.content == extra.choices[1].message.content  # greedy: the same
+
+
+def test_azure_sdk_extra_parameters_are_refused_without_pass_through(server):
+    client = ChatCompletionsClient(endpoint=server, credential=AzureKeyCredential(KEY))
+    with pytest.raises(HttpResponseError) as e:
+        client.complete(body={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": True},
+                        headers={"extra-parameters": "error"})
+    assert e.value.status_code == 422 and "unknown parameters logprobs" in str(e.value)
+
+
+def test_extra_parameters_header_modes(http):
+    body = {"messages": MESSAGES, "max_tokens": 3, "temperature": 0, "logprobs": True, "frobnicate": 1}
+    r = post(http, body)
+    assert r.status_code == 422 and r.json()["error"]["message"].startswith("unknown parameters frobnicate, logprobs")
+    r = post(http, body, **{"extra-parameters": "drop"})
+    assert r.status_code == 200 and r.json()["choices"][0]["logprobs"] is None
+    r = post(http, body, **{"extra-parameters": "pass-through"})
+    assert r.status_code == 200 and len(r.json()["choices"][0]["logprobs"]["content"]) == 3
+    assert post(http, body, **{"extra-parameters": "maybe"}).status_code == 400
+
+
+# --------------------------------------------------------------------------- OpenAI SDK on the AI21 route
+def test_openai_sdk_on_the_ai21_route(server, chat):
+    client = OpenAI(base_url=f"{server}/v1", api_key=KEY)
+    ids = engine_greedy_ids(chat, MESSAGES, 16)
+    r = client.chat.completions.create(model="tiny-mistral", messages=MESSAGES, temperature=0, max_tokens=16)
+    assert r.object == "chat.completion" and r.choices[0].message.content == chat.tok.decode(ids)
+    chunks = list(client.chat.completions.create(model="tiny-mistral", messages=MESSAGES, temperature=0,
+                                                 max_tokens=16, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason and chunks[-1].usage.total_tokens
+    several = client.chat.completions.create(model="tiny-mistral", messages=MESSAGES, n=3, max_tokens=8, seed=4)
+    assert [c.index for c in several.choices] == [0, 1, 2]
+    again = client.chat.completions.create(model="tiny-mistral", messages=MESSAGES, n=3, max_tokens=8, seed=4)
+    assert [c.message.content for c in several.choices] == [c.message.content for c in again.choices]
+
+
+def test_ai21_schema_rules(http):
+    r = post(http, {"messages": MESSAGES, "n": 2, "stream": True}, path="/v1/chat/completions")
+    assert r.status_code == 422 and "n: must be 1" in r.json()["error"]["message"]
+    r = post(http, {"messages": MESSAGES, "logprobs": True}, path="/v1/chat/completions")
+    assert r.status_code == 422 and "logprobs" in r.json()["error"]["message"]
+    r = post(http, {"messages": MESSAGES, "max_tokens": 4, "stop": ["never"]}, path="/v1/chat/completions")
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
+
+
+# --------------------------------------------------------------------------- raw HTTP
+def test_streamed_deltas_join_to_the_non_streamed_text_with_n_and_logprobs(http):
+    body = {"messages": MESSAGES, "max_tokens": 12, "temperature": 0.9, "seed": 21, "n": 2,
+            "logprobs": True, "top_logprobs": 1, "stop": "e"}
+    whole = post(http, body, **{"extra-parameters": "pass-through"}).json()
+    with http.stream("POST", "/chat/completions", json=body | {"stream": True},
+                     headers={"extra-parameters": "pass-through"}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    assert [e["choices"][0]["delta"] for e in events[:2]] == [{"role": "assistant", "content": ""}] * 2
+    texts, finishes, tokens = ["", ""], {}, [[], []]
+    for e in events[2:]:
+        c = e["choices"][0]
+        texts[c["index"]] += c["delta"].get("content", "")
+        tokens[c["index"]] += (c["logprobs"] or {}).get("content", [])
+        if c["finish_reason"]:
+            finishes[c["index"]] = c["finish_reason"]
+    assert events[-1]["usage"] == whole["usage"] and all(e["usage"] is None for e in events[:-1])
+    for i in range(2):
+        assert texts[i] == whole["choices"][i]["message"]["content"]
+        assert finishes[i] == whole["choices"][i]["finish_reason"]
+        assert tokens[i] == whole["choices"][i]["logprobs"]["content"]
+        assert "e" not in texts[i]
+
+
+def test_same_seed_same_text(http):
+    body = {"messages": MESSAGES, "max_tokens": 16, "temperature": 1.2, "top_p": 0.9, "seed": 99,
+            "presence_penalty": 0.5, "frequency_penalty": 0.5}
+    a, b = (post(http, body).json()["choices"][0]["message"]["content"] for _ in range(2))
+    c = post(http, body | {"seed": 100}).json()["choices"][0]["message"]["content"]
+    assert a == b and a != c
+
+
+BAD = [
+    (b"{not json", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    ({}, 422, "messages: Field required"),
+    ({"messages": []}, 422, "messages: List should have at least 1 item"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 422, "messages.0.role"),
+    ({"messages": [{"role": "user", "content": 5}]}, 422, "messages.0.content"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}, 422, "messages.0"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, 422, "role 'assistant' where 'user'"),
+    ({"messages": MESSAGES, "temperature": "hot"}, 422, "temperature"),
+    ({"messages": MESSAGES, "temperature": 2.5}, 422, "temperature: Input should be less than or equal to 2"),
+    ({"messages": MESSAGES, "top_p": 0}, 422, "top_p"),
+    ({"messages": MESSAGES, "max_tokens": 0}, 422, "max_tokens"),
+    ({"messages": MESSAGES, "presence_penalty": -3}, 422, "presence_penalty"),
+    ({"messages": MESSAGES, "stream": "yes"}, 422, "stream"),
+    ({"messages": MESSAGES, "stop": [""]}, 422, "stop"),
+    ({"messages": MESSAGES, "stop": 7}, 422, "stop"),
+    ({"messages": MESSAGES, "response_format": {"type": "json_object"}}, 422, "json_object is not supported"),
+    ({"messages": [{"role": "user", "content": "word " * 6000}]}, 400, "context is 4096 tokens"),
+]
+BAD_EXTRAS = [
+    ({"messages": MESSAGES, "n": 17}, 422, "n: Input should be less than or equal to 16"),
+    ({"messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, 422, "top_logprobs"),
+    ({"messages": MESSAGES, "top_logprobs": 2}, 422, "requires logprobs"),
+    ({"messages": MESSAGES, "logit_bias": {"5000": 1}}, 422, "not a token id in 0..1023"),
+    ({"messages": MESSAGES, "logit_bias": {"5": 101}}, 422, "outside -100..100"),
+]
+
+
+def test_bad_requests_get_4xx_error_bodies_and_the_server_keeps_answering(http, chat):
+    for body, status, words in BAD + [(b, s, w) for b, s, w in BAD_EXTRAS]:
+        headers = {"extra-parameters": "pass-through"} if (body, status, words) in BAD_EXTRAS else {}
+        r = post(http, body, **headers)
+        assert r.status_code == status, (body, r.text)
+        error = r.json()["error"]
+        assert set(error) == {"code", "message", "status"} and error["status"] == status
+        assert words in error["message"], (words, error["message"])
+        assert "Traceback" not in r.text
+    assert http.get("/nowhere").json()["error"]["status"] == 404
+    assert http.get("/chat/completions").json()["error"]["status"] == 405
+    r = post(http, {"messages": MESSAGES, "max_tokens": 10, "temperature": 0})
+    assert r.json()["choices"][0]["message"]["content"] == chat.tok.decode(engine_greedy_ids(chat, MESSAGES, 10))
+
+
+def test_eight_concurrent_clients_all_get_their_own_correct_answer(server, chat):
+    questions = [f"Question number {i}: what is {i} + {i}?" for i in range(8)]
+    expected = {q: chat.tok.decode(engine_greedy_ids(chat, [{"role": "user", "content": q}], 24)) for q in questions}
+
+    def ask(q):
+        stream = q.endswith(("1 + 1?", "4 + 4?", "7 + 7?"))
+        with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+            body = {"messages": [{"role": "user", "content": q}], "max_tokens": 24, "temperature": 0}
+            if not stream:
+                return q, c.post("/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+            with c.stream("POST", "/chat/completions", json=body | {"stream": True}) as r:
+                return q, "".join(e["choices"][0]["delta"].get("content", "") for e in sse_events(r))
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = dict(pool.map(ask, questions))
+    assert answers == expected
+
+
+def test_api_key_is_required(server):
+    body = {"messages": MESSAGES, "max_tokens": 1}
+    for headers in ({}, {"api-key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.post(f"{server}/chat/completions", json=body, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    assert httpx.get(f"{server}/info").status_code == 401
+    assert httpx.get(f"{server}/info", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+
+
+def test_openapi_document(server):
+    doc = httpx.get(f"{server}/openapi.json").json()
+    assert {"/info", "/chat/completions", "/v1/chat/completions"} <= set(doc["paths"])
+    schema = doc["paths"]["/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "messages" in schema["properties"]
+
+
+# --------------------------------------------------------------------------- limits and cancellation
+class SlowModel:
+    """The same model, 20 ms per decode step: long enough to observe queueing and cancellation."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def new_state(self):
+        return self.model.new_state()
+
+    def forward(self, ids, state, last_only=False):
+        time.sleep(0.02)
+        return self.model.forward(ids, state, last_only=last_only)
+
+
+def slow(chat):
+    from dataclasses import replace
+
+    return replace(chat, model=SlowModel(chat.model))
+
+
+def test_full_queue_answers_429_and_a_disconnect_cancels_the_generation(chat):
+    long = {"messages": MESSAGES, "max_tokens": 2000, "stream": True, "logit_bias": {"2": -100}}  # no EOS
+    with running(slow(chat), Limits(max_queue=1), api_key=None) as (url, service):
+        with httpx.Client(base_url=url, timeout=30, headers=PASS) as a, \
+                httpx.Client(base_url=url, timeout=30, headers=PASS) as b:
+            with a.stream("POST", "/chat/completions", json=long) as running_stream:
+                lines = (line for line in running_stream.iter_lines() if line)  # kept: dropping it disconnects
+                assert '"role": "assistant"' in next(lines) and '"content"' in next(lines)  # A is generating
+                with b.stream("POST", "/chat/completions", json=long) as queued:
+                    assert queued.status_code == 200  # B waits in the queue (its headers come first)
+                    time.sleep(0.1)
+                    r = httpx.post(f"{url}/chat/completions", json=long, headers=PASS)
+                    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+                    assert r.json()["error"]["code"] == "queue_full"
+                # B left while queued, A leaves while generating
+        deadline = time.time() + 10
+        while service.cancelled_jobs < 2:
+            assert time.time() < deadline, f"only {service.cancelled_jobs} generations cancelled"
+            time.sleep(0.05)
+        started = time.time()
+        r = httpx.post(f"{url}/chat/completions", json={"messages": MESSAGES, "max_tokens": 3})
+        assert r.status_code == 200 and time.time() - started < 5  # not stuck behind 2000-token jobs
+
+
+def test_non_streaming_client_disconnect_cancels_too(chat):
+    with running(slow(chat), api_key=None) as (url, service):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/chat/completions", json={"messages": MESSAGES, "max_tokens": 2000,
+                                                        "logit_bias": {"2": -100}}, headers=PASS, timeout=0.5)
+        deadline = time.time() + 10
+        while service.cancelled_jobs < 1:
+            assert time.time() < deadline, "the generation went on after the client left"
+            time.sleep(0.05)
+
+
+def test_rate_limits_and_body_size(chat):
+    body = {"messages": MESSAGES, "max_tokens": 2}
+    with running(chat, Limits(requests_per_minute=2, max_body_bytes=2000), api_key=None) as (url, _):
+        assert [httpx.post(f"{url}/chat/completions", json=body).status_code for _ in range(2)] == [200, 200]
+        r = httpx.post(f"{url}/chat/completions", json=body)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert "requests per minute" in r.json()["error"]["message"]
+        r = httpx.post(f"{url}/chat/completions", json={"messages": [{"role": "user", "content": "x" * 3000}]})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+        assert httpx.get(f"{url}/info").status_code == 200
+    prompt_tokens = len(chat.prompt(MESSAGES))
+    with running(chat, Limits(tokens_per_minute=2 * prompt_tokens), api_key=None) as (url, _):
+        assert httpx.post(f"{url}/chat/completions", json=body).status_code == 200  # prompt + 1 or 2 tokens
+        r = httpx.post(f"{url}/chat/completions", json=body)
+        assert r.status_code == 429 and "tokens per minute" in r.json()["error"]["message"]
+
+
+# --------------------------------------------------------------------------- done when: HF transformers
+def test_served_greedy_output_is_what_transformers_generates(server, chat, http):
+    import torch  # the oracle extra: not skipped when missing, this is the acceptance test
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(chat.path, dtype=torch.float32)
+    prompt = chat.prompt(MESSAGES)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False,
+                          attention_mask=torch.ones(1, len(prompt), dtype=torch.long), pad_token_id=0)
+    hf_ids = out[0, len(prompt):].tolist()
+    eos = chat.model.config.eos_token_id
+    hf_ids = hf_ids[:hf_ids.index(eos)] if eos in hf_ids else hf_ids
+    assert len(hf_ids) >= 16  # a real continuation, not an immediate EOS
+    r = post(http, {"messages": MESSAGES, "max_tokens": 32, "temperature": 0, "logprobs": True},
+             **{"extra-parameters": "pass-through"}).json()
+    served = r["choices"][0]
+    assert [e["bytes"] for e in served["logprobs"]["content"]] == [list(chat.tok.token_bytes(i)) for i in hf_ids]
+    assert served["message"]["content"] == chat.tok.decode(hf_ids)
+    assert r["usage"]["prompt_tokens"] == len(prompt)
