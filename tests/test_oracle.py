@@ -213,3 +213,17 @@ def test_float64_cli_agrees_with_independent_float64(family, make_checkpoint, tm
     arrays, _ = collect_activations(load_model(path, dtype="float64"), ids[:5])
     floats = {arr.dtype for n, arr in arrays.items() if arr.dtype.kind == "f"}
     assert floats == {np.dtype(np.float64)}
+
+
+def test_float64_error_report(tmp_path):
+    """The report runs, and measures a real float32 rounding drift (nonzero, ~1e-7 relative)."""
+    pytest.importorskip("matplotlib")  # the report's plot only; not a runtime dependency
+    _spec = importlib.util.spec_from_file_location("f64_report", ROOT / "benchmarks" / "float64_error_report.py")
+    report = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(report)
+    assert report.main(["--layers", "2", "--tokens", "8", "--generate", "2", "--out-dir", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "float64_error.png").stat().st_size > 1000 and "| layer 1 " in md
+    errors, same = report.measure("jamba", 2, 8, 2, tmp_path / "w")
+    assert errors["embeddings"] == 0 and same is True
+    assert all(1e-9 < errors[k] < 1e-5 for k in ("layer 0", "layer 1", "logits"))
