@@ -15,6 +15,10 @@ Both answer in the OpenAI shape (`completion_body`, `chunk_body`). Every error,
 whatever raised it, is ``{"error": {"code", "message", "status"}}`` (`ApiError`).
 
 Types are strict: ``"0.5"`` is not a number and ``"true"`` not a boolean.
+
+``response_format: {"type": "json_object"}`` is refused (422) for the Mistral
+family, as the hosted service does. Jamba accepts it, but this engine does not
+constrain decoding to JSON: the output is whatever the model samples.
 """
 
 from __future__ import annotations
