@@ -123,8 +123,13 @@ class _TracedModel:
         self.state = self.model.new_state()
         return self.state
 
-    def forward(self, ids, state, trace=None):
-        return self.model.forward(ids, state, trace=self.trace)
+    def forward(self, ids, state, trace=None, **kwargs):
+        """Forward with our trace; `trace` (greedy passes one to the prompt's forward only) also sees it."""
+        def both(name, value):
+            self.trace(name, value)
+            trace(name, value)
+
+        return self.model.forward(ids, state, trace=self.trace if trace is None else both, **kwargs)
 
 
 def final_states(state) -> dict[str, np.ndarray]:
@@ -137,27 +142,32 @@ def final_states(state) -> dict[str, np.ndarray]:
     return out
 
 
-def collect_activations(model, ids, generate: int = 0):
+def collect_activations(model, ids, generate: int = 0, prompt_trace=None):
     """Run greedy (the prompt, then `generate` tokens) with every forward traced.
 
     Returns (the dump's name -> array mapping, greedy's (logits [T, V], gen_ids [n], gen_logits [n, V])).
+    `prompt_trace(name, array)`, if given, also sees the prompt's intermediates (as with `greedy`).
     """
     from engine.cli import greedy
 
     ids = np.asarray(ids, np.int64)
     recorder = Recorder()
     traced = _TracedModel(model, recorder)
-    logits, gen_ids, gen_logits = greedy(traced, ids, generate)
+    logits, gen_ids, gen_logits = greedy(traced, ids, generate, prompt_trace)
     arrays = {"input_ids": ids} | recorder.arrays() | final_states(traced.state)
     if generate:
         arrays |= {"gen_ids": gen_ids, "gen_logits": gen_logits}
     return arrays, (logits, gen_ids, gen_logits)
 
 
-def dump_activations(model, ids, path, fmt: str | None = None, generate: int = 0):
+def dump_activations(model, ids, path, fmt: str | None = None, generate: int = 0, prompt_trace=None):
     """Write the activations of a greedy run to `path` (.npz or .safetensors; `fmt`
-    overrides the extension); return greedy's (logits [T, V], gen_ids [n], gen_logits [n, V])."""
-    arrays, result = collect_activations(model, ids, generate)
+    overrides the extension); return greedy's (logits [T, V], gen_ids [n], gen_logits [n, V]).
+
+    This is `npinfer logits --dump-activations PATH`: one run gives both the logits
+    and the dump. `prompt_trace` is `greedy`'s trace (the CLI's --router collector).
+    """
+    arrays, result = collect_activations(model, ids, generate, prompt_trace)
     write_dump(path, arrays, fmt)
     return result
 
@@ -200,8 +210,10 @@ def read_dump(path) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 return {name: z[name] for name in z.files}
         from engine.safetensors_io import open_tensors
+        from kernels.dtypes import bf16_to_float32
 
-        return open_tensors(path)
+        # BF16 is the only safetensors dtype kept as uint16 bits (engine.safetensors_io): widen it
+        return {n: bf16_to_float32(a) if a.dtype == np.uint16 else a for n, a in open_tensors(path).items()}
     except OSError as e:
         raise NpinferError(f"{path}: cannot read ({e.strerror or e})") from None
     except (ValueError, EOFError, zipfile.BadZipFile):

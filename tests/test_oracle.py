@@ -116,6 +116,24 @@ def test_dump_layout(make_checkpoint, tmp_path):
     for i in np.concatenate([ids, gen_ids[:-1]]):
         model.forward([i], state)
     assert max_diff(state.caches[1].ssm, d["model.layers.1.mamba.ssm_state"]) <= 1e-5
+    # prompt_trace (the CLI's --router collector) sees the prompt's rows only, as with greedy
+    rows = []
+    collect_activations(model, ids, 3, prompt_trace=lambda name, value: rows.append(value.shape[0]))
+    assert len(rows) > 20 and set(rows) == {10}
+
+
+def test_bf16_safetensors_dump_is_widened(tmp_path):
+    """Another backend's bf16 activations (stored as BF16) are compared as floats."""
+    from kernels.dtypes import float32_to_bf16
+
+    x = np.array([[1.5, -2.25], [0.1, 3.0]], np.float32)
+    write_tensors(tmp_path / "bf16.safetensors", {"input_ids": np.arange(2), "model.embed_tokens": float32_to_bf16(x)},
+                  bf16={"model.embed_tokens"})
+    got = read_dump(tmp_path / "bf16.safetensors")["model.embed_tokens"]
+    assert got.dtype == np.float32 and max_diff(got, x) <= 1e-3
+    report = diff_arrays({"input_ids": np.arange(2), "model.embed_tokens": x}, read_dump(tmp_path / "bf16.safetensors"),
+                         atol=0, rtol=1e-2)
+    assert report.first_divergence is None and 0 < report.rows[0].max_abs <= 1e-3
 
 
 def test_order_and_expert_sets():
