@@ -51,8 +51,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tokenizer
 from engine.generate import ChatModel, Delta, Finish, GenerationParams, PromptTooLong, Usage, collect, generate
-from engine.schema import (AI21ChatRequest, ApiError, AzureChatRequest, ChatRequest, ai21_request, azure_request,
-                           chunk_body, completion_body, error_body, info_body, parse_json)
+from engine.schema import (
+    AI21ChatRequest,
+    ApiError,
+    AzureChatRequest,
+    ChatRequest,
+    ai21_request,
+    azure_request,
+    chunk_body,
+    completion_body,
+    error_body,
+    info_body,
+    parse_json,
+)
 
 DONE = object()  # end of a job's events
 

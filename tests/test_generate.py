@@ -12,8 +12,17 @@ import pytest
 
 import tokenizer
 from engine.cli import greedy
-from engine.generate import (Delta, Finish, GenerationParams, PromptTooLong, Usage, collect, complete, generate,
-                             load_chat_model)
+from engine.generate import (
+    Delta,
+    Finish,
+    GenerationParams,
+    PromptTooLong,
+    Usage,
+    collect,
+    complete,
+    generate,
+    load_chat_model,
+)
 from engine.sampling import SamplingParams, log_softmax
 from engine.tiny import family_config, write_checkpoint
 from tests.conftest import run_cli

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -99,7 +101,7 @@ def test_text_that_may_start_a_stop_string_is_held_back_until_it_cannot():
        stops=st.lists(st.text(alphabet="abc", min_size=1, max_size=4), max_size=3))
 def test_stop_strings_cut_exactly_where_the_full_text_says(text, cuts, stops):
     bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
-    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
     shown, stopped = run_stops(pieces, tuple(stops))
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     assert "".join(shown) == (text[:min(hits)] if hits else text)

@@ -33,12 +33,12 @@ MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": Q
 
 
 @contextlib.contextmanager
-def running(chat, limits=Limits(), api_key=KEY):
+def running(chat, limits: Limits | None = None, api_key=KEY):
     """Serve `chat` on a free loopback port for the duration of the block; yields (base url, service)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    service = Service(chat, limits)
+    service = Service(chat, limits or Limits())
     server = uvicorn.Server(uvicorn.Config(create_app(service, api_key), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -64,7 +64,7 @@ def chat(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(chat):
-    with running(chat) as (url, service):
+    with running(chat) as (url, _):
         yield url
 
 
@@ -313,19 +313,19 @@ def test_full_queue_answers_429_and_a_disconnect_cancels_the_generation(chat):
     long = {"messages": MESSAGES, "max_tokens": 2000, "stream": True, "logit_bias": {"2": -100}}  # no EOS
     with running(slow(chat), Limits(max_queue=1), api_key=None) as (url, service):
         with httpx.Client(base_url=url, timeout=30, headers=PASS) as a, \
-                httpx.Client(base_url=url, timeout=30, headers=PASS) as b:
-            with a.stream("POST", "/chat/completions", json=long) as running_stream:
-                lines = (line for line in running_stream.iter_lines() if line)  # kept: dropping it disconnects
-                assert '"role": "assistant"' in next(lines) and '"content"' in next(lines)  # A is generating
-                started = time.time()
-                assert httpx.get(f"{url}/info").status_code == 200 and time.time() - started < 1  # loop is free
-                with b.stream("POST", "/chat/completions", json=long) as queued:
-                    assert queued.status_code == 200  # B waits in the queue (its headers come first)
-                    time.sleep(0.1)
-                    r = httpx.post(f"{url}/chat/completions", json=long, headers=PASS)
-                    assert r.status_code == 429 and r.headers["retry-after"] == "1"
-                    assert r.json()["error"]["code"] == "queue_full"
-                # B left while queued, A leaves while generating
+                httpx.Client(base_url=url, timeout=30, headers=PASS) as b, \
+                a.stream("POST", "/chat/completions", json=long) as running_stream:
+            lines = (line for line in running_stream.iter_lines() if line)  # kept: dropping it disconnects
+            assert '"role": "assistant"' in next(lines) and '"content"' in next(lines)  # A is generating
+            started = time.time()
+            assert httpx.get(f"{url}/info").status_code == 200 and time.time() - started < 1  # loop is free
+            with b.stream("POST", "/chat/completions", json=long) as queued:
+                assert queued.status_code == 200  # B waits in the queue (its headers come first)
+                time.sleep(0.1)
+                r = httpx.post(f"{url}/chat/completions", json=long, headers=PASS)
+                assert r.status_code == 429 and r.headers["retry-after"] == "1"
+                assert r.json()["error"]["code"] == "queue_full"
+            # B left while queued, A leaves while generating
         deadline = time.time() + 10
         while service.cancelled_jobs < 2:
             assert time.time() < deadline, f"only {service.cancelled_jobs} generations cancelled"
