@@ -90,9 +90,9 @@ def main(argv=None) -> int:
         rows.append([f"greedy {args.generate} tokens", *("same" if results[f][1] else "DIFFER" for f in FAMILIES)])
     md = "\n".join([
         "# float32 vs float64, by layer", "",
-        f"Relative error max |f32 - f64| / max |f64| of each activation; tiny random checkpoints "
-        f"(`engine.tiny` configs, {args.layers} layers), a {args.tokens}-token prompt plus "
-        f"{args.generate} greedy tokens ({args.tokens + max(args.generate - 1, 0)} rows).", "",
+        (f"Relative error max |f32 - f64| / max |f64| of each activation; tiny random checkpoints "
+         f"(`engine.tiny` configs, {args.layers} layers), a {args.tokens}-token prompt plus "
+         f"{args.generate} greedy tokens ({args.tokens + max(args.generate - 1, 0)} rows)."), "",
         f"Machine: {machine()}", "",
         table(["activation", *FAMILIES], rows), "",
         "![float32 drift by layer](float64_error.png)", ""])

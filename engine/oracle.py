@@ -263,8 +263,8 @@ class DiffReport:
                 for r in self.rows]
         widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        out = [f"ref   {self.ref}", f"other {self.other}", f"tolerance |other - ref| <= {self.atol:g} + "
-               f"{self.rtol:g} |ref|", "", line(head), line(["-" * w for w in widths]), *map(line, rows), ""]
+        tolerance = f"tolerance |other - ref| <= {self.atol:g} + {self.rtol:g} |ref|"
+        out = [f"ref   {self.ref}", f"other {self.other}", tolerance, "", line(head), line(["-" * w for w in widths]), *map(line, rows), ""]
         for label, names in (("only in ref", self.only_in_ref), ("only in other", self.only_in_other)):
             if names:
                 out.append(f"{label}: {', '.join(names)}")
