@@ -68,9 +68,8 @@ def attention(cfg: JambaConfig, w: Mapping, x, positions, cache: KVCache):
     q = kernels.linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, D)  # [T, H, D]
     k = kernels.linear(x, w["self_attn.k_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
     v = kernels.linear(x, w["self_attn.v_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
-    k_ctx, v_ctx, pos_ctx = cache.context(k, v, positions)  # [S, H_kv, D], [S, H_kv, D], [S]
+    k_ctx, v_ctx, pos_ctx = cache.update(k, v, positions)  # [S, H_kv, D], [S, H_kv, D], [S]
     out = kernels.attention(q, k_ctx, v_ctx, positions, pos_ctx, None, D ** -0.5)  # [T, H, D]
-    cache.write(k, v, positions)
     return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
 
 

@@ -41,13 +41,15 @@ def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np
     T, H, D = q.shape
     S, H_kv, _ = k.shape
     G = H // H_kv
-    qg = q.reshape(T, H_kv, G, D)  # [T, H_kv, G, D]
-    scores = np.einsum("tkgd,skd->kgts", qg, k) * scale  # [H_kv, G, T, S]
+    q = q.reshape(T, H_kv, G, D).transpose(1, 2, 0, 3)  # [H_kv, G, T, D]
+    k = k.transpose(1, 2, 0)[:, None]  # [H_kv, 1, D, S]
+    v = v.transpose(1, 0, 2)[:, None]  # [H_kv, 1, S, D]
+    scores = (q @ k) * scale  # [H_kv, G, T, S]  (einsum "kgtd,kdS->kgtS", as a batched BLAS matmul)
     mask = attention_mask(q_pos, k_pos, window)  # [T, S]
     scores = np.where(mask, scores, -np.inf)  # [H_kv, G, T, S]
     p = softmax(scores, axis=-1)  # [H_kv, G, T, S]
-    out = np.einsum("kgts,skd->tkgd", p, v)  # [T, H_kv, G, D]
-    return out.reshape(T, H, D).astype(q.dtype, copy=False)
+    out = p @ v  # [H_kv, G, T, D]
+    return out.transpose(2, 0, 1, 3).reshape(T, H, D).astype(q.dtype, copy=False)  # [T, H, D]
 
 
 attention = attention_ref

@@ -29,10 +29,10 @@ class KVCache:
     cache (positions 2-5; 2 is masked by the window rule) together with its own
     key, then its key goes to slot 6 % 4 = 2, replacing position 2.
 
-    A chunk of C tokens attends to the cache *and* its own keys before writing,
-    so a chunk longer than W never overwrites keys its own early queries need.
-    For one token (decode) this is the same as writing first and attending to the
-    W slots.
+    A chunk of C tokens attends to the cache *and* its own keys, gathered before
+    writing, so a chunk longer than W never overwrites keys its own early queries
+    need. One token (decode) is written first and attends to the W slots in place:
+    the slot it overwrites held position p - W, which it may not see anyway.
     """
 
     k: np.ndarray  # [S, H_kv, D]
@@ -40,13 +40,24 @@ class KVCache:
     pos: np.ndarray  # [S] the position held in each slot; -1 = empty
     window: int | None
 
-    def context(self, k_new, v_new, positions):
-        """Keys, values and positions a chunk attends to: filled cache slots + its own."""
+    def update(self, k_new, v_new, positions):
+        """Store a chunk's keys and values; return the keys, values and positions it
+        must attend to: [S', H_kv, D], [S', H_kv, D], [S'].
+
+        One token (decode): written first, then the ring itself is the context, with
+        no copy. Several tokens: the filled slots still visible to the chunk's first
+        query, then the chunk's own keys, gathered before writing.
+        """
+        if len(positions) == 1:
+            self.write(k_new, v_new, positions)
+            return self.k, self.v, self.pos
         first_visible = positions[0] - (self.window or positions[0] + 1) + 1
         keep = self.pos >= max(first_visible, 0)  # [S]
         k = np.concatenate([self.k[keep], k_new])  # [S', H_kv, D]
         v = np.concatenate([self.v[keep], v_new])  # [S', H_kv, D]
-        return k, v, np.concatenate([self.pos[keep], positions])
+        context = k, v, np.concatenate([self.pos[keep], positions])
+        self.write(k_new, v_new, positions)
+        return context
 
     def write(self, k_new, v_new, positions):
         """Store a chunk's keys and values at slot = position % S."""

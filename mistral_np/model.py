@@ -75,9 +75,8 @@ def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, cache: KVC
         k = k.reshape(T, H_kv, D // 2, 2).swapaxes(-1, -2).reshape(T, H_kv, D)  # [T, H_kv, D]
     q = kernels.apply_rope(q, cos, sin)  # [T, H, D]
     k = kernels.apply_rope(k, cos, sin)  # [T, H_kv, D]
-    k_ctx, v_ctx, pos_ctx = cache.context(k, v, positions)  # [S, H_kv, D], [S, H_kv, D], [S]
+    k_ctx, v_ctx, pos_ctx = cache.update(k, v, positions)  # [S, H_kv, D], [S, H_kv, D], [S]
     out = kernels.attention(q, k_ctx, v_ctx, positions, pos_ctx, cfg.sliding_window, D ** -0.5)  # [T, H, D]
-    cache.write(k, v, positions)
     return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
 
 

@@ -25,7 +25,7 @@ from engine.generate import (
 )
 from engine.sampling import SamplingParams, log_softmax
 from engine.tiny import family_config, write_checkpoint
-from tests.conftest import run_cli
+from conftest import run_cli
 
 GREEDY = SamplingParams(temperature=0.0)
 
