@@ -1,6 +1,8 @@
 """The `npinfer` command line.
 
-    npinfer logits MODEL (--ids 1,2,3 | --ids-file ids.npy) [--generate N] [--dtype float32|float64] --out out.npz
+    npinfer logits MODEL (--ids 1,2,3 | --ids-file ids.npy) [--generate N] [--dtype float32|float64]
+                   [--router] [--dump-activations PATH] --out out.npz
+    npinfer diff REF OTHER [--atol A] [--rtol R] [--json]
     npinfer tiny {mistral,mixtral,jamba} OUT_DIR
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
     npinfer chat [MODEL] "message" [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
@@ -71,6 +73,8 @@ def cmd_logits(args) -> int:
     if args.generate < 0:
         raise NpinferError("--generate must be >= 0")
     model = load_model(args.model, dtype=args.dtype)
+    if hasattr(model.config, "describe"):  # Jamba: show the layer schedule
+        print(model.config.describe(), file=sys.stderr)
     V = model.config.vocab_size
     if ids.min() < 0 or ids.max() >= V:
         raise NpinferError(f"token ids must be in 0..{V - 1} for this model")
@@ -81,7 +85,14 @@ def cmd_logits(args) -> int:
         if leaf in router:
             router[leaf].append(value)
 
-    logits, gen_ids, gen_logits = greedy(model, ids, args.generate, trace if args.router else None)
+    prompt_trace = trace if args.router else None
+    if args.dump_activations:
+        from engine.oracle import dump_activations
+
+        logits, gen_ids, gen_logits = dump_activations(model, ids, args.dump_activations,
+                                                       generate=args.generate, prompt_trace=prompt_trace)
+    else:
+        logits, gen_ids, gen_logits = greedy(model, ids, args.generate, prompt_trace)
     out = {"logits": logits, "input_ids": ids}
     if args.generate:
         out |= {"gen_ids": gen_ids, "gen_logits": gen_logits}
@@ -251,8 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (float64: every operation in float64)")
     q.add_argument("--router", action="store_true",
                    help="MoE models: also write router_logits [L, T, E] and experts [L, T, k] (prompt only)")
+    q.add_argument("--dump-activations", metavar="PATH",
+                   help="also write every named intermediate (Hugging Face module names) of the run to PATH "
+                   "(.npz or .safetensors; format in engine/oracle.py)")
     q.add_argument("--out", required=True, help="output .npz file")
     q.set_defaults(run=cmd_logits)
+
+    from engine import oracle
+
+    d = sub.add_parser("diff", help="compare two activation dumps; name the first divergence",
+                       description="For each name both dumps hold, in model order: max abs and relative error, "
+                       "cosine, share beyond tolerance; for routers the share of differing expert choices. "
+                       "Exit 0: nothing diverges; 1: something does; 2: bad input.")
+    oracle.add_arguments_diff(d)
+    d.set_defaults(run=oracle.run_diff)
 
     t = sub.add_parser("tiny", help="write a small seeded random checkpoint",
                        description="Write a small random-weight checkpoint in Hugging Face layout.")

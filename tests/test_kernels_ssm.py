@@ -107,7 +107,7 @@ def test_scan_splits_anywhere():
 def test_conv_ref_matches_torch_conv1d():
     """From zero state, the conv is nn.Conv1d(groups=Di, padding=K-1)(x)[..., :T] (transformers'
     causal_conv1d_fn), and the state is the last K inputs (its update_conv_state)."""
-    torch = pytest.importorskip("torch")
+    import torch
     T, Di, K = 9, 6, 4
     x, w, b, _ = conv_inputs(3, T, Di, K, np.float64)
     y, state = conv.causal_conv1d_ref(x, w, b, np.zeros((Di, K)))
