@@ -16,7 +16,8 @@ from numba.extending import intrinsic
 
 
 @intrinsic
-def _bitcast_u32_to_f32(typingctx, bits):
+def bits_to_f32(typingctx, bits):
+    """The float32 whose bit pattern is the uint32 `bits` (Numba only)."""
     sig = types.float32(types.uint32)
 
     def codegen(context, builder, signature, args):
@@ -28,4 +29,4 @@ def _bitcast_u32_to_f32(typingctx, bits):
 @njit(inline="always")
 def bf16_to_f32(bits):
     """The float32 value of one bf16 number given as its uint16 bits (Numba only)."""
-    return _bitcast_u32_to_f32(np.uint32(bits) << np.uint32(16))
+    return bits_to_f32(np.uint32(bits) << np.uint32(16))

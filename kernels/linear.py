@@ -7,8 +7,9 @@ Two regimes, two fast paths (the reference widens the whole matrix and calls BLA
 
 * decode (a few rows of x): memory-bound. Every weight byte is read once per
   token, so the kernel must stream the weights at memory bandwidth. For bf16 the
-  Numba kernel widens each weight in registers (`kernels.bits`) and accumulates
-  in the compute dtype, parallel over output rows. No float32 copy is made.
+  Numba kernel reads the weights as uint32 pairs, widens each in registers
+  (`kernels.bits`) and accumulates in the compute dtype, parallel over output
+  rows. No float32 copy is made. (An odd number of columns takes the tiled path.)
 * prefill (many rows): compute-bound. One tile of weight rows at a time is widened
   to the compute dtype (a few MB, cache-resident) and handed to BLAS, so the
   rate is BLAS's and the extra memory is one tile, never the whole matrix.
@@ -24,11 +25,12 @@ import numpy as np
 
 from kernels import dispatch
 from kernels.activations import silu
-from kernels.bits import bf16_to_f32
+from kernels.bits import bf16_to_f32, bits_to_f32
 from kernels.dtypes import widen
 
+_SHIFT, _HIGH_HALF = np.uint32(16), np.uint32(0xFFFF0000)  # constants, folded into the kernels
 SMALL_BATCH = 8  # rows of x up to which the weight-streaming kernel beats widen + BLAS
-TILE_BYTES = 4 << 20  # widened tile size for the BLAS path (fits in L2/L3)
+TILE_BYTES = 16 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights
 
 
 def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -43,39 +45,44 @@ def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> 
     return y
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _bf16_matvec(w, x, y):
-    """One row of x (decode): y[0, r] = sum_i bf16(w[r, i]) * x[0, i], widening in registers."""
-    O, I = w.shape
-    x0 = x[0]
-    for r in numba.prange(O):
-        row = w[r]
-        acc = x0[0] * 0  # the compute dtype's zero
-        for i in range(I):
-            acc += bf16_to_f32(row[i]) * x0[i]
-        y[0, r] = acc
+@numba.njit(inline="always", fastmath=True)
+def _dot_bf16_pairs(w_pairs, x_even, x_odd):
+    """sum_j bf16(low half of w_pairs[j]) * x_even[j] + bf16(high half) * x_odd[j].
+
+    Each uint32 word holds two bf16 weights, little-endian: the low 16 bits are the
+    even column, the high 16 bits the odd one. Both widen with one integer op and a
+    bitcast (no zero-extension): low << 16, and high & 0xFFFF0000.
+    """
+    acc = x_even[0] * np.float32(0)  # the compute dtype's zero (x * 0 would promote float32 to float64)
+    for j in range(w_pairs.shape[0]):
+        u = w_pairs[j]
+        acc += bits_to_f32(u << _SHIFT) * x_even[j] + bits_to_f32(u & _HIGH_HALF) * x_odd[j]
+    return acc
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _bf16_small_batch(w, x, y):
-    """A few rows of x: widen each weight row once into a per-thread buffer (L1-resident),
-    then take its dot product with every row of x."""
-    O, I = w.shape
-    T = x.shape[0]
-    blocks = 64
-    per_block = (O + blocks - 1) // blocks
-    for b in numba.prange(blocks):
-        buf = np.empty(I, x.dtype)  # [in], one weight row in the compute dtype
-        for r in range(b * per_block, min(O, (b + 1) * per_block)):
-            row = w[r]
-            for i in range(I):
-                buf[i] = bf16_to_f32(row[i])
-            for t in range(T):
-                xt = x[t]
-                acc = xt[0] * 0
-                for i in range(I):
-                    acc += buf[i] * xt[i]
-                y[t, r] = acc
+def _bf16_stream(w_pairs, x_even, x_odd, y):
+    """y[t, r] = sum_i bf16(w[r, i]) * x[t, i] for a few rows t, reading each weight once.
+
+    w_pairs [O, I/2] is the bf16 matrix viewed as uint32 pairs; x_even, x_odd [T, I/2]
+    the even and odd columns of x. Blocks of ROWS output rows run in parallel; inside a
+    block the columns go in segments of COLS pairs, so the segment of x (and of the
+    weight row, for T > 1) stays in L1 while it is reused.
+    """
+    O, half = w_pairs.shape
+    T = x_even.shape[0]
+    ROWS, COLS = 16, 2048
+    for b in numba.prange((O + ROWS - 1) // ROWS):
+        r0, r1 = b * ROWS, min(O, (b + 1) * ROWS)
+        for t in range(T):
+            for r in range(r0, r1):
+                y[t, r] = 0
+        for c0 in range(0, half, COLS):
+            c1 = min(half, c0 + COLS)
+            for r in range(r0, r1):
+                w_seg = w_pairs[r, c0:c1]
+                for t in range(T):
+                    y[t, r] += _dot_bf16_pairs(w_seg, x_even[t, c0:c1], x_odd[t, c0:c1])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -107,9 +114,10 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
     """`linear_ref` without a whole-matrix float copy, at bandwidth (decode) or BLAS rate (prefill)."""
     if w.dtype == x.dtype:
         y = x @ w.T  # [T, out]
-    elif w.dtype == np.uint16 and x.shape[0] <= SMALL_BATCH:
+    elif w.dtype == np.uint16 and x.shape[0] <= SMALL_BATCH and w.shape[1] % 2 == 0:
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)  # [T, out]
-        (_bf16_matvec if x.shape[0] == 1 else _bf16_small_batch)(w, np.ascontiguousarray(x), y)
+        x_even, x_odd = np.ascontiguousarray(x[:, 0::2]), np.ascontiguousarray(x[:, 1::2])  # [T, in/2] each
+        _bf16_stream(w.view(np.uint32), x_even, x_odd, y)
     else:
         y = _tiled_blas(x, w)  # [T, out]
     if bias is not None:
