@@ -22,19 +22,7 @@ kept as their raw ``uint16`` bits and widened where they are used (see
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 from typing import Callable
-
-import numba
-
-# Numba's "workqueue" thread pool parks its workers between kernels instead of
-# spinning (as OpenMP's do), so they never fight OpenBLAS's threads for the cores
-# when a Numba kernel and a BLAS call alternate (every prefill tile does). It must
-# not be entered from two Python threads at once: fast kernels run under one lock.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
-_fast_lock = threading.RLock()
 
 BACKENDS = ("ref", "fast")
 _backend = "fast"
@@ -70,10 +58,7 @@ def dispatch(ref: Callable, fast: Callable | None = None) -> Callable:
         return ref
 
     def op(*args, **kwargs):
-        if _backend == "ref":
-            return ref(*args, **kwargs)
-        with _fast_lock:
-            return fast(*args, **kwargs)
+        return (fast if _backend == "fast" else ref)(*args, **kwargs)
 
     op.__name__ = ref.__name__.removesuffix("_ref")
     op.__doc__ = ref.__doc__

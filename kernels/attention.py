@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.activations import softmax
+from kernels import dispatch
 
 
 def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, window: int | None) -> np.ndarray:
@@ -44,12 +44,39 @@ def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np
     q = q.reshape(T, H_kv, G, D).transpose(1, 2, 0, 3)  # [H_kv, G, T, D]
     k = k.transpose(1, 2, 0)[:, None]  # [H_kv, 1, D, S]
     v = v.transpose(1, 0, 2)[:, None]  # [H_kv, 1, S, D]
-    scores = (q @ k) * scale  # [H_kv, G, T, S]  (einsum "kgtd,kdS->kgtS", as a batched BLAS matmul)
-    mask = attention_mask(q_pos, k_pos, window)  # [T, S]
-    scores = np.where(mask, scores, -np.inf)  # [H_kv, G, T, S]
-    p = softmax(scores, axis=-1)  # [H_kv, G, T, S]
+    scores = q @ k  # [H_kv, G, T, S]  (einsum "kgtd,kdS->kgtS", as a batched BLAS matmul)
+    scores *= scale
+    scores += np.where(attention_mask(q_pos, k_pos, window), 0.0, -np.inf).astype(q.dtype)  # [T, S] mask as a bias
+    # softmax over keys, in place (every query sees at least itself, so no row is all -inf)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    p = scores  # [H_kv, G, T, S]
     out = p @ v  # [H_kv, G, T, D]
     return out.transpose(2, 0, 1, 3).reshape(T, H, D).astype(q.dtype, copy=False)  # [T, H, D]
 
 
-attention = attention_ref
+SMALL_BATCH = 8  # queries up to which BLAS runs single-threaded (decode)
+_blas = None
+
+
+def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
+    """`attention_ref` with OpenBLAS held to one thread for a few queries (decode).
+
+    A decode step alternates Numba kernels (the projections, parallel over rows)
+    with these small matrix products. Left at two threads, OpenBLAS's workers
+    spin-wait after each product and take the cores from Numba's workers, which
+    halves the speed of the next projection; one thread is plenty for [G, S] x [S, D].
+    """
+    global _blas
+    if q.shape[0] > SMALL_BATCH:
+        return attention_ref(q, k, v, q_pos, k_pos, window, scale)
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas")
+    with _blas.limit(limits=1):
+        return attention_ref(q, k, v, q_pos, k_pos, window, scale)
+
+
+attention = dispatch(attention_ref, attention_fast)

@@ -50,7 +50,8 @@ class KVCache:
         """
         if len(positions) == 1:
             self.write(k_new, v_new, positions)
-            return self.k, self.v, self.pos
+            filled = min(positions[0] + 1, len(self.pos))  # states start at position 0: slots fill in order
+            return self.k[:filled], self.v[:filled], self.pos[:filled]
         first_visible = positions[0] - (self.window or positions[0] + 1) + 1
         keep = self.pos >= max(first_visible, 0)  # [S]
         k = np.concatenate([self.k[keep], k_new])  # [S', H_kv, D]

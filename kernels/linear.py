@@ -30,7 +30,7 @@ from kernels.dtypes import widen
 
 _SHIFT, _HIGH_HALF = np.uint32(16), np.uint32(0xFFFF0000)  # constants, folded into the kernels
 SMALL_BATCH = 8  # rows of x up to which the weight-streaming kernel beats widen + BLAS
-TILE_BYTES = 16 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights
+TILE_BYTES = 64 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights
 
 
 def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -85,11 +85,15 @@ def _bf16_stream(w_pairs, x_even, x_odd, y):
                     y[t, r] += _dot_bf16_pairs(w_seg, x_even[t, c0:c1], x_odd[t, c0:c1])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _widen_bf16_into(w, out):
-    """out[...] = the values of bf16 bits w (same shape), in out's dtype."""
-    rows = w.shape[0]
-    for r in numba.prange(rows):
+    """out[...] = the values of bf16 bits w (same shape), in out's dtype.
+
+    Deliberately single-threaded: it runs between two multi-threaded BLAS calls,
+    and Numba's OpenMP workers would still be spinning when BLAS starts, taking a
+    third of its speed; one core widens a tile in a few percent of the GEMM's time.
+    """
+    for r in range(w.shape[0]):
         for i in range(w.shape[1]):
             out[r, i] = bf16_to_f32(w[r, i])
 
