@@ -39,7 +39,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import kernels  # noqa: E402  (sets the Numba threading layer before any kernel runs)
 import numba  # noqa: E402
 from benchmarks.common import machine, run_measured, table  # noqa: E402
 

@@ -38,7 +38,6 @@ DTYPES = {
 MAX_HEADER = 100_000_000
 
 
-SafetensorsError = CheckpointError
 
 
 def read_header(path: Path) -> tuple[dict, int]:
@@ -47,23 +46,23 @@ def read_header(path: Path) -> tuple[dict, int]:
         with open(path, "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
-                raise SafetensorsError(f"{path}: truncated file ({len(raw)} bytes, no header)")
+                raise CheckpointError(f"{path}: truncated file ({len(raw)} bytes, no header)")
             (n,) = struct.unpack("<Q", raw)
             if n > MAX_HEADER:
-                raise SafetensorsError(f"{path}: not a safetensors file (header length {n})")
+                raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
             text = f.read(n)
     except FileNotFoundError:
-        raise SafetensorsError(f"{path}: file not found") from None
+        raise CheckpointError(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise SafetensorsError(f"{path}: is a directory, not a safetensors file") from None
+        raise CheckpointError(f"{path}: is a directory, not a safetensors file") from None
     if len(text) < n:
-        raise SafetensorsError(f"{path}: truncated file (header cut at {len(text)} of {n} bytes)")
+        raise CheckpointError(f"{path}: truncated file (header cut at {len(text)} of {n} bytes)")
     try:
         header = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{path}: header is not valid JSON ({e})") from None
+        raise CheckpointError(f"{path}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
-        raise SafetensorsError(f"{path}: header is not a JSON object")
+        raise CheckpointError(f"{path}: header is not a JSON object")
     return header, 8 + n
 
 
@@ -83,16 +82,16 @@ def open_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         try:
             code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
         except (TypeError, KeyError, ValueError):
-            raise SafetensorsError(f"{path}: tensor {name!r} has a malformed header entry") from None
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
         if code not in DTYPES:
-            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {code} "
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {code} "
                                    f"(supported: {', '.join(DTYPES)})")
         dtype = DTYPES[code]
         if start + end > size:
-            raise SafetensorsError(f"{path}: truncated file: tensor {name!r} ends at byte "
+            raise CheckpointError(f"{path}: truncated file: tensor {name!r} ends at byte "
                                    f"{start + end}, file has {size}")
         if end - begin != int(np.prod(shape)) * dtype.itemsize:
-            raise SafetensorsError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold "
+            raise CheckpointError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold "
                                    f"{code} {shape}")
         tensors[name] = data[start + begin:start + end].view(dtype).reshape(shape)
     return tensors

@@ -3,7 +3,8 @@
 They serve as the embedded default model (so `npinfer chat` runs with no
 download) and as the test fixtures the golden references are recorded on.
 Weights are drawn so activations stay near unit scale and logits have a standard
-deviation around 1: a matrix [out, in] is N(0, 1/in), a norm weight 1 + N(0, 0.1^2).
+deviation around 1: a matrix [out, in] is N(0, 1/in), a norm weight 1 + N(0, 0.1^2),
+an embedding N(0, 1) (N(0, 1/d) when it is also the output head).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
         if w is None and len(shape) == 1:
             w = 1.0 + 0.1 * rng.standard_normal(shape)
         elif w is None and name.endswith("embed_tokens.weight"):
-            w = rng.standard_normal(shape)
+            # N(0, 1) rows; a tied head reads them as output rows too, so scale them
+            # to N(0, 1/d) there, or logits would have std sqrt(d)
+            w = rng.standard_normal(shape) * (shape[1] ** -0.5 if config.get("tie_word_embeddings") else 1.0)
         elif w is None:
             w = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
         weights[name] = np.asarray(w, dtype=np.float32)

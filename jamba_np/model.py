@@ -31,6 +31,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 import kernels
+from kernels.decoder import check_ids, forward_in_chunks
 from jamba_np.config import JambaConfig
 from jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
 from kernels.cache import KVCache, new_kv_cache
@@ -167,12 +168,7 @@ class Jamba:
 
     def forward(self, ids, state: JambaState, trace: Trace = _ignore, last_only: bool = False):
         """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.ndim != 1 or len(ids) == 0:
-            raise ValueError("forward needs a non-empty 1-D sequence of token ids")
-        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
-            raise ValueError(f"token ids must be in 0..{self.config.vocab_size - 1}")
-        chunks = [ids[s:s + self.chunk_size] for s in range(0, len(ids), self.chunk_size)]
-        logits = [forward_chunk(self.config, self.weights, c, state, self.dtype, trace, last_only)
-                  for c in chunks]
-        return logits[-1] if last_only else np.concatenate(logits)
+        ids = check_ids(ids, self.config.vocab_size)
+        return forward_in_chunks(
+            lambda chunk: forward_chunk(self.config, self.weights, chunk, state, self.dtype, trace, last_only),
+            ids, self.chunk_size, last_only)

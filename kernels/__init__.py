@@ -12,7 +12,10 @@ by one process-wide switch:
     with kernels.using("ref"):   # the same, scoped
         ...
 
-There is no model knowledge in this package: shapes and dtypes only.
+There is no model knowledge in this package: shapes and dtypes only. Beside the
+ops it holds what every decoder shares without being a model: the KV ring buffer
+(`kernels.cache`), views of weights (`kernels.weights`), and config-field reading,
+id checks and chunked prefill (`kernels.decoder`).
 
 Weights arrive in their file dtype. NumPy has no bfloat16, so bf16 tensors are
 kept as their raw ``uint16`` bits and widened where they are used (see

@@ -17,9 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-
-class ConfigError(ValueError):
-    """A config file this package cannot run; the message names the field."""
+from kernels.decoder import ConfigError
+from kernels.decoder import int_field as _int
 
 
 @dataclass(frozen=True)
@@ -123,12 +122,3 @@ class MistralConfig:
 
     def replace(self, **changes) -> "MistralConfig":
         return dataclasses.replace(self, **changes)
-
-
-def _int(d: dict, key: str, default: int | None = None) -> int:
-    value = d.get(key, default)
-    if value is None:
-        raise ConfigError(f"missing field {key!r}")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"field {key!r} must be a non-negative integer, not {value!r}")
-    return value

@@ -48,5 +48,36 @@ MIXTRAL_CASES = {
 }
 
 
+def jamba(**overrides) -> dict:
+    """A tiny Jamba config.json: 4 layers, d = 32, d_inner = 64, 4 experts."""
+    config = {
+        "architectures": ["JambaForCausalLM"], "model_type": "jamba",
+        "vocab_size": 128, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+        "attn_layer_period": 2, "attn_layer_offset": 0, "expert_layer_period": 2, "expert_layer_offset": 1,
+        "num_experts": 4, "num_experts_per_tok": 2, "mamba_d_state": 16, "mamba_d_conv": 4,
+        "mamba_expand": 2, "mamba_dt_rank": "auto", "mamba_conv_bias": True, "mamba_proj_bias": False,
+        "use_mamba_kernels": False, "max_position_embeddings": 512, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+# name -> (config, seed); the schedule in each name's comment.
+JAMBA_CASES = {
+    # attn+mlp, mamba+moe, attn+mlp, mamba+moe; dt_rank auto = 2; N = 16
+    "attn0_moe2_top2": (jamba(), 41),
+    # mamba+moe, mamba+mlp, mamba+mlp, attn+moe, mamba+mlp, mamba+mlp; N = 8; dt_rank 5
+    "attn3_moe3_top1": (jamba(num_hidden_layers=6, attn_layer_period=4, attn_layer_offset=3,
+                              expert_layer_period=3, expert_layer_offset=0, num_experts_per_tok=1,
+                              mamba_d_state=8, mamba_dt_rank=5), 42),
+    # mamba+mlp, attn+moe, mamba+mlp, mamba+moe, mamba+mlp; proj biases, no conv bias; K = 3; GQA 4
+    # (a tied head is tested live: engine.tiny's N(0, 1) embeddings make tied logits degenerate)
+    "bias_k3_gqa4": (jamba(num_hidden_layers=5, attn_layer_period=5, attn_layer_offset=1,
+                           num_key_value_heads=1, mamba_conv_bias=False,
+                           mamba_proj_bias=True, mamba_dt_rank=3, num_experts=3, mamba_d_conv=3), 43),
+}
+
+
 def prompt(seed: int, vocab: int, n: int = PROMPT_LEN) -> np.ndarray:
     return np.random.default_rng(1000 + seed).integers(3, vocab, size=n)

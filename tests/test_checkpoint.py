@@ -15,7 +15,7 @@ from cases import mistral
 from conftest import run_cli
 from engine.checkpoint import CheckpointError, open_checkpoint, resolve
 from engine.registry import load_model
-from engine.safetensors_io import SafetensorsError, open_tensors, write_tensors
+from engine.safetensors_io import open_tensors, write_tensors
 from kernels.dtypes import bf16_to_float32, float32_to_bf16
 
 

@@ -1,4 +1,4 @@
-"""Mistral and Mixtral against golden references recorded from HF transformers
+"""Mistral, Mixtral and Jamba against golden references recorded from HF transformers
 (tests/golden/record.py). These need neither torch nor transformers."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cases import GENERATE, MISTRAL_CASES, MIXTRAL_CASES
+from cases import GENERATE, JAMBA_CASES, MISTRAL_CASES, MIXTRAL_CASES
 from conftest import assert_matches
 from engine.cli import greedy
 from engine.registry import load_model
@@ -16,7 +16,8 @@ from engine.registry import load_model
 GOLDEN = Path(__file__).parent / "golden"
 
 
-CASES = {f"mistral_{k}": v for k, v in MISTRAL_CASES.items()} | {f"mixtral_{k}": v for k, v in MIXTRAL_CASES.items()}
+CASES = {f"{family}_{k}": v for family, cases in [("mistral", MISTRAL_CASES), ("mixtral", MIXTRAL_CASES),
+                                                  ("jamba", JAMBA_CASES)] for k, v in cases.items()}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -3,127 +3,16 @@ float64 implementation, self-consistency of the hybrid state, config and CLI."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import jamba_np
 import kernels
-from cases import GENERATE, prompt
+from cases import JAMBA_CASES, jamba, prompt
 from conftest import max_diff, run_cli
-from engine.cli import greedy
 from engine.registry import load_model
 from engine.tiny import family_config, random_weights
-
-GOLDEN = Path(__file__).parent / "golden"
-TOL = 1e-4
-
-_spec = importlib.util.spec_from_file_location("record_jamba", GOLDEN / "record_jamba.py")
-record_jamba = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(record_jamba)
-JAMBA_CASES, jamba = record_jamba.JAMBA_CASES, record_jamba.jamba
-
-
-def assert_matches(ours: tuple, ref: dict) -> None:
-    logits, gen_ids, gen_logits = ours
-    assert max_diff(logits, ref["logits"]) <= TOL
-    np.testing.assert_array_equal(gen_ids, ref["gen_ids"])
-    assert max_diff(gen_logits, ref["gen_logits"]) <= TOL
-
-
-@pytest.mark.parametrize("case", sorted(JAMBA_CASES))
-def test_golden(case, make_checkpoint):
-    """npinfer reproduces the logits transformers recorded (tests/golden/record_jamba.py)."""
-    config, seed = JAMBA_CASES[case]
-    ref = np.load(GOLDEN / f"jamba_{case}.npz")
-    path = make_checkpoint(config, seed)
-    assert_matches(greedy(load_model(path), ref["input_ids"], GENERATE), ref)
-
-
-# ---------------------------------------------------------------- an independent float64 Jamba
-def plain_jamba(c: dict, W: dict, ids) -> np.ndarray:
-    """Jamba in float64 from config.json and HF-named weights, written from the paper and
-    transformers' module docs with plain loops; shares no code with jamba_np or kernels."""
-    W = {k: np.asarray(v, np.float64) for k, v in W.items()}
-    d, eps, L = c["hidden_size"], c["rms_norm_eps"], c["num_hidden_layers"]
-    H, Hkv = c["num_attention_heads"], c["num_key_value_heads"]
-    Dh, Di, N, K = d // H, c["mamba_expand"] * d, c["mamba_d_state"], c["mamba_d_conv"]
-    R = -(-d // 16) if c["mamba_dt_rank"] == "auto" else c["mamba_dt_rank"]
-    T = len(ids)
-
-    def norm(v, w):
-        return v / np.sqrt(np.mean(v * v, -1, keepdims=True) + eps) * w
-
-    def silu(v):
-        return v / (1 + np.exp(-v))
-
-    def lin(v, name, bias=None):
-        return v @ W[name].T + (0 if bias is None else W[bias])
-
-    x = W["model.embed_tokens.weight"][ids]
-    for i in range(L):
-        p = f"model.layers.{i}."
-        h = norm(x, W[p + "input_layernorm.weight"])
-        if i % c["attn_layer_period"] == c["attn_layer_offset"]:
-            q = lin(h, p + "self_attn.q_proj.weight").reshape(T, H, Dh)
-            k = lin(h, p + "self_attn.k_proj.weight").reshape(T, Hkv, Dh)
-            v = lin(h, p + "self_attn.v_proj.weight").reshape(T, Hkv, Dh)
-            out = np.zeros((T, H, Dh))
-            for head in range(H):
-                g = head // (H // Hkv)
-                for t in range(T):
-                    s = np.array([q[t, head] @ k[j, g] / np.sqrt(Dh) for j in range(t + 1)])
-                    a = np.exp(s - s.max())
-                    out[t, head] = (a / a.sum()) @ v[: t + 1, g]
-            mix = lin(out.reshape(T, H * Dh), p + "self_attn.o_proj.weight")
-        else:
-            m = p + "mamba."
-            pb = c["mamba_proj_bias"]
-            xz = lin(h, m + "in_proj.weight", m + "in_proj.bias" if pb else None)
-            u, z = xz[:, :Di], xz[:, Di:]
-            cw = W[m + "conv1d.weight"][:, 0, :]
-            cb = W[m + "conv1d.bias"] if c["mamba_conv_bias"] else np.zeros(Di)
-            conv = np.zeros((T, Di))
-            for t in range(T):
-                for j in range(K):
-                    src = t - (K - 1) + j
-                    if src >= 0:
-                        conv[t] += cw[:, j] * u[src]
-            u = silu(conv + cb)
-            dbc = lin(u, m + "x_proj.weight")
-            dt = norm(dbc[:, :R], W[m + "dt_layernorm.weight"])
-            B = norm(dbc[:, R:R + N], W[m + "b_layernorm.weight"])
-            C = norm(dbc[:, R + N:], W[m + "c_layernorm.weight"])
-            dt = np.log1p(np.exp(lin(dt, m + "dt_proj.weight", m + "dt_proj.bias")))
-            A = -np.exp(W[m + "A_log"])
-            s, y = np.zeros((Di, N)), np.zeros((T, Di))
-            for t in range(T):
-                for ch in range(Di):
-                    s[ch] = np.exp(dt[t, ch] * A[ch]) * s[ch] + dt[t, ch] * B[t] * u[t, ch]
-                    y[t, ch] = s[ch] @ C[t] + W[m + "D"][ch] * u[t, ch]
-            mix = lin(y * silu(z), m + "out_proj.weight", m + "out_proj.bias" if pb else None)
-        x = x + mix
-        h = norm(x, W[p + "pre_ff_layernorm.weight"])
-        f = p + "feed_forward."
-        if c["num_experts"] > 1 and i % c["expert_layer_period"] == c["expert_layer_offset"]:
-            ff = np.zeros_like(h)
-            logits = lin(h, f + "router.weight")
-            for t in range(T):
-                prob = np.exp(logits[t] - logits[t].max())
-                prob /= prob.sum()
-                for e in np.argsort(-prob, kind="stable")[: c["num_experts_per_tok"]]:
-                    e_ = f"{f}experts.{e}."
-                    a = silu(h[t] @ W[e_ + "gate_proj.weight"].T) * (h[t] @ W[e_ + "up_proj.weight"].T)
-                    ff[t] += prob[e] * (a @ W[e_ + "down_proj.weight"].T)
-        else:
-            ff = lin(silu(lin(h, f + "gate_proj.weight")) * lin(h, f + "up_proj.weight"), f + "down_proj.weight")
-        x = x + ff
-    x = norm(x, W["model.final_layernorm.weight"])
-    head = "model.embed_tokens.weight" if c["tie_word_embeddings"] else "lm_head.weight"
-    return x @ W[head].T
-
+from reference_f64 import plain_jamba
 
 @pytest.mark.parametrize("case", ["attn3_moe3_top1", "bias_k3_gqa4"])
 @pytest.mark.parametrize("backend", ["ref", "fast"])

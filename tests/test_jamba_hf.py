@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from cases import GENERATE, prompt
-from conftest import max_diff
+from cases import GENERATE, jamba, prompt
+from conftest import assert_matches, max_diff
 from engine.checkpoint import open_checkpoint
 from engine.cli import greedy
 from engine.registry import load_model
@@ -21,7 +21,6 @@ import transformers
 from hf_oracle import hf_run, load_hf, randomize_  # noqa: E402
 
 import jamba_np  # noqa: E402
-from test_jamba import assert_matches, jamba  # noqa: E402
 
 
 def hf_written(tmp_path, config: dict, seed: int, dtype=torch.float32, shard: str | None = None):

@@ -4,7 +4,6 @@ references against the definitions they implement (PyTorch's conv1d, the scan's 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernels import conv, ssm

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cases import mistral, mixtral, prompt
+from cases import jamba, mistral, mixtral, prompt
 from conftest import max_diff, run_cli
 from engine import NpinferError
 from engine.oracle import collect_activations, diff_arrays, diff_dumps, dump_activations, order_key, read_dump
 from engine.registry import load_model
 from engine.safetensors_io import open_tensors, write_tensors
 from engine.tiny import random_weights
-from test_jamba import jamba, plain_jamba
+from reference_f64 import plain_jamba
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("hf_dump", ROOT / "benchmarks" / "hf_dump.py")

@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tokenizer
-from tokenizer.sentencepiece_bpe import SentencePieceTokenizer
 
 DATA = Path(mistral_common.__file__).parent / "data"
 FILES = {

@@ -4,7 +4,8 @@
 
 For each case of `tests/cases.py`: write its checkpoint with `engine.tiny`
 (numpy-seeded, so the tests rebuild it byte for byte), load it in transformers
-(float32), and store the prompt logits and HF `generate`'s 24-token greedy ids
+(float32; Jamba through its PyTorch path, no mamba_ssm / causal_conv1d kernels),
+and store the prompt logits and HF `generate`'s 24-token greedy ids
 and per-step logits. The tests then compare npinfer to these files without
 needing torch; the live tests compare to transformers itself.
 """
@@ -21,7 +22,7 @@ import transformers
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 
-from cases import GENERATE, MISTRAL_CASES, MIXTRAL_CASES, prompt  # noqa: E402
+from cases import GENERATE, JAMBA_CASES, MISTRAL_CASES, MIXTRAL_CASES, prompt  # noqa: E402
 from engine.tiny import write_checkpoint  # noqa: E402
 from hf_oracle import hf_run, load_hf  # noqa: E402
 
@@ -39,3 +40,4 @@ def record(family: str, cases: dict) -> None:
 if __name__ == "__main__":
     record("mistral", MISTRAL_CASES)
     record("mixtral", MIXTRAL_CASES)
+    record("jamba", JAMBA_CASES)

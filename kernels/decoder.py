@@ -1,0 +1,42 @@
+"""What every decoder in this project does around its layers, whatever the model:
+read integer config fields with one-line errors, check token ids, and run a
+long prompt in chunks (so no T x T score matrix is ever built).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """A config file a model package cannot run; the message names the field."""
+
+
+def int_field(d: dict, key: str, default: int | None = None) -> int:
+    """d[key] (or `default`) as a non-negative int, else a ConfigError naming the field."""
+    value = d.get(key, default)
+    if value is None:
+        raise ConfigError(f"missing field {key!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"field {key!r} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def check_ids(ids, vocab_size: int) -> np.ndarray:
+    """Token ids as a non-empty int64 vector inside the vocabulary, or a ValueError."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 1 or len(ids) == 0:
+        raise ValueError("forward needs a non-empty 1-D sequence of token ids")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"token ids must be in 0..{vocab_size - 1}")
+    return ids
+
+
+def forward_in_chunks(forward_chunk: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, chunk_size: int,
+                      last_only: bool) -> np.ndarray:
+    """Run `forward_chunk` over consecutive pieces of `ids` (each continues the state
+    the previous one left) and return all logits [T, V], or the last row [1, V]."""
+    logits = [forward_chunk(ids[s:s + chunk_size]) for s in range(0, len(ids), chunk_size)]
+    return logits[-1] if last_only else np.concatenate(logits)
