@@ -8,7 +8,7 @@ Two regimes, two fast paths (the reference widens the whole matrix and calls BLA
 * decode (a few rows of x): memory-bound. Every weight byte is read once per
   token, so the kernel must stream the weights at memory bandwidth. For bf16 the
   Numba kernel reads the weights as uint32 pairs, widens each in registers
-  (`kernels.bits`) and accumulates in the compute dtype, parallel over output
+  (`kernels.intrinsics`) and accumulates in the compute dtype, parallel over output
   rows. No float32 copy is made. (An odd number of columns takes the tiled path.)
 * prefill (many rows): compute-bound. One tile of weight rows at a time is widened
   to the compute dtype (a few MB, cache-resident) and handed to BLAS, so the
@@ -25,7 +25,7 @@ import numpy as np
 
 from kernels import dispatch
 from kernels.activations import silu
-from kernels.bits import bf16_to_f32, bits_to_f32
+from kernels.intrinsics import bf16_to_f32, bits_to_f32, prefetch
 from kernels.dtypes import widen
 
 _SHIFT, _HIGH_HALF = np.uint32(16), np.uint32(0xFFFF0000)  # constants, folded into the kernels
@@ -67,11 +67,13 @@ def _bf16_stream(w_pairs, x_even, x_odd, y):
     w_pairs [O, I/2] is the bf16 matrix viewed as uint32 pairs; x_even, x_odd [T, I/2]
     the even and odd columns of x. Blocks of ROWS output rows run in parallel; inside a
     block the columns go in segments of COLS pairs, so the segment of x (and of the
-    weight row, for T > 1) stays in L1 while it is reused.
+    weight row, for T > 1) stays in L1 while it is reused. While a row segment is
+    multiplied, the same segment two rows down is prefetched.
     """
     O, half = w_pairs.shape
     T = x_even.shape[0]
-    ROWS, COLS = 16, 2048
+    ROWS, COLS, AHEAD = 16, 1024, 2
+    base, row_bytes = w_pairs.ctypes.data, w_pairs.strides[0]
     for b in numba.prange((O + ROWS - 1) // ROWS):
         r0, r1 = b * ROWS, min(O, (b + 1) * ROWS)
         for t in range(T):
@@ -80,6 +82,10 @@ def _bf16_stream(w_pairs, x_even, x_odd, y):
         for c0 in range(0, half, COLS):
             c1 = min(half, c0 + COLS)
             for r in range(r0, r1):
+                if r + AHEAD < O:
+                    start = base + (r + AHEAD) * row_bytes + c0 * 4
+                    for offset in range(0, (c1 - c0) * 4, 64):  # one cache line at a time
+                        prefetch(start + offset)
                 w_seg = w_pairs[r, c0:c1]
                 for t in range(T):
                     y[t, r] += _dot_bf16_pairs(w_seg, x_even[t, c0:c1], x_odd[t, c0:c1])

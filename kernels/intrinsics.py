@@ -1,0 +1,58 @@
+"""Two LLVM instructions Numba does not expose: a bitcast and a prefetch.
+
+**bf16 widened in registers.** A bf16 number is the top 16 bits of a float32, so widening is a zero-extend, a
+shift and a reinterpretation of the 32 bits as a float. NumPy spells the last step
+``array.view(np.float32)``; inside a Numba loop we need it per element, without a
+temporary array, so `bf16_to_f32` emits the single LLVM ``bitcast`` instruction.
+LLVM then vectorises the loop (vpmovzxwd + vpslld + vfmadd on x86).
+
+**Software prefetch.** A decode step streams every weight once; the hardware
+prefetcher alone leaves a core short of memory requests in flight. `prefetch(address)`
+(``llvm.prefetch``: read, no temporal locality, data cache) asks for the cache lines
+of a row two rows ahead while the current one is multiplied: a few percent of decode
+speed here (71% -> 74% of the read bandwidth on Mistral-7B shapes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import binding, ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# the intrinsic's name carries the pointer type: "p0" with LLVM's opaque pointers (15+)
+_PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def bits_to_f32(typingctx, bits):
+    """The float32 whose bit pattern is the uint32 `bits` (Numba only)."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def bf16_to_f32(bits):
+    """The float32 value of one bf16 number given as its uint16 bits (Numba only)."""
+    return bits_to_f32(np.uint32(bits) << np.uint32(16))
+
+
+@intrinsic
+def prefetch(typingctx, address):
+    """Hint the CPU to bring the cache line at integer `address` toward L1 (Numba only)."""
+    sig = types.void(types.intp)
+
+    def codegen(context, builder, signature, args):
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            _PREFETCH)
+        # (address, rw = 0 read, locality = 0 streaming, cache type = 1 data)
+        builder.call(fn, [builder.inttoptr(args[0], i8p), ir.Constant(i32, 0), ir.Constant(i32, 0), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
