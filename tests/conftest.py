@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from engine.tiny import write_checkpoint
+
+# CI replays the same examples every run (a failure there is reproducible, never a
+# lucky draw); local runs explore new ones each time.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 @pytest.fixture
