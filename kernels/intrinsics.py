@@ -21,6 +21,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from kernels.dtypes import bf16_to_float32
+
 # the intrinsic's name carries the pointer type: "p0" with LLVM's opaque pointers (15+)
 _PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
 
@@ -34,6 +36,11 @@ def bits_to_f32(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
+
+
+def bf16_to_f32_ref(bits: np.ndarray) -> np.ndarray:
+    """The NumPy reference of `bf16_to_f32`, on whole arrays of bf16 bits."""
+    return bf16_to_float32(bits)
 
 
 @njit(inline="always")

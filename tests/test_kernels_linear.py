@@ -67,3 +67,21 @@ def test_switch_selects_the_implementation():
     np.testing.assert_array_equal(ref, linear_ref(x, w))
     with pytest.raises(ValueError, match="unknown kernel backend"):
         kernels.use("gpu")
+
+
+def test_register_widening_matches_numpy_for_every_bf16_value():
+    """All 65536 bf16 bit patterns (NaNs, infinities, subnormals included) widen to the
+    same float32 bits in the Numba intrinsic as in the NumPy reference."""
+    import numba
+
+    from kernels.intrinsics import bf16_to_f32, bf16_to_f32_ref
+
+    @numba.njit
+    def widen_all(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = bf16_to_f32(bits[i])
+
+    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(2**16, np.float32)
+    widen_all(bits, out)
+    np.testing.assert_array_equal(out.view(np.uint32), bf16_to_f32_ref(bits).view(np.uint32))
