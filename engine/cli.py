@@ -117,17 +117,12 @@ def _save_npz(path: Path, arrays: dict) -> None:
 
 
 def cmd_tiny(args) -> int:
+    import tokenizer
     from engine.tiny import family_config, write_checkpoint
 
-    try:
-        import tokenizer
-
-        tok = getattr(tokenizer, "TINY_TOKENIZER_PATH", None)
-    except ImportError:
-        tok = None
-    try:
+    try:  # with the tiny model's own byte-fallback BPE tokenizer (1024 pieces)
         out = write_checkpoint(args.out_dir, family_config(args.family), seed=args.seed, dtype=args.dtype,
-                               tokenizer=tok)
+                               tokenizer=tokenizer.TINY_TOKENIZER_PATH)
     except (FileExistsError, ValueError) as e:
         raise NpinferError(str(e)) from None
     print(f"wrote a tiny {args.family} checkpoint to {out}", file=sys.stderr)
@@ -287,12 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("tokenize", help="JSON lines of text -> token ids (or back with --decode)",
                        description="Read JSON lines on stdin, write JSON lines on stdout.")
-    try:
-        from tokenizer import cli as tokenizer_cli
+    from tokenizer import cli as tokenizer_cli
 
-        tokenizer_cli.add_arguments(k)
-    except (ImportError, AttributeError):
-        k.add_argument("tokenizer", metavar="TOKENIZER")
+    tokenizer_cli.add_arguments(k)
     k.set_defaults(run=cmd_tokenize)
 
     add_chat_parser(sub)
