@@ -129,7 +129,7 @@ def main() -> None:
     wm = Prefixed(moe_weights(cfg, rng), "")
     h = rng.standard_normal((T, d), dtype=np.float32)  # [T, d] the normed layer input
 
-    mamba_mixer(cfg, w, h[:8], new_mamba_cache(cfg, np.float32))  # compile / warm the kernels
+    mamba_mixer(cfg, w, h[:8], [new_mamba_cache(cfg, np.float32)], [slice(0, 8)])  # compile / warm the kernels
     print(f"machine: {machine()}")
     print(f"Jamba-v0.1 layer shapes: d {d}, d_inner {Di}, N {N}, dt_rank {R}, K {cfg.mamba_d_conv}, "
           f"E {cfg.num_experts} top-{cfg.num_experts_per_tok}, I {cfg.intermediate_size}; T = {T} tokens, float32\n")
@@ -144,10 +144,10 @@ def main() -> None:
     B, C = dbc[:, R:R + N], dbc[:, R + N:]  # [T, N]
     A = -np.exp(w["A_log"])  # [Di, N]
     s0 = cache.ssm  # [Di, N]
-    mamba_mixer(cfg, w, h[:8], new_mamba_cache(cfg, np.float32))  # compile / warm the kernels
+    mamba_mixer(cfg, w, h[:8], [new_mamba_cache(cfg, np.float32)], [slice(0, 8)])  # compile / warm the kernels
 
     r = args.repeat
-    t_mixer = best(lambda: mamba_mixer(cfg, w, h, new_mamba_cache(cfg, np.float32)), r)
+    t_mixer = best(lambda: mamba_mixer(cfg, w, h, [new_mamba_cache(cfg, np.float32)], [slice(0, len(h))]), r)
     rows = {
         "in_proj   [T,d] -> [T,2Di]": best(lambda: kernels.linear(h, w["in_proj.weight"]), r),
         "conv1d (Numba)": best(lambda: kernels.causal_conv1d(x, conv_w, w["conv1d.bias"], cache.conv), r),
@@ -170,7 +170,7 @@ def main() -> None:
     with kernels.using("ref"):
         t_scan_ref = best(lambda: kernels.selective_scan(xc, dt, A, B, C, s0), max(1, r - 1))
         t_conv_ref = best(lambda: kernels.causal_conv1d(x, conv_w, w["conv1d.bias"], cache.conv), r)
-        t_mixer_ref = best(lambda: mamba_mixer(cfg, w, h, new_mamba_cache(cfg, np.float32)), max(1, r - 1))
+        t_mixer_ref = best(lambda: mamba_mixer(cfg, w, h, [new_mamba_cache(cfg, np.float32)], [slice(0, len(h))]), max(1, r - 1))
     t_scan = rows["selective scan (fast)"]
     print(f"{'scan / conv / mixer':34s} {'ms':>9s} {'vs fast':>9s}")
     print(f"  {'scan, Numba kernel':32s} {t_scan * 1e3:9.1f} {1:9.2f}x")
@@ -195,7 +195,7 @@ def main() -> None:
                              B=torch.from_numpy(B.T.copy())[None], C=torch.from_numpy(C.T.copy())[None])
                 scan_fn = getattr(mj.mamba_selective_scan, "__wrapped__", mj.mamba_selective_scan)
                 t_hf_scan = best(lambda: scan_fn(**targs), max(1, r - 1))
-            ours = mamba_mixer(cfg, w, h, new_mamba_cache(cfg, np.float32))
+            ours = mamba_mixer(cfg, w, h, [new_mamba_cache(cfg, np.float32)], [slice(0, len(h))])
             print(f"  {'scan, HF PyTorch path':32s} {t_hf_scan * 1e3:9.1f} {t_hf_scan / t_scan:9.2f}x")
             print(f"  {'mixer, HF PyTorch path':32s} {t_hf * 1e3:9.1f} {t_hf / t_mixer:9.2f}x   "
                   f"(torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -11,14 +11,16 @@ The loop, for n choices::
 
     state = model.new_state(); z = model.forward(prompt, state)   # one prefill
     states = [state, deepcopy(state), ...]                        # n copies of the cache
-    repeat: for each live choice i:
-        t = choose(z_i)                         # engine.sampling
-        text = decoder_i.push(t)                # tokenizer stream decoder: whole characters only
-        emit the text the stop strings allow    # StopStrings: held back while a stop may match
-        z_i = model.forward([t], states[i])     # one decode step
+    repeat:
+        for each live choice i:
+            t_i = choose(z_i)                   # engine.sampling
+            text = decoder_i.push(t_i)          # tokenizer stream decoder: whole characters only
+            emit the text the stop strings allow    # StopStrings: held back while a stop may match
+        z = model.forward_batch(t, states)      # one decode step for all live choices at once
 
-The models take one sequence at a time, so "decoding as a batch" is this loop
-over the choices at each step; the prefill is shared by copying its state.
+The prefill is shared by copying its state; the decode steps run as one batch, so
+each weight is read once per step for all n choices (decode is memory-bound:
+n choices cost little more than one).
 
 A choice ends at the first of: an EOS token (finish_reason "stop", the EOS
 itself produces no text), a stop string ("stop"; the string and anything after
@@ -180,6 +182,7 @@ def generate(model, tok, prompt_ids, params: GenerationParams) -> Iterator[Delta
                for i, (s, rng) in enumerate(zip(states, choice_rngs(params.seed, params.n)))]
     completion_tokens = 0
     while choices:
+        continuing = []  # (choice, token) of the choices that decode another step
         for c in list(choices):
             t = choose(c.logits, params.sampling, c.counts, c.rng)
             c.counts[t] += 1
@@ -203,7 +206,11 @@ def generate(model, tok, prompt_ids, params: GenerationParams) -> Iterator[Delta
                 yield Finish(c.index, reason)
                 choices.remove(c)
             else:
-                c.logits = model.forward([t], c.state, last_only=True)[-1]  # [V]
+                continuing.append((c, t))
+        if continuing:
+            z = model.forward_batch([t for _, t in continuing], [c.state for c, _ in continuing])  # [B, V]
+            for (c, _), logits in zip(continuing, z):
+                c.logits = logits  # [V]
     yield Usage(len(prompt_ids), completion_tokens)
 
 

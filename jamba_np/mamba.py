@@ -67,16 +67,21 @@ def new_mamba_cache(cfg: JambaConfig, dtype) -> MambaCache:
     return MambaCache(np.zeros((cfg.d_inner, cfg.mamba_d_conv), dtype), np.zeros((cfg.d_inner, cfg.mamba_d_state), dtype))
 
 
-def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, cache: MambaCache) -> np.ndarray:
-    """The selective SSM block: h [T, d] -> [T, d]; `cache` advances by T tokens.
+def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaCache],
+                segments: list[slice]) -> np.ndarray:
+    """The selective SSM block: h [T, d] -> [T, d]; each cache advances by its rows.
 
+    The rows `segments[j]` of h belong to the sequence whose state is `caches[j]`:
+    one sequence (a prefill chunk: one cache, all rows) or a batch of decode steps
+    (one row per sequence). Projections run on all rows at once; the two
+    recurrences (conv, scan) run per sequence, each on its own state.
     `w` holds this layer's ``mamba.*`` weights by their names after ``mamba.``.
     One token (decode) takes one step of each recurrence, as transformers'
     ``causal_conv1d_update`` and ``mamba_selective_state_update`` do; more tokens run
     the loops (``causal_conv1d_fn``, ``mamba_selective_scan``). Each loop's
     reference is a loop of its step, so the two paths compute the same numbers.
     """
-    T, Di, N, R = h.shape[0], cfg.d_inner, cfg.mamba_d_state, cfg.mamba_dt_rank
+    Di, N, R = cfg.d_inner, cfg.mamba_d_state, cfg.mamba_dt_rank
     eps, dtype = cfg.rms_norm_eps, h.dtype
     proj_bias = cfg.mamba_proj_bias
 
@@ -87,11 +92,12 @@ def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, cache: MambaCache) 
     # 2. Causal depthwise conv over time (nn.Conv1d(groups=Di, padding=K-1)[..., :T]), then SiLU.
     conv_w = w["conv1d.weight"][:, 0, :]  # [Di, K]  stored [Di, 1, K]: one filter per channel
     conv_b = w["conv1d.bias"] if cfg.mamba_conv_bias else None  # [Di]
-    if T == 1:
-        xc, cache.conv = kernels.conv1d_step(x[0], conv_w, conv_b, cache.conv)  # [Di], [Di, K]
-        xc = xc[None]  # [1, Di]
-    else:
-        xc, cache.conv = kernels.causal_conv1d(x, conv_w, conv_b, cache.conv)  # [T, Di], [Di, K]
+    xc = np.empty_like(x)  # [T, Di]
+    for cache, rows in zip(caches, segments):
+        if rows.stop - rows.start == 1:
+            xc[rows.start], cache.conv = kernels.conv1d_step(x[rows.start], conv_w, conv_b, cache.conv)  # [Di], [Di, K]
+        else:
+            xc[rows], cache.conv = kernels.causal_conv1d(x[rows], conv_w, conv_b, cache.conv)  # [t, Di], [Di, K]
     x = kernels.silu(xc)  # [T, Di]
 
     # 3. The selection: dt, B, C are functions of the input ([1] section 3.2, Algorithm 2 lines 2-4).
@@ -108,11 +114,13 @@ def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, cache: MambaCache) 
 
     # 5. The scan ([1] Algorithm 2 lines 5-6; eq. 4 discretisation inside the kernel).
     A = -np.exp(kernels.widen(w["A_log"], dtype))  # [Di, N]  negative, so exp(dt A) < 1: a decaying memory
-    if T == 1:
-        y, cache.ssm = kernels.ssm_step(x[0], dt[0], A, B[0], C[0], cache.ssm)  # [Di], [Di, N]
-        y = y[None]  # [1, Di]
-    else:
-        y, cache.ssm = kernels.selective_scan(x, dt, A, B, C, cache.ssm)  # [T, Di], [Di, N]
+    y = np.empty_like(x)  # [T, Di]
+    for cache, rows in zip(caches, segments):
+        if rows.stop - rows.start == 1:
+            t = rows.start
+            y[t], cache.ssm = kernels.ssm_step(x[t], dt[t], A, B[t], C[t], cache.ssm)  # [Di], [Di, N]
+        else:
+            y[rows], cache.ssm = kernels.selective_scan(x[rows], dt[rows], A, B[rows], C[rows], cache.ssm)  # [t, Di]
 
     # 6. Skip connection D, the SiLU gate ([1] fig. 3: the multiplicative branch), output projection.
     y = y + x * kernels.widen(w["D"], dtype)  # [T, Di]

@@ -31,7 +31,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 import kernels
-from kernels.decoder import check_ids, forward_in_chunks
+from kernels.decoder import check_ids, forward_in_chunks, rows_of
 from jamba_np.config import JambaConfig
 from jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
 from kernels.cache import KVCache, new_kv_cache
@@ -57,20 +57,23 @@ def new_state(cfg: JambaConfig, dtype=np.float32) -> JambaState:
 
 
 # --------------------------------------------------------------------------- blocks
-def attention(cfg: JambaConfig, w: Mapping, x, positions, cache: KVCache):
+def attention(cfg: JambaConfig, w: Mapping, x, positions, caches: list[KVCache], segments):
     """Causal grouped-query attention, no positional encoding: x [T, d] -> [T, d].
 
     In PyTorch (JambaAttention): q, k, v projections; view as heads; append k, v to
     the cache; softmax(q k^T / sqrt(D) + causal mask) v in float32; o_proj.
     Positions only build the causal mask; q and k are never rotated.
+    The rows `segments[j]` belong to the sequence whose cache is `caches[j]`.
     """
     T = x.shape[0]
     H, H_kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q = kernels.linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, D)  # [T, H, D]
     k = kernels.linear(x, w["self_attn.k_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
     v = kernels.linear(x, w["self_attn.v_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
-    k_ctx, v_ctx, pos_ctx = cache.update(k, v, positions)  # [S, H_kv, D], [S, H_kv, D], [S]
-    out = kernels.attention(q, k_ctx, v_ctx, positions, pos_ctx, None, D ** -0.5)  # [T, H, D]
+    out = np.empty_like(q)  # [T, H, D]
+    for cache, rows in zip(caches, segments):  # each sequence attends to its own cache
+        k_ctx, v_ctx, pos_ctx = cache.update(k[rows], v[rows], positions[rows])  # [S, H_kv, D] x2, [S]
+        out[rows] = kernels.attention(q[rows], k_ctx, v_ctx, positions[rows], pos_ctx, None, D ** -0.5)  # [t, H, D]
     return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
 
 
@@ -104,16 +107,17 @@ def _ignore(name: str, value: np.ndarray) -> None:
     pass
 
 
-def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, state: JambaState, dtype,
+def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, states: list[JambaState], dtype,
                   trace: Trace = _ignore, last_only: bool = False):
-    """One pass over tokens `ids` [T] continuing from `state` (advanced by T).
+    """One pass over tokens `ids` [T]: T consecutive tokens of one sequence (one state),
+    or one next token for each of T sequences (T states, see `kernels.decoder.rows_of`).
 
-    Returns logits [T, V] (or [1, V] for the last token when `last_only`).
-    `trace(name, array)` sees every named intermediate under the name of the
-    transformers module that produces it.
+    Returns logits [T, V] (or [1, V] for the last token when `last_only`) and
+    advances the states. `trace(name, array)` sees every named intermediate under
+    the name of the transformers module that produces it.
     """
     T, eps = len(ids), cfg.rms_norm_eps
-    positions = state.pos + np.arange(T)  # [T]  (attention's causal mask only)
+    positions, segments = rows_of(states, T)  # [T] (attention's causal mask only), the rows of each state
     x = kernels.embed(weights["model.embed_tokens.weight"], ids, dtype)  # [T, d]
     trace("model.embed_tokens", x)
     for i in range(cfg.num_hidden_layers):
@@ -122,10 +126,10 @@ def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, state: JambaState, dt
         h = kernels.rms_norm(x, w["input_layernorm.weight"], eps)  # [T, d]
         trace(f"{name}.input_layernorm", h)
         if cfg.is_attention(i):
-            a = attention(cfg, w, h, positions, state.caches[i])  # [T, d]
+            a = attention(cfg, w, h, positions, [s.caches[i] for s in states], segments)  # [T, d]
             trace(f"{name}.self_attn", a)
         else:
-            a = mamba_mixer(cfg, Prefixed(w, "mamba."), h, state.caches[i])  # [T, d]
+            a = mamba_mixer(cfg, Prefixed(w, "mamba."), h, [s.caches[i] for s in states], segments)  # [T, d]
             trace(f"{name}.mamba", a)
         x = x + a  # [T, d]
         h = kernels.rms_norm(x, w["pre_ff_layernorm.weight"], eps)  # [T, d]
@@ -134,7 +138,8 @@ def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, state: JambaState, dt
         trace(f"{name}.feed_forward", f)
         x = x + f  # [T, d]
         trace(name, x)
-    state.pos += T
+    for state, rows in zip(states, segments):
+        state.pos += rows.stop - rows.start
     if last_only:
         x = x[-1:]  # [1, d]
     x = kernels.rms_norm(x, weights["model.final_layernorm.weight"], eps)  # [T, d]
@@ -153,6 +158,7 @@ class Jamba:
         state = model.new_state()
         logits = model.forward(prompt_ids, state)        # prefill, in chunks
         logits = model.forward([next_id], state)         # one decode step
+        logits = model.forward_batch(ids, states)        # one step of several sequences
     """
 
     config: JambaConfig
@@ -170,5 +176,11 @@ class Jamba:
         """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place)."""
         ids = check_ids(ids, self.config.vocab_size)
         return forward_in_chunks(
-            lambda chunk: forward_chunk(self.config, self.weights, chunk, state, self.dtype, trace, last_only),
+            lambda chunk: forward_chunk(self.config, self.weights, chunk, [state], self.dtype, trace, last_only),
             ids, self.chunk_size, last_only)
+
+    def forward_batch(self, ids, states: list[JambaState], trace: Trace = _ignore):
+        """Logits [B, V]: one decode step for each of B sequences, token ids[b] continuing
+        states[b]. Each weight is read once for the whole batch."""
+        ids = check_ids(ids, self.config.vocab_size)
+        return forward_chunk(self.config, self.weights, ids, list(states), self.dtype, trace)

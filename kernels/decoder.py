@@ -1,6 +1,7 @@
 """What every decoder in this project does around its layers, whatever the model:
-read integer config fields with one-line errors, check token ids, and run a
-long prompt in chunks (so no T x T score matrix is ever built).
+read integer config fields with one-line errors, check token ids, run a long
+prompt in chunks (so no T x T score matrix is ever built), and lay out the rows
+of a pass that serves several sequences at once (a batch of decode steps).
 """
 
 from __future__ import annotations
@@ -40,3 +41,18 @@ def forward_in_chunks(forward_chunk: Callable[[np.ndarray], np.ndarray], ids: np
     the previous one left) and return all logits [T, V], or the last row [1, V]."""
     logits = [forward_chunk(ids[s:s + chunk_size]) for s in range(0, len(ids), chunk_size)]
     return logits[-1] if last_only else np.concatenate(logits)
+
+
+def rows_of(states: list, T: int) -> tuple[np.ndarray, list[slice]]:
+    """Positions [T] and per-state row ranges of a pass over T tokens.
+
+    One state: the T tokens are consecutive tokens of that sequence (a prefill
+    chunk). T states: token t is the next token of sequence t (a batch of decode
+    steps: every weight is read once for all of them, each sequence keeps its
+    own cache). A state's `pos` is the position of its next token.
+    """
+    if len(states) == 1:
+        return states[0].pos + np.arange(T), [slice(0, T)]
+    if len(states) != T:
+        raise ValueError(f"a batch of {len(states)} states needs one token each, got {T}")
+    return np.array([s.pos for s in states]), [slice(t, t + 1) for t in range(T)]

@@ -32,7 +32,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 import kernels
-from kernels.decoder import check_ids, forward_in_chunks
+from kernels.decoder import check_ids, forward_in_chunks, rows_of
 from kernels.cache import KVCache, new_kv_cache
 from kernels.weights import Prefixed
 from mistral_np.config import MistralConfig
@@ -57,11 +57,12 @@ def new_state(config: MistralConfig, dtype=np.float32) -> MistralState:
 
 
 # --------------------------------------------------------------------------- blocks
-def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, cache: KVCache):
+def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, caches: list[KVCache], segments):
     """Grouped-query attention with RoPE over cache + chunk: x [T, d] -> [T, d].
 
     In PyTorch (MistralAttention): q, k, v projections; view as heads; rotary on
     q and k; append to the cache; softmax(q k^T / sqrt(D) + mask) v; o_proj.
+    The rows `segments[j]` belong to the sequence whose cache is `caches[j]`.
     """
     T = x.shape[0]
     H, H_kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -76,8 +77,11 @@ def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, cache: KVC
         k = k.reshape(T, H_kv, D // 2, 2).swapaxes(-1, -2).reshape(T, H_kv, D)  # [T, H_kv, D]
     q = kernels.apply_rope(q, cos, sin)  # [T, H, D]
     k = kernels.apply_rope(k, cos, sin)  # [T, H_kv, D]
-    k_ctx, v_ctx, pos_ctx = cache.update(k, v, positions)  # [S, H_kv, D], [S, H_kv, D], [S]
-    out = kernels.attention(q, k_ctx, v_ctx, positions, pos_ctx, cfg.sliding_window, D ** -0.5)  # [T, H, D]
+    out = np.empty_like(q)  # [T, H, D]
+    for cache, rows in zip(caches, segments):  # each sequence attends to its own cache
+        k_ctx, v_ctx, pos_ctx = cache.update(k[rows], v[rows], positions[rows])  # [S, H_kv, D] x2, [S]
+        out[rows] = kernels.attention(q[rows], k_ctx, v_ctx, positions[rows], pos_ctx,
+                                      cfg.sliding_window, D ** -0.5)  # [t, H, D]
     return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
 
 
@@ -111,16 +115,18 @@ def _ignore(name: str, value: np.ndarray) -> None:
     pass
 
 
-def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, state: MistralState, dtype,
+def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[MistralState], dtype,
                   trace: Trace = _ignore, last_only: bool = False):
-    """One pass over tokens `ids` [T] at positions state.pos .. state.pos + T - 1.
+    """One pass over tokens `ids` [T]: T consecutive tokens of one sequence (one state,
+    positions state.pos .. state.pos + T - 1), or one next token for each of T
+    sequences (T states, see `kernels.decoder.rows_of`).
 
     Returns logits [T, V] (or [1, V] for the last token when `last_only`) and
-    advances `state` by T. `trace(name, array)` sees every named intermediate, under
+    advances the states. `trace(name, array)` sees every named intermediate, under
     the names of the Hugging Face modules that produce it.
     """
     T, eps = len(ids), cfg.rms_norm_eps
-    positions = state.pos + np.arange(T)  # [T]
+    positions, segments = rows_of(states, T)  # [T], the rows of each state
     cos, sin = kernels.rope_tables(positions, cfg.head_dim, cfg.rope_theta, dtype)  # [T, D], [T, D]
     x = kernels.embed(weights["model.embed_tokens.weight"], ids, dtype)  # [T, d]
     trace("model.embed_tokens", x)
@@ -129,7 +135,7 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, state: MistralState
         w = Prefixed(weights, name + ".")
         h = kernels.rms_norm(x, w["input_layernorm.weight"], eps)  # [T, d]
         trace(f"{name}.input_layernorm", h)
-        a = attention(cfg, w, h, positions, cos, sin, state.caches[i])  # [T, d]
+        a = attention(cfg, w, h, positions, cos, sin, [s.caches[i] for s in states], segments)  # [T, d]
         trace(f"{name}.self_attn", a)
         x = x + a  # [T, d]
         h = kernels.rms_norm(x, w["post_attention_layernorm.weight"], eps)  # [T, d]
@@ -142,7 +148,8 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, state: MistralState
             trace(f"{name}.mlp", f)
         x = x + f  # [T, d]
         trace(name, x)
-    state.pos += T
+    for state, rows in zip(states, segments):
+        state.pos += rows.stop - rows.start
     if last_only:
         x = x[-1:]  # [1, d]
     x = kernels.rms_norm(x, weights["model.norm.weight"], eps)  # [T, d]
@@ -161,6 +168,7 @@ class Mistral:
         state = model.new_state()
         logits = model.forward(prompt_ids, state)        # prefill, in chunks
         logits = model.forward([next_id], state)         # one decode step
+        logits = model.forward_batch(ids, states)        # one step of several sequences
     """
 
     config: MistralConfig
@@ -175,5 +183,11 @@ class Mistral:
         """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place)."""
         ids = check_ids(ids, self.config.vocab_size)
         return forward_in_chunks(
-            lambda chunk: forward_chunk(self.config, self.weights, chunk, state, self.dtype, trace, last_only),
+            lambda chunk: forward_chunk(self.config, self.weights, chunk, [state], self.dtype, trace, last_only),
             ids, self.chunk_size, last_only)
+
+    def forward_batch(self, ids, states: list[MistralState], trace: Trace = _ignore):
+        """Logits [B, V]: one decode step for each of B sequences, token ids[b] continuing
+        states[b]. Each weight is read once for the whole batch."""
+        ids = check_ids(ids, self.config.vocab_size)
+        return forward_chunk(self.config, self.weights, ids, list(states), self.dtype, trace)

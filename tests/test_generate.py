@@ -195,3 +195,25 @@ def load_chat_model_in(cache_home):
     from engine.default_model import NAME
 
     return load_chat_model(os.path.join(cache_home, "npinfer", NAME))
+
+
+def test_choices_decode_as_one_batch_and_each_is_its_own_sequence(chat, prompt):
+    """n choices take one forward_batch per step (each weight read once for all), and
+    choice 0 of a seeded n = 3 run is exactly the seeded n = 1 run (same generator,
+    rows of the batch independent of each other)."""
+    calls = []
+    real = chat.model.forward_batch
+
+    def counting(ids, states):
+        calls.append(len(ids))
+        return real(ids, states)
+
+    sampling = SamplingParams(temperature=0.9, top_p=0.9)
+    chat.model.forward_batch = counting
+    try:
+        three = complete(chat.model, chat.tok, prompt, GenerationParams(max_tokens=10, n=3, seed=5, sampling=sampling))
+    finally:
+        del chat.model.forward_batch
+    one = complete(chat.model, chat.tok, prompt, GenerationParams(max_tokens=10, n=1, seed=5, sampling=sampling))
+    assert three.choices[0].text == one.choices[0].text
+    assert calls and calls[0] == 3 and len(calls) <= 9  # batches of the live choices, not one call per choice

@@ -170,3 +170,17 @@ def test_config_checkpoint_mismatch_is_one_line(make_checkpoint):
     (path / "config.json").write_text(json.dumps(cfg | {"mamba_d_state": 8}))
     proc = run_cli("logits", path, "--ids", "1,2", "--out", path / "o.npz", check=False)
     assert proc.returncode == 2 and "mamba.x_proj.weight" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batched_decode_equals_one_sequence_at_a_time(tiny_model):
+    """forward_batch on the hybrid: attention caches and Mamba states per sequence."""
+    model = tiny_model
+    states_a, states_b = [model.new_state() for _ in range(3)], [model.new_state() for _ in range(3)]
+    for j, (a, b) in enumerate(zip(states_a, states_b)):
+        ids = prompt(10 + j, model.config.vocab_size, n=1 + 5 * j)
+        model.forward(ids, a)
+        model.forward(ids, b)
+    for step in range(3):
+        ids = [3 + step, 50, 90 - step]
+        own = np.concatenate([model.forward([t], s) for t, s in zip(ids, states_b)])
+        assert max_diff(model.forward_batch(ids, states_a), own) <= 1e-5

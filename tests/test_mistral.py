@@ -102,3 +102,21 @@ def test_float64_against_independent_implementation(config, make_checkpoint, tmp
     ours = np.load(tmp_path / "o.npz")["logits"]
     assert ours.dtype == np.float64
     assert max_diff(ours, forward_f64(path, ids)) <= 1e-9
+
+
+@pytest.mark.parametrize("config", [mistral(sliding_window=6), mistral(num_key_value_heads=1)], ids=["window", "gqa4"])
+def test_batched_decode_equals_one_sequence_at_a_time(config, make_checkpoint):
+    """forward_batch: sequences at different positions (one past its window) each take
+    one step; every row equals that sequence's own single-token forward."""
+    model = load_model(make_checkpoint(config, seed=33))
+    prompts = [prompt(1, 128, n=3), prompt(2, 128, n=11), prompt(3, 128, n=1)]
+    batch_states, own_states = [model.new_state() for _ in prompts], [model.new_state() for _ in prompts]
+    for p, a, b in zip(prompts, batch_states, own_states):
+        model.forward(p, a)
+        model.forward(p, b)
+    for step in range(4):
+        ids = [5 + step, 60 + step, 100 - step]
+        batched = model.forward_batch(ids, batch_states)  # [3, V]
+        own = np.concatenate([model.forward([t], s) for t, s in zip(ids, own_states)])  # [3, V]
+        assert max_diff(batched, own) <= 1e-5
+    assert [s.pos for s in batch_states] == [len(p) + 4 for p in prompts]

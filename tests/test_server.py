@@ -303,6 +303,10 @@ class SlowModel:
         time.sleep(0.02)
         return self.model.forward(ids, state, last_only=last_only)
 
+    def forward_batch(self, ids, states):
+        time.sleep(0.02)
+        return self.model.forward_batch(ids, states)
+
 
 def slow(chat):
     from dataclasses import replace
