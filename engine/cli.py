@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="compute dtype (float64: every operation in float64)")
     q.add_argument("--router", action="store_true",
-                   help="MoE models: also write router_logits [L_moe, T, E] and experts [L_moe, T, k], one row per MoE layer (prompt only)")
+                   help="MoE models: also write router_logits [L_moe, T, E] and experts [L_moe, T, k], "
+                   "one row per MoE layer (prompt only)")
     q.add_argument("--dump-activations", metavar="PATH",
                    help="also write every named intermediate (Hugging Face module names) of the run to PATH "
                    "(.npz or .safetensors; format in engine/oracle.py)")
