@@ -26,19 +26,16 @@ V vocabulary; Mamba's own in `jamba_np/mamba.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 import kernels
-from kernels.decoder import check_ids, forward_in_chunks, rows_of
+from kernels.decoder import Decoder, Trace, no_trace, rows_of
 from jamba_np.config import JambaConfig
 from jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
 from kernels.cache import KVCache, new_kv_cache
 from kernels.weights import Prefixed
-
-Trace = Callable[[str, np.ndarray], None]
-
 
 # --------------------------------------------------------------------------- state
 @dataclass
@@ -103,12 +100,8 @@ def sparse_moe(cfg: JambaConfig, w: Mapping, x, trace: Trace, name: str):
 
 
 # --------------------------------------------------------------------------- model
-def _ignore(name: str, value: np.ndarray) -> None:
-    pass
-
-
 def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, states: list[JambaState], dtype,
-                  trace: Trace = _ignore, last_only: bool = False):
+                  trace: Trace = no_trace, last_only: bool = False):
     """One pass over tokens `ids` [T]: T consecutive tokens of one sequence (one state),
     or one next token for each of T sequences (T states, see `kernels.decoder.rows_of`).
 
@@ -151,7 +144,7 @@ def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, states: list[JambaSta
 
 
 @dataclass
-class Jamba:
+class Jamba(Decoder):
     """A loaded Jamba: config, weights and compute dtype; no state inside.
 
         model = Jamba(config, weights)
@@ -166,21 +159,10 @@ class Jamba:
     dtype: np.dtype = field(default=np.dtype(np.float32))
     chunk_size: int = 512  # prefill chunk: bounds attention scores and the scan's temporaries
 
+    forward_chunk = staticmethod(forward_chunk)  # the pass above; Decoder builds forward and forward_batch on it
+
     def new_state(self) -> JambaState:
         return new_state(self.config, self.dtype)
 
     def describe(self) -> str:
         return self.config.describe()
-
-    def forward(self, ids, state: JambaState, trace: Trace = _ignore, last_only: bool = False):
-        """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place)."""
-        ids = check_ids(ids, self.config.vocab_size)
-        return forward_in_chunks(
-            lambda chunk: forward_chunk(self.config, self.weights, chunk, [state], self.dtype, trace, last_only),
-            ids, self.chunk_size, last_only)
-
-    def forward_batch(self, ids, states: list[JambaState], trace: Trace = _ignore):
-        """Logits [B, V]: one decode step for each of B sequences, token ids[b] continuing
-        states[b]. Each weight is read once for the whole batch."""
-        ids = check_ids(ids, self.config.vocab_size)
-        return forward_chunk(self.config, self.weights, ids, list(states), self.dtype, trace)

@@ -35,12 +35,35 @@ def check_ids(ids, vocab_size: int) -> np.ndarray:
     return ids
 
 
-def forward_in_chunks(forward_chunk: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, chunk_size: int,
-                      last_only: bool) -> np.ndarray:
-    """Run `forward_chunk` over consecutive pieces of `ids` (each continues the state
-    the previous one left) and return all logits [T, V], or the last row [1, V]."""
-    logits = [forward_chunk(ids[s:s + chunk_size]) for s in range(0, len(ids), chunk_size)]
-    return logits[-1] if last_only else np.concatenate(logits)
+Trace = Callable[[str, np.ndarray], None]  # trace(name, array): sees every named intermediate
+
+
+def no_trace(name: str, value: np.ndarray) -> None:
+    pass
+
+
+class Decoder:
+    """`forward` and `forward_batch` for a model class, on top of its `forward_chunk`.
+
+    A model class (``mistral_np.Mistral``, ``jamba_np.Jamba``) is a dataclass with
+    ``config`` (with ``vocab_size``), ``weights``, ``dtype``, ``chunk_size`` and
+    ``forward_chunk(config, weights, ids, states, dtype, trace, last_only)``: one pass
+    over the rows `rows_of` lays out.
+    """
+
+    def forward(self, ids, state, trace: Trace = no_trace, last_only: bool = False) -> np.ndarray:
+        """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place);
+        a long prompt runs in chunks of `chunk_size`, each continuing the last."""
+        ids = check_ids(ids, self.config.vocab_size)
+        logits = [self.forward_chunk(self.config, self.weights, ids[s:s + self.chunk_size], [state], self.dtype,
+                                     trace, last_only) for s in range(0, len(ids), self.chunk_size)]
+        return logits[-1] if last_only else np.concatenate(logits)
+
+    def forward_batch(self, ids, states: list, trace: Trace = no_trace) -> np.ndarray:
+        """Logits [B, V]: one decode step for each of B sequences, token ids[b] continuing
+        states[b]. Each weight is read once for the whole batch."""
+        ids = check_ids(ids, self.config.vocab_size)
+        return self.forward_chunk(self.config, self.weights, ids, list(states), self.dtype, trace)
 
 
 def rows_of(states: list, T: int) -> tuple[np.ndarray, list[slice]]:

@@ -27,18 +27,15 @@ uint16 bits) and `kernels` widens them to the compute dtype as they are used.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
 import kernels
-from kernels.decoder import check_ids, forward_in_chunks, rows_of
+from kernels.decoder import Decoder, Trace, no_trace, rows_of
 from kernels.cache import KVCache, new_kv_cache
 from kernels.weights import Prefixed
 from mistral_np.config import MistralConfig
-
-Trace = Callable[[str, np.ndarray], None]
-
 
 # --------------------------------------------------------------------------- state
 @dataclass
@@ -111,12 +108,8 @@ def sparse_moe(cfg: MistralConfig, w: Mapping, x, trace: Trace, name: str):
 
 
 # --------------------------------------------------------------------------- model
-def _ignore(name: str, value: np.ndarray) -> None:
-    pass
-
-
 def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[MistralState], dtype,
-                  trace: Trace = _ignore, last_only: bool = False):
+                  trace: Trace = no_trace, last_only: bool = False):
     """One pass over tokens `ids` [T]: T consecutive tokens of one sequence (one state,
     positions state.pos .. state.pos + T - 1), or one next token for each of T
     sequences (T states, see `kernels.decoder.rows_of`).
@@ -161,7 +154,7 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[Mistra
 
 
 @dataclass
-class Mistral:
+class Mistral(Decoder):
     """A loaded Mistral or Mixtral: config, weights and compute dtype; no state inside.
 
         model = Mistral(config, weights)
@@ -176,18 +169,7 @@ class Mistral:
     dtype: np.dtype = field(default=np.dtype(np.float32))
     chunk_size: int = 512  # prefill chunk: bounds the score matrix at chunk x (window + chunk)
 
+    forward_chunk = staticmethod(forward_chunk)  # the pass above; Decoder builds forward and forward_batch on it
+
     def new_state(self) -> MistralState:
         return new_state(self.config, self.dtype)
-
-    def forward(self, ids, state: MistralState, trace: Trace = _ignore, last_only: bool = False):
-        """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place)."""
-        ids = check_ids(ids, self.config.vocab_size)
-        return forward_in_chunks(
-            lambda chunk: forward_chunk(self.config, self.weights, chunk, [state], self.dtype, trace, last_only),
-            ids, self.chunk_size, last_only)
-
-    def forward_batch(self, ids, states: list[MistralState], trace: Trace = _ignore):
-        """Logits [B, V]: one decode step for each of B sequences, token ids[b] continuing
-        states[b]. Each weight is read once for the whole batch."""
-        ids = check_ids(ids, self.config.vocab_size)
-        return forward_chunk(self.config, self.weights, ids, list(states), self.dtype, trace)
