@@ -8,9 +8,9 @@ LLVM then vectorises the loop (vpmovzxwd + vpslld + vfmadd on x86).
 
 **Software prefetch.** A decode step streams every weight once; the hardware
 prefetcher alone leaves a core short of memory requests in flight. `prefetch(address)`
-(``llvm.prefetch``: read, no temporal locality, data cache) asks for the cache lines
-of a row two rows ahead while the current one is multiplied: a few percent of decode
-speed here (71% -> 74% of the read bandwidth on Mistral-7B shapes).
+(``llvm.prefetch``: read, no temporal locality, data cache) asks for a cache line
+a few kilobytes ahead of the one being multiplied: on Mistral-7B shapes this lifts
+the bf16 decode kernel from about 70% to about 90% of the read bandwidth.
 """
 
 from __future__ import annotations
