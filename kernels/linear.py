@@ -7,9 +7,9 @@ Two regimes, two fast paths (the reference widens the whole matrix and calls BLA
 
 * decode (a few rows of x): memory-bound. Every weight byte is read once per
   token, so the kernel must stream the weights at memory bandwidth. For bf16 the
-  Numba kernel reads the weights as uint32 pairs, widens each in registers
-  (`kernels.intrinsics`) and accumulates in the compute dtype, parallel over output
-  rows. No float32 copy is made. (An odd number of columns takes the tiled path.)
+  Numba kernel widens each weight in registers (`kernels.intrinsics`) and
+  accumulates in the compute dtype, parallel over output rows, prefetching ahead
+  of the stream. No float32 copy is made.
 * prefill (many rows): compute-bound. One tile of weight rows at a time is widened
   to the compute dtype (a few MB, cache-resident) and handed to BLAS, so the
   rate is BLAS's and the extra memory is one tile, never the whole matrix.
@@ -25,10 +25,9 @@ import numpy as np
 
 from kernels import dispatch
 from kernels.activations import silu
-from kernels.intrinsics import bf16_to_f32, bits_to_f32, prefetch
+from kernels.intrinsics import bf16_to_f32, prefetch
 from kernels.dtypes import widen
 
-_SHIFT, _HIGH_HALF = np.uint32(16), np.uint32(0xFFFF0000)  # constants, folded into the kernels
 SMALL_BATCH = 8  # rows of x up to which the weight-streaming kernel beats widen + BLAS
 TILE_BYTES = 64 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights
 
@@ -46,48 +45,47 @@ def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> 
 
 
 @numba.njit(inline="always", fastmath=True)
-def _dot_bf16_pairs(w_pairs, x_even, x_odd):
-    """sum_j bf16(low half of w_pairs[j]) * x_even[j] + bf16(high half) * x_odd[j].
+def _dot_bf16(w, x):
+    """sum_j bf16(w[j]) * x[j], w given as uint16 bits, accumulated in x's dtype.
 
-    Each uint32 word holds two bf16 weights, little-endian: the low 16 bits are the
-    even column, the high 16 bits the odd one. Both widen with one integer op and a
-    bitcast (no zero-extension): low << 16, and high & 0xFFFF0000.
+    LLVM vectorises this loop: a zero-extending load of 16 weights, a shift and an
+    FMA per vector (vpmovzxwd, vpslld, vfmadd on x86); no float copy of w is made.
     """
-    acc = x_even[0] * np.float32(0)  # the compute dtype's zero (x * 0 would promote float32 to float64)
-    for j in range(w_pairs.shape[0]):
-        u = w_pairs[j]
-        acc += bits_to_f32(u << _SHIFT) * x_even[j] + bits_to_f32(u & _HIGH_HALF) * x_odd[j]
+    acc = x[0] * np.float32(0)  # the compute dtype's zero (x * 0 would promote float32 to float64)
+    for j in range(w.shape[0]):
+        acc += bf16_to_f32(w[j]) * x[j]
     return acc
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _bf16_stream(w_pairs, x_even, x_odd, y):
+def _bf16_stream(w, x, y):
     """y[t, r] = sum_i bf16(w[r, i]) * x[t, i] for a few rows t, reading each weight once.
 
-    w_pairs [O, I/2] is the bf16 matrix viewed as uint32 pairs; x_even, x_odd [T, I/2]
-    the even and odd columns of x. Output rows run in parallel, one row per
-    iteration, so each thread reads its half of the matrix front to back as one
-    stream. The row goes in chunks of CHUNK pairs (256 bytes, four cache lines);
-    before a chunk is multiplied, the four lines AHEAD bytes further down the
-    stream are prefetched. (A prefetch never faults, so the last rows may ask for
-    lines past the end of the matrix.) Measured on Mistral-7B shapes: about 90% of
-    a plain read over the same bytes, against about 70% for row blocks of x-reuse
-    with the hardware prefetcher alone.
+    w [O, I] holds bf16 bits (uint16), x [T, I] is contiguous. Output rows run in
+    parallel, one row per iteration, so each thread reads its half of the matrix
+    front to back as one stream. A row goes in chunks of CHUNK weights (256 bytes,
+    four cache lines); before a chunk is multiplied, the four lines AHEAD bytes
+    (16 KB) further down the stream are prefetched. (A prefetch never faults, so
+    the last rows may ask for lines past the end of the matrix.)
+
+    Measured on Mistral-7B shapes, against a plain parallel read of the same bytes:
+    about 95% with both cores, and 26 GB/s from one core where a 16-row block
+    with the hardware prefetcher alone reached 20.
     """
-    O, half = w_pairs.shape
-    T = x_even.shape[0]
-    CHUNK, AHEAD = 64, 8192
-    base, row_bytes = w_pairs.ctypes.data, w_pairs.strides[0]
+    O, I = w.shape
+    T = x.shape[0]
+    CHUNK, AHEAD = 128, 16384
+    base, row_bytes = w.ctypes.data, w.strides[0]
     for r in numba.prange(O):
         for t in range(T):
             y[t, r] = 0
-        for c0 in range(0, half, CHUNK):
-            c1 = min(half, c0 + CHUNK)
-            ahead = base + r * row_bytes + c0 * 4 + AHEAD
-            for line in range(0, CHUNK * 4, 64):
+        for c0 in range(0, I, CHUNK):
+            c1 = min(I, c0 + CHUNK)
+            ahead = base + r * row_bytes + c0 * 2 + AHEAD
+            for line in range(0, CHUNK * 2, 64):
                 prefetch(ahead + line)
             for t in range(T):
-                y[t, r] += _dot_bf16_pairs(w_pairs[r, c0:c1], x_even[t, c0:c1], x_odd[t, c0:c1])
+                y[t, r] += _dot_bf16(w[r, c0:c1], x[t, c0:c1])
 
 
 @numba.njit(cache=True)
@@ -123,10 +121,9 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
     """`linear_ref` without a whole-matrix float copy, at bandwidth (decode) or BLAS rate (prefill)."""
     if w.dtype == x.dtype:
         y = x @ w.T  # [T, out]
-    elif w.dtype == np.uint16 and x.shape[0] <= SMALL_BATCH and w.shape[1] % 2 == 0:
+    elif w.dtype == np.uint16 and x.shape[0] <= SMALL_BATCH:
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)  # [T, out]
-        x_even, x_odd = np.ascontiguousarray(x[:, 0::2]), np.ascontiguousarray(x[:, 1::2])  # [T, in/2] each
-        _bf16_stream(w.view(np.uint32), x_even, x_odd, y)
+        _bf16_stream(w, np.ascontiguousarray(x), y)
     else:
         y = _tiled_blas(x, w)  # [T, out]
     if bias is not None:
