@@ -1,10 +1,14 @@
-"""Two LLVM instructions Numba does not expose: a bitcast and a prefetch.
+"""LLVM instructions Numba does not expose: bitcasts, half-to-float, and a prefetch.
 
-**bf16 widened in registers.** A bf16 number is the top 16 bits of a float32, so widening is a zero-extend, a
-shift and a reinterpretation of the 32 bits as a float. NumPy spells the last step
-``array.view(np.float32)``; inside a Numba loop we need it per element, without a
-temporary array, so `bf16_to_f32` emits the single LLVM ``bitcast`` instruction.
-LLVM then vectorises the loop (vpmovzxwd + vpslld + vfmadd on x86).
+**bf16 widened in registers.** A bf16 number is the top 16 bits of a float32, so
+widening is a zero-extend, a shift and a reinterpretation of the 32 bits as a
+float. NumPy spells the last step ``array.view(np.float32)``; inside a Numba loop
+we need it per element, without a temporary array, so `bf16_to_f32` emits the
+single LLVM ``bitcast`` instruction. LLVM then vectorises the loop (vpmovzxwd +
+vpslld + vfmadd on x86).
+
+**f16 widened in registers.** Numba has no float16 type, so `f16_to_f32` takes
+the 16 bits, bitcasts them to LLVM's ``half`` and extends to ``float`` (vcvtph2ps).
 
 **Software prefetch.** A decode step streams every weight once; the hardware
 prefetcher alone leaves a core short of memory requests in flight. `prefetch(address)`
@@ -42,6 +46,21 @@ def bits_to_f32(typingctx, bits):
 def bf16_to_f32_ref(bits: np.ndarray) -> np.ndarray:
     """The NumPy reference of `bf16_to_f32`, on whole arrays of bf16 bits."""
     return bf16_to_float32(bits)
+
+
+@intrinsic
+def f16_to_f32(typingctx, bits):
+    """The float32 value of one float16 number given as its uint16 bits (Numba only).
+
+    Numba has no float16 type; LLVM has: reinterpret the bits as ``half`` and
+    extend exactly to ``float`` (one vcvtph2ps per vector on x86).
+    """
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
 
 
 @njit(inline="always")

@@ -6,16 +6,15 @@ of shape [out, in]; checkpoints store ``W`` that way and so do we.
 Two regimes, two fast paths (the reference widens the whole matrix and calls BLAS):
 
 * decode (a few rows of x): memory-bound. Every weight byte is read once per
-  token, so the kernel must stream the weights at memory bandwidth. For bf16 the
-  Numba kernel widens each weight in registers (`kernels.intrinsics`) and
+  token, so the kernel must stream the weights at memory bandwidth. For bf16 and
+  f16 the Numba kernel widens each weight in registers (`kernels.intrinsics`) and
   accumulates in the compute dtype, parallel over output rows, prefetching ahead
   of the stream. No float32 copy is made.
 * prefill (many rows): compute-bound. One tile of weight rows at a time is widened
   to the compute dtype (a few MB, cache-resident) and handed to BLAS, so the
   rate is BLAS's and the extra memory is one tile, never the whole matrix.
 
-f32 weights in float32 mode go straight to BLAS. f16 weights (Numba has no
-float16 arithmetic on CPU) use the tiled path at every batch size.
+f32 weights in float32 mode go straight to BLAS.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import numpy as np
 
 from kernels import dispatch
 from kernels.activations import silu
-from kernels.intrinsics import bf16_to_f32, prefetch
+from kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
 from kernels.dtypes import widen
 
 SMALL_BATCH = 8  # rows of x up to which the weight-streaming kernel beats widen + BLAS
@@ -45,32 +44,39 @@ def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> 
 
 
 @numba.njit(inline="always", fastmath=True)
-def _dot_bf16(w, x):
-    """sum_j bf16(w[j]) * x[j], w given as uint16 bits, accumulated in x's dtype.
+def _dot_16bit(w, x, is_f16):
+    """sum_j w[j] * x[j], w given as the uint16 bits of bf16 (or of f16 if is_f16),
+    accumulated in x's dtype.
 
-    LLVM vectorises this loop: a zero-extending load of 16 weights, a shift and an
-    FMA per vector (vpmovzxwd, vpslld, vfmadd on x86); no float copy of w is made.
+    LLVM vectorises each loop: a zero-extending load of 16 weights, a shift (bf16)
+    or a half-to-float conversion (f16), and an FMA per vector; no float copy of w
+    is made.
     """
     acc = x[0] * np.float32(0)  # the compute dtype's zero (x * 0 would promote float32 to float64)
-    for j in range(w.shape[0]):
-        acc += bf16_to_f32(w[j]) * x[j]
+    if is_f16:
+        for j in range(w.shape[0]):
+            acc += f16_to_f32(w[j]) * x[j]
+    else:
+        for j in range(w.shape[0]):
+            acc += bf16_to_f32(w[j]) * x[j]
     return acc
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _bf16_stream(w, x, y):
-    """y[t, r] = sum_i bf16(w[r, i]) * x[t, i] for a few rows t, reading each weight once.
+def _stream_16bit(w, x, y, is_f16):
+    """y[t, r] = sum_i w[r, i] * x[t, i] for a few rows t, reading each weight once.
 
-    w [O, I] holds bf16 bits (uint16), x [T, I] is contiguous. Output rows run in
-    parallel, one row per iteration, so each thread reads its half of the matrix
-    front to back as one stream. A row goes in chunks of CHUNK weights (256 bytes,
+    w [O, I] holds the uint16 bits of bf16 weights (of f16 ones if is_f16); x [T, I]
+    is contiguous. Output rows run in parallel, one row per iteration, so each
+    thread reads its half of the matrix front to back as one stream. A row goes in chunks of CHUNK weights (256 bytes,
     four cache lines); before a chunk is multiplied, the four lines AHEAD bytes
     (16 KB) further down the stream are prefetched. (A prefetch never faults, so
     the last rows may ask for lines past the end of the matrix.)
 
-    Measured on Mistral-7B shapes, against a plain parallel read of the same bytes:
-    about 95% with both cores, and 26 GB/s from one core where a 16-row block
-    with the hardware prefetcher alone reached 20.
+    Measured here on Mistral-7B matrices, against a plain parallel read of the same
+    bytes: 90-100% with both cores. Blocks of 16 rows sharing each load of x, with
+    the hardware prefetcher alone, reached about 70% (many short streams at once;
+    see benchmarks/bench_speed.py for the whole model).
     """
     O, I = w.shape
     T = x.shape[0]
@@ -85,7 +91,7 @@ def _bf16_stream(w, x, y):
             for line in range(0, CHUNK * 2, 64):
                 prefetch(ahead + line)
             for t in range(T):
-                y[t, r] += _dot_bf16(w[r, c0:c1], x[t, c0:c1])
+                y[t, r] += _dot_16bit(w[r, c0:c1], x[t, c0:c1], is_f16)
 
 
 @numba.njit(cache=True)
@@ -121,9 +127,9 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
     """`linear_ref` without a whole-matrix float copy, at bandwidth (decode) or BLAS rate (prefill)."""
     if w.dtype == x.dtype:
         y = x @ w.T  # [T, out]
-    elif w.dtype == np.uint16 and x.shape[0] <= SMALL_BATCH:
+    elif w.dtype in (np.uint16, np.float16) and x.shape[0] <= SMALL_BATCH:
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)  # [T, out]
-        _bf16_stream(w, np.ascontiguousarray(x), y)
+        _stream_16bit(w.view(np.uint16), np.ascontiguousarray(x), y, w.dtype == np.float16)
     else:
         y = _tiled_blas(x, w)  # [T, out]
     if bias is not None:

@@ -46,16 +46,20 @@ def test_fast_linear_matches_reference(T, O, I, kind, dtype, bias, tile, seed):
     np.testing.assert_allclose(fast, ref, rtol=0, atol=(2e-6 if dtype == np.float32 else 1e-13) * scale)
 
 
-def test_bf16_decode_kernel_never_widens_the_matrix(monkeypatch):
-    """One row of x with bf16 weights takes the streaming kernel: no widen() call at all."""
+@pytest.mark.parametrize("kind", ["bf16", "f16"])
+def test_16bit_decode_kernel_never_widens_the_matrix(monkeypatch, kind):
+    """One row of x with bf16 or f16 weights takes the streaming kernel: no widen()
+    call and no tiled BLAS pass at all."""
     calls = []
     monkeypatch.setattr(linear_module, "widen", lambda *a: calls.append(a) or pytest.fail("widened"))
+    monkeypatch.setattr(linear_module, "_tiled_blas", lambda *a: calls.append(a) or pytest.fail("tiled"))
     rng = np.random.default_rng(0)
-    w = weight(rng, (300, 200), "bf16")
-    x = rng.standard_normal((1, 200)).astype(np.float32)
+    w = weight(rng, (300, 201), kind)
+    x = rng.standard_normal((1, 201)).astype(np.float32)
     y = linear_fast(x, w)
     assert not calls
-    np.testing.assert_allclose(y, x @ ((w.astype(np.uint32) << 16).view(np.float32)).T, rtol=1e-5, atol=1e-4)
+    w32 = (w.astype(np.uint32) << 16).view(np.float32) if kind == "bf16" else w.astype(np.float32)
+    np.testing.assert_allclose(y, x @ w32.T, rtol=1e-5, atol=1e-4)
 
 
 def test_switch_selects_the_implementation():
@@ -86,3 +90,23 @@ def test_register_widening_matches_numpy_for_every_bf16_value():
     out = np.empty(2**16, np.float32)
     widen_all(bits, out)
     np.testing.assert_array_equal(out.view(np.uint32), bf16_to_f32_ref(bits).view(np.uint32))
+
+
+def test_register_widening_matches_numpy_for_every_f16_value():
+    """All 65536 float16 bit patterns widen to the float32 NumPy gives (NaNs compared as NaNs)."""
+    import numba
+
+    from kernels.intrinsics import f16_to_f32
+
+    @numba.njit
+    def widen_all(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = f16_to_f32(bits[i])
+
+    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(2**16, np.float32)
+    widen_all(bits, out)
+    expected = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(out), nan) and nan.sum() == 2 * (2**10 - 1)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
