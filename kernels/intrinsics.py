@@ -13,9 +13,9 @@ the 16 bits, bitcasts them to LLVM's ``half`` and extends to ``float`` (vcvtph2p
 **Software prefetch.** A decode step streams every weight once; the hardware
 prefetcher alone leaves a core short of memory requests in flight. `prefetch(address)`
 (``llvm.prefetch``: read, keep in every cache level, data cache; prefetcht0 on
-x86) asks for a cache line a few kilobytes ahead of the one being multiplied: on
-Mistral-7B shapes this lifts the bf16 decode kernel from about 70% to about 90%
-of the read bandwidth.
+x86) asks for a cache line a few kilobytes ahead of the one being multiplied. On a
+Mistral-7B MLP matrix here, the bf16 decode kernel streams about 55 GB/s with it
+and about 26 GB/s without.
 """
 
 from __future__ import annotations

@@ -68,10 +68,11 @@ def _stream_16bit(w, x, y, is_f16):
 
     w [O, I] holds the uint16 bits of bf16 weights (of f16 ones if is_f16); x [T, I]
     is contiguous. Output rows run in parallel, one row per iteration, so each
-    thread reads its half of the matrix front to back as one stream. A row goes in chunks of CHUNK weights (256 bytes,
-    four cache lines); before a chunk is multiplied, the four lines AHEAD bytes
-    (16 KB) further down the stream are prefetched. (A prefetch never faults, so
-    the last rows may ask for lines past the end of the matrix.)
+    thread reads its half of the matrix front to back as one stream. A row goes in
+    chunks of CHUNK weights (256 bytes, four cache lines); before a chunk is
+    multiplied, the four lines AHEAD bytes (16 KB) further down the stream are
+    prefetched. (A prefetch never faults, so the last rows may ask for lines past
+    the end of the matrix.)
 
     Measured here on Mistral-7B matrices, against a plain parallel read of the same
     bytes: 90-100% with both cores. Blocks of 16 rows sharing each load of x, with
