@@ -77,6 +77,9 @@ def open_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     header.pop("__metadata__", None)
     size = path.stat().st_size
     data = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
+    # plain ndarray views of the map (which they keep open): np.memmap's Python-level
+    # __array_finalize__ would otherwise run on every slice and view a decode step takes
+    data = data.view(np.ndarray)
     tensors = {}
     for name, entry in header.items():
         try:
