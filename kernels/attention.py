@@ -44,7 +44,7 @@ def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np
     The softmax runs in q's dtype: float32 (as HF's eager path forces) or float64.
     """
     T, H, D = q.shape
-    S, H_kv, _ = k.shape
+    H_kv = k.shape[1]
     G = H // H_kv
     q = q.reshape(T, H_kv, G, D).transpose(1, 2, 0, 3)  # [H_kv, G, T, D]
     k = k.transpose(1, 2, 0)[:, None]  # [H_kv, 1, D, S]
