@@ -5,7 +5,7 @@ In PyTorch (MistralRMSNorm):
     x = x * torch.rsqrt(variance + eps)        # eps inside the square root
     return weight * x
 
-The reference is those three lines in NumPy: five temporaries of x's shape and a
+The reference is those three lines in NumPy: three temporaries of x's shape and a
 widened copy of the weight on every call. The Numba twin makes one pass over each
 row for the mean square and one for the output, reading the weight in its file
 dtype (bf16 widened in registers), so a decode step's norm costs a few
