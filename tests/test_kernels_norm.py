@@ -37,10 +37,12 @@ def test_numba_rms_norm_matches_reference(case):
     x, w, eps = case
     want, got = rms_norm_ref(x, w, eps), rms_norm_fast(x, w, eps)
     assert got.dtype == x.dtype and got.shape == x.shape
-    # the two sum the squares in different orders: errors relative to each row's scale
+    # the two sum the squares in different orders: errors relative to each row's scale;
+    # outputs below the normal range (subnormals) carry no relative precision to hold
     rtol = 1e-5 if x.dtype == np.float32 else 1e-12
     row_scale = np.abs(want).max(axis=-1, keepdims=True)  # [..., 1]
-    assert (np.abs(got - want) <= rtol * row_scale).all(), np.abs(got - want).max()
+    atol = np.finfo(x.dtype).tiny
+    assert (np.abs(got - want) <= rtol * row_scale + atol).all(), np.abs(got - want).max()
 
 
 @pytest.mark.parametrize("kind", WEIGHT_DTYPES)
