@@ -32,12 +32,11 @@ Mistral's native files come first because they are the ones mistral-common
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
-from .base import Tokenizer
+from .base import Tokenizer, read_json
 from .errors import ChatFormatError, TokenizerError
 from .hf_json import HFJsonTokenizer
 from .sentencepiece_bpe import SentencePieceTokenizer
@@ -86,11 +85,7 @@ def load(path: str | os.PathLike) -> Tokenizer:
     if not p.is_file():
         raise TokenizerError(f"{p}: no such tokenizer file")
     if p.suffix == ".json":
-        try:
-            with open(p, encoding="utf-8") as f:
-                head = json.load(f)
-        except (OSError, ValueError) as e:
-            raise TokenizerError(f"{p}: not a readable JSON tokenizer file ({e})") from None
+        head = read_json(p)
         if isinstance(head, dict) and isinstance(head.get("vocab"), list) and "config" in head:
             return TekkenTokenizer(str(p), data=head)
         if isinstance(head, dict) and isinstance(head.get("model"), dict):

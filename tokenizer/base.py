@@ -1,10 +1,38 @@
-"""The interface every tokenizer kind implements (see ``tokenizer/__init__.py``)."""
+"""The interface every tokenizer kind implements (see ``tokenizer/__init__.py``), and
+the JSON reading the kinds share."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
+from .errors import TokenizerError
 from .stream import DecodeState
+
+
+def read_json(path) -> object:
+    """A JSON file's content, or a one-line TokenizerError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_tokenizer_config(path) -> dict:
+    """``tokenizer_config.json`` in the model directory `path` (or next to the tokenizer
+    file `path`), or {} when there is none."""
+    p = Path(path)
+    cfg = (p if p.is_dir() else p.parent) / "tokenizer_config.json"
+    if not cfg.is_file():
+        return {}
+    data = read_json(cfg)
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{cfg}: expected a JSON object")
+    return data
 
 
 class Tokenizer:
@@ -41,18 +69,17 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError
 
-    def _decode_state(self) -> DecodeState:
-        raise NotImplementedError
+    decode_state: type[DecodeState]  # the kind's streaming decoder, made with the tokenizer
 
     # -- shared --------------------------------------------------------------------
     def decode(self, ids: list[int]) -> str:
         """Text of ``ids``; control/special tokens decode to nothing."""
-        state = self._decode_state()
+        state = self.decode_state(self)
         return "".join([state.push(i) for i in ids]) + state.flush()
 
     def stream_decoder(self) -> DecodeState:
         """A fresh incremental decoder: ``push(id) -> delta``, ``flush() -> rest``."""
-        return self._decode_state()
+        return self.decode_state(self)
 
     def encode_with_special_tokens(self, text: str) -> list[int]:
         """Encode text in which special-token strings (``<s>``, ``[INST]``...) stand

@@ -48,7 +48,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from .base import Tokenizer
+from .base import Tokenizer, read_tokenizer_config
 from .errors import ChatFormatError, TokenizerError
 
 FORMATS = ("mistral-v1", "mistral-v2", "mistral-v3", "mistral-v7", "hf-template")
@@ -130,19 +130,6 @@ def _model_dir(path) -> Path:
     return p if p.is_dir() else p.parent
 
 
-def _read_tokenizer_config(directory: Path) -> dict:
-    cfg = directory / "tokenizer_config.json"
-    if not cfg.is_file():
-        return {}
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise TokenizerError(f"{cfg}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{cfg}: expected a JSON object")
-    return data
-
-
 def find_chat_template(path) -> str | None:
     """The chat template for a model directory or tokenizer file, or None.
 
@@ -153,7 +140,7 @@ def find_chat_template(path) -> str | None:
     d = _model_dir(path)
     if (d / "chat_template.jinja").is_file():
         return (d / "chat_template.jinja").read_text(encoding="utf-8")
-    template = _read_tokenizer_config(d).get("chat_template")
+    template = read_tokenizer_config(d).get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
@@ -162,7 +149,7 @@ def find_chat_template(path) -> str | None:
 
 def _special_token_strings(directory: Path) -> dict[str, str]:
     """``special_tokens_map`` as transformers passes it to the template."""
-    cfg = _read_tokenizer_config(directory)
+    cfg = read_tokenizer_config(directory)
     out = {}
     for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
         value = cfg.get(key)
@@ -206,7 +193,7 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict]) -> list[int]:
     return tok.encode_with_special_tokens(text)
 
 
-def chat_format_for(model_dir_or_tokenizer_path) -> str:
+def chat_format_for(model_dir_or_tokenizer_path, fallback: str = "mistral-v1") -> str:
     """The chat format of a model, by this rule:
 
     1. a chat template next to the tokenizer (``chat_template.jinja`` or
@@ -215,8 +202,9 @@ def chat_format_for(model_dir_or_tokenizer_path) -> str:
        tekken ``config.version``; v1, v2, v3, v7 -> ``"mistral-vN"``; later
        versions -> ``"mistral-v7"`` (see below);
     3. else (no version: ``tokenizer.model`` such as the tiny model's, or a
-       ``tokenizer.json`` without template) -> ``"mistral-v1"``, whose
-       ``[INST]`` markers are plain text and so work with any tokenizer.
+       ``tokenizer.json`` without template) -> `fallback`, the model family's
+       choice (``"mistral-v1"`` by default, whose ``[INST]`` markers are plain text
+       and so work with any tokenizer).
 
     Versions after v7 (v11, v13, ... which change tool calls, not plain chats)
     get ``"mistral-v7"``; no such file ships with mistral-common, so this case
@@ -228,7 +216,7 @@ def chat_format_for(model_dir_or_tokenizer_path) -> str:
 
     version = load(model_dir_or_tokenizer_path).version
     if version is None:
-        return "mistral-v1"
+        return fallback
     n = int(version.lstrip("v").split("m")[0])
     if n in (1, 2, 3, 7):
         return f"mistral-v{n}"

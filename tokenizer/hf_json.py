@@ -35,11 +35,9 @@ invalid: :class:`tokenizer.stream.WholeRun`), ``Fuse``, ``Strip`` after
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
-from .base import Tokenizer
+from .base import Tokenizer, read_json, read_tokenizer_config
 from .bpe import WordCache, bpe_merge, no_piece_crosses_space
 from .errors import TokenizerError
 from .stream import DecodeState, WholeRun
@@ -47,18 +45,59 @@ from .stream import DecodeState, WholeRun
 SPACE = "\u2581"
 _BYTE_TOKEN_RE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # ByteFallback: len 6, "<0x" .. ">"
 
+class HFDecodeState(DecodeState):
+    byte_policy = WholeRun
+
+    def __init__(self, tok: HFJsonTokenizer):
+        super().__init__(tok)
+        self.first_token = True  # Metaspace decoder: strip the space of token 0
+        self.to_strip = 0  # Strip after Fuse: leading characters still to remove
+        for c in tok._decoders:
+            if c["type"] == "Strip":
+                self.strip_content, self.to_strip = c["content"], c["start"]
+
+    def unit(self, token_id: int):
+        tok = self.tok
+        tok._check_id(token_id)
+        token = tok.id_to_token.get(token_id)
+        if token is None or token in tok.special_tokens:
+            return None  # skip_special_tokens=True
+        self.first = self.first_token
+        self.first_token = False
+        for c in tok._decoders:
+            kind = c["type"]
+            if kind == "Replace":
+                token = token.replace(c["pattern"]["String"], c["content"])
+            elif kind == "ByteFallback":
+                m = _BYTE_TOKEN_RE.fullmatch(token)
+                if m:
+                    return bytes([int(m.group(1), 16)])
+            elif kind == "Metaspace":
+                token = token.replace(c["replacement"], " ")
+                if self.first and c.get("prepend_scheme", "always") != "never" and token.startswith(" "):
+                    token = token[1:]
+        return token
+
+    def emit(self, s: str) -> str:
+        while self.to_strip and s:
+            if s[0] != self.strip_content:
+                self.to_strip = 0
+                break
+            s = s[1:]
+            self.to_strip -= 1
+        if s:
+            self.to_strip = 0
+        return s
+
 
 class HFJsonTokenizer(Tokenizer):
     kind = "hf-json"
+    decode_state = HFDecodeState
 
     def __init__(self, path: str, data: dict | None = None):
         self.path = str(path)
         if data is None:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    data = json.load(f)
-            except (OSError, ValueError) as e:
-                raise TokenizerError(f"{path}: not a readable tokenizer.json ({e})") from None
+            data = read_json(path)
         try:
             self._init_model(data["model"])
             self._init_added(data.get("added_tokens") or [])
@@ -145,11 +184,7 @@ class HFJsonTokenizer(Tokenizer):
 
     def _tokenizer_config(self) -> dict:
         """``tokenizer_config.json`` next to the file, if any (for bos/eos names)."""
-        cfg = Path(self.path).with_name("tokenizer_config.json")
-        try:
-            return json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
-        except ValueError as e:
-            raise TokenizerError(f"{cfg}: not valid JSON ({e})") from None
+        return read_tokenizer_config(self.path)
 
     def _token_id(self, name, default: str) -> int | None:
         if isinstance(name, dict):  # AddedToken serialised as a dict
@@ -227,58 +262,9 @@ class HFJsonTokenizer(Tokenizer):
         return self.id_to_token[token_id]
 
     def token_bytes(self, token_id: int) -> bytes:
-        state = self._decode_state()
+        state = self.decode_state(self)
         state.first_token = False  # a token's own bytes, not the start of a text
         u = state.unit(token_id)
         if u is None:
             return b""
         return u if isinstance(u, bytes) else state.text(u, token_id).encode("utf-8")
-
-    def _decode_state(self) -> "HFDecodeState":
-        return HFDecodeState(self)
-
-
-class HFDecodeState(DecodeState):
-    byte_policy = WholeRun
-
-    def __init__(self, tok: HFJsonTokenizer):
-        super().__init__()
-        self.tok = tok
-        self.first_token = True  # Metaspace decoder: strip the space of token 0
-        self.to_strip = 0  # Strip after Fuse: leading characters still to remove
-        for c in tok._decoders:
-            if c["type"] == "Strip":
-                self.strip_content, self.to_strip = c["content"], c["start"]
-
-    def unit(self, token_id: int):
-        tok = self.tok
-        tok._check_id(token_id)
-        token = tok.id_to_token.get(token_id)
-        if token is None or token in tok.special_tokens:
-            return None  # skip_special_tokens=True
-        self.first = self.first_token
-        self.first_token = False
-        for c in tok._decoders:
-            kind = c["type"]
-            if kind == "Replace":
-                token = token.replace(c["pattern"]["String"], c["content"])
-            elif kind == "ByteFallback":
-                m = _BYTE_TOKEN_RE.fullmatch(token)
-                if m:
-                    return bytes([int(m.group(1), 16)])
-            elif kind == "Metaspace":
-                token = token.replace(c["replacement"], " ")
-                if self.first and c.get("prepend_scheme", "always") != "never" and token.startswith(" "):
-                    token = token[1:]
-        return token
-
-    def emit(self, s: str) -> str:
-        while self.to_strip and s:
-            if s[0] != self.strip_content:
-                self.to_strip = 0
-                break
-            s = s[1:]
-            self.to_strip -= 1
-        if s:
-            self.to_strip = 0
-        return s

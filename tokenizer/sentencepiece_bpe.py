@@ -60,9 +60,39 @@ SPACE = "\u2581"  # ▁ LOWER ONE EIGHTH BLOCK, sentencepiece's kSpaceSymbol
 _WORD_RE = re.compile(f"{SPACE}*[^{SPACE}]+|{SPACE}+")
 _BYTE_PIECE_RE = re.compile(r"<0x([0-9A-F]{2})>")
 
+class SentencePieceDecodeState(DecodeState):
+    """``SentencePieceProcessor::Decode`` as a stream (see :mod:`tokenizer.stream`)."""
+
+    byte_policy = PerByte
+
+    def __init__(self, tok: SentencePieceTokenizer):
+        super().__init__(tok)
+        self.is_bos_ws = True  # "whether we expect a bos ws token to consume"
+        self.bos_ws_seen = False
+
+    def unit(self, token_id: int):
+        self.tok._check_id(token_id)
+        return self.tok._byte_of.get(token_id, self.tok.pieces[token_id])
+
+    def text(self, piece: str, token_id: int) -> str:
+        # "if we have seen a bos_ws token or any non-empty token"
+        if self.bos_ws_seen or self.emitted:
+            self.is_bos_ws = False
+        t = self.tok._types[token_id]
+        self.bos_ws_seen = False
+        if t == CONTROL:
+            return ""  # invisible symbol
+        if t == UNKNOWN:
+            return self.tok.unk_surface
+        if self.is_bos_ws and self.tok.add_dummy_prefix and piece.startswith(SPACE):
+            piece = piece[1:]  # ConsumePrefix(&piece, kSpaceSymbol)
+            self.bos_ws_seen = True
+        return piece.replace(SPACE, " ")
+
 
 class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
+    decode_state = SentencePieceDecodeState
 
     def __init__(self, path: str):
         self.path = str(path)
@@ -222,37 +252,3 @@ class SentencePieceTokenizer(Tokenizer):
         if t == UNKNOWN:
             return self.unk_surface.encode("utf-8")
         return self.pieces[token_id].replace(SPACE, " ").encode("utf-8")
-
-    def _decode_state(self) -> "SentencePieceDecodeState":
-        return SentencePieceDecodeState(self)
-
-
-class SentencePieceDecodeState(DecodeState):
-    """``SentencePieceProcessor::Decode`` as a stream (see :mod:`tokenizer.stream`)."""
-
-    byte_policy = PerByte
-
-    def __init__(self, tok: SentencePieceTokenizer):
-        super().__init__()
-        self.tok = tok
-        self.is_bos_ws = True  # "whether we expect a bos ws token to consume"
-        self.bos_ws_seen = False
-
-    def unit(self, token_id: int):
-        self.tok._check_id(token_id)
-        return self.tok._byte_of.get(token_id, self.tok.pieces[token_id])
-
-    def text(self, piece: str, token_id: int) -> str:
-        # "if we have seen a bos_ws token or any non-empty token"
-        if self.bos_ws_seen or self.emitted:
-            self.is_bos_ws = False
-        t = self.tok._types[token_id]
-        self.bos_ws_seen = False
-        if t == CONTROL:
-            return ""  # invisible symbol
-        if t == UNKNOWN:
-            return self.tok.unk_surface
-        if self.is_bos_ws and self.tok.add_dummy_prefix and piece.startswith(SPACE):
-            piece = piece[1:]  # ConsumePrefix(&piece, kSpaceSymbol)
-            self.bos_ws_seen = True
-        return piece.replace(SPACE, " ")

@@ -144,7 +144,8 @@ class DecodeState:
 
     byte_policy = PerByte
 
-    def __init__(self):
+    def __init__(self, tok):
+        self.tok = tok  # the tokenizer whose ids this decodes
         self._bytes = self.byte_policy()
         self.emitted = False
 

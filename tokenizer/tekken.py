@@ -35,11 +35,10 @@ of byte tokens is ``bytes.decode("utf-8", errors="replace")``.
 from __future__ import annotations
 
 import base64
-import json
 
 import regex
 
-from .base import Tokenizer
+from .base import Tokenizer, read_json
 from .bpe import WordCache, bpe_merge
 from .errors import TokenizerError
 from .stream import DecodeState, PyReplace
@@ -52,20 +51,27 @@ DEPRECATED_SPECIAL_TOKENS = (
 )  # fmt: skip
 
 
+class TekkenDecodeState(DecodeState):
+    """mistral-common's ``Tekkenizer.decode`` as a stream (see :mod:`tokenizer.stream`)."""
+
+    byte_policy = PyReplace
+
+    def unit(self, token_id: int):
+        self.tok._check_id(token_id)
+        if token_id < self.tok.num_special_tokens:
+            return ""  # ignored, but ends the group (Tekkenizer._decode_all groupby)
+        return self.tok._token_bytes[token_id - self.tok.num_special_tokens]
+
+
 class TekkenTokenizer(Tokenizer):
     kind = "tekken"
+    decode_state = TekkenDecodeState
 
     def __init__(self, path: str, data: dict | None = None):
         """``data``: the parsed file, if the caller already read it."""
         self.path = str(path)
         if data is None:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    data = json.load(f)
-            except OSError as e:
-                raise TokenizerError(f"{path}: cannot read tekken file ({e.strerror})") from None
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+            data = read_json(path)
         try:
             config = data["config"]
             pattern = config["pattern"]
@@ -142,20 +148,3 @@ class TekkenTokenizer(Tokenizer):
         if token_id < self.num_special_tokens:
             return b""
         return self._token_bytes[token_id - self.num_special_tokens]
-
-    def _decode_state(self) -> "TekkenDecodeState":
-        return TekkenDecodeState(self)
-
-
-class TekkenDecodeState(DecodeState):
-    byte_policy = PyReplace
-
-    def __init__(self, tok: TekkenTokenizer):
-        super().__init__()
-        self.tok = tok
-
-    def unit(self, token_id: int):
-        self.tok._check_id(token_id)
-        if token_id < self.tok.num_special_tokens:
-            return ""  # ignored, but ends the group (Tekkenizer._decode_all groupby)
-        return self.tok._token_bytes[token_id - self.tok.num_special_tokens]
