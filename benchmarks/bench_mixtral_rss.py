@@ -37,9 +37,9 @@ SHAPES = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
 
 def write_mixtral(path: Path, layers: int, seed: int = 0) -> dict:
     import mistral_np
-    from engine.tiny import TINY_CONFIGS
+    from engine.tiny import family_config
 
-    config = TINY_CONFIGS["mixtral"] | SHAPES | {"num_hidden_layers": layers, "head_dim": 128,
+    config = family_config("mixtral") | SHAPES | {"num_hidden_layers": layers, "head_dim": 128,
                                                   "max_position_embeddings": 32768}
     shapes = mistral_np.expected_shapes(mistral_np.MistralConfig.from_hf(config))
     rng = np.random.default_rng(seed)

@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--dir", type=Path, default=Path("/tmp/npinfer-bench"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
-    from engine.cli import greedy  # noqa: F401  (imports the engine the CLI uses)
+    from engine.generate import greedy  # noqa: F401  (imports the engine the CLI uses)
     from engine.registry import load_model
 
     args.dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
     npinfer logits MODEL (--ids 1,2,3 | --ids-file ids.npy) [--generate N] [--dtype float32|float64]
                    [--router] [--dump-activations PATH] --out out.npz
     npinfer diff REF OTHER [--atol A] [--rtol R] [--json]
-    npinfer tiny {mistral,mixtral,jamba} OUT_DIR
+    npinfer tiny LAYOUT OUT_DIR          (the families' tiny layouts: npinfer tiny --help)
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
     npinfer chat [MODEL] "message" [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
     npinfer serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
@@ -46,53 +46,34 @@ def _parse_ids(args) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def greedy(model, prompt: np.ndarray, n: int, trace=None):
-    """Prefill `prompt`, then pick n tokens greedily, feeding each back through the cache.
-
-    Returns (prompt logits [T, V], gen_ids [n], gen_logits [n, V]); gen_logits[i]
-    is the distribution gen_ids[i] was chosen from (as HF ``generate`` reports it),
-    so gen_logits[0] is the prompt's last row and n tokens take n - 1 decode steps.
-    """
-    kwargs = {} if trace is None else {"trace": trace}
-    state = model.new_state()
-    logits = model.forward(prompt, state, **kwargs)  # [T, V]
-    gen_ids, gen_logits, last = [], [], logits[-1]
-    for i in range(n):
-        gen_ids.append(int(np.argmax(last)))
-        gen_logits.append(last)
-        if i < n - 1:
-            last = model.forward([gen_ids[-1]], state)[-1]
-    V = logits.shape[-1]
-    return logits, np.array(gen_ids, dtype=np.int64), np.array(gen_logits, dtype=logits.dtype).reshape(n, V)
-
-
 def cmd_logits(args) -> int:
-    from engine.registry import load_model
+    from engine.generate import greedy
+    from engine.oracle import dump_activations, write_arrays
+    from engine.registry import describe, load_model
+    from kernels.trace import no_trace
 
     ids = _parse_ids(args)
     if args.generate < 0:
         raise NpinferError("--generate must be >= 0")
     model = load_model(args.model, dtype=args.dtype)
-    if hasattr(model.config, "describe"):  # Jamba: show the layer schedule
-        print(model.config.describe(), file=sys.stderr)
+    if (line := describe(model)) is not None:  # e.g. Jamba's layer schedule
+        print(line, file=sys.stderr)
     V = model.config.vocab_size
     if ids.min() < 0 or ids.max() >= V:
         raise NpinferError(f"token ids must be in 0..{V - 1} for this model")
     router: dict[str, list] = {"router_logits": [], "experts": []}
 
-    def trace(name, value):
+    def collect_router(name, value):
         leaf = name.rsplit(".", 1)[-1]
         if leaf in router:
             router[leaf].append(value)
 
-    prompt_trace = trace if args.router else None
+    prompt_trace = collect_router if args.router else no_trace
     if args.dump_activations:
-        from engine.oracle import dump_activations
-
         logits, gen_ids, gen_logits = dump_activations(model, ids, args.dump_activations,
                                                        generate=args.generate, prompt_trace=prompt_trace)
     else:
-        logits, gen_ids, gen_logits = greedy(model, ids, args.generate, prompt_trace)
+        logits, gen_ids, gen_logits = greedy(model, ids, args.generate, trace=prompt_trace)
     out = {"logits": logits, "input_ids": ids}
     if args.generate:
         out |= {"gen_ids": gen_ids, "gen_logits": gen_logits}
@@ -100,20 +81,9 @@ def cmd_logits(args) -> int:
         if not router["router_logits"]:
             raise NpinferError("--router: this model has no MoE router")
         out |= {k: np.stack(v) for k, v in router.items()}  # [L_moe, T, E], [L_moe, T, k]
-    _save_npz(Path(args.out), out)
+    write_arrays(args.out, out)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()), file=sys.stderr)
     return 0
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-    """np.savez to a temp file, renamed into place: never a half-written output."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise NpinferError(f"{path}: cannot write ({e.strerror})") from None
 
 
 def cmd_tiny(args) -> int:
@@ -121,11 +91,11 @@ def cmd_tiny(args) -> int:
     from engine.tiny import family_config, write_checkpoint
 
     try:  # with the tiny model's own byte-fallback BPE tokenizer (1024 pieces)
-        out = write_checkpoint(args.out_dir, family_config(args.family), seed=args.seed, dtype=args.dtype,
+        out = write_checkpoint(args.out_dir, family_config(args.layout), seed=args.seed, dtype=args.dtype,
                                tokenizer=tokenizer.TINY_TOKENIZER_PATH)
     except (FileExistsError, ValueError) as e:
         raise NpinferError(str(e)) from None
-    print(f"wrote a tiny {args.family} checkpoint to {out}", file=sys.stderr)
+    print(f"wrote a tiny {args.layout} checkpoint to {out}", file=sys.stderr)
     return 0
 
 
@@ -138,7 +108,8 @@ def cmd_tokenize(args) -> int:
 def cmd_chat(args) -> int:
     """One completion, streamed to the terminal as it is generated."""
     import tokenizer
-    from engine.generate import Delta, Finish, GenerationParams, PromptTooLong, generate, load_chat_model
+    from engine.chat_model import load_chat_model
+    from engine.generate import Delta, Finish, GenerationParams, PromptTooLong, generate
     from engine.sampling import SamplingParams
 
     if len(args.words) > 2:
@@ -186,7 +157,7 @@ class _LoadProgress:
 
 
 def cmd_serve(args) -> int:
-    from engine.generate import load_chat_model
+    from engine.chat_model import load_chat_model
     from engine.server import Limits, Service, serve
 
     given = {"max_queue": args.max_queue, "requests_per_minute": args.requests_per_minute,
@@ -275,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tiny", help="write a small seeded random checkpoint",
                        description="Write a small random-weight checkpoint in Hugging Face layout.")
-    t.add_argument("family", choices=["mistral", "mixtral", "jamba"])
+    from engine.registry import TINY_LAYOUTS
+
+    t.add_argument("layout", metavar="LAYOUT", choices=list(TINY_LAYOUTS), help=", ".join(TINY_LAYOUTS))
     t.add_argument("out_dir", metavar="OUT_DIR")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")

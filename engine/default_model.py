@@ -20,8 +20,8 @@ from pathlib import Path
 
 from engine import NpinferError
 
-FAMILY, SEED = "mistral", 0
-NAME = f"tiny-{FAMILY}-seed{SEED}"
+LAYOUT, SEED = "mistral", 0  # `npinfer tiny mistral`, seed 0
+NAME = f"tiny-{LAYOUT}-seed{SEED}"
 
 
 def cache_dir() -> Path:
@@ -43,7 +43,7 @@ def default_model_dir() -> Path:
     except OSError as e:
         raise NpinferError(f"{final.parent}: cannot create the default model here ({e.strerror})") from None
     try:
-        built = write_checkpoint(scratch / NAME, family_config(FAMILY), seed=SEED,
+        built = write_checkpoint(scratch / NAME, family_config(LAYOUT), seed=SEED,
                                  tokenizer=tokenizer.TINY_TOKENIZER_PATH)
         try:
             os.rename(built, final)

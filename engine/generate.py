@@ -6,6 +6,8 @@
 
 One code path serves streaming and non-streaming answers: `complete` is
 `generate` collected, so the streamed deltas always join to the full text.
+`greedy` is the oracle's loop: the prompt's logits and a greedy continuation,
+with every intermediate visible to a trace.
 
 The loop, for n choices::
 
@@ -38,6 +40,7 @@ import numpy as np
 
 from engine import NpinferError
 from engine.sampling import SamplingParams, choice_rngs, choose, log_softmax, top_logprobs
+from kernels.trace import Trace, no_trace
 
 
 @dataclass(frozen=True)
@@ -245,43 +248,23 @@ def collect(events, n: int) -> Completion:
     raise RuntimeError("generation ended without usage")
 
 
-# --------------------------------------------------------------------------- a model to chat with
-@dataclass(frozen=True)
-class ChatModel:
-    """A loaded model with what chatting needs: its tokenizer, chat format and names."""
+# --------------------------------------------------------------------------- greedy, for the oracle
+def greedy(model, prompt, n: int, trace: Trace = no_trace, step_trace: Trace = no_trace, state=None):
+    """Prefill `prompt`, then pick n tokens greedily, feeding each back through the cache.
 
-    model: object
-    tok: object
-    chat_format: str  # tokenizer.chat format, e.g. "mistral-v3" or "hf-template"
-    name: str  # what answers and /info call it
-    architecture: str  # MistralForCausalLM, MixtralForCausalLM or JambaForCausalLM
-    path: str
-
-    def prompt(self, messages: list[dict]) -> list[int]:
-        """The chat-formatted prompt ids; tokenizer.ChatFormatError or PromptTooLong if unusable."""
-        from tokenizer.chat import render_chat
-
-        ids = render_chat(self.tok, messages, self.chat_format)
-        check_prompt(self.model, ids)
-        return ids
-
-
-def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
-    """Load MODEL (a directory or a repo id), or the embedded default when None."""
-    from pathlib import Path
-
-    import tokenizer
-    from engine.checkpoint import open_checkpoint, resolve
-    from engine.default_model import NAME, default_model_dir
-    from engine.registry import architecture, load_model
-    from tokenizer.chat import chat_format_for
-
-    path = default_model_dir() if model is None else resolve(model)
-    name = NAME if model is None else Path(model).resolve().name if Path(model).exists() else str(model)
-    loaded = load_model(path, dtype=dtype)
-    try:
-        tok = tokenizer.load(path)
-        fmt = chat_format_for(path)
-    except tokenizer.TokenizerError as e:
-        raise NpinferError(str(e)) from None
-    return ChatModel(loaded, tok, fmt, name, architecture(open_checkpoint(path)), str(path))
+    Returns (prompt logits [T, V], gen_ids [n], gen_logits [n, V]); gen_logits[i]
+    is the distribution gen_ids[i] was chosen from (as HF ``generate`` reports it),
+    so gen_logits[0] is the prompt's last row and n tokens take n - 1 decode steps.
+    `trace` sees the prompt's intermediates, `step_trace` each decode step's;
+    `state` (a fresh one when None) is left after the last step, for its caller to read.
+    """
+    state = model.new_state() if state is None else state
+    logits = model.forward(prompt, state, trace=trace)  # [T, V]
+    gen_ids, gen_logits, last = [], [], logits[-1]
+    for i in range(n):
+        gen_ids.append(int(np.argmax(last)))
+        gen_logits.append(last)
+        if i < n - 1:
+            last = model.forward([gen_ids[-1]], state, trace=step_trace)[-1]  # [V]
+    V = logits.shape[-1]
+    return logits, np.array(gen_ids, dtype=np.int64), np.array(gen_logits, dtype=logits.dtype).reshape(n, V)

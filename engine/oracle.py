@@ -72,6 +72,10 @@ from pathlib import Path
 import numpy as np
 
 from engine import NpinferError
+from engine.generate import greedy
+from engine.safetensors_io import open_tensors, write_tensors
+from kernels.dtypes import bf16_to_float32
+from kernels.trace import Trace, no_trace
 
 FORMAT = {"format": "npinfer-activations", "version": "1"}
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
@@ -99,8 +103,8 @@ def order_key(name: str) -> tuple:
 
 # ----------------------------------------------------------------------------- dumping
 class Recorder:
-    """A `trace(name, array)` callback that keeps every named intermediate, each call's
-    rows appended to the earlier ones (prefill [T, ...], then decode steps [1, ...])."""
+    """A trace (`kernels.trace`) that keeps every named intermediate, each call's rows
+    appended to the earlier ones (prefill [T, ...], then decode steps [1, ...])."""
 
     def __init__(self):
         self.parts: dict[str, list[np.ndarray]] = {}
@@ -112,60 +116,33 @@ class Recorder:
         return {name: np.concatenate(parts) for name, parts in self.parts.items()}
 
 
-class _TracedModel:
-    """`model` with every forward traced and the last state kept, so `engine.cli.greedy`
-    (one greedy loop for everything) also records its decode steps."""
-
-    def __init__(self, model, trace):
-        self.model, self.trace, self.config, self.state = model, trace, model.config, None
-
-    def new_state(self):
-        self.state = self.model.new_state()
-        return self.state
-
-    def forward(self, ids, state, trace=None, **kwargs):
-        """Forward with our trace; `trace` (greedy passes one to the prompt's forward only) also sees it."""
-        def both(name, value):
-            self.trace(name, value)
-            trace(name, value)
-
-        return self.model.forward(ids, state, trace=self.trace if trace is None else both, **kwargs)
-
-
-def final_states(state) -> dict[str, np.ndarray]:
-    """The Mamba layers' conv and SSM states held by a model state (none for Mistral)."""
-    out = {}
-    for i, cache in enumerate(state.caches):
-        if hasattr(cache, "ssm"):  # a jamba_np MambaCache; KV caches are not dumped
-            out[f"model.layers.{i}.mamba.conv_state"] = np.array(cache.conv)  # [Di, K]
-            out[f"model.layers.{i}.mamba.ssm_state"] = np.array(cache.ssm)  # [Di, N]
-    return out
-
-
-def collect_activations(model, ids, generate: int = 0, prompt_trace=None):
+def collect_activations(model, ids, generate: int = 0, prompt_trace: Trace = no_trace):
     """Run greedy (the prompt, then `generate` tokens) with every forward traced.
 
     Returns (the dump's name -> array mapping, greedy's (logits [T, V], gen_ids [n], gen_logits [n, V])).
-    `prompt_trace(name, array)`, if given, also sees the prompt's intermediates (as with `greedy`).
+    `prompt_trace(name, array)` also sees the prompt's intermediates (as greedy's `trace` does).
+    The dump ends with the model's recurrent states after the run (`Decoder.state_arrays`).
     """
-    from engine.cli import greedy
-
     ids = np.asarray(ids, np.int64)
-    recorder = Recorder()
-    traced = _TracedModel(model, recorder)
-    logits, gen_ids, gen_logits = greedy(traced, ids, generate, prompt_trace)
-    arrays = {"input_ids": ids} | recorder.arrays() | final_states(traced.state)
+    recorder, state = Recorder(), model.new_state()
+
+    def prompt(name, value):  # the prompt's intermediates go to both
+        recorder(name, value)
+        prompt_trace(name, value)
+
+    logits, gen_ids, gen_logits = greedy(model, ids, generate, trace=prompt, step_trace=recorder, state=state)
+    arrays = {"input_ids": ids} | recorder.arrays() | model.state_arrays(state)
     if generate:
         arrays |= {"gen_ids": gen_ids, "gen_logits": gen_logits}
     return arrays, (logits, gen_ids, gen_logits)
 
 
-def dump_activations(model, ids, path, fmt: str | None = None, generate: int = 0, prompt_trace=None):
+def dump_activations(model, ids, path, fmt: str | None = None, generate: int = 0, prompt_trace: Trace = no_trace):
     """Write the activations of a greedy run to `path` (.npz or .safetensors; `fmt`
     overrides the extension); return greedy's (logits [T, V], gen_ids [n], gen_logits [n, V]).
 
     This is `npinfer logits --dump-activations PATH`: one run gives both the logits
-    and the dump. `prompt_trace` is `greedy`'s trace (the CLI's --router collector).
+    and the dump. `prompt_trace` is greedy's prompt trace (the CLI's --router collector).
     """
     arrays, result = collect_activations(model, ids, generate, prompt_trace)
     write_dump(path, arrays, fmt)
@@ -179,24 +156,28 @@ def dump_format(path, fmt: str | None = None) -> str:
     return fmt
 
 
-def write_dump(path, arrays: dict[str, np.ndarray], fmt: str | None = None) -> None:
-    """Write a dump atomically (a temp file renamed into place): never a partial file."""
+def write_arrays(path, arrays: dict[str, np.ndarray], fmt: str = "npz", metadata: dict | None = None) -> None:
+    """Write name -> array to `path` (npz or safetensors) atomically: a temp file in the
+    same folder renamed into place, so a reader never sees a partial file. Every file
+    this engine writes goes through here (logits, activation dumps)."""
     path = Path(path)
-    fmt = dump_format(path, fmt)
-    arrays = dict(sorted(arrays.items(), key=lambda kv: order_key(kv[0])))
     tmp = path.with_name(path.name + ".partial")
     try:
         if fmt == "npz":
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         else:
-            from engine.safetensors_io import write_tensors
-
-            write_tensors(tmp, {k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=FORMAT)
+            write_tensors(tmp, {k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise NpinferError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def write_dump(path, arrays: dict[str, np.ndarray], fmt: str | None = None) -> None:
+    """Write a dump, its names in model order; never a partial file."""
+    arrays = dict(sorted(arrays.items(), key=lambda kv: order_key(kv[0])))
+    write_arrays(path, arrays, dump_format(path, fmt), metadata=FORMAT)
 
 
 def read_dump(path) -> dict[str, np.ndarray]:
@@ -209,9 +190,6 @@ def read_dump(path) -> dict[str, np.ndarray]:
         if fmt == "npz":
             with np.load(path, allow_pickle=False) as z:
                 return {name: z[name] for name in z.files}
-        from engine.safetensors_io import open_tensors
-        from kernels.dtypes import bf16_to_float32
-
         # BF16 is the only safetensors dtype kept as uint16 bits (engine.safetensors_io): widen it
         return {n: bf16_to_float32(a) if a.dtype == np.uint16 else a for n, a in open_tensors(path).items()}
     except OSError as e:

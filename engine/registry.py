@@ -1,64 +1,174 @@
-"""From a checkpoint to a runnable model: which package serves which architecture.
+"""The families this engine runs, in one table, and how a checkpoint becomes a model.
 
     model = load_model("path/or/owner-name", dtype="float32")
     state = model.new_state()
     logits = model.forward(ids, state)
 
-| architecture (config.json)  | package      | notes                                  |
-|-----------------------------|--------------|----------------------------------------|
-| MistralForCausalLM          | mistral_np   | dense MLP                              |
-| MixtralForCausalLM          | mistral_np   | sparse MoE MLP                         |
-| JambaForCausalLM            | jamba_np     | Mamba + attention hybrid, MoE          |
-| (params.json, native)       | mistral_np   | Mistral, or Mixtral when it has `moe`  |
+Everything the front (server, schema, generation, CLI, oracle) needs to know about a
+family is a field of its `Family` entry in `FAMILIES`; no other module of `engine/`
+names an architecture.
+
+| family  | architectures (config.json)              | package    | native layout (params.json) |
+|---------|------------------------------------------|------------|-----------------------------|
+| mistral | MistralForCausalLM, MixtralForCausalLM   | mistral_np | yes                         |
+| jamba   | JambaForCausalLM                         | jamba_np   | no                          |
+
+Adding a family: a package (or a module in one) with a frozen config class
+(``from_hf(dict)``), a `kernels.decoder.Decoder` subclass, ``expected_shapes(config)``
+and a ``TINY`` dict of small config.json files; then one `Family` entry below.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
+import jamba_np
 import kernels
 import mistral_np
-from engine.checkpoint import Checkpoint, CheckpointError, open_checkpoint, resolve
+from engine import CheckpointError
+from engine.checkpoint import CONFIG, PARAMS, Checkpoint, open_checkpoint, resolve
 
-ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM", "JambaForCausalLM")
+
+def _same_name(name: str) -> str:
+    return name
 
 
-def architecture(ckpt: Checkpoint) -> str:
-    """The architecture named by a checkpoint, or a clear error."""
-    if ckpt.layout == "native":
-        return "MixtralForCausalLM" if ckpt.config.get("moe") else "MistralForCausalLM"
-    names = ckpt.config.get("architectures") or []
-    by_type = {"mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM", "jamba": "JambaForCausalLM"}
-    arch = names[0] if names else by_type.get(ckpt.config.get("model_type"), "")
+@dataclass(frozen=True)
+class NativeLayout:
+    """A family's own checkpoint layout (``params.json`` + ``consolidated.safetensors``)."""
+
+    read_config: Callable[[dict], object]  # params.json -> frozen config
+    architecture: Callable[[dict], str]  # params.json -> the architecture it is (for /info and logs)
+    tensor_name: Callable[[str], str]  # HF name -> the name in the file
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: what it is called, how to read it, how to present it."""
+
+    name: str
+    architectures: tuple[str, ...]  # config.json "architectures" values it runs
+    model_types: Mapping[str, str]  # config.json "model_type" -> architecture, when "architectures" is absent
+    read_config: Callable[[dict], object]  # config.json -> frozen config
+    model: type  # a kernels.decoder.Decoder subclass: model(config, weights, dtype)
+    expected_shapes: Callable[[object], dict]  # config -> {HF tensor name: shape}
+    provider: str  # GET /info "model_provider_name"
+    response_formats: frozenset[str]  # the response_format types a chat request may ask for
+    tiny: Mapping[str, dict]  # `npinfer tiny LAYOUT` -> config.json
+    chat_format: str = "mistral-v1"  # when the tokenizer names no format (no version, no template)
+    native: NativeLayout | None = None
+    special_init: Callable | None = None  # (name, shape, rng) -> array | None: random weights that must look trained
+    describe: Callable[[object], str] | None = None  # config -> the line printed when a model loads
+    tensor_name: Callable[[dict, object], Callable[[str], str]] = field(
+        default=lambda config_json, tensors: _same_name)  # HF name -> name in the file
+
+
+FAMILIES = (
+    Family(
+        name="mistral",
+        architectures=("MistralForCausalLM", "MixtralForCausalLM"),
+        model_types={"mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM"},
+        read_config=mistral_np.MistralConfig.from_hf,
+        model=mistral_np.Mistral,
+        expected_shapes=mistral_np.expected_shapes,
+        provider="MistralAI",
+        response_formats=frozenset({"text"}),  # the hosted Mistral models refuse json_object
+        tiny=mistral_np.TINY,
+        native=NativeLayout(
+            read_config=mistral_np.MistralConfig.from_params,
+            architecture=lambda params: "MixtralForCausalLM" if params.get("moe") else "MistralForCausalLM",
+            tensor_name=mistral_np.native_name,
+        ),
+    ),
+    Family(
+        name="jamba",
+        architectures=("JambaForCausalLM",),
+        model_types={"jamba": "JambaForCausalLM"},
+        read_config=jamba_np.JambaConfig.from_hf,
+        model=jamba_np.Jamba,
+        expected_shapes=jamba_np.expected_shapes,
+        provider="AI21",
+        response_formats=frozenset({"text", "json_object"}),  # accepted, as AI21's API does (not enforced)
+        tiny=jamba_np.TINY,
+        special_init=jamba_np.special_init,
+        describe=jamba_np.JambaConfig.describe,
+    ),
+)
+
+ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures)
+TINY_LAYOUTS = {layout: (f, config) for f in FAMILIES for layout, config in f.tiny.items()}
+
+
+def architecture_of(config_json: dict, where: str = CONFIG) -> str:
+    """The architecture a config.json names (``architectures[0]``, else by ``model_type``)."""
+    names = config_json.get("architectures") or []
+    by_type = {t: a for f in FAMILIES for t, a in f.model_types.items()}
+    arch = names[0] if isinstance(names, list) and names else by_type.get(config_json.get("model_type"), "")
     if arch not in ARCHITECTURES:
-        shown = arch or f"model_type {ckpt.config.get('model_type')!r}"
-        raise CheckpointError(f"{ckpt.path / 'config.json'}: unsupported architecture {shown} "
-                              f"(supported: {', '.join(ARCHITECTURES)})")
+        shown = arch or f"model_type {config_json.get('model_type')!r}"
+        raise CheckpointError(f"{where}: unsupported architecture {shown} (supported: {', '.join(ARCHITECTURES)})")
     return arch
+
+
+def family_of(config_json: dict, where: str = CONFIG) -> Family:
+    """The family that runs a config.json, or a one-line error."""
+    arch = architecture_of(config_json, where)
+    return next(f for f in FAMILIES if arch in f.architectures)
+
+
+def native_family() -> Family:
+    return next(f for f in FAMILIES if f.native is not None)
+
+
+def tiny_layout(layout: str) -> tuple[Family, dict]:
+    """The family and a copy of the config.json of `npinfer tiny LAYOUT`."""
+    if layout not in TINY_LAYOUTS:
+        raise ValueError(f"unknown tiny layout {layout!r}; choose one of {', '.join(TINY_LAYOUTS)}")
+    family, config = TINY_LAYOUTS[layout]
+    return family, dict(config)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What `identify` finds in an opened checkpoint."""
+
+    family: Family
+    architecture: str
+    config: object  # the family's frozen config
+    weights: Mapping  # HF name -> array (memory-mapped, file dtype)
+
+    def model(self, dtype: str = "float32"):
+        return self.family.model(self.config, self.weights, kernels.compute_dtype(dtype))
+
+
+def identify(ckpt: Checkpoint) -> Loaded:
+    """Family, architecture, config and HF-named weights of an opened checkpoint; errors are one line."""
+    source = ckpt.path / (PARAMS if ckpt.layout == "native" else CONFIG)
+    if ckpt.layout == "native":
+        family = native_family()
+        arch, read, rename = family.native.architecture(ckpt.config), family.native.read_config, family.native.tensor_name
+    else:
+        family = family_of(ckpt.config, str(source))
+        arch, read = architecture_of(ckpt.config, str(source)), family.read_config
+        rename = family.tensor_name(ckpt.config, ckpt.tensors)
+    try:
+        config = read(ckpt.config)
+    except ValueError as e:  # ConfigError and friends: name the file
+        raise CheckpointError(f"{source}: {e}") from None
+    expected = family.expected_shapes(config)
+    ckpt.check(expected, rename=rename)
+    weights = ckpt.tensors if rename is _same_name else {name: ckpt.tensors[rename(name)] for name in expected}
+    return Loaded(family, arch, config, weights)
 
 
 def load_model(model: str | os.PathLike, dtype: str = "float32"):
     """Resolve, open, validate and wrap a checkpoint; errors are one line (NpinferError)."""
-    ckpt = open_checkpoint(resolve(model))
-    arch = architecture(ckpt)
-    dt = kernels.compute_dtype(dtype)
-    try:
-        if arch == "JambaForCausalLM":
-            import jamba_np
+    return identify(open_checkpoint(resolve(model))).model(dtype)
 
-            config = jamba_np.JambaConfig.from_hf(ckpt.config)
-            ckpt.check(jamba_np.expected_shapes(config))
-            return jamba_np.Jamba(config, ckpt.tensors, dt)
-        if ckpt.layout == "native":
-            config = mistral_np.MistralConfig.from_params(ckpt.config)
-            expected = mistral_np.expected_shapes(config)
-            ckpt.check(expected, rename=mistral_np.native_name)
-            weights = {name: ckpt.tensors[mistral_np.native_name(name)] for name in expected}
-        else:
-            config = mistral_np.MistralConfig.from_hf(ckpt.config)
-            ckpt.check(mistral_np.expected_shapes(config))
-            weights = ckpt.tensors
-        return mistral_np.Mistral(config, weights, dt)
-    except ValueError as e:  # ConfigError and friends: name the file
-        source = "params.json" if ckpt.layout == "native" else "config.json"
-        raise CheckpointError(f"{ckpt.path / source}: {e}") from None
+
+def describe(model) -> str | None:
+    """The line to print when `model` loads (its family's, if it has one)."""
+    family = next(f for f in FAMILIES if isinstance(model, f.model))
+    return family.describe(model.config) if family.describe else None

@@ -16,9 +16,10 @@ whatever raised it, is ``{"error": {"code", "message", "status"}}`` (`ApiError`)
 
 Types are strict: ``"0.5"`` is not a number and ``"true"`` not a boolean.
 
-``response_format: {"type": "json_object"}`` is refused (422) for the Mistral
-family, as the hosted service does. Jamba accepts it, but this engine does not
-constrain decoding to JSON: the output is whatever the model samples.
+``response_format: {"type": "json_object"}`` is accepted only where the model's
+family says so (`engine.registry`): refused (422) for the Mistral family, as the
+hosted service does; Jamba accepts it, but this engine does not constrain
+decoding to JSON: the output is whatever the model samples.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class ChatRequest:
     messages: list[dict]  # [{"role", "content": str}]
     params: GenerationParams
     stream: bool
-    json_object: bool
+    response_format: str  # "text" or "json_object"
     model: str | None
 
 
@@ -208,8 +209,8 @@ def ai21_request(data: dict) -> ChatRequest:
 
 def _chat_request(req, params: GenerationParams) -> ChatRequest:
     messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    json_object = req.response_format is not None and req.response_format.type == "json_object"
-    return ChatRequest(messages, params, req.stream, json_object, req.model)
+    response_format = "text" if req.response_format is None else req.response_format.type
+    return ChatRequest(messages, params, req.stream, response_format, req.model)
 
 
 # --------------------------------------------------------------------------- responses
@@ -246,6 +247,5 @@ def chunk_body(id: str, created: int, model: str, index: int, delta: dict, finis
     }
 
 
-def info_body(model_name: str, architecture: str) -> dict:
-    provider = "AI21" if architecture == "JambaForCausalLM" else "MistralAI"
+def info_body(model_name: str, provider: str) -> dict:
     return {"model_name": model_name, "model_type": "chat-completions", "model_provider_name": provider}

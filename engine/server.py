@@ -50,7 +50,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tokenizer
-from engine.generate import ChatModel, Delta, Finish, GenerationParams, PromptTooLong, Usage, collect, generate
+from engine.chat_model import ChatModel
+from engine.generate import Delta, Finish, GenerationParams, PromptTooLong, Usage, collect, generate
 from engine.schema import (
     AI21ChatRequest,
     ApiError,
@@ -147,9 +148,10 @@ class Service:
 
     # -- the event loop side
     def prompt(self, chat: ChatRequest) -> list[int]:
-        if chat.json_object and self.chat.architecture != "JambaForCausalLM":
+        if chat.response_format not in self.chat.family.response_formats:
             raise ApiError(422, "unsupported_response_format",
-                           "response_format: json_object is not supported by Mistral-family models; use text")
+                           f"response_format: {chat.response_format} is not supported by {self.chat.family.name}-family "
+                           f"models; use {', '.join(sorted(self.chat.family.response_formats))}")
         try:
             return self.chat.prompt(chat.messages)
         except tokenizer.ChatFormatError as e:
@@ -291,7 +293,7 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
     @app.get("/info", summary="Model information")
     async def info(request: Request):
         authorize(request)
-        return info_body(service.name, service.chat.architecture)
+        return info_body(service.name, service.chat.family.provider)
 
     async def answer(request: Request, chat: ChatRequest):
         ids = service.prompt(chat)

@@ -16,70 +16,27 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.registry import family_of, tiny_layout
 from engine.safetensors_io import write_tensors
 from kernels.dtypes import float32_to_bf16
 
-TINY_CONFIGS = {
-    "mistral": {
-        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
-        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu",
-        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "sliding_window": 64, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
-    },
-    "mixtral": {
-        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
-        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu",
-        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
-        "sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2,
-        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
-    },
-    "jamba": {  # schedule: mamba+mlp, mamba+moe, attn+mlp, mamba+moe
-        "architectures": ["JambaForCausalLM"], "model_type": "jamba",
-        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
-        "attn_layer_period": 4, "attn_layer_offset": 2, "expert_layer_period": 2, "expert_layer_offset": 1,
-        "num_experts": 4, "num_experts_per_tok": 2, "mamba_d_state": 16, "mamba_d_conv": 4,
-        "mamba_expand": 2, "mamba_dt_rank": 8, "mamba_conv_bias": True, "mamba_proj_bias": False,
-        "use_mamba_kernels": False, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
-    },
-}
-
-
-def family_config(family: str) -> dict:
-    if family not in TINY_CONFIGS:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(TINY_CONFIGS)}")
-    return dict(TINY_CONFIGS[family])
-
-
-def expected_shapes_for(config: dict) -> dict[str, tuple[int, ...]]:
-    """The tensors a config needs, asked of the package that runs it."""
-    if config.get("model_type") == "jamba":
-        import jamba_np
-
-        return jamba_np.expected_shapes(jamba_np.JambaConfig.from_hf(config))
-    import mistral_np
-
-    return mistral_np.expected_shapes(mistral_np.MistralConfig.from_hf(config))
+def family_config(layout: str) -> dict:
+    """The config.json of `npinfer tiny LAYOUT` (each family lists its layouts in the registry)."""
+    return tiny_layout(layout)[1]
 
 
 def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
     """Seeded float32 weights for every tensor `config` needs (see module docstring).
 
     A family may ask for its own draw of some tensors (Jamba's A_log, D and dt
-    bias must look like trained ones): ``jamba_np.special_init(name, shape, rng)``
-    returns an array, or None for the generic rule.
+    bias must look like trained ones): its registry entry's ``special_init(name,
+    shape, rng)`` returns an array, or None for the generic rule.
     """
     rng = np.random.default_rng(seed)
-    special = lambda name, shape, rng: None  # noqa: E731
-    if config.get("model_type") == "jamba":
-        import jamba_np
-
-        special = jamba_np.special_init
+    family = family_of(config)
+    special = family.special_init or (lambda name, shape, rng: None)
     weights = {}
-    for name, shape in expected_shapes_for(config).items():
+    for name, shape in family.expected_shapes(family.read_config(config)).items():
         w = special(name, shape, rng)
         if w is None and len(shape) == 1:
             w = 1.0 + 0.1 * rng.standard_normal(shape)

@@ -9,10 +9,11 @@ Read `mamba.py` to learn Mamba, `model.py` for the hybrid. This package never
 imports `engine`: it receives a frozen config and a name -> array mapping.
 """
 
-from jamba_np.config import ConfigError, JambaConfig
+from jamba_np.config import TINY, JambaConfig
 from jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
 from jamba_np.model import Jamba, JambaState, new_state
 from jamba_np.weights import expected_shapes, special_init
+from kernels.config_fields import ConfigError
 
-__all__ = ["ConfigError", "JambaConfig", "Jamba", "JambaState", "MambaCache", "new_state", "new_mamba_cache",
-           "mamba_mixer", "expected_shapes", "special_init"]
+__all__ = ["TINY", "ConfigError", "Jamba", "JambaConfig", "JambaState", "MambaCache", "expected_shapes",
+           "mamba_mixer", "new_mamba_cache", "new_state", "special_init"]

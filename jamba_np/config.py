@@ -21,8 +21,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kernels.decoder import ConfigError
-from kernels.decoder import int_field as _int
+from kernels.config_fields import ConfigError, bool_field, decoder_fields, int_field, token_id
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class JambaConfig:
     num_hidden_layers: int
     num_attention_heads: int        # H
     num_key_value_heads: int        # H_kv
-    head_dim: int                   # D (transformers: hidden_size // num_attention_heads)
+    head_dim: int                   # D (absent: hidden_size // num_attention_heads)
     rms_norm_eps: float             # every RMSNorm, including Mamba's dt/B/C norms
     attn_layer_period: int = 8
     attn_layer_offset: int = 4
@@ -107,43 +106,43 @@ class JambaConfig:
     @classmethod
     def from_hf(cls, d: dict) -> "JambaConfig":
         """From a transformers ``config.json`` (``JambaConfig``)."""
-        act = d.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError(f"hidden_act={act!r} is not supported (Jamba uses 'silu')")
-        hidden = _int(d, "hidden_size", 4096)
-        heads = _int(d, "num_attention_heads", 32)
+        fields = decoder_fields(d, "Jamba", vocab_size=65536, hidden_size=4096, intermediate_size=14336,
+                                num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=262144)
         dt_rank = d.get("mamba_dt_rank", "auto")
         if dt_rank == "auto":  # transformers: math.ceil(hidden_size / 16)
-            dt_rank = math.ceil(hidden / 16)
-        eos = d.get("eos_token_id", 2)
+            dt_rank = math.ceil(fields["hidden_size"] / 16)
         return cls(
-            vocab_size=_int(d, "vocab_size", 65536),
-            hidden_size=hidden,
-            intermediate_size=_int(d, "intermediate_size", 14336),
-            num_hidden_layers=_int(d, "num_hidden_layers", 32),
-            num_attention_heads=heads,
-            num_key_value_heads=d.get("num_key_value_heads") or heads,
-            head_dim=d.get("head_dim") or hidden // heads,
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            attn_layer_period=_int(d, "attn_layer_period", 8),
-            attn_layer_offset=_int(d, "attn_layer_offset", 4),
-            expert_layer_period=_int(d, "expert_layer_period", 2),
-            expert_layer_offset=_int(d, "expert_layer_offset", 1),
+            **fields,
+            attn_layer_period=int_field(d, "attn_layer_period", 8),
+            attn_layer_offset=int_field(d, "attn_layer_offset", 4),
+            expert_layer_period=int_field(d, "expert_layer_period", 2),
+            expert_layer_offset=int_field(d, "expert_layer_offset", 1),
             # transformers maps num_local_experts onto num_experts (attribute_map)
-            num_experts=_int(d, "num_experts", d.get("num_local_experts", 16)),
-            num_experts_per_tok=_int(d, "num_experts_per_tok", 2),
-            mamba_d_state=_int(d, "mamba_d_state", 16),
-            mamba_d_conv=_int(d, "mamba_d_conv", 4),
-            mamba_expand=_int(d, "mamba_expand", 2),
-            mamba_dt_rank=_int({"mamba_dt_rank": dt_rank}, "mamba_dt_rank"),
-            mamba_conv_bias=bool(d.get("mamba_conv_bias", True)),
-            mamba_proj_bias=bool(d.get("mamba_proj_bias", False)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            max_position_embeddings=_int(d, "max_position_embeddings", 262144),
-            pad_token_id=d.get("pad_token_id", 0),
-            bos_token_id=d.get("bos_token_id", 1),
-            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            num_experts=int_field(d, "num_experts", d.get("num_local_experts", 16)),
+            num_experts_per_tok=int_field(d, "num_experts_per_tok", 2),
+            mamba_d_state=int_field(d, "mamba_d_state", 16),
+            mamba_d_conv=int_field(d, "mamba_d_conv", 4),
+            mamba_expand=int_field(d, "mamba_expand", 2),
+            mamba_dt_rank=int_field({"mamba_dt_rank": dt_rank}, "mamba_dt_rank"),
+            mamba_conv_bias=bool_field(d, "mamba_conv_bias", True),
+            mamba_proj_bias=bool_field(d, "mamba_proj_bias", False),
+            pad_token_id=token_id(d, "pad_token_id", 0),
         )
 
     def replace(self, **changes) -> "JambaConfig":
         return dataclasses.replace(self, **changes)
+
+
+# `npinfer tiny LAYOUT`: a small config.json of this family (engine.tiny draws the weights).
+TINY = {
+    "jamba": {  # schedule: mamba+mlp, mamba+moe, attn+mlp, mamba+moe
+        "architectures": ["JambaForCausalLM"], "model_type": "jamba",
+        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
+        "attn_layer_period": 4, "attn_layer_offset": 2, "expert_layer_period": 2, "expert_layer_offset": 1,
+        "num_experts": 4, "num_experts_per_tok": 2, "mamba_d_state": 16, "mamba_d_conv": 4,
+        "mamba_expand": 2, "mamba_dt_rank": 8, "mamba_conv_bias": True, "mamba_proj_bias": False,
+        "use_mamba_kernels": False, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    },
+}

@@ -39,8 +39,9 @@ Algorithm 2 of [1] and where Jamba differs ([2], and transformers' code):
 
 The state carried between calls (`MambaCache`) is the conv's last K inputs and
 the scan's state s: a prompt continued later gives exactly the outputs of the
-whole prompt at once. (transformers' sequential scan always starts a multi-token
-call from s = 0, so there a multi-token continuation is not exact; one-token decode is.)
+whole prompt at once. (transformers 5.24's sequential scan, ``mamba_selective_scan``,
+starts every multi-token call from s = 0, so there a multi-token continuation is not
+exact; its one-token decode is.)
 """
 
 from __future__ import annotations
@@ -76,10 +77,9 @@ def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaC
     (one row per sequence). Projections run on all rows at once; the two
     recurrences (conv, scan) run per sequence, each on its own state.
     `w` holds this layer's ``mamba.*`` weights by their names after ``mamba.``.
-    One token (decode) takes one step of each recurrence, as transformers'
-    ``causal_conv1d_update`` and ``mamba_selective_state_update`` do; more tokens run
-    the loops (``causal_conv1d_fn``, ``mamba_selective_scan``). Each loop's
-    reference is a loop of its step, so the two paths compute the same numbers.
+    One token (decode) is a loop of length one: the same kernels compute what
+    transformers' one-token ``causal_conv1d_update`` and ``mamba_selective_state_update``
+    do, so prefill and decode cannot drift apart.
     """
     Di, N, R = cfg.d_inner, cfg.mamba_d_state, cfg.mamba_dt_rank
     eps, dtype = cfg.rms_norm_eps, h.dtype
@@ -94,10 +94,7 @@ def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaC
     conv_b = w["conv1d.bias"] if cfg.mamba_conv_bias else None  # [Di]
     xc = np.empty_like(x)  # [T, Di]
     for cache, rows in zip(caches, segments):
-        if rows.stop - rows.start == 1:
-            xc[rows.start], cache.conv = kernels.conv1d_step(x[rows.start], conv_w, conv_b, cache.conv)  # [Di], [Di, K]
-        else:
-            xc[rows], cache.conv = kernels.causal_conv1d(x[rows], conv_w, conv_b, cache.conv)  # [t, Di], [Di, K]
+        xc[rows], cache.conv = kernels.causal_conv1d(x[rows], conv_w, conv_b, cache.conv)  # [t, Di], [Di, K]
     x = kernels.silu(xc)  # [T, Di]
 
     # 3. The selection: dt, B, C are functions of the input ([1] section 3.2, Algorithm 2 lines 2-4).
@@ -116,11 +113,7 @@ def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaC
     A = -np.exp(kernels.widen(w["A_log"], dtype))  # [Di, N]  negative, so exp(dt A) < 1: a decaying memory
     y = np.empty_like(x)  # [T, Di]
     for cache, rows in zip(caches, segments):
-        if rows.stop - rows.start == 1:
-            t = rows.start
-            y[t], cache.ssm = kernels.ssm_step(x[t], dt[t], A, B[t], C[t], cache.ssm)  # [Di], [Di, N]
-        else:
-            y[rows], cache.ssm = kernels.selective_scan(x[rows], dt[rows], A, B[rows], C[rows], cache.ssm)  # [t, Di]
+        y[rows], cache.ssm = kernels.selective_scan(x[rows], dt[rows], A, B[rows], C[rows], cache.ssm)  # [t, Di]
 
     # 6. Skip connection D, the SiLU gate ([1] fig. 3: the multiplicative branch), output projection.
     y = y + x * kernels.widen(w["D"], dtype)  # [T, Di]

@@ -25,17 +25,19 @@ V vocabulary; Mamba's own in `jamba_np/mamba.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 import kernels
-from kernels.decoder import Decoder, Trace, no_trace, rows_of
 from jamba_np.config import JambaConfig
 from jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
 from kernels.cache import KVCache, new_kv_cache
+from kernels.decoder import Decoder, final_logits, rows_of
+from kernels.trace import Trace, no_trace
 from kernels.weights import Prefixed
+
 
 # --------------------------------------------------------------------------- state
 @dataclass
@@ -87,9 +89,8 @@ def sparse_moe(cfg: JambaConfig, w: Mapping, x, trace: Trace, name: str):
     -> the top k probabilities, **not** renormalised (unlike Mixtral): a token's
     output is sum_j p_j * SwiGLU_{e_j}(x) with sum_j p_j < 1.
     """
-    router_logits = kernels.linear(x, w["feed_forward.router.weight"])  # [T, E]
+    router_logits = trace(f"{name}.router_logits", kernels.linear(x, w["feed_forward.router.weight"]))  # [T, E]
     weights, experts = kernels.route(router_logits, cfg.num_experts_per_tok, renormalize=False)  # [T, k], [T, k]
-    trace(f"{name}.router_logits", router_logits)
     trace(f"{name}.experts", experts)
 
     def expert(e, xe):  # in PyTorch (JambaExperts): down(silu(gate(x)) * up(x)) on the rows routed to e
@@ -105,64 +106,43 @@ def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, states: list[JambaSta
     """One pass over tokens `ids` [T]: T consecutive tokens of one sequence (one state),
     or one next token for each of T sequences (T states, see `kernels.decoder.rows_of`).
 
-    Returns logits [T, V] (or [1, V] for the last token when `last_only`) and
-    advances the states. `trace(name, array)` sees every named intermediate under
-    the name of the transformers module that produces it.
+    Returns logits [T, V] (or [1, V] for the last token when `last_only`); the
+    states' caches take in the new tokens (the Decoder then advances each pos).
+    `trace(name, array)` returns its array: every named intermediate passes through
+    it under the name of the transformers module that produces it.
     """
     T, eps = len(ids), cfg.rms_norm_eps
     positions, segments = rows_of(states, T)  # [T] (attention's causal mask only), the rows of each state
-    x = kernels.embed(weights["model.embed_tokens.weight"], ids, dtype)  # [T, d]
-    trace("model.embed_tokens", x)
+    x = trace("model.embed_tokens", kernels.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
     for i in range(cfg.num_hidden_layers):
         name = f"model.layers.{i}"
         w = Prefixed(weights, name + ".")
-        h = kernels.rms_norm(x, w["input_layernorm.weight"], eps)  # [T, d]
-        trace(f"{name}.input_layernorm", h)
+        caches = [s.caches[i] for s in states]
+        h = trace(f"{name}.input_layernorm", kernels.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
         if cfg.is_attention(i):
-            a = attention(cfg, w, h, positions, [s.caches[i] for s in states], segments)  # [T, d]
-            trace(f"{name}.self_attn", a)
+            x = x + trace(f"{name}.self_attn", attention(cfg, w, h, positions, caches, segments))  # [T, d]
         else:
-            a = mamba_mixer(cfg, Prefixed(w, "mamba."), h, [s.caches[i] for s in states], segments)  # [T, d]
-            trace(f"{name}.mamba", a)
-        x = x + a  # [T, d]
-        h = kernels.rms_norm(x, w["pre_ff_layernorm.weight"], eps)  # [T, d]
-        trace(f"{name}.pre_ff_layernorm", h)
-        f = sparse_moe(cfg, w, h, trace, f"{name}.feed_forward") if cfg.is_moe(i) else mlp(w, h)  # [T, d]
-        trace(f"{name}.feed_forward", f)
-        x = x + f  # [T, d]
-        trace(name, x)
-    for state, rows in zip(states, segments):
-        state.pos += rows.stop - rows.start
-    if last_only:
-        x = x[-1:]  # [1, d]
-    x = kernels.rms_norm(x, weights["model.final_layernorm.weight"], eps)  # [T, d]
-    trace("model.final_layernorm", x)
-    head = weights["model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
-    logits = kernels.linear(x, head)  # [T, V]
-    trace("lm_head", logits)
-    return logits
+            x = x + trace(f"{name}.mamba", mamba_mixer(cfg, Prefixed(w, "mamba."), h, caches, segments))  # [T, d]
+        h = trace(f"{name}.pre_ff_layernorm", kernels.rms_norm(x, w["pre_ff_layernorm.weight"], eps))  # [T, d]
+        ff = f"{name}.feed_forward"
+        x = x + trace(ff, sparse_moe(cfg, w, h, trace, ff) if cfg.is_moe(i) else mlp(w, h))  # [T, d]
+        x = trace(name, x)  # [T, d]  the residual stream after layer i
+    return final_logits(cfg, weights, x, "model.final_layernorm", trace, last_only)  # [T, V] (or [1, V])
 
 
 @dataclass
 class Jamba(Decoder):
-    """A loaded Jamba: config, weights and compute dtype; no state inside.
-
-        model = Jamba(config, weights)
-        state = model.new_state()
-        logits = model.forward(prompt_ids, state)        # prefill, in chunks
-        logits = model.forward([next_id], state)         # one decode step
-        logits = model.forward_batch(ids, states)        # one step of several sequences
-    """
+    """A loaded Jamba (see `kernels.decoder.Decoder` for its methods)."""
 
     config: JambaConfig
-    weights: Mapping[str, np.ndarray]
-    dtype: np.dtype = field(default=np.dtype(np.float32))
-    chunk_size: int = 512  # prefill chunk: bounds attention scores and the scan's temporaries
+    forward_chunk = staticmethod(forward_chunk)  # the pass above
+    make_state = staticmethod(new_state)
 
-    forward_chunk = staticmethod(forward_chunk)  # the pass above; Decoder builds forward and forward_batch on it
-
-    def new_state(self) -> JambaState:
-        return new_state(self.config, self.dtype)
-
-    def describe(self) -> str:
-        return self.config.describe()
+    def state_arrays(self, state: JambaState) -> dict[str, np.ndarray]:
+        """Each Mamba layer's conv and SSM states (KV caches are not dumped)."""
+        out = {}
+        for i, cache in enumerate(state.caches):
+            if not self.config.is_attention(i):
+                out[f"model.layers.{i}.mamba.conv_state"] = np.array(cache.conv)  # [Di, K]
+                out[f"model.layers.{i}.mamba.ssm_state"] = np.array(cache.ssm)  # [Di, N]
+        return out

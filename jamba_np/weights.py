@@ -21,26 +21,19 @@ from __future__ import annotations
 import numpy as np
 
 from jamba_np.config import JambaConfig
+from kernels.weights import attention_shapes, embedding_shapes, swiglu_shapes
 
 
 def expected_shapes(cfg: JambaConfig) -> dict[str, tuple[int, ...]]:
     """HF name -> shape, for every tensor the forward pass reads."""
-    d, V, I, Di = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.d_inner
+    d, I, Di = cfg.hidden_size, cfg.intermediate_size, cfg.d_inner
     N, K, R = cfg.mamba_d_state, cfg.mamba_d_conv, cfg.mamba_dt_rank
-    q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    shapes = {"model.embed_tokens.weight": (V, d), "model.final_layernorm.weight": (d,)}
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, d)
+    shapes = embedding_shapes(cfg, "model.final_layernorm")
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
         shapes |= {p + "input_layernorm.weight": (d,), p + "pre_ff_layernorm.weight": (d,)}
         if cfg.is_attention(i):
-            shapes |= {
-                p + "self_attn.q_proj.weight": (q_rows, d),
-                p + "self_attn.k_proj.weight": (kv_rows, d),
-                p + "self_attn.v_proj.weight": (kv_rows, d),
-                p + "self_attn.o_proj.weight": (d, q_rows),
-            }
+            shapes |= attention_shapes(p + "self_attn.", cfg)
         else:
             m = p + "mamba."
             shapes |= {
@@ -64,11 +57,9 @@ def expected_shapes(cfg: JambaConfig) -> dict[str, tuple[int, ...]]:
         if cfg.is_moe(i):
             shapes[f + "router.weight"] = (cfg.num_experts, d)
             for e in range(cfg.num_experts):
-                x = f"{f}experts.{e}."
-                shapes |= {x + "gate_proj.weight": (I, d), x + "up_proj.weight": (I, d),
-                           x + "down_proj.weight": (d, I)}
+                shapes |= swiglu_shapes(f"{f}experts.{e}.", "gate_proj", "up_proj", "down_proj", d, I)
         else:
-            shapes |= {f + "gate_proj.weight": (I, d), f + "up_proj.weight": (I, d), f + "down_proj.weight": (d, I)}
+            shapes |= swiglu_shapes(f, "gate_proj", "up_proj", "down_proj", d, I)
     return shapes
 
 

@@ -14,8 +14,10 @@ heads, query head h reads kv head h // (H / H_kv). We view the H query heads as
 [H_kv, G] (G = H / H_kv, the group size) so each kv head meets its G query heads in
 one einsum instead of being copied G times (PyTorch's ``repeat_kv``).
 
-`attention_ref` is the NumPy (BLAS) reference; for decode steps `attention_fast`
-runs `_attention_numba`, the same math as plain loops over the cache in place.
+`attention_ref` is the readable reference: two einsums and the softmax between them.
+`attention_fast` runs a prompt (many queries) as batched BLAS matrix products with
+the softmax in place (`_attention_blas`), and a decode step (a few queries) as
+`_attention_numba`, the same math as plain loops over the cache in place.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels import dispatch
+from kernels.backend import dispatch
 from kernels.intrinsics import prefetch
 
 
@@ -45,20 +47,12 @@ def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np
     """
     T, H, D = q.shape
     H_kv = k.shape[1]
-    G = H // H_kv
-    q = q.reshape(T, H_kv, G, D).transpose(1, 2, 0, 3)  # [H_kv, G, T, D]
-    k = k.transpose(1, 2, 0)[:, None]  # [H_kv, 1, D, S]
-    v = v.transpose(1, 0, 2)[:, None]  # [H_kv, 1, S, D]
-    scores = q @ k  # [H_kv, G, T, S]  (einsum "kgtd,kdS->kgtS", as a batched BLAS matmul)
-    scores *= scale
-    scores += np.where(attention_mask(q_pos, k_pos, window), 0.0, -np.inf).astype(q.dtype)  # [T, S] mask as a bias
-    # softmax over keys, in place (every query sees at least itself, so no row is all -inf)
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    p = scores  # [H_kv, G, T, S]
-    out = p @ v  # [H_kv, G, T, D]
-    return out.transpose(2, 0, 1, 3).reshape(T, H, D).astype(q.dtype, copy=False)  # [T, H, D]
+    q = q.reshape(T, H_kv, H // H_kv, D)  # [T, H_kv, G, D]  query head h = kv head h // G, member h % G
+    scores = np.einsum("tkgd,skd->kgts", q, k) * scale  # [H_kv, G, T, S]
+    scores = np.where(attention_mask(q_pos, k_pos, window), scores, -np.inf)  # [H_kv, G, T, S]
+    scores = scores - scores.max(axis=-1, keepdims=True)  # [H_kv, G, T, S]  max subtracted: exp cannot overflow
+    p = np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)  # [H_kv, G, T, S]  softmax over keys
+    return np.einsum("kgts,skd->tkgd", p, v).reshape(T, H, D)  # [T, H, D]
 
 
 # --------------------------------------------------------------------------- Numba
@@ -155,17 +149,37 @@ def _attention_numba(q, k, v, visible, scale, out):
             out[t, h, d] = acc if sees_a_key[t, h] else np.nan
 
 
+def _attention_blas(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
+    """`attention_ref` as batched BLAS matrix products, for a prompt (many queries).
+
+    The einsums become transposes and ``@`` (one GEMM per kv head and group member),
+    the mask is added as a bias of 0 / -inf, and the softmax runs in place on the
+    one [H_kv, G, T, S] score buffer.
+    """
+    T, H, D = q.shape
+    H_kv = k.shape[1]
+    q = q.reshape(T, H_kv, H // H_kv, D).transpose(1, 2, 0, 3)  # [H_kv, G, T, D]
+    scores = q @ k.transpose(1, 2, 0)[:, None]  # [H_kv, G, T, S]  (k as [H_kv, 1, D, S])
+    scores *= scale
+    scores += np.where(attention_mask(q_pos, k_pos, window), 0.0, -np.inf).astype(q.dtype)  # [T, S] as a bias
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)  # [H_kv, G, T, S]  now the softmax weights p
+    out = scores @ v.transpose(1, 0, 2)[:, None]  # [H_kv, G, T, D]  (v as [H_kv, 1, S, D])
+    return out.transpose(2, 0, 1, 3).reshape(T, H, D)  # [T, H, D]
+
+
 def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
-    """`attention_ref`; for a few queries (decode) a Numba kernel reading the cache in place.
+    """`attention_ref`: BLAS for a prompt, a Numba kernel reading the cache in place for decode.
 
     T <= SMALL_BATCH: `_attention_numba`, with the mask from `attention_mask`, so one
-    rule serves both paths. It shares Numba's thread pool with the projections that
+    rule serves every path. It shares Numba's thread pool with the projections that
     run just before and after; BLAS here, left at two threads, spun its workers after
     each small product and took the cores from them. More queries (prefill) are a
-    real matrix product: `attention_ref` and BLAS.
+    real matrix product: `_attention_blas`.
     """
     if q.shape[0] > SMALL_BATCH:
-        return attention_ref(q, k, v, q_pos, k_pos, window, scale)
+        return _attention_blas(q, k, v, q_pos, k_pos, window, scale)
     q, k, v = (np.ascontiguousarray(a, dtype=q.dtype) for a in (q, k, v))  # no copy of the cache views
     visible = attention_mask(q_pos, k_pos, window)  # [T, S]
     out = np.empty_like(q)  # [T, H, D]

@@ -25,14 +25,17 @@ class KVCache:
         slot:       0   1   2   3
         position:   4   5   2   3        <- 0 and 1 were overwritten by 4 and 5
 
-    The next token, position 6, may see positions 3, 4, 5, 6. It attends to the
-    cache (positions 2-5; 2 is masked by the window rule) together with its own
-    key, then its key goes to slot 6 % 4 = 2, replacing position 2.
+    The next token, position 6, may see positions 3, 4, 5, 6. Decode writes first:
+    its key goes to slot 6 % 4 = 2, replacing position 2 (which it may not see), and
+    it attends to the four slots in place, positions 6, 5, 4, 3 (slot order does not
+    matter: every key carries its position, and the mask reads positions):
 
-    A chunk of C tokens attends to the cache *and* its own keys, gathered before
-    writing, so a chunk longer than W never overwrites keys its own early queries
-    need. One token (decode) is written first and attends to the W slots in place:
-    the slot it overwrites held position p - W, which it may not see anyway.
+        slot:       0   1   2   3
+        position:   4   5   6   3
+
+    A chunk of C > 1 tokens (a prefill chunk) instead gathers the filled slots its
+    first query can still see, appends its own keys, and only then writes, so a
+    chunk longer than W never overwrites keys its own early queries need.
     """
 
     k: np.ndarray  # [S, H_kv, D]

@@ -1,28 +1,27 @@
-"""What every decoder in this project does around its layers, whatever the model:
-read integer config fields with one-line errors, check token ids, run a long
-prompt in chunks (so no T x T score matrix is ever built), and lay out the rows
-of a pass that serves several sequences at once (a batch of decode steps).
+"""What every decoder in this project does around its layers, whatever the model.
+
+A model module writes one pass over a chunk of tokens (``forward_chunk``) and its
+state; `Decoder` builds the rest on it:
+
+* ``forward(ids, state)``: check the ids, run a long prompt in chunks of
+  ``chunk_size`` tokens, each continuing the last (so no T x T score matrix and
+  no [T, d_inner, N] scan temporary is ever built);
+* ``forward_batch(ids, states)``: one decode step of several sequences at once,
+  every weight read once for all of them (`rows_of` lays out their rows);
+* ``state_arrays(state)``: the recurrent states an activation dump holds.
+
+`final_logits` is the tail every pass ends with: the final norm and the output head.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
-
-class ConfigError(ValueError):
-    """A config file a model package cannot run; the message names the field."""
-
-
-def int_field(d: dict, key: str, default: int | None = None) -> int:
-    """d[key] (or `default`) as a non-negative int, else a ConfigError naming the field."""
-    value = d.get(key, default)
-    if value is None:
-        raise ConfigError(f"missing field {key!r}")
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"field {key!r} must be a non-negative integer, not {value!r}")
-    return value
+import kernels
+from kernels.trace import Trace, no_trace, passing
 
 
 def check_ids(ids, vocab_size: int) -> np.ndarray:
@@ -33,37 +32,6 @@ def check_ids(ids, vocab_size: int) -> np.ndarray:
     if ids.min() < 0 or ids.max() >= vocab_size:
         raise ValueError(f"token ids must be in 0..{vocab_size - 1}")
     return ids
-
-
-Trace = Callable[[str, np.ndarray], None]  # trace(name, array): sees every named intermediate
-
-
-def no_trace(name: str, value: np.ndarray) -> None:
-    pass
-
-
-class Decoder:
-    """`forward` and `forward_batch` for a model class, on top of its `forward_chunk`.
-
-    A model class (``mistral_np.Mistral``, ``jamba_np.Jamba``) is a dataclass with
-    ``config`` (with ``vocab_size``), ``weights``, ``dtype``, ``chunk_size`` and
-    ``forward_chunk(config, weights, ids, states, dtype, trace, last_only)``: one pass
-    over the rows `rows_of` lays out.
-    """
-
-    def forward(self, ids, state, trace: Trace = no_trace, last_only: bool = False) -> np.ndarray:
-        """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place);
-        a long prompt runs in chunks of `chunk_size`, each continuing the last."""
-        ids = check_ids(ids, self.config.vocab_size)
-        logits = [self.forward_chunk(self.config, self.weights, ids[s:s + self.chunk_size], [state], self.dtype,
-                                     trace, last_only) for s in range(0, len(ids), self.chunk_size)]
-        return logits[-1] if last_only else np.concatenate(logits)
-
-    def forward_batch(self, ids, states: list, trace: Trace = no_trace) -> np.ndarray:
-        """Logits [B, V]: one decode step for each of B sequences, token ids[b] continuing
-        states[b]. Each weight is read once for the whole batch."""
-        ids = check_ids(ids, self.config.vocab_size)
-        return self.forward_chunk(self.config, self.weights, ids, list(states), self.dtype, trace)
 
 
 def rows_of(states: list, T: int) -> tuple[np.ndarray, list[slice]]:
@@ -79,3 +47,67 @@ def rows_of(states: list, T: int) -> tuple[np.ndarray, list[slice]]:
     if len(states) != T:
         raise ValueError(f"a batch of {len(states)} states needs one token each, got {T}")
     return np.array([s.pos for s in states]), [slice(t, t + 1) for t in range(T)]
+
+
+def final_logits(cfg, weights: Mapping, x: np.ndarray, norm: str, trace: Trace, last_only: bool,
+                 embeddings: str = "model.embed_tokens.weight") -> np.ndarray:
+    """The final RMSNorm (module `norm`) and the output head: x [T, d] -> logits [T, V].
+
+    The head is ``lm_head.weight``, or the `embeddings` when ``cfg.tie_word_embeddings``.
+    With `last_only`, only the last row goes through: [1, V] (a chat's prefill needs no more).
+    """
+    if last_only:
+        x = x[-1:]  # [1, d]
+    x = trace(norm, kernels.rms_norm(x, weights[norm + ".weight"], cfg.rms_norm_eps))  # [T, d]
+    head = weights[embeddings if cfg.tie_word_embeddings else "lm_head.weight"]  # [V, d]
+    return trace("lm_head", kernels.linear(x, head))  # [T, V]
+
+
+@dataclass
+class Decoder:
+    """A loaded model: config, weights and compute dtype; no state inside.
+
+        model = Mistral(config, weights)                 # any Decoder subclass
+        state = model.new_state()
+        logits = model.forward(prompt_ids, state)        # prefill, in chunks
+        logits = model.forward([next_id], state)         # one decode step
+        logits = model.forward_batch(ids, states)        # one step of several sequences
+
+    A subclass names its config type and gives two functions of its module:
+    ``forward_chunk(config, weights, ids, states, dtype, trace, last_only)``, one
+    pass over the rows `rows_of` lays out, and ``make_state(config, dtype)``.
+    ``trace`` is an observer (`kernels.trace`); the pass receives it as a pass-through.
+    """
+
+    config: object
+    weights: Mapping[str, np.ndarray]
+    dtype: np.dtype = field(default=np.dtype(np.float32))
+    chunk_size: int = 512  # prefill chunk: bounds attention scores and scan temporaries at chunk x (context + chunk)
+
+    def new_state(self):
+        return self.make_state(self.config, self.dtype)
+
+    def forward(self, ids, state, trace: Trace = no_trace, last_only: bool = False) -> np.ndarray:
+        """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place);
+        a long prompt runs in chunks of `chunk_size`, each continuing the last."""
+        ids, trace = check_ids(ids, self.config.vocab_size), passing(trace)
+        logits = [self._pass(ids[s:s + self.chunk_size], [state], trace, last_only)
+                  for s in range(0, len(ids), self.chunk_size)]
+        return logits[-1] if last_only else np.concatenate(logits)
+
+    def forward_batch(self, ids, states: list, trace: Trace = no_trace) -> np.ndarray:
+        """Logits [B, V]: one decode step for each of B sequences, token ids[b] continuing
+        states[b]. Each weight is read once for the whole batch."""
+        return self._pass(check_ids(ids, self.config.vocab_size), list(states), passing(trace))
+
+    def _pass(self, ids, states: list, trace, last_only: bool = False) -> np.ndarray:
+        """One `forward_chunk`; then each state has seen its rows' tokens (its pos moves on)."""
+        logits = self.forward_chunk(self.config, self.weights, ids, states, self.dtype, trace, last_only)
+        for state, rows in zip(states, rows_of(states, len(ids))[1]):
+            state.pos += rows.stop - rows.start
+        return logits
+
+    def state_arrays(self, state) -> dict[str, np.ndarray]:
+        """The recurrent states of `state` an activation dump holds, by name (none here:
+        attention caches are not dumped)."""
+        return {}

@@ -26,7 +26,6 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels.dtypes import bf16_to_float32
 
 # the intrinsic's name carries the pointer type: "p0" with LLVM's opaque pointers (15+)
 _PREFETCH = "llvm.prefetch.p0" if binding.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
@@ -41,11 +40,6 @@ def bits_to_f32(typingctx, bits):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
-
-
-def bf16_to_f32_ref(bits: np.ndarray) -> np.ndarray:
-    """The NumPy reference of `bf16_to_f32`, on whole arrays of bf16 bits."""
-    return bf16_to_float32(bits)
 
 
 @intrinsic
@@ -65,7 +59,9 @@ def f16_to_f32(typingctx, bits):
 
 @njit(inline="always")
 def bf16_to_f32(bits):
-    """The float32 value of one bf16 number given as its uint16 bits (Numba only)."""
+    """The float32 value of one bf16 number given as its uint16 bits (Numba only).
+
+    Its NumPy reference, on whole arrays, is `kernels.dtypes.bf16_to_float32`."""
     return bits_to_f32(np.uint32(bits) << np.uint32(16))
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels import dispatch
+from kernels.backend import dispatch
 from kernels.activations import silu
 from kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
 from kernels.dtypes import widen

@@ -20,7 +20,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from kernels import dispatch
+from kernels.backend import dispatch
 from kernels.dtypes import widen
 from kernels.intrinsics import bf16_to_f32
 

@@ -1,18 +1,19 @@
-"""Mistral and Mixtral in NumPy: config, forward pass, rolling KV cache.
+"""Mistral and Mixtral in NumPy: the config and the forward pass.
 
     from mistral_np import MistralConfig, Mistral
     model = Mistral(config, weights)          # weights: HF name -> array
-    state = model.new_state()
+    state = model.new_state()                 # one KV cache per layer (kernels.cache)
     logits = model.forward(ids, state)
 
-This package never imports `engine`: it receives a frozen config and a
-name -> array mapping.
+Read `model.py` for the forward pass. The sliding-window KV ring buffer it uses
+is `kernels.cache` (Jamba's attention layers use the same one). This package never
+imports `engine`: it receives a frozen config and a name -> array mapping.
 """
 
-from mistral_np.config import ConfigError, MistralConfig
-from kernels.cache import KVCache
+from kernels.config_fields import ConfigError
+from mistral_np.config import TINY, MistralConfig
 from mistral_np.model import Mistral, MistralState, new_state
 from mistral_np.weights import expected_shapes, native_name
 
-__all__ = ["ConfigError", "MistralConfig", "Mistral", "MistralState", "KVCache", "new_state",
-           "expected_shapes", "native_name"]
+__all__ = ["TINY", "ConfigError", "Mistral", "MistralConfig", "MistralState", "expected_shapes", "native_name",
+           "new_state"]

@@ -17,8 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from kernels.decoder import ConfigError
-from kernels.decoder import int_field as _int
+from kernels.config_fields import ConfigError, decoder_fields, dict_field, float_field, int_field, optional_int
 
 
 @dataclass(frozen=True)
@@ -65,60 +64,63 @@ class MistralConfig:
     @classmethod
     def from_hf(cls, d: dict) -> "MistralConfig":
         """From a transformers ``config.json`` (MistralConfig or MixtralConfig)."""
-        act = d.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError(f"hidden_act={act!r} is not supported (Mistral and Mixtral use 'silu')")
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope = dict_field(d, "rope_parameters") or dict_field(d, "rope_scaling")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise ConfigError(f"rope_type={rope_type!r} is not supported (only the default RoPE)")
-        theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
-        heads = _int(d, "num_attention_heads", 32)
-        hidden = _int(d, "hidden_size", 4096)
         moe = d.get("model_type") == "mixtral" or "num_local_experts" in d
-        eos = d.get("eos_token_id", 2)
         return cls(
-            vocab_size=_int(d, "vocab_size", 32000),
-            hidden_size=hidden,
-            intermediate_size=_int(d, "intermediate_size", 14336),
-            num_hidden_layers=_int(d, "num_hidden_layers", 32),
-            num_attention_heads=heads,
-            num_key_value_heads=d.get("num_key_value_heads") or heads,
-            head_dim=d.get("head_dim") or hidden // heads,
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
+            **decoder_fields(d, "Mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                             num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=32768),
+            rope_theta=float_field(d, "rope_theta", rope.get("rope_theta", 10000.0), positive=True),
             # an absent key takes transformers' default: 4096 for MistralConfig, None for Mixtral
-            sliding_window=d.get("sliding_window", None if moe else 4096),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            max_position_embeddings=_int(d, "max_position_embeddings", 32768),
-            num_local_experts=_int(d, "num_local_experts", 8) if moe else 0,
-            num_experts_per_tok=_int(d, "num_experts_per_tok", 2) if moe else 0,
-            bos_token_id=d.get("bos_token_id", 1),
-            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            sliding_window=optional_int(d, "sliding_window") if "sliding_window" in d or moe else 4096,
+            num_local_experts=int_field(d, "num_local_experts", 8, minimum=1) if moe else 0,
+            num_experts_per_tok=int_field(d, "num_experts_per_tok", 2, minimum=1) if moe else 0,
         )
 
     @classmethod
     def from_params(cls, d: dict) -> "MistralConfig":
         """From Mistral's native ``params.json`` (mistral-inference ``ModelArgs``)."""
-        heads = _int(d, "n_heads")
-        moe = d.get("moe") or {}
+        heads, dim = int_field(d, "n_heads", minimum=1), int_field(d, "dim", minimum=1)
+        moe = dict_field(d, "moe")
         return cls(
-            vocab_size=_int(d, "vocab_size"),
-            hidden_size=_int(d, "dim"),
-            intermediate_size=_int(d, "hidden_dim"),
-            num_hidden_layers=_int(d, "n_layers"),
+            vocab_size=int_field(d, "vocab_size", minimum=1),
+            hidden_size=dim,
+            intermediate_size=int_field(d, "hidden_dim", minimum=1),
+            num_hidden_layers=int_field(d, "n_layers"),
             num_attention_heads=heads,
-            num_key_value_heads=d.get("n_kv_heads") or heads,
-            head_dim=d.get("head_dim") or _int(d, "dim") // heads,
-            rms_norm_eps=float(d.get("norm_eps", 1e-5)),
+            num_key_value_heads=optional_int(d, "n_kv_heads", heads),
+            head_dim=optional_int(d, "head_dim", dim // heads),
+            rms_norm_eps=float_field(d, "norm_eps", 1e-5, positive=True),
             # mistral-inference: `theta = self.args.rope_theta or 1000000.0`
-            rope_theta=float(d.get("rope_theta") or 1e6),
-            sliding_window=d.get("sliding_window"),
-            max_position_embeddings=d.get("max_seq_len") or 32768,
-            num_local_experts=int(moe.get("num_experts", 0)),
-            num_experts_per_tok=int(moe.get("num_experts_per_tok", 0)),
+            rope_theta=float_field(d, "rope_theta", 1e6, positive=True) if d.get("rope_theta") else 1e6,
+            sliding_window=optional_int(d, "sliding_window"),
+            max_position_embeddings=optional_int(d, "max_seq_len", 32768),
+            num_local_experts=int_field(moe, "num_experts", 0),
+            num_experts_per_tok=int_field(moe, "num_experts_per_tok", 0),
             rope_interleaved=True,
         )
 
     def replace(self, **changes) -> "MistralConfig":
         return dataclasses.replace(self, **changes)
+
+
+# `npinfer tiny LAYOUT`: small config.json files of this family (engine.tiny draws the weights).
+TINY = {
+    "mistral": {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu",
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "sliding_window": 64, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    },
+    "mixtral": {
+        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu",
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
+        "sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2,
+        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    },
+}

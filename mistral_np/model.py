@@ -26,16 +26,18 @@ uint16 bits) and `kernels` widens them to the compute dtype as they are used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 import kernels
-from kernels.decoder import Decoder, Trace, no_trace, rows_of
 from kernels.cache import KVCache, new_kv_cache
+from kernels.decoder import Decoder, final_logits, rows_of
+from kernels.trace import Trace, no_trace
 from kernels.weights import Prefixed
 from mistral_np.config import MistralConfig
+
 
 # --------------------------------------------------------------------------- state
 @dataclass
@@ -95,9 +97,8 @@ def sparse_moe(cfg: MistralConfig, w: Mapping, x, trace: Trace, name: str):
     expert, so each chosen expert runs one matrix product over its tokens; an expert
     nobody chose is never read (its memory-mapped weights stay on disk).
     """
-    router_logits = kernels.linear(x, w["block_sparse_moe.gate.weight"])  # [T, E]
+    router_logits = trace(f"{name}.router_logits", kernels.linear(x, w["block_sparse_moe.gate.weight"]))  # [T, E]
     weights, experts = kernels.route(router_logits, cfg.num_experts_per_tok, renormalize=True)  # [T, k], [T, k]
-    trace(f"{name}.router_logits", router_logits)
     trace(f"{name}.experts", experts)
 
     def expert(e, xe):  # in mistral-inference moe.py: experts[e](x[rows])
@@ -114,62 +115,36 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[Mistra
     positions state.pos .. state.pos + T - 1), or one next token for each of T
     sequences (T states, see `kernels.decoder.rows_of`).
 
-    Returns logits [T, V] (or [1, V] for the last token when `last_only`) and
-    advances the states. `trace(name, array)` sees every named intermediate, under
-    the names of the Hugging Face modules that produce it.
+    Returns logits [T, V] (or [1, V] for the last token when `last_only`); the
+    states' caches take in the new tokens (the Decoder then advances each pos).
+    `trace(name, array)` returns its array: every named intermediate passes through
+    it under the name of the Hugging Face module that produces it.
     """
     T, eps = len(ids), cfg.rms_norm_eps
     positions, segments = rows_of(states, T)  # [T], the rows of each state
     cos, sin = kernels.rope_tables(positions, cfg.head_dim, cfg.rope_theta, dtype)  # [T, D], [T, D]
-    x = kernels.embed(weights["model.embed_tokens.weight"], ids, dtype)  # [T, d]
-    trace("model.embed_tokens", x)
+    x = trace("model.embed_tokens", kernels.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
     for i in range(cfg.num_hidden_layers):
         name = f"model.layers.{i}"
         w = Prefixed(weights, name + ".")
-        h = kernels.rms_norm(x, w["input_layernorm.weight"], eps)  # [T, d]
-        trace(f"{name}.input_layernorm", h)
-        a = attention(cfg, w, h, positions, cos, sin, [s.caches[i] for s in states], segments)  # [T, d]
-        trace(f"{name}.self_attn", a)
-        x = x + a  # [T, d]
+        caches = [s.caches[i] for s in states]
+        h = trace(f"{name}.input_layernorm", kernels.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
+        x = x + trace(f"{name}.self_attn", attention(cfg, w, h, positions, cos, sin, caches, segments))  # [T, d]
         h = kernels.rms_norm(x, w["post_attention_layernorm.weight"], eps)  # [T, d]
-        trace(f"{name}.post_attention_layernorm", h)
+        h = trace(f"{name}.post_attention_layernorm", h)
         if cfg.is_moe:
-            f = sparse_moe(cfg, w, h, trace, f"{name}.block_sparse_moe")  # [T, d]
-            trace(f"{name}.block_sparse_moe", f)
+            moe = f"{name}.block_sparse_moe"
+            x = x + trace(moe, sparse_moe(cfg, w, h, trace, moe))  # [T, d]
         else:
-            f = mlp(w, h)  # [T, d]
-            trace(f"{name}.mlp", f)
-        x = x + f  # [T, d]
-        trace(name, x)
-    for state, rows in zip(states, segments):
-        state.pos += rows.stop - rows.start
-    if last_only:
-        x = x[-1:]  # [1, d]
-    x = kernels.rms_norm(x, weights["model.norm.weight"], eps)  # [T, d]
-    trace("model.norm", x)
-    head = weights["model.embed_tokens.weight" if cfg.tie_word_embeddings else "lm_head.weight"]
-    logits = kernels.linear(x, head)  # [T, V]
-    trace("lm_head", logits)
-    return logits
+            x = x + trace(f"{name}.mlp", mlp(w, h))  # [T, d]
+        x = trace(name, x)  # [T, d]  the residual stream after layer i
+    return final_logits(cfg, weights, x, "model.norm", trace, last_only)  # [T, V] (or [1, V])
 
 
 @dataclass
 class Mistral(Decoder):
-    """A loaded Mistral or Mixtral: config, weights and compute dtype; no state inside.
-
-        model = Mistral(config, weights)
-        state = model.new_state()
-        logits = model.forward(prompt_ids, state)        # prefill, in chunks
-        logits = model.forward([next_id], state)         # one decode step
-        logits = model.forward_batch(ids, states)        # one step of several sequences
-    """
+    """A loaded Mistral or Mixtral (see `kernels.decoder.Decoder` for its methods)."""
 
     config: MistralConfig
-    weights: Mapping[str, np.ndarray]
-    dtype: np.dtype = field(default=np.dtype(np.float32))
-    chunk_size: int = 512  # prefill chunk: bounds the score matrix at chunk x (window + chunk)
-
-    forward_chunk = staticmethod(forward_chunk)  # the pass above; Decoder builds forward and forward_batch on it
-
-    def new_state(self) -> MistralState:
-        return new_state(self.config, self.dtype)
+    forward_chunk = staticmethod(forward_chunk)  # the pass above
+    make_state = staticmethod(new_state)

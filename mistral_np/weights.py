@@ -2,40 +2,30 @@
 
 The model reads weights by their Hugging Face names. Native checkpoints
 (``consolidated.safetensors`` next to ``params.json``) use mistral-inference's
-names; `native_names` maps one onto the other. The q/k row order also differs
+names; `native_name` maps one onto the other. The q/k row order also differs
 (adjacent-pair RoPE); the model handles that itself (``config.rope_interleaved``).
 """
 
 from __future__ import annotations
 
+from kernels.weights import attention_shapes, embedding_shapes, swiglu_shapes
 from mistral_np.config import MistralConfig
 
 
 def expected_shapes(cfg: MistralConfig) -> dict[str, tuple[int, ...]]:
     """HF name -> shape, for every tensor the forward pass reads."""
-    d, V, I = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
-    q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,)}
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, d)
+    d, I = cfg.hidden_size, cfg.intermediate_size
+    shapes = embedding_shapes(cfg, "model.norm")
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
-        shapes |= {
-            p + "input_layernorm.weight": (d,),
-            p + "post_attention_layernorm.weight": (d,),
-            p + "self_attn.q_proj.weight": (q_rows, d),
-            p + "self_attn.k_proj.weight": (kv_rows, d),
-            p + "self_attn.v_proj.weight": (kv_rows, d),
-            p + "self_attn.o_proj.weight": (d, q_rows),
-        }
+        shapes |= {p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,)}
+        shapes |= attention_shapes(p + "self_attn.", cfg)
         if cfg.is_moe:
             shapes[p + "block_sparse_moe.gate.weight"] = (cfg.num_local_experts, d)
             for e in range(cfg.num_local_experts):
-                x = f"{p}block_sparse_moe.experts.{e}."
-                shapes |= {x + "w1.weight": (I, d), x + "w3.weight": (I, d), x + "w2.weight": (d, I)}
+                shapes |= swiglu_shapes(f"{p}block_sparse_moe.experts.{e}.", "w1", "w3", "w2", d, I)
         else:
-            shapes |= {p + "mlp.gate_proj.weight": (I, d), p + "mlp.up_proj.weight": (I, d),
-                       p + "mlp.down_proj.weight": (d, I)}
+            shapes |= swiglu_shapes(p + "mlp.", "gate_proj", "up_proj", "down_proj", d, I)
     return shapes
 
 

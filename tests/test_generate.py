@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tokenizer
-from engine.cli import greedy
+from engine.generate import greedy
 from engine.generate import (
     Delta,
     Finish,
@@ -21,8 +21,8 @@ from engine.generate import (
     collect,
     complete,
     generate,
-    load_chat_model,
 )
+from engine.chat_model import load_chat_model
 from engine.sampling import SamplingParams, log_softmax
 from engine.tiny import family_config, write_checkpoint
 from conftest import run_cli
@@ -44,7 +44,7 @@ def prompt(chat):
 
 
 def expected_greedy(chat, prompt, n):
-    """The CLI's greedy decode (engine.cli.greedy), cut after the first EOS."""
+    """The CLI's greedy decode (engine.generate.greedy), cut after the first EOS."""
     _, ids, _ = greedy(chat.model, np.array(prompt), n)
     ids = list(ids)
     eos = chat.model.config.eos_token_id

@@ -10,7 +10,7 @@ import pytest
 
 from cases import GENERATE, JAMBA_CASES, MISTRAL_CASES, MIXTRAL_CASES
 from conftest import assert_matches
-from engine.cli import greedy
+from engine.generate import greedy
 from engine.registry import load_model
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -12,7 +12,7 @@ import pytest
 from cases import GENERATE, jamba, prompt
 from conftest import assert_matches, max_diff
 from engine.checkpoint import open_checkpoint
-from engine.cli import greedy
+from engine.generate import greedy
 from engine.registry import load_model
 
 import torch  # the oracle extra (the README's test command installs it)

@@ -9,7 +9,7 @@ import torch
 
 from cases import GENERATE, MIXTRAL_CASES, mixtral, prompt
 from conftest import assert_matches, max_diff, run_cli
-from engine.cli import greedy
+from engine.generate import greedy
 from engine.registry import load_model
 from hf_oracle import hf_run, hf_to_native, hf_written, load_hf
 

@@ -21,8 +21,8 @@ from azure.core.exceptions import HttpResponseError
 from openai import OpenAI
 
 import tokenizer
-from engine.cli import greedy
-from engine.generate import load_chat_model
+from engine.generate import greedy
+from engine.chat_model import load_chat_model
 from engine.server import Limits, Service, create_app
 from engine.tiny import family_config, write_checkpoint
 
@@ -75,7 +75,7 @@ def http(server):
 
 
 def engine_greedy_ids(chat, messages, n):
-    """Token ids the engine's own greedy decode (engine.cli.greedy) gives, cut after EOS."""
+    """Token ids the engine's own greedy decode (engine.generate.greedy) gives, cut after EOS."""
     _, ids, _ = greedy(chat.model, np.array(chat.prompt(messages)), n)
     ids = list(ids)
     eos = chat.model.config.eos_token_id

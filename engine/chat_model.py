@@ -1,0 +1,54 @@
+"""A model to chat with: the loaded model, its tokenizer, its chat format, its family.
+
+    chat = load_chat_model("path/or/owner-name")    # None: the embedded tiny default
+    ids = chat.prompt([{"role": "user", "content": "Hi"}])
+    for event in generate(chat.model, chat.tok, ids, params): ...
+
+What the server and `npinfer chat` hold; the family entry (`engine.registry`) answers
+what they ask of the model (its provider name, the response formats it accepts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import tokenizer
+from engine import NpinferError
+from engine.checkpoint import open_checkpoint, resolve
+from engine.default_model import NAME, default_model_dir
+from engine.generate import check_prompt
+from engine.registry import Family, identify
+from tokenizer.chat import chat_format_for, render_chat
+
+
+@dataclass(frozen=True)
+class ChatModel:
+    """A loaded model with what chatting needs: its tokenizer, chat format and names."""
+
+    model: object
+    tok: object
+    chat_format: str  # tokenizer.chat format, e.g. "mistral-v3" or "hf-template"
+    name: str  # what answers and /info call it
+    family: Family
+    architecture: str  # the config's architecture, e.g. MistralForCausalLM
+    path: str
+
+    def prompt(self, messages: list[dict]) -> list[int]:
+        """The chat-formatted prompt ids; tokenizer.ChatFormatError or PromptTooLong if unusable."""
+        ids = render_chat(self.tok, messages, self.chat_format)
+        check_prompt(self.model, ids)
+        return ids
+
+
+def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
+    """Load MODEL (a directory or a repo id), or the embedded default when None."""
+    path = default_model_dir() if model is None else resolve(model)
+    name = NAME if model is None else Path(model).resolve().name if Path(model).exists() else str(model)
+    loaded = identify(open_checkpoint(path))
+    try:
+        tok = tokenizer.load(path)
+        fmt = chat_format_for(path, fallback=loaded.family.chat_format)
+    except tokenizer.TokenizerError as e:
+        raise NpinferError(str(e)) from None
+    return ChatModel(loaded.model(dtype), tok, fmt, name, loaded.family, loaded.architecture, str(path))
