@@ -49,14 +49,15 @@ def _parse_ids(args) -> np.ndarray:
 def cmd_logits(args) -> int:
     from engine.generate import greedy
     from engine.oracle import dump_activations, write_arrays
-    from engine.registry import describe, load_model
+    from engine.registry import open_model
     from kernels.trace import no_trace
 
     ids = _parse_ids(args)
     if args.generate < 0:
         raise NpinferError("--generate must be >= 0")
-    model = load_model(args.model, dtype=args.dtype)
-    if (line := describe(model)) is not None:  # e.g. Jamba's layer schedule
+    loaded = open_model(args.model)
+    model = loaded.model(args.dtype)
+    if (line := loaded.describe()) is not None:  # e.g. the layer schedule; what stays on disk
         print(line, file=sys.stderr)
     V = model.config.vocab_size
     if ids.min() < 0 or ids.max() >= V:
