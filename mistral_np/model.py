@@ -1,4 +1,4 @@
-"""The Mistral and Mixtral forward pass, top to bottom.
+"""The Mistral family's forward pass (Mistral, Mixtral, Ministral, Ministral 3), top to bottom.
 
 Mistral 7B (Jiang et al. 2023, arXiv:2310.06825) is a pre-norm decoder:
 
@@ -16,11 +16,13 @@ The later members change only what a layer attends to and how positions are enco
 * Ministral 8B interleaves layers of full attention with sliding-window layers: each
   layer i has its own window ``cfg.window(i)`` (None = full), its own mask and its own
   cache (a ring of W slots, or a growing one).
-* Ministral 3, Magistral, Devstral 2 and Mistral Small 3.x long-context members use
-  YaRN (Peng et al. 2023, arXiv:2309.00071): RoPE frequencies ramped between
-  interpolation and extrapolation and an attention temperature folded into the cos/sin
-  tables (`kernels.rope`); Ministral 3 also scales q by llama-4's
-  1 + beta ln(1 + floor(p / L)) after RoPE (transformers' ``Ministral3Attention``).
+* Ministral 3 (3B/8B/14B; Devstral 2 and Magistral are built alike) uses YaRN (Peng
+  et al. 2023, arXiv:2309.00071, sections 3.2-3.4): RoPE frequencies ramped between
+  interpolation and extrapolation, and an attention temperature folded into the cos/sin
+  tables (`kernels.rope`); and it scales q by llama-4's 1 + beta ln(1 + floor(p / L))
+  after RoPE (transformers' ``Ministral3Attention``), L the trained context.
+* Mistral 3 (Mistral Small 3.1/3.2, Ministral 3 with vision) is one of these decoders
+  inside a multimodal checkpoint: `engine.registry` finds its weights; only they run.
 
 Reference implementations this file is held against: transformers'
 ``models/mistral``, ``models/mixtral``, ``models/ministral``, ``models/ministral3``
@@ -143,7 +145,7 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[Mistra
     positions, segments = rows_of(states, T)  # [T], the rows of each state
     rope = cfg.rope
     cos, sin = kernels.rope_tables(positions, cfg.head_dim, rope.theta, dtype, rope.yarn)  # [T, D], [T, D]
-    q_scale = None if rope.llama_4_scaling_beta is None else llama4_query_scale(
+    q_scale = None if rope.llama_4_scaling_beta is None else llama4_query_scale(  # Ministral 3 only
         positions, rope.llama_4_scaling_beta, rope.original_max_position_embeddings, dtype)  # [T]
     x = trace("model.embed_tokens", kernels.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
     for i in range(cfg.num_hidden_layers):

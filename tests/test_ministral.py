@@ -215,20 +215,6 @@ def test_prefill_equals_step_decode(case, chunk, make_checkpoint):
     assert max_diff(model.forward(ids, model.new_state()), stepped) <= 1e-5
 
 
-def test_batched_decode_with_mixed_windows(make_checkpoint):
-    """forward_batch over sequences at different positions, with full and sliding layers."""
-    model = load_model(make_checkpoint(STEPPED["ministral"], seed=38))
-    prompts = [prompt(1, 128, n=3), prompt(2, 128, n=11), prompt(3, 128, n=1)]
-    batch_states, own_states = [model.new_state() for _ in prompts], [model.new_state() for _ in prompts]
-    for p, a, b in zip(prompts, batch_states, own_states):
-        model.forward(p, a)
-        model.forward(p, b)
-    for step in range(4):
-        ids = [5 + step, 60 + step, 100 - step]
-        own = np.concatenate([model.forward([t], s) for t, s in zip(ids, own_states)])  # [3, V]
-        assert max_diff(model.forward_batch(ids, batch_states), own) <= 1e-5
-
-
 # ---------------------------------------------------------------- float64
 @pytest.mark.parametrize("case", ["ministral", "ministral3", "mistral3-5x-layout"])
 def test_float64_against_independent_implementation(case, make_checkpoint, tmp_path):
