@@ -259,8 +259,3 @@ def load_model(model: str | os.PathLike, dtype: str = "float32"):
     """Resolve, open, validate and wrap a checkpoint; errors are one line (NpinferError)."""
     return open_model(model).model(dtype)
 
-
-def describe(model) -> str | None:
-    """The line to print when `model` loads (its family's, if it has one)."""
-    family = next(f for f in FAMILIES if isinstance(model, f.model))
-    return family.describe(model.config) if family.describe else None

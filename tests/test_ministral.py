@@ -136,6 +136,29 @@ def test_4x_rope_scaling_spelling(tmp_path):
     assert_matches(greedy(load_model(path), ids, GENERATE), hf_run(load_hf(path), ids, GENERATE))
 
 
+@pytest.mark.parametrize("model_type", ["mistral", "mixtral", "ministral", "ministral3"])
+def test_missing_keys_take_the_writing_class_defaults(model_type):
+    """A config.json that leaves keys out reads as transformers' config class fills them in."""
+    import transformers
+
+    from mistral_np import MistralConfig
+
+    given = {"model_type": model_type, "hidden_size": 64, "num_attention_heads": 16, "num_hidden_layers": 2,
+             "intermediate_size": 32, "vocab_size": 100}
+    hf = transformers.AutoConfig.for_model(**given)
+    ours = MistralConfig.from_hf(given)
+    rope = hf.rope_parameters
+    assert ours.num_key_value_heads == hf.num_key_value_heads and ours.rms_norm_eps == hf.rms_norm_eps
+    assert ours.num_key_value_heads == 8 and ours.head_dim == (hf.head_dim or 64 // 16) and ours.max_position_embeddings == hf.max_position_embeddings
+    assert ours.rope.theta == rope["rope_theta"] and (ours.rope.yarn is None) == (rope["rope_type"] == "default")
+    types = getattr(hf, "layer_types", None) if model_type == "ministral" else None
+    assert ours.windows == tuple(hf.sliding_window if types is None or t == "sliding_attention" else None
+                                 for t in (types or [None] * 2))
+    if model_type == "ministral3":
+        assert ours.rope.yarn.factor == rope["factor"] and ours.rope.llama_4_scaling_beta == rope["llama_4_scaling_beta"]
+        assert ours.rope.yarn.attention_scale == 1.0  # mscale == mscale_all_dim
+
+
 # ------------------------------------------------------------------ the issue's "done when"
 @pytest.mark.parametrize("config, says", [
     (ministral(), "attention: full, sliding(16) x2"),
