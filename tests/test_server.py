@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 import uvicorn
@@ -171,8 +172,8 @@ def test_openai_sdk_on_the_ai21_route(server, chat):
 def test_ai21_schema_rules(http):
     r = post(http, {"messages": MESSAGES, "n": 2, "stream": True}, path="/v1/chat/completions")
     assert r.status_code == 422 and "n: must be 1" in r.json()["error"]["message"]
-    r = post(http, {"messages": MESSAGES, "logprobs": True}, path="/v1/chat/completions")
-    assert r.status_code == 422 and "logprobs" in r.json()["error"]["message"]
+    r = post(http, {"messages": MESSAGES, "frobnicate": True}, path="/v1/chat/completions")
+    assert r.status_code == 422 and "frobnicate: Extra inputs are not permitted" in r.json()["error"]["message"]
     r = post(http, {"messages": MESSAGES, "max_tokens": 4, "stop": ["never"]}, path="/v1/chat/completions")
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
 
@@ -216,9 +217,12 @@ BAD = [
     (b"[1, 2]", 400, "JSON object"),
     ({}, 422, "messages: Field required"),
     ({"messages": []}, 422, "messages: List should have at least 1 item"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, 422, "messages.0.role"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 422, "messages.0.tool_call_id: Field required"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0: Input tag 'robot'"),
+    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "abcdefghi"}]}, 422, "role 'tool' where 'user' was expected"),
     ({"messages": [{"role": "user", "content": 5}]}, 422, "messages.0.content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}, 422, "messages.0"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}, 422,
+     "messages.0.content"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, 422, "role 'assistant' where 'user'"),
     ({"messages": MESSAGES, "temperature": "hot"}, 422, "temperature"),
     ({"messages": MESSAGES, "temperature": 2.5}, 422, "temperature: Input should be less than or equal to 2"),
@@ -228,7 +232,12 @@ BAD = [
     ({"messages": MESSAGES, "stream": "yes"}, 422, "stream"),
     ({"messages": MESSAGES, "stop": [""]}, 422, "stop"),
     ({"messages": MESSAGES, "stop": 7}, 422, "stop"),
-    ({"messages": MESSAGES, "response_format": {"type": "json_object"}}, 422, "json_object is not supported"),
+    ({"messages": MESSAGES, "response_format": {"type": "yaml"}}, 422, "response_format: Input tag 'yaml'"),
+    ({"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "frob"}}}}, 422, "response_format.json_schema.schema: not a valid JSON schema"),
+    ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, 422,
+     "mistral-v1 has no tools"),
+    ({"messages": MESSAGES, "tool_choice": "required"}, 422, "tool_choice: 'required' needs tools"),
     ({"messages": [{"role": "user", "content": "word " * 6000}]}, 400, "context is 4096 tokens"),
 ]
 BAD_EXTRAS = [
@@ -284,9 +293,11 @@ def test_api_key_is_required(server):
 
 def test_openapi_document(server):
     doc = httpx.get(f"{server}/openapi.json").json()
-    assert {"/info", "/chat/completions", "/v1/chat/completions"} <= set(doc["paths"])
+    assert {"/info", "/models", "/v1/models", "/chat/completions", "/v1/chat/completions"} <= set(doc["paths"])
     schema = doc["paths"]["/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert "messages" in schema["properties"]
+    assert schema == {"$ref": "#/components/schemas/AzureChatRequest"}
+    assert "messages" in doc["components"]["schemas"]["AzureChatRequest"]["properties"]
+    assert doc["security"] == [{"apiKey": []}, {"bearer": []}]  # this server has a key
 
 
 # --------------------------------------------------------------------------- limits and cancellation
@@ -399,6 +410,13 @@ def test_jamba_is_served_as_ai21_with_its_greedy_decode(tmp_path):
         assert client.get_model_info().model_provider_name == "AI21"
         ids = engine_greedy_ids(jamba, MESSAGES, 12)
         r = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
-            model="tiny-jamba", messages=MESSAGES, temperature=0, max_tokens=12,
-            response_format={"type": "json_object"})  # accepted for Jamba (not enforced: see engine.schema)
+            model="tiny-jamba", messages=MESSAGES, temperature=0, max_tokens=12)
         assert r.choices[0].message.content == jamba.tok.decode(ids)
+        schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]},
+                                                   "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+                  "required": ["answer", "n"], "additionalProperties": False}
+        r = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
+            model="tiny-jamba", messages=MESSAGES, temperature=0, max_tokens=200,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)  # enforced for Jamba too
+        assert r.choices[0].finish_reason == "stop"

@@ -210,10 +210,11 @@ class ToolCallParser:
         self.calling = False  # the trigger was seen
         self.segments: list[dict] = []  # mistral-args: {"name", "id", "args": text, "part": the one being read}
 
-    def push(self, token_id: int, text: str) -> str:
+    def push(self, token_id: int | None, text: str) -> str:
+        """The text to show now for one generated token (None: text with no token of its own)."""
         s = self.syntax
         if s.style != "hermes":
-            if token_id == s.trigger:
+            if token_id is not None and token_id == s.trigger:
                 self.calling = True
                 self.segments.append({"name": "", "id": "", "args": "", "part": "name"})
                 return ""
@@ -222,7 +223,7 @@ class ToolCallParser:
                 return text
             if s.style == "mistral-args":
                 segment = self.segments[-1]
-                if token_id in (s.args, s.call_id):
+                if token_id is not None and token_id in (s.args, s.call_id):
                     segment["part"] = "args" if token_id == s.args else "id"
                 else:
                     segment[segment["part"]] += text
