@@ -437,13 +437,11 @@ def chunk_body(id: str, created: int, model: str, index: int | None, delta: dict
 
 
 def tool_call_deltas(calls) -> list[dict]:
-    """A choice's calls as stream deltas: per call, its id and name, then its arguments."""
-    deltas = []
-    for k, c in enumerate(calls):
-        deltas.append({"tool_calls": [{"index": k, "id": c.id, "type": "function",
-                                       "function": {"name": c.name, "arguments": ""}}]})
-        deltas.append({"tool_calls": [{"index": k, "function": {"arguments": c.arguments}}]})
-    return deltas
+    """A choice's calls as stream deltas, one per call with its index, id, name and arguments
+    (the OpenAI SDK groups deltas by index, the Azure one needs id and function in each; the
+    calls are parsed once the choice ends, so each comes whole)."""
+    return [{"tool_calls": [{"index": k, "id": c.id, "type": "function",
+                             "function": {"name": c.name, "arguments": c.arguments}}]} for k, c in enumerate(calls)]
 
 
 def info_body(model_name: str, provider: str) -> dict:

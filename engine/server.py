@@ -33,10 +33,9 @@ its own with ``choices: []``)::
     data: {... "delta": {}, "finish_reason": "stop"}], "usage": {...}}
     data: [DONE]
 
-A choice that calls tools sends, after its content, per call a chunk with
-``delta.tool_calls: [{index, id, type, function: {name, arguments: ""}}]`` and one with
-the arguments (``function.arguments`` of the chunks of one index join to the
-arguments), then ``finish_reason: "tool_calls"``. With ``prompt_logprobs`` the first
+A choice that calls tools sends, after its content, one chunk per call with
+``delta.tool_calls: [{index, id, type, function: {name, arguments}}]`` (the calls are
+parsed when the choice ends), then ``finish_reason: "tool_calls"``. With ``prompt_logprobs`` the first
 chunk after the role chunks is ``{"choices": [], "prompt_logprobs": {...}}``.
 """
 
