@@ -264,7 +264,7 @@ class ChatRequest:
     stream: bool
     response_format: str  # "text", "json_object" or "json_schema"
     json_schema: dict | None
-    tools: list[dict]
+    tools: list[dict] | None  # None: the request has no tools field
     tool_choice: str  # "auto", "none", "required" or the name of the function to call
     parallel_tool_calls: bool
     template_kwargs: dict | None
@@ -374,8 +374,8 @@ def _chat_request(req, params: GenerationParams, parallel: bool, template_kwargs
     for m in req.messages:
         d = m.model_dump(exclude_none=True, by_alias=True)
         messages.append(d | {"role": "system"} if d["role"] == "developer" else d)
-    tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
-    names = [t["function"]["name"] for t in tools]
+    tools = None if req.tools is None else [t.model_dump(exclude_none=True) for t in req.tools]
+    names = [t["function"]["name"] for t in tools or []]
     choice = req.tool_choice if req.tool_choice is not None else ("auto" if tools else "none")
     if isinstance(choice, NamedToolChoice):
         choice = choice.function.name

@@ -187,7 +187,7 @@ class Service:
         syntax = self.chat.tool_syntax if chat.tools else None
         try:
             grammar, banned = constrained.plan(self.tok, self.model.config.vocab_size,
-                                               tuple(sorted(eos_ids(self.model, self.tok))), syntax, chat.tools,
+                                               tuple(sorted(eos_ids(self.model, self.tok))), syntax, chat.tools or [],
                                                chat.tool_choice, chat.parallel_tool_calls, chat.response_format,
                                                chat.json_schema)
         except constrained.GrammarError as e:

@@ -96,14 +96,14 @@ def test_json_schema_outputs_validate_over_many_seeds(spm, k):
 def test_any_json_object(spm):
     model = RandomLogits(spm.vocab_size, spm.eos_id, seed=9)
     grammar = Grammar(spm, json_grammar(None), spm.vocab_size, (spm.eos_id,))
-    out = run(model, spm, grammar, 1, n=16, max_tokens=200, logprobs=True)
+    out = run(model, spm, grammar, 1, n=12, max_tokens=150, logprobs=True)
     done = [c for c in out.choices if c.finish_reason == "stop"]
     assert done and {c.finish_reason for c in out.choices} <= {"stop", "length"}
     for c in done:
         assert isinstance(json.loads(c.text), dict) and c.text.startswith("{")
     assert any('": ' in c.text for c in done)  # json.dumps' separators
     # a model that knows nothing rarely closes an unbounded string: those choices are cut by max_tokens
-    assert all(len(c.logprobs) == 200 for c in out.choices if c.finish_reason == "length")
+    assert all(len(c.logprobs) == 150 for c in out.choices if c.finish_reason == "length")
 
 
 def test_random_weight_checkpoint_writes_schema_valid_json(tmp_path):

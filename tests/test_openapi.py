@@ -39,7 +39,7 @@ schema = schemathesis.pytest.from_fixture("api")
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors_and_answers_match_the_document(case):
     if isinstance(case.body, dict):  # keep each generation short: a few tokens, at most 2 choices
         for key in ("max_tokens", "max_completion_tokens"):

@@ -209,14 +209,14 @@ def render_chat(tok: Tokenizer, messages: list[dict], fmt: str, tools: list[dict
                 template_kwargs: dict | None = None) -> list[int]:
     """The ids of the whole prompt (BOS included), ready to generate from."""
     validate_messages(messages)
-    tools = check_tools(tools)
-    if fmt == "hf-template":
+    check_tools(tools)
+    if fmt == "hf-template":  # tools as given: None and [] are not the same to a template
         return _render_hf_template(tok, messages, tools, template_kwargs or {})
     if fmt not in FORMATS:
         raise ChatFormatError(f"unknown chat format {fmt!r} (known: {', '.join(FORMATS)})")
     if template_kwargs:
         raise ChatFormatError(f"{fmt}: chat template variables apply to hf-template chats only")
-    return _MistralChat(tok, fmt, tools).render(messages)
+    return _MistralChat(tok, fmt, tools or []).render(messages)
 
 
 class _MistralChat:
@@ -385,7 +385,8 @@ def template_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
-def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict], template_kwargs: dict) -> list[int]:
+def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict] | None,
+                        template_kwargs: dict) -> list[int]:
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -409,7 +410,7 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict],
     variables = _special_token_strings(_model_dir(tok.path)) | template_kwargs
     try:
         text = env.from_string(template).render(
-            messages=template_messages(messages), tools=tools or None, documents=None,
+            messages=template_messages(messages), tools=tools, documents=None,
             add_generation_prompt=True, **variables)
     except jinja2.exceptions.TemplateError as e:
         message = " ".join(str(e).split())
@@ -456,10 +457,9 @@ def chat_format_for(model_dir_or_tokenizer_path, fallback: str = "mistral-v1") -
         n = int(version.lstrip("v").split("m")[0])
     except ValueError:
         raise TokenizerError(f"{model_dir_or_tokenizer_path}: unknown tokenizer version {version!r}") from None
-    known = [v for v in VERSIONS.values() if v <= n]
     if n < 1:
         raise TokenizerError(f"{model_dir_or_tokenizer_path}: unknown tokenizer version {version!r}")
-    return f"mistral-v{max(known)}"
+    return f"mistral-v{max(v for v in VERSIONS.values() if v <= n)}"
 
 
 def chat_tool_syntax(tok: Tokenizer, fmt: str):
