@@ -28,7 +28,7 @@ from openai import OpenAI
 import tokenizer
 from engine.generate import greedy
 from engine.chat_model import load_chat_model
-from engine.server import Limits, Service, create_app
+from engine.server import Limits, Service, server_config
 from engine.tiny import family_config, write_checkpoint
 
 KEY = "test-key-123"
@@ -44,8 +44,7 @@ def running(chat, limits: Limits | None = None, api_key=KEY):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     service = Service(chat, limits or Limits())
-    server = uvicorn.Server(uvicorn.Config(create_app(service, api_key), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(server_config(service, "127.0.0.1", port, api_key, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -88,7 +87,8 @@ def engine_greedy_ids(chat, messages, n):
 
 
 def post(http, body, path="/chat/completions", **headers):
-    return http.post(path, content=body if isinstance(body, (bytes, str)) else json.dumps(body), headers=headers)
+    return http.post(path, content=body if isinstance(body, (bytes, str)) else json.dumps(body),
+                     headers={"Content-Type": "application/json"} | headers)
 
 
 def sse_events(response) -> list:
@@ -331,7 +331,7 @@ def slow(chat):
 
 def test_full_queue_answers_429_and_a_disconnect_cancels_the_generation(chat):
     long = {"messages": MESSAGES, "max_tokens": 2000, "stream": True, "logit_bias": {"2": -100}}  # no EOS
-    with running(slow(chat), Limits(max_queue=1), api_key=None) as (url, service):
+    with running(slow(chat), Limits(max_batch=1, max_queue=1), api_key=None) as (url, service):
         with httpx.Client(base_url=url, timeout=30, headers=PASS) as a, \
                 httpx.Client(base_url=url, timeout=30, headers=PASS) as b, \
                 a.stream("POST", "/chat/completions", json=long) as running_stream:
