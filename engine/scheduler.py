@@ -109,7 +109,7 @@ class MappedFiles:
             while base is not None and not isinstance(base, np.memmap):
                 base = base.base
             if base is not None and base.filename:
-                paths.append(base.filename)
+                paths.append(str(base.filename))
         return cls(paths)
 
     @staticmethod

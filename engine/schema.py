@@ -77,6 +77,9 @@ class ApiError(Exception):
 
 
 def error_body(status: int, code: str, message: str) -> dict:
+    """The error shape; a lone surrogate the message quotes from a request is written escaped
+    (the body must be UTF-8)."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"code": code, "message": message, "status": status}}
 
 

@@ -383,6 +383,69 @@ def test_rate_limits_and_body_size(chat):
         assert r.status_code == 429 and "tokens per minute" in r.json()["error"]["message"]
 
 
+def test_a_short_request_is_answered_while_a_long_one_streams(chat):
+    """Continuous batching: a 4-token request sent while a 200-token one streams joins the batch
+    and is answered at once, long before the long one ends."""
+    long = {"messages": MESSAGES, "max_tokens": 200, "stream": True, "logit_bias": {"2": -100}}  # no EOS
+    with running(slow(chat), api_key=None) as (url, _):
+        with httpx.Client(base_url=url, timeout=60, headers=PASS) as a, \
+                a.stream("POST", "/chat/completions", json=long) as streaming:
+            lines = (line for line in streaming.iter_lines() if line)
+            next(lines), next(lines)  # the long one is generating
+            started = time.time()
+            r = httpx.post(f"{url}/chat/completions", json={"messages": MESSAGES, "max_tokens": 4}, timeout=60)
+            took = time.time() - started
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
+            assert took < 3, took  # a few 20 ms steps, not 200 of them
+            rest = list(lines)
+            assert rest[-1] == "data: [DONE]" and len(rest) > 150  # the long one was still streaming
+
+
+def test_64_clients_at_once_all_get_their_answer(server, chat):
+    """A bounded load test: 64 requests at once (16 live, the rest queued), none lost, each with
+    the text the request gets alone."""
+    from engine.generate import GenerationParams, complete
+    from engine.sampling import SamplingParams
+
+    questions = [f"Question {i}: how are you?" for i in range(8)]
+    expected = {q: complete(chat.model, chat.tok, chat.prompt([{"role": "user", "content": q}]),
+                            GenerationParams(max_tokens=5, sampling=SamplingParams(temperature=0))).choices[0].text
+                for q in questions}
+
+    def ask(i):
+        q = questions[i % 8]
+        body = {"messages": [{"role": "user", "content": q}], "max_tokens": 5, "temperature": 0}
+        with httpx.Client(base_url=server, headers={"api-key": KEY}, timeout=120) as c:
+            if i % 2:
+                with c.stream("POST", "/chat/completions", json=body | {"stream": True}) as r:
+                    return q, "".join(e["choices"][0]["delta"].get("content", "") for e in sse_events(r)
+                                      if e["choices"])
+            r = c.post("/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            return q, r.json()["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(ask, range(64)))
+    assert len(answers) == 64 and all(text == expected[q] for q, text in answers)
+
+
+def test_a_checkpoint_truncated_while_serving_is_refused_with_a_clear_error(tmp_path):
+    path = write_checkpoint(tmp_path / "victim", family_config("mistral"), seed=5,
+                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    victim = load_chat_model(str(path))
+    body = {"messages": MESSAGES, "max_tokens": 3}
+    with running(victim, api_key=None) as (url, _):
+        assert httpx.post(f"{url}/chat/completions", json=body).status_code == 200
+        shard = path / "model.safetensors"
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 3)
+        for stream in (False, True):
+            r = httpx.post(f"{url}/chat/completions", json=body | {"stream": stream})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "checkpoint_changed"
+            assert f"{shard} is now" in r.json()["error"]["message"] and "restart" in r.json()["error"]["message"]
+        assert httpx.get(f"{url}/info").status_code == 200  # the process is alive and answering
+
+
 # --------------------------------------------------------------------------- done when: HF transformers
 def test_served_greedy_output_is_what_transformers_generates(server, chat, http):
     import torch  # the oracle extra: not skipped when missing, this is the acceptance test
