@@ -63,7 +63,7 @@ DONE = object()  # the last item a job receives
 
 @dataclass(frozen=True)
 class BatchLimits:
-    max_batch: int = MAX_BATCH  # live sequences (choices) decoded together; at most MAX_BATCH
+    max_batch: int = 16  # live sequences (choices) decoded together; at most MAX_BATCH
     max_cache_bytes: int = 4 << 30  # the caches of the admitted requests, together
     max_queue: int = 64  # requests waiting to be admitted; more get 429
     deadline_seconds: float = 600.0  # from submission; then cut short ("length"), or 429 if still waiting

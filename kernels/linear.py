@@ -40,7 +40,7 @@ from kernels.activations import silu
 from kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
 from kernels.dtypes import widen
 
-SMALL_BATCH = 16  # rows of x up to which weights are streamed, each row computed alone (batch-invariant)
+SMALL_BATCH = 32  # rows of x up to which weights are streamed (faster than BLAS here), each row alone
 TILE_BYTES = 64 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights
 
 
@@ -56,93 +56,85 @@ def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> 
     return y
 
 
-@numba.njit(inline="always", fastmath=True)
-def _dot_16bit(w, x, is_f16):
-    """sum_j w[j] * x[j], w given as the uint16 bits of bf16 (or of f16 if is_f16),
-    accumulated in x's dtype.
+def _widened(w, like):
+    """One weight as a number of the compute dtype (that of the number `like`): bf16 bits
+    (uint16) and f16 bits (int16, see `linear_fast`) widened in registers, f32 and f64 rounded
+    as `widen` rounds them (f64 weights in float32 mode). Numba only."""
 
-    LLVM vectorises each loop: a zero-extending load of 16 weights, a shift (bf16)
-    or a half-to-float conversion (f16), and an FMA per vector; no float copy of w
-    is made.
+
+@overload(_widened, inline="always")
+def _widened_numba(w, like):
+    cast = (lambda v: np.float32(v)) if like == types.float32 else (lambda v: np.float64(v))
+    cast = numba.njit(inline="always")(cast)
+    if w == types.uint16:
+        return lambda w, like: cast(bf16_to_f32(w))
+    if w == types.int16:
+        return lambda w, like: cast(f16_to_f32(np.uint16(w)))
+    return lambda w, like: cast(w)
+
+
+ROWS = 4  # rows of x that share each load of a weight (x is padded to a multiple of ROWS)
+
+
+@numba.njit(inline="always", fastmath=True)
+def _dot_rows(w, x, t, c0, c1):
+    """sum_j w[j] * x[t + s, j] over j in c0..c1 for the ROWS rows s = 0..3, in x's dtype.
+
+    Each weight is loaded and widened once for the four rows. LLVM vectorises the loop (8
+    weights per vector for float32) with one set of partial sums per row, the four sets
+    built alike, so a row's sum does not depend on which of the four slots it is in.
     """
-    acc = x[0] * np.float32(0)  # the compute dtype's zero (x * 0 would promote float32 to float64)
-    if is_f16:
-        for j in range(w.shape[0]):
-            acc += f16_to_f32(w[j]) * x[j]
-    else:
-        for j in range(w.shape[0]):
-            acc += bf16_to_f32(w[j]) * x[j]
-    return acc
-
-
-def _as_type_of(value, like):
-    """`value` rounded to the dtype of the number `like` (Numba only)."""
-
-
-@overload(_as_type_of, inline="always")
-def _as_type_of_numba(value, like):
-    if like == types.float32:
-        return lambda value, like: np.float32(value)
-    return lambda value, like: np.float64(value)
-
-
-@numba.njit(inline="always", fastmath=True)
-def _dot_float(w, x):
-    """sum_j w[j] * x[j] for f32 or f64 weights, each first rounded to x's dtype (as
-    `widen` does: f64 weights in float32 mode), accumulated in x's dtype."""
-    acc = x[0] * np.float32(0)
-    for j in range(w.shape[0]):
-        acc += _as_type_of(w[j], acc) * x[j]
-    return acc
-
-
-def _dot(w, x, is_f16):
-    """One chunk's dot product for any weight dtype: `_dot_16bit` for uint16 bits,
-    `_dot_float` for f32 and f64 (Numba only; chosen when the kernel is compiled)."""
-
-
-@overload(_dot, inline="always")
-def _dot_numba(w, x, is_f16):
-    if w.dtype == types.uint16:
-        return lambda w, x, is_f16: _dot_16bit(w, x, is_f16)
-    return lambda w, x, is_f16: _dot_float(w, x)
+    zero = x[0, 0] * np.float32(0)  # the compute dtype's zero (x * 0 would promote float32 to float64)
+    a0, a1, a2, a3 = zero, zero, zero, zero
+    for j in range(c0, c1):
+        wj = _widened(w[j], zero)
+        a0 += wj * x[t, j]
+        a1 += wj * x[t + 1, j]
+        a2 += wj * x[t + 2, j]
+        a3 += wj * x[t + 3, j]
+    return a0, a1, a2, a3
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _stream(w, x, y, is_f16):
+def _stream(w, x, y):
     """y[t, r] = sum_i w[r, i] * x[t, i] for a few rows t, reading each weight once.
 
-    w [O, I] holds f32 or f64 weights, or the uint16 bits of bf16 weights (of f16
-    ones if is_f16); x [T, I] is contiguous. Output rows run in parallel, one row per
-    iteration, so each thread reads its share of the matrix front to back as one
-    stream. A row goes in chunks of CHUNK weights; before a chunk is multiplied, the
-    cache lines AHEAD bytes (16 KB) further down the stream are prefetched. (A
-    prefetch never faults, so the last rows may ask for lines past the end of the
-    matrix.)
+    w [O, I] holds f32 or f64 weights, or the bits of bf16 (uint16) or f16 (int16) weights;
+    x [T, I] is contiguous with T a multiple of ROWS. Output rows run in parallel, one row
+    per iteration, so each thread reads its share of the matrix front to back as one
+    stream. A row goes in chunks of CHUNK weights; before a chunk is multiplied, the cache
+    lines AHEAD bytes (16 KB) further down the stream are prefetched (a prefetch never
+    faults, so the last rows may ask for lines past the end of the matrix); then the chunk
+    meets the rows of x four at a time (`_dot_rows`).
 
-    Row invariance: y[t, r] is built by the same loop for every t (chunk by chunk,
-    in order, each chunk by the same vectorised `_dot`), independent of T and of
-    the thread, so each row of y is what x[t] alone would give, bit for bit.
+    Row invariance: y[t, r] is built the same way for every t (the chunks in order, each
+    by the same vectorised loop in one of its four identical slots), whatever T is and
+    whichever thread runs row r: each row of y is what x[t] alone would give, bit for bit.
 
-    Measured here on Mistral-7B bf16 matrices, against a plain parallel read of the
-    same bytes: 90-100% with both cores. Blocks of 16 rows sharing each load of x,
-    with the hardware prefetcher alone, reached about 70% (many short streams at
-    once; see benchmarks/bench_speed.py for the whole model).
+    Measured here on a Mistral-7B MLP matrix (bf16, 14336 x 4096, float32): one row of x
+    reads at the bandwidth of a plain parallel read; 8 rows take about twice as long as
+    one, 16 rows about four times (one row per pass over each chunk, with the widening
+    repeated per row, took five and ten times as long).
     """
     O, I = w.shape
     T = x.shape[0]
-    CHUNK, AHEAD = 128, 16384
+    CHUNK, AHEAD = 512, 16384
     base, row_bytes, item = w.ctypes.data, w.strides[0], w.itemsize
     for r in numba.prange(O):
         for t in range(T):
             y[t, r] = 0
+        row = w[r]
         for c0 in range(0, I, CHUNK):
             c1 = min(I, c0 + CHUNK)
             ahead = base + r * row_bytes + c0 * item + AHEAD
             for line in range(0, CHUNK * item, 64):
                 prefetch(ahead + line)
-            for t in range(T):
-                y[t, r] += _dot(w[r, c0:c1], x[t, c0:c1], is_f16)
+            for t in range(0, T, ROWS):
+                a0, a1, a2, a3 = _dot_rows(row, x, t, c0, c1)
+                y[t, r] += a0
+                y[t + 1, r] += a1
+                y[t + 2, r] += a2
+                y[t + 3, r] += a3
 
 
 @numba.njit(cache=True)
@@ -178,9 +170,13 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
     """`linear_ref` without a whole-matrix float copy, at bandwidth (decode) or BLAS rate (prefill);
     batch-invariant up to SMALL_BATCH rows (see the module docstring)."""
     if x.shape[0] <= SMALL_BATCH:
-        y = np.empty((x.shape[0], w.shape[0]), x.dtype)  # [T, out]
-        bits = w.view(np.uint16) if w.dtype == np.float16 else w  # Numba has no float16: pass its bits
-        _stream(bits, np.ascontiguousarray(x), y, w.dtype == np.float16)
+        T = x.shape[0]
+        padded = np.zeros((-(-T // ROWS) * ROWS, x.shape[1]), x.dtype)  # [T', in], T' a multiple of ROWS
+        padded[:T] = x
+        y = np.empty((len(padded), w.shape[0]), x.dtype)  # [T', out]
+        bits = w.view(np.int16) if w.dtype == np.float16 else w  # Numba has no float16: its bits, as int16
+        _stream(bits, padded, y)
+        y = y[:T]  # [T, out]
     elif w.dtype == x.dtype:
         y = x @ w.T  # [T, out]
     else:
