@@ -267,7 +267,7 @@ def eos_ids(model, tok) -> set[int]:
     return {i for i in ids | {tok.eos_id} if i is not None}
 
 
-PREFILL_CHUNK = 32  # prompt tokens per prefill pass (the same schedule alone or under load): one streamed pass
+PREFILL_CHUNK = 16  # prompt tokens per prefill pass (the same schedule alone or under load): one streamed pass
 
 
 Event = PromptLogprobs | Delta | Finish | Usage

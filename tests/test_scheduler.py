@@ -19,7 +19,7 @@ import pytest
 import tokenizer
 from engine import constrained
 from engine.chat_model import load_chat_model
-from engine.generate import PREFILL_CHUNK, Delta, Finish, GenerationParams, Usage, eos_ids, generate
+from engine.generate import PREFILL_CHUNK, Finish, GenerationParams, Usage, eos_ids, generate
 from engine.registry import load_model
 from engine.sampling import SamplingParams
 from engine.scheduler import DONE, MAX_BATCH, BatchLimits, Job, MappedFiles, Scheduler, state_bytes

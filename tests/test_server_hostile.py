@@ -10,11 +10,8 @@ import time
 
 import pytest
 
-import tokenizer
-from engine.chat_model import load_chat_model
 from engine.server import Limits
-from engine.tiny import family_config, write_checkpoint
-from test_server import running
+from test_server import chat, running  # noqa: F401  (chat: the tiny model fixture)
 
 MESSAGES = [{"role": "user", "content": "Hi there"}]
 PASS = {"extra-parameters": "pass-through"}
@@ -77,14 +74,7 @@ class Connection:
 
 
 @pytest.fixture(scope="module")
-def chat(tmp_path_factory):
-    path = write_checkpoint(tmp_path_factory.mktemp("hostile") / "tiny", family_config("mistral"), seed=2,
-                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
-    return load_chat_model(str(path))
-
-
-@pytest.fixture(scope="module")
-def server(chat):
+def server(chat):  # noqa: F811  (the imported fixture)
     with running(chat, Limits(header_timeout=1.0, body_timeout=1.0), api_key=None) as (url, _):
         yield url
 
