@@ -8,7 +8,8 @@
   ``dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads, norm_eps,
   vocab_size, rope_theta, sliding_window, moe{num_experts, num_experts_per_tok}``.
 
-A missing key takes the default of the library that wrote the file. Nothing is
+A missing key takes the default of the library that wrote the file, except the
+sizes (vocab, hidden, MLP, layers, heads), which are required. Nothing is
 mutated after loading: derived values are properties.
 """
 
@@ -70,8 +71,7 @@ class MistralConfig:
             raise ConfigError(f"rope_type={rope_type!r} is not supported (only the default RoPE)")
         moe = d.get("model_type") == "mixtral" or "num_local_experts" in d
         return cls(
-            **decoder_fields(d, "Mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
-                             num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=32768),
+            **decoder_fields(d, "Mistral", max_position_embeddings=32768),  # the sizes are required
             rope_theta=float_field(d, "rope_theta", rope.get("rope_theta", 10000.0), positive=True),
             # an absent key takes transformers' default: 4096 for MistralConfig, None for Mixtral
             sliding_window=optional_int(d, "sliding_window") if "sliding_window" in d or moe else 4096,

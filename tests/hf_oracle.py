@@ -92,7 +92,8 @@ def hf_to_native(hf_path: Path, out: Path) -> None:
     write_tensors(out / "consolidated.safetensors", tensors)
     params = {"dim": c["hidden_size"], "n_layers": c["num_hidden_layers"], "head_dim": D,
               "hidden_dim": c["intermediate_size"], "n_heads": H, "n_kv_heads": H_kv, "norm_eps": c["rms_norm_eps"],
-              "vocab_size": c["vocab_size"], "rope_theta": c["rope_parameters"]["rope_theta"],
+              "vocab_size": c["vocab_size"],
+              "rope_theta": (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta")),
               "sliding_window": c.get("sliding_window")}
     if c.get("num_local_experts"):
         params["moe"] = {"num_experts": c["num_local_experts"], "num_experts_per_tok": c["num_experts_per_tok"]}
