@@ -83,6 +83,7 @@ CONFIG_CASES = {
     "rope_scaling list": ({"rope_scaling": [1, 2]}, ["'rope_scaling'", "object"]),
     "tie_word_embeddings 'false'": ({"tie_word_embeddings": "false"}, ["'tie_word_embeddings'", "true or false"]),
     "rms_norm_eps string": ({"rms_norm_eps": "1e-5"}, ["'rms_norm_eps'", "number"]),
+    "model_type a list": ({"architectures": None, "model_type": ["mistral"]}, ["unsupported architecture"]),
     "missing hidden_size": ({"hidden_size": None}, ["missing required field 'hidden_size'"]),
     "missing vocab_size": ({"vocab_size": None}, ["missing required field 'vocab_size'"]),
     "missing num_hidden_layers": ({"num_hidden_layers": None}, ["missing required field 'num_hidden_layers'"]),
