@@ -53,14 +53,15 @@ def cmd_logits(args) -> int:
     from engine.generate import NOT_FINITE, greedy
     from engine.oracle import dump_activations, write_arrays
     from engine.progress import prefill_progress
-    from engine.registry import describe, load_model
+    from engine.registry import open_model
     from kernels.trace import no_trace
 
     ids = _parse_ids(args)
     if args.generate < 0:
         raise NpinferError("--generate must be >= 0")
-    model = load_model(args.model, dtype=args.dtype)
-    if (line := describe(model)) is not None:  # e.g. Jamba's layer schedule
+    loaded = open_model(args.model)
+    model = loaded.model(args.dtype)
+    if (line := loaded.describe()) is not None:  # e.g. the layer schedule; what stays on disk
         print(line, file=sys.stderr)
     V = model.config.vocab_size
     if ids.min() < 0 or ids.max() >= V:
@@ -148,11 +149,12 @@ def cmd_chat(args) -> int:
         message = sys.stdin.read().strip()
         if not message:
             raise NpinferError("no message: give one, pipe one on stdin, or run on a terminal for a session")
-    progress = _LoadProgress(args.model)
     from engine.chat_model import load_chat_model
 
-    chat = load_chat_model(args.model, dtype=args.dtype)
-    session = _ChatSession(chat, args, loading=progress)
+    chat = load_chat_model(args.model, dtype=args.dtype)  # headers only: the weights page in during the first token
+    if chat.load_line:
+        print(chat.load_line, file=sys.stderr)
+    session = _ChatSession(chat, args, loading=_LoadProgress(args.model))
     if not interactive:
         session.say(message)
         return 0
@@ -265,6 +267,8 @@ def cmd_serve(args) -> int:
     progress = _LoadProgress(args.model)
     chat = load_chat_model(args.model, dtype=args.dtype)
     progress.done()
+    if chat.load_line:
+        print(chat.load_line, file=sys.stderr)
     print(f"npinfer: serving {chat.name} ({chat.architecture}, chat format {chat.chat_format}) on "
           f"http://{args.host}:{sock.getsockname()[1]}" + (" (API key required)" if api_key else ""), file=sys.stderr)
     serve(Service(chat, limits), sock, api_key)
