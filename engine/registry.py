@@ -12,6 +12,7 @@ names an architecture.
 |---------|------------------------------------------|------------|-----------------------------|
 | mistral | MistralForCausalLM, MixtralForCausalLM   | mistral_np | yes                         |
 | jamba   | JambaForCausalLM                         | jamba_np   | no                          |
+| mistral4| Mistral4ForCausalLM                      | mistral_np | no                          |
 
 Adding a family: a package (or a module in one) with a frozen config class
 (``from_hf(dict)``), a `kernels.decoder.Decoder` subclass, ``expected_shapes(config)``
@@ -94,6 +95,19 @@ FAMILIES = (
         tiny=jamba_np.TINY,
         special_init=jamba_np.special_init,
         describe=jamba_np.JambaConfig.describe,
+    ),
+    Family(
+        name="mistral4",
+        architectures=("Mistral4ForCausalLM",),
+        model_types={"mistral4": "Mistral4ForCausalLM"},  # also a multimodal checkpoint's text_config
+        read_config=mistral_np.Mistral4Config.from_hf,
+        model=mistral_np.Mistral4,
+        expected_shapes=mistral_np.mistral4_shapes,
+        provider="MistralAI",
+        response_formats=frozenset({"text"}),  # as the other hosted Mistral models
+        tiny=mistral_np.MISTRAL4_TINY,
+        special_init=mistral_np.mistral4_init,
+        describe=mistral_np.Mistral4Config.describe,
     ),
 )
 

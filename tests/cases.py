@@ -81,3 +81,41 @@ JAMBA_CASES = {
 
 def prompt(seed: int, vocab: int, n: int = PROMPT_LEN) -> np.ndarray:
     return np.random.default_rng(1000 + seed).integers(3, vocab, size=n)
+
+
+def mistral4(**overrides) -> dict:
+    """A tiny Mistral Small 4 config.json: 3 layers (the first dense), MLA with a low-rank
+    query, 8 experts in 4 groups (top-2 of the best 2), YaRN trained on 16 positions (so a
+    40-token prompt and its continuation run past it, where llama-4 query scaling starts)."""
+    config = {
+        "architectures": ["Mistral4ForCausalLM"], "model_type": "mistral4",
+        "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,
+        "num_hidden_layers": 3, "first_k_dense_replace": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "q_lora_rank": 24, "kv_lora_rank": 20, "qk_nope_head_dim": 12, "qk_rope_head_dim": 8, "v_head_dim": 10,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2,
+        "norm_topk_prob": True, "routed_scaling_factor": 1.0, "hidden_act": "silu", "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5, "rope_interleave": True, "attention_bias": False, "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                            "original_max_position_embeddings": 16, "beta_fast": 32.0, "beta_slow": 1.0,
+                            "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1},
+        "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+def _rope4(**overrides) -> dict:
+    return {"rope_parameters": mistral4()["rope_parameters"] | overrides}
+
+
+MISTRAL4_CASES = {
+    "lora_groups4_top2": (mistral4(), 51),
+    # q_proj (no low-rank query); one group; raw weights times 2.5; rotate-half RoPE; no dense layer
+    "q_proj_group1_scaled": (mistral4(q_lora_rank=None, n_group=1, topk_group=1, norm_topk_prob=False,
+                                      routed_scaling_factor=2.5, rope_interleave=False, first_k_dense_replace=0), 52),
+    # YaRN's mscale ratio on cos/sin and mscale_all_dim^2 on the softmax; biases; 2 dense layers of 4;
+    # 2 shared experts; top-3 of one group of 4; rms_norm_eps 1e-3 (the latent norms keep 1e-6)
+    "mscale_bias_dense2": (mistral4(num_hidden_layers=4, first_k_dense_replace=2, attention_bias=True,
+                                    n_shared_experts=2, n_group=2, topk_group=1, num_experts_per_tok=3,
+                                    rms_norm_eps=1e-3, max_position_embeddings=128,
+                                    **_rope4(factor=8.0, mscale=0.707, mscale_all_dim=1.0)), 55),
+}

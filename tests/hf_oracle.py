@@ -15,8 +15,18 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 
+# model types transformers' AutoModelForCausalLM does not map (5.24), and the class that runs them
+NOT_IN_AUTO = {"mistral4": "Mistral4ForCausalLM"}
+
+
+def causal_lm_class(model_type: str):
+    """AutoModelForCausalLM, or the model's own class where the auto table lacks it."""
+    return getattr(transformers, NOT_IN_AUTO[model_type]) if model_type in NOT_IN_AUTO else AutoModelForCausalLM
+
+
 def load_hf(path, dtype=torch.float32):
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model_type = json.loads((Path(path) / "config.json").read_text())["model_type"]
+    model = causal_lm_class(model_type).from_pretrained(path, dtype=dtype)
     model.eval()
     model.generation_config.eos_token_id = None  # never stop early: compare every step
     model.generation_config.pad_token_id = 0
@@ -55,7 +65,9 @@ def hf_written(tmp_path, config: dict, seed: int, dtype=torch.float32, shard=Non
     cfg = {k: v for k, v in config.items() if k not in ("architectures",)}
     hf_config = transformers.AutoConfig.for_model(**cfg)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    model_class = causal_lm_class(hf_config.model_type)
+    model = (model_class.from_config if model_class is AutoModelForCausalLM else model_class._from_config)(
+        hf_config, dtype=torch.float32)
     randomize_(model, seed)
     path = tmp_path / f"hf-{seed}"
     kwargs = {"max_shard_size": shard} if shard else {}

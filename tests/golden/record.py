@@ -1,6 +1,6 @@
 """Record the golden references: HF transformers' float32 logits on tiny checkpoints.
 
-    python tests/golden/record.py          # rewrites tests/golden/*.npz
+    python tests/golden/record.py [FAMILY ...]   # rewrites tests/golden/*.npz (or FAMILY_*.npz)
 
 For each case of `tests/cases.py`: write its checkpoint with `engine.tiny`
 (numpy-seeded, so the tests rebuild it byte for byte), load it in transformers
@@ -22,7 +22,7 @@ import transformers
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 
-from cases import GENERATE, JAMBA_CASES, MISTRAL_CASES, MIXTRAL_CASES, prompt  # noqa: E402
+from cases import GENERATE, JAMBA_CASES, MISTRAL4_CASES, MISTRAL_CASES, MIXTRAL_CASES, prompt  # noqa: E402
 from engine.tiny import write_checkpoint  # noqa: E402
 from hf_oracle import hf_run, load_hf  # noqa: E402
 
@@ -37,7 +37,8 @@ def record(family: str, cases: dict) -> None:
         print(f"{target.name}: logits {out['logits'].shape}, gen_ids {out['gen_ids'][:8]}...")
 
 
+FAMILIES = {"mistral": MISTRAL_CASES, "mixtral": MIXTRAL_CASES, "jamba": JAMBA_CASES, "mistral4": MISTRAL4_CASES}
+
 if __name__ == "__main__":
-    record("mistral", MISTRAL_CASES)
-    record("mixtral", MIXTRAL_CASES)
-    record("jamba", JAMBA_CASES)
+    for family in sys.argv[1:] or FAMILIES:
+        record(family, FAMILIES[family])
