@@ -12,7 +12,7 @@ names an architecture.
 |---------|------------------------------------------|------------|-----------------------------|
 | mistral | MistralForCausalLM, MixtralForCausalLM   | mistral_np | yes                         |
 | jamba   | JambaForCausalLM                         | jamba_np   | no                          |
-| mistral4| Mistral4ForCausalLM                      | mistral_np | no                          |
+| mistral4 | Mistral4ForCausalLM                     | mistral_np | no                          |
 
 Adding a family: a package (or a module in one) with a frozen config class
 (``from_hf(dict)``), a `kernels.decoder.Decoder` subclass, ``expected_shapes(config)``

@@ -11,6 +11,11 @@ Two details transformers leaves implicit, written out here: the latent norms
 (``q_a_layernorm``, ``kv_a_layernorm``) use eps 1e-6 whatever ``rms_norm_eps`` says
 (``Mistral4RMSNorm(q_lora_rank)`` keeps its default), and the softmax scale carries
 YaRN's mscale twice (`softmax_scale`).
+
+Two configs transformers 5.24 cannot run are run as DeepSeek-V2 defines them (and held
+against the tests' float64 reference only): ``rope_type: default`` is plain RoPE on the
+qk_rope_head_dim rotary dims (transformers' default table spans the whole head), and a
+missing ``llama_4_scaling_beta`` means no query scaling (transformers multiplies by None).
 """
 
 from __future__ import annotations
@@ -138,15 +143,13 @@ class Mistral4Config:
     def describe(self) -> str:
         """One line for a user: the layers, the attention and what the cache holds per token."""
         L, k = self.num_hidden_layers, min(self.first_k_dense_replace, self.num_hidden_layers)
-        dense = f"layers 0-{k - 1} dense" if k > 1 else ("layer 0 dense" if k == 1 else "no dense layer")
-        moe = (f"{L - k} MoE ({self.n_routed_experts} experts in {self.n_group} groups, top-{self.num_experts_per_tok} "
-               f"from the best {self.topk_group}, {self.n_shared_experts} shared)")
         H, q = self.num_attention_heads, f"q rank {self.q_lora_rank}" if self.q_lora_rank else "full-rank q"
-        per_head = H * (self.qk_head_dim + self.v_head_dim)
-        return (f"Mistral 4: {L} layers, {dense}, {moe}; latent attention: {H} heads, {q}, latent "
-                f"{self.kv_lora_rank} + rotary {self.qk_rope_head_dim}; cache {self.latent_width} numbers per token "
-                f"per layer ({self.latent_width * L * 4} bytes per token in float32; per-head K and V would take "
-                f"{per_head})")
+        return (f"Mistral 4: {L} layers ({k} dense, {L - k} MoE: {self.n_routed_experts} experts, "
+                f"top-{self.num_experts_per_tok} within the best {self.topk_group} of {self.n_group} groups, "
+                f"+ {self.n_shared_experts} shared); latent attention: {H} heads, {q}, latent {self.kv_lora_rank} "
+                f"+ rotary {self.qk_rope_head_dim}; cache {self.latent_width} numbers per token and layer "
+                f"({self.latent_width * L * 4} bytes per token in float32; per-head K and V: "
+                f"{H * (self.qk_head_dim + self.v_head_dim)} numbers)")
 
 
 def _tiny(**overrides) -> dict:

@@ -217,19 +217,22 @@ def plain_mistral4(path: Path, ids) -> np.ndarray:
     rope, eps, T = cfg["rope_parameters"], cfg["rms_norm_eps"], len(ids)
 
     # YaRN (Peng et al. 2023; transformers' _compute_yarn_parameters): pair i's frequency, blended
-    s, L0, theta = rope["factor"], rope["original_max_position_embeddings"], rope["rope_theta"]
+    theta, yarn = rope["rope_theta"], rope["rope_type"] == "yarn"
+    s, L0 = (rope["factor"], rope["original_max_position_embeddings"]) if yarn else (1.0, 1)
     boundary = lambda turns: d_R * math.log(L0 / (turns * 2 * math.pi)) / (2 * math.log(theta))  # noqa: E731
-    lo, hi = max(math.floor(boundary(rope["beta_fast"])), 0), min(math.ceil(boundary(rope["beta_slow"])), d_R - 1)
-    hi = hi + 0.001 if lo == hi else hi
+    if yarn:
+        lo = max(math.floor(boundary(rope["beta_fast"])), 0)
+        hi = min(math.ceil(boundary(rope["beta_slow"])), d_R - 1)
+        hi = hi + 0.001 if lo == hi else hi
     freqs = []
     for i in range(d_R // 2):
         base = theta ** (-2 * i / d_R)
-        interpolated = min(max((i - lo) / (hi - lo), 0.0), 1.0)  # 0: keep base, 1: base / s
+        interpolated = min(max((i - lo) / (hi - lo), 0.0), 1.0) if yarn else 0.0  # 0: keep base, 1: base / s
         freqs.append(base * (1 - interpolated) + base / s * interpolated)
     m = lambda a: 0.1 * a * math.log(s) + 1 if s > 1 else 1.0  # noqa: E731
-    table_scale = m(rope["mscale"]) / m(rope["mscale_all_dim"])
-    softmax_scale = (Dn + d_R) ** -0.5 * m(rope["mscale_all_dim"]) ** 2
-    beta = rope["llama_4_scaling_beta"]
+    table_scale = m(rope["mscale"]) / m(rope["mscale_all_dim"]) if yarn else 1.0
+    softmax_scale = (Dn + d_R) ** -0.5 * (m(rope["mscale_all_dim"]) ** 2 if yarn else 1.0)
+    beta = rope.get("llama_4_scaling_beta") or 0.0  # absent: no query scaling
 
     def rotate(v, pos):  # v [d_R] in the checkpoint's layout
         out = np.empty(d_R)
@@ -300,10 +303,18 @@ def plain_mistral4(path: Path, ids) -> np.ndarray:
     return np.stack([head @ norm(x, w["model.norm.weight"]) for x in xs])
 
 
-@pytest.mark.parametrize("case", sorted(MISTRAL4_CASES))
+# transformers 5.24's Mistral4 cannot run plain RoPE (its default table spans the whole head, not the
+# rotary dims) nor a YaRN without llama_4_scaling_beta; npinfer runs them as DeepSeek-V2 defines them
+F64_CASES = MISTRAL4_CASES | {"plain_rope": (mistral4(rope_parameters={"rope_type": "default", "rope_theta": 1e6}), 56),
+                              "yarn_no_beta": (mistral4(**{"rope_parameters": {
+                                  k: v for k, v in mistral4()["rope_parameters"].items()
+                                  if k != "llama_4_scaling_beta"}}), 57)}
+
+
+@pytest.mark.parametrize("case", sorted(F64_CASES))
 def test_float64_against_independent_implementation(case, make_checkpoint, tmp_path):
     """`npinfer logits --dtype float64` on a bf16 checkpoint equals the plain loops to 1e-9."""
-    config, seed = MISTRAL4_CASES[case]
+    config, seed = F64_CASES[case]
     path = make_checkpoint(config, seed=seed, dtype="bfloat16")
     ids = prompt(seed, config["vocab_size"], n=24)
     run_cli("logits", path, "--ids", ",".join(map(str, ids)), "--dtype", "float64", "--out", tmp_path / "o.npz")
