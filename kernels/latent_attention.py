@@ -70,7 +70,7 @@ def latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale: float, attend=a
     [c_kv | k_rot]), kv_b [H (Dn + Dv), r] (``kv_b_proj.weight``, file dtype), q_pos [T],
     k_pos [S] -> [T, H, Dv]. In PyTorch: Mistral4Attention.expand_kv, then the attention.
     """
-    S, (T, H, _) = latent.shape[0], q.shape
+    S, H = latent.shape[0], q.shape[1]
     r, d_R, Dn = _sizes(q, latent, kv_b)
     c_kv, k_rot = latent[:, :r], latent[:, r:]  # [S, r], [S, d_R]
     kv = linear(c_kv, kv_b).reshape(S, H, -1)  # [S, H, Dn + Dv]  [W^UK_i; W^UV_i] c_j   (eq. 10, 11)
@@ -83,7 +83,7 @@ def latent_attention_absorbed(q, latent, kv_b, q_pos, k_pos, scale: float, atten
     """The same attention in the latent space: W^UK folded into the query, W^UV applied to
     the weighted sum of latents (the identity is in the module docstring). Arguments and
     result as `latent_attention_naive`."""
-    (T, H, _), (r, d_R, Dn) = q.shape, _sizes(q, latent, kv_b)
+    H, (r, _, Dn) = q.shape[1], _sizes(q, latent, kv_b)
     W = widen(kv_b, q.dtype).reshape(H, -1, r)  # [H, Dn + Dv, r]  per head: W^UK_i rows, then W^UV_i rows
     q_latent = np.einsum("thn,hnr->thr", q[..., :Dn], W[:, :Dn])  # [T, H, r]  (W^UK_i)^T q^C_{t,i}
     q_absorbed = np.concatenate([q_latent, q[..., Dn:]], axis=-1)  # [T, H, r + d_R]

@@ -16,11 +16,13 @@ Mistral Small 4 (``Mistral4ForCausalLM``): `mistral4.py` (the forward pass),
 
 from kernels.config_fields import ConfigError
 from mistral_np.config import TINY, MistralConfig
+from mistral_np.mistral4 import Mistral4, Mistral4State
+from mistral_np.mistral4_config import TINY as MISTRAL4_TINY
+from mistral_np.mistral4_config import Mistral4Config
+from mistral_np.mistral4_weights import expected_shapes as mistral4_shapes
+from mistral_np.mistral4_weights import special_init as mistral4_init
 from mistral_np.model import Mistral, MistralState, new_state
 from mistral_np.weights import expected_shapes, native_name
-from mistral_np.mistral4 import Mistral4, Mistral4State
-from mistral_np.mistral4_config import TINY as MISTRAL4_TINY, Mistral4Config
-from mistral_np.mistral4_weights import expected_shapes as mistral4_shapes, special_init as mistral4_init
 
 __all__ = ["TINY", "ConfigError", "Mistral", "MistralConfig", "MistralState", "expected_shapes", "native_name",
            "new_state",

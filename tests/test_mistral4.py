@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cases import GENERATE, MISTRAL4_CASES, PROMPT_LEN, mistral4, prompt
 from conftest import assert_matches, max_diff, run_cli
+from hf_oracle import hf_run, hf_written, load_hf
+from reference_f64 import load_f64
+
 from engine.generate import greedy
 from engine.oracle import collect_activations, diff_arrays
 from engine.registry import load_model
-from hf_oracle import hf_run, hf_written, load_hf
-from reference_f64 import load_f64
 
 
 def random_config(rng) -> dict:
@@ -211,7 +211,7 @@ def plain_mistral4(path: Path, ids) -> np.ndarray:
     the router and the experts one token at a time.
     """
     cfg, w = load_f64(Path(path))
-    d, H, L = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
+    H, L = cfg["num_attention_heads"], cfg["num_hidden_layers"]
     Dn, d_R, Dv, r = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
     E, k, G, I = cfg["n_routed_experts"], cfg["num_experts_per_tok"], cfg["n_group"], cfg["moe_intermediate_size"]
     rope, eps, T = cfg["rope_parameters"], cfg["rms_norm_eps"], len(ids)
@@ -249,7 +249,7 @@ def plain_mistral4(path: Path, ids) -> np.ndarray:
         return a / (1 + np.exp(-a))
 
     def lin(name, x):
-        return w[name + ".weight"] @ x + (w[name + ".bias"] if name + ".bias" in w else 0.0)
+        return w[name + ".weight"] @ x + w.get(name + ".bias", 0.0)
 
     xs = [w["model.embed_tokens.weight"][t].copy() for t in ids]
     for layer in range(L):
@@ -305,10 +305,10 @@ def plain_mistral4(path: Path, ids) -> np.ndarray:
 
 # transformers 5.24's Mistral4 cannot run plain RoPE (its default table spans the whole head, not the
 # rotary dims) nor a YaRN without llama_4_scaling_beta; npinfer runs them as DeepSeek-V2 defines them
-F64_CASES = MISTRAL4_CASES | {"plain_rope": (mistral4(rope_parameters={"rope_type": "default", "rope_theta": 1e6}), 56),
-                              "yarn_no_beta": (mistral4(**{"rope_parameters": {
-                                  k: v for k, v in mistral4()["rope_parameters"].items()
-                                  if k != "llama_4_scaling_beta"}}), 57)}
+NO_BETA = {k: v for k, v in mistral4()["rope_parameters"].items() if k != "llama_4_scaling_beta"}
+F64_CASES = MISTRAL4_CASES | {
+    "plain_rope": (mistral4(rope_parameters={"rope_type": "default", "rope_theta": 1e6}), 56),
+    "yarn_no_beta": (mistral4(rope_parameters=NO_BETA), 57)}
 
 
 @pytest.mark.parametrize("case", sorted(F64_CASES))
