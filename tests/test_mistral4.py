@@ -313,14 +313,19 @@ F64_CASES = MISTRAL4_CASES | {
 
 @pytest.mark.parametrize("case", sorted(F64_CASES))
 def test_float64_against_independent_implementation(case, make_checkpoint, tmp_path):
-    """`npinfer logits --dtype float64` on a bf16 checkpoint equals the plain loops to 1e-9."""
+    """`npinfer logits --dtype float64 --generate 4` on a bf16 checkpoint equals the plain loops
+    to 1e-9: the prompt (the naive form) and the decode steps (the absorbed form), the plain
+    loops run on the prompt followed by the generated tokens."""
     config, seed = F64_CASES[case]
     path = make_checkpoint(config, seed=seed, dtype="bfloat16")
     ids = prompt(seed, config["vocab_size"], n=24)
-    run_cli("logits", path, "--ids", ",".join(map(str, ids)), "--dtype", "float64", "--out", tmp_path / "o.npz")
-    ours = np.load(tmp_path / "o.npz")["logits"]
-    assert ours.dtype == np.float64
-    assert max_diff(ours, plain_mistral4(path, ids)) <= 1e-9
+    run_cli("logits", path, "--ids", ",".join(map(str, ids)), "--dtype", "float64", "--generate", 4,
+            "--out", tmp_path / "o.npz")
+    ours = np.load(tmp_path / "o.npz")
+    assert ours["logits"].dtype == ours["gen_logits"].dtype == np.float64
+    plain = plain_mistral4(path, np.concatenate([ids, ours["gen_ids"][:-1]]))  # [24 + 3, V]
+    assert max_diff(ours["logits"], plain[:24]) <= 1e-9
+    assert max_diff(ours["gen_logits"][1:], plain[24:]) <= 1e-9  # gen_logits[0] is the prompt's last row
 
 
 # ------------------------------------------------------------------ bad input
@@ -331,6 +336,8 @@ def test_float64_against_independent_implementation(case, make_checkpoint, tmp_p
     ({"qk_rope_head_dim": 7}, "qk_rope_head_dim=7 must be even"),
     ({"kv_lora_rank": "20"}, "field 'kv_lora_rank' must be an integer"),
     ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}, "rope_type='dynamic' is not supported"),
+    ({"rope_parameters": mistral4()["rope_parameters"] | {"partial_rotary_factor": 0.25}},
+     "partial_rotary_factor=0.25 does not make qk_rope_head_dim=8 rotary dims of the 20 of a head"),
 ])
 def test_bad_config_is_one_line(change, message, make_checkpoint, tmp_path):
     path = make_checkpoint(mistral4(), seed=64)
