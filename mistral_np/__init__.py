@@ -1,4 +1,5 @@
-"""Mistral and Mixtral in NumPy: the config and the forward pass.
+"""The Mistral family in NumPy (Mistral, Mixtral, Ministral, Ministral 3, Mistral Small 4): the configs
+and the forward passes.
 
     from mistral_np import MistralConfig, Mistral
     model = Mistral(config, weights)          # weights: HF name -> array
@@ -15,7 +16,7 @@ Mistral Small 4 (``Mistral4ForCausalLM``): `mistral4.py` (the forward pass),
 """
 
 from kernels.config_fields import ConfigError
-from mistral_np.config import TINY, MistralConfig
+from mistral_np.config import TINY, MistralConfig, native_architecture
 from mistral_np.mistral4 import Mistral4, Mistral4State
 from mistral_np.mistral4_config import TINY as MISTRAL4_TINY
 from mistral_np.mistral4_config import Mistral4Config
@@ -24,6 +25,6 @@ from mistral_np.mistral4_weights import special_init as mistral4_init
 from mistral_np.model import Mistral, MistralState, new_state
 from mistral_np.weights import expected_shapes, native_name
 
-__all__ = ["TINY", "ConfigError", "Mistral", "MistralConfig", "MistralState", "expected_shapes", "native_name",
-           "new_state",
+__all__ = ["TINY", "ConfigError", "Mistral", "MistralConfig", "MistralState", "expected_shapes",
+           "native_architecture", "native_name", "new_state",
            "MISTRAL4_TINY", "Mistral4", "Mistral4Config", "Mistral4State", "mistral4_init", "mistral4_shapes"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cases import GENERATE, MISTRAL4_CASES, PROMPT_LEN, mistral4, prompt
+from cases import GENERATE, MISTRAL4_CASES, PROMPT_LEN, mistral3, mistral4, prompt, yarn_rope
 from conftest import assert_matches, max_diff, run_cli
 from hf_oracle import hf_run, hf_written, load_hf
 from reference_f64 import load_f64
@@ -28,9 +28,8 @@ def random_config(rng) -> dict:
     n_group = int(rng.choice([1, 2, 4]))
     size = int(rng.choice([2, 3]))
     topk_group = int(rng.integers(1, n_group + 1))
-    rope = mistral4()["rope_parameters"] | {"factor": float(rng.choice([2.0, 4.0])),
-                                           "original_max_position_embeddings": int(rng.choice([8, 20, 64])),
-                                           "beta_fast": float(rng.choice([32.0, 8.0]))}
+    rope = yarn_rope(original=int(rng.choice([8, 20, 64])), factor=float(rng.choice([2.0, 4.0])),
+                     rope_theta=10000.0, beta_fast=float(rng.choice([32.0, 8.0])))
     return mistral4(num_attention_heads=int(rng.choice([1, 2, 3])), hidden_size=int(rng.choice([32, 48])),
                     q_lora_rank=rng.choice([None, 16]), kv_lora_rank=int(rng.choice([8, 24])),
                     qk_nope_head_dim=int(rng.choice([4, 16])), qk_rope_head_dim=int(rng.choice([2, 6])),
@@ -111,6 +110,19 @@ def test_latent_cache_holds_what_transformers_caches(tmp_path):
         assert rows.shape == (len(ids), r + config["qk_rope_head_dim"])
         assert max_diff(rows[:, :r], layer.keys[0, 0].numpy()) <= 1e-5  # [T, r]
         assert max_diff(rows[:, r:], layer.values[0, 0].numpy()) <= 1e-5  # [T, d_R]
+
+
+def test_inside_a_mistral3_checkpoint(tmp_path):
+    """A Mistral3ForConditionalGeneration whose text_config is a mistral4 (Mistral Small 4 ships
+    so): the registry's TextDecoderOf picks this family by model_type and reads the decoder
+    under language_model.*, leaving the vision tower on disk; logits and greedy run as
+    transformers' (which builds the decoder with Mistral4Model)."""
+    config = mistral3(mistral4())
+    path = hf_written(tmp_path, config, seed=58)
+    ids = prompt(58, config["text_config"]["vocab_size"])
+    proc = run_cli("logits", path, "--ids", ",".join(map(str, ids)), "--out", tmp_path / "o.npz")
+    assert proc.stderr.startswith("Mistral 4: 3 layers") and "vision_tower" in proc.stderr
+    assert_matches(greedy(load_model(path), ids, GENERATE), hf_run(load_hf(path), ids, GENERATE))
 
 
 def test_bf16_shards(tmp_path):
@@ -305,10 +317,9 @@ def plain_mistral4(path: Path, ids) -> np.ndarray:
 
 # transformers 5.24's Mistral4 cannot run plain RoPE (its default table spans the whole head, not the
 # rotary dims) nor a YaRN without llama_4_scaling_beta; npinfer runs them as DeepSeek-V2 defines them
-NO_BETA = {k: v for k, v in mistral4()["rope_parameters"].items() if k != "llama_4_scaling_beta"}
 F64_CASES = MISTRAL4_CASES | {
     "plain_rope": (mistral4(rope_parameters={"rope_type": "default", "rope_theta": 1e6}), 56),
-    "yarn_no_beta": (mistral4(rope_parameters=NO_BETA), 57)}
+    "yarn_no_beta": (mistral4(rope_parameters=yarn_rope(beta=None, rope_theta=10000.0)), 57)}
 
 
 @pytest.mark.parametrize("case", sorted(F64_CASES))
@@ -336,7 +347,7 @@ def test_float64_against_independent_implementation(case, make_checkpoint, tmp_p
     ({"qk_rope_head_dim": 7}, "qk_rope_head_dim=7 must be even"),
     ({"kv_lora_rank": "20"}, "field 'kv_lora_rank' must be an integer"),
     ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}, "rope_type='dynamic' is not supported"),
-    ({"rope_parameters": mistral4()["rope_parameters"] | {"partial_rotary_factor": 0.25}},
+    ({"rope_parameters": yarn_rope(partial_rotary_factor=0.25)},
      "partial_rotary_factor=0.25 does not make qk_rope_head_dim=8 rotary dims of the 20 of a head"),
 ])
 def test_bad_config_is_one_line(change, message, make_checkpoint, tmp_path):
