@@ -13,6 +13,7 @@ names an architecture.
 | mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         |
 |         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |
 | jamba   | JambaForCausalLM                             | jamba_np   | no                          |
+| mistral4| Mistral4ForCausalLM                          | mistral_np | no                          |
 
 A multimodal checkpoint whose text decoder is one of these families is a `TextDecoderOf`
 entry (`MULTIMODAL`): Mistral3ForConditionalGeneration (Mistral Small 3.1/3.2, Ministral 3
@@ -104,6 +105,19 @@ FAMILIES = (
         tiny=jamba_np.TINY,
         special_init=jamba_np.special_init,
         describe=jamba_np.JambaConfig.describe,
+    ),
+    Family(
+        name="mistral4",
+        architectures=("Mistral4ForCausalLM",),
+        model_types={"mistral4": "Mistral4ForCausalLM"},  # also a multimodal checkpoint's text_config
+        read_config=mistral_np.Mistral4Config.from_hf,
+        model=mistral_np.Mistral4,
+        expected_shapes=mistral_np.mistral4_shapes,
+        provider="MistralAI",
+        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained)
+        tiny=mistral_np.MISTRAL4_TINY,
+        special_init=mistral_np.mistral4_init,
+        describe=mistral_np.Mistral4Config.describe,
     ),
 )
 
