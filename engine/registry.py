@@ -12,6 +12,7 @@ names an architecture.
 |---------|------------------------------------------|------------|-----------------------------|
 | mistral | MistralForCausalLM, MixtralForCausalLM   | mistral_np | yes                         |
 | jamba   | JambaForCausalLM                         | jamba_np   | no                          |
+| mamba2  | Mamba2ForCausalLM (Codestral Mamba)      | mistral_np | no                          |
 
 Adding a family: a package (or a module in one) with a frozen config class
 (``from_hf(dict)``), a `kernels.decoder.Decoder` subclass, ``expected_shapes(config)``
@@ -28,6 +29,7 @@ import jamba_np
 import kernels
 import mistral_np
 from engine import CheckpointError
+from mistral_np import mamba2, mamba2_config, mamba2_weights
 from engine.checkpoint import CONFIG, PARAMS, Checkpoint, open_checkpoint, resolve
 
 
@@ -94,6 +96,20 @@ FAMILIES = (
         tiny=jamba_np.TINY,
         special_init=jamba_np.special_init,
         describe=jamba_np.JambaConfig.describe,
+    ),
+    Family(
+        name="mamba2",
+        architectures=("Mamba2ForCausalLM",),
+        model_types={"mamba2": "Mamba2ForCausalLM"},
+        read_config=mamba2_config.Mamba2Config.from_hf,
+        model=mamba2.Mamba2,
+        expected_shapes=mamba2_weights.expected_shapes,
+        provider="MistralAI",
+        response_formats=frozenset({"text"}),  # as the Mistral family
+        tiny=mamba2_config.TINY,
+        special_init=mamba2_weights.special_init,
+        describe=mamba2_config.Mamba2Config.describe,
+        tensor_name=mamba2_weights.tensor_name,
     ),
 )
 

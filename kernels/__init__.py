@@ -25,12 +25,14 @@ from kernels.conv import causal_conv1d, conv1d_step
 from kernels.dtypes import compute_dtype, widen
 from kernels.linear import embed, linear, swiglu
 from kernels.moe import mixture, route
-from kernels.norm import rms_norm
+from kernels.norm import gated_rms_norm, rms_norm
 from kernels.rope import apply_rope, rope_tables
+from kernels.ssd import ssd_scan, ssd_step
 from kernels.ssm import selective_scan, ssm_step
 
 __all__ = [
     "apply_rope", "attention", "backend", "causal_conv1d", "compute_dtype", "conv1d_step", "dispatch", "embed",
     "linear", "mixture", "rms_norm", "rope_tables", "route", "selective_scan", "silu", "softmax", "softplus",
     "ssm_step", "swiglu", "use", "using", "widen",
+    "gated_rms_norm", "ssd_scan", "ssd_step",
 ]

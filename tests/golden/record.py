@@ -25,6 +25,7 @@ sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 from cases import GENERATE, JAMBA_CASES, MISTRAL_CASES, MIXTRAL_CASES, prompt  # noqa: E402
 from engine.tiny import write_checkpoint  # noqa: E402
 from hf_oracle import hf_run, load_hf  # noqa: E402
+from cases import MAMBA2_CASES  # noqa: E402
 
 
 def record(family: str, cases: dict) -> None:
@@ -41,3 +42,4 @@ if __name__ == "__main__":
     record("mistral", MISTRAL_CASES)
     record("mixtral", MIXTRAL_CASES)
     record("jamba", JAMBA_CASES)
+    record("mamba2", MAMBA2_CASES)
