@@ -6,7 +6,8 @@
     logits = model.forward(ids, state)
 
 Read `model.py` for the forward pass. The sliding-window KV ring buffer it uses
-is `kernels.cache` (Jamba's attention layers use the same one). This package never
+is `kernels.cache` (Jamba's attention layers use the same one). Codestral Mamba
+(Mamba-2) is in `mamba2.py`, a model of its own that shares nothing with the transformer. This package never
 imports `engine`: it receives a frozen config and a name -> array mapping.
 """
 

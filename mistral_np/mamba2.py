@@ -122,7 +122,7 @@ def mixer(cfg: Mamba2Config, w: Mapping, h: np.ndarray, caches: list[Mamba2Cache
 
     # 1. One input projection, split into the gate z, the conv's input xBC and dt ([1] section 7.1).
     zxbcdt = kernels.linear(h, w["in_proj.weight"], w["in_proj.bias"] if bias else None)  # [T, Di + conv_dim + H]
-    z, xBC, dt = zxbcdt[:, :Di], zxbcdt[:, Di:Di + cfg.conv_dim], zxbcdt[:, Di + cfg.conv_dim:]  # [T, Di], [T, Di + 2GN], [T, H]
+    z, xBC, dt = np.split(zxbcdt, [Di, Di + cfg.conv_dim], axis=1)  # [T, Di], [T, Di + 2GN], [T, H]
 
     # 2. Causal depthwise conv over time (nn.Conv1d(groups=conv_dim, padding=K-1)[..., :T]), then SiLU.
     conv_w = w["conv1d.weight"][:, 0, :]  # [conv_dim, K]  stored [conv_dim, 1, K]: one filter per channel

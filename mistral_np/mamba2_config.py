@@ -123,7 +123,8 @@ class Mamba2Config:
                               "conv_kernel", "n_groups", "chunk_size", "max_position_embeddings")}
         flags = {name: bool_field(d, name, getattr(cls, name))
                  for name in ("use_bias", "use_conv_bias", "residual_in_fp32", "tie_word_embeddings")}
-        tokens = {name: token_id(d, name, getattr(cls, name)) for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
+        tokens = {name: token_id(d, name, getattr(cls, name))
+                  for name in ("pad_token_id", "bos_token_id", "eos_token_id")}
         return cls(**sizes, **flags, **tokens, vocab_size=int_field(d, "vocab_size", cls.vocab_size, minimum=1),
                    rms_norm_eps=float_field(d, "layer_norm_epsilon", cls.rms_norm_eps, positive=True),
                    time_step_limit=time_step_limit(d))
