@@ -15,12 +15,12 @@ Compute is float32. Times are the best of --repeat runs (prefill) or medians (de
    transformers' PyTorch chunked scan (``mamba2_chunk_scan``), and the plain NumPy loop
    (the definition, timed on --tokens / 8 tokens and scaled: it is linear in T); then
    the whole mixer: npinfer fast, npinfer reference, transformers' ``Mamba2Mixer``.
-2. Decode. npinfer's time per token per layer (trace timestamps) and the whole 64-layer
-   model extrapolated (64 x the mean layer + the rest: embedding, final norm, head),
-   against the roofline: the bytes a token must read (every layer's weights, the head,
-   one embedding row, and each layer's state, read and written in float32) divided by
-   the memory bandwidth sampled between the steps. transformers (bf16 and float32 on the
-   same file) per layer by forward hooks, extrapolated the same way.
+2. Decode. npinfer's time per token on this file, per layer (trace timestamps) and the
+   whole 64-layer model extrapolated (64 x the mean layer + the rest: embedding, final
+   norm, head), each against its roofline: the bytes a token must read (every layer's
+   weights and its state, read and written in float32; the head; one embedding row)
+   divided by the memory bandwidth sampled between the steps. transformers (bf16 and
+   float32 on the same file): its time per token on this file.
 
 The machine is shared: read the load average printed with the machine line.
 """
@@ -152,79 +152,62 @@ def prefill(args, model, hf) -> None:
           f"(tensor cores), not on this CPU\n")
 
 
-def layer_marks(prefix: str, embed: str):
-    """A trace that timestamps the embedding and every residual `prefix.N`: per-layer times."""
-    marks = []
-
-    def trace(name, value):
-        if name == embed or (name.startswith(prefix) and name.count(".") == 2):
-            marks.append(time.perf_counter())
-
-    return marks, trace
-
-
 def decode(args, model, path, bw: Bandwidth) -> None:
-    cfg = model.config
+    from engine.generate import greedy
+
+    cfg, L = model.config, model.config.num_hidden_layers
     prompt = np.random.default_rng(1).integers(3, cfg.vocab_size, 32)
-    marks, trace = layer_marks("backbone.layers.", "backbone.embeddings")
+    marks, first = [], len(bw.samples)
+
+    def step_trace(name, value):  # timestamps: the embedding, each layer's residual, the head; then a bandwidth sample
+        if name in ("backbone.embeddings", "lm_head") or (name.startswith("backbone.layers.") and name.count(".") == 2):
+            marks.append(time.perf_counter())
+        if name == "lm_head":
+            bw.sample()
+
     state = model.new_state()
-    tok = int(np.argmax(model.forward(prompt, state, last_only=True)[-1]))
-    per_layer, totals, first = [], [], len(bw.samples)
-    for _ in range(args.steps):
-        bw.sample()
-        marks.clear()
-        t0 = time.perf_counter()
-        logits = model.forward([tok], state, trace=trace, last_only=True)
-        totals.append(time.perf_counter() - t0)
-        per_layer.append(np.diff(marks))
-        tok = int(np.argmax(logits[-1]))
-    layer, total = float(np.median(np.mean(per_layer, axis=1))), statistics.median(totals)
-    rest = total - float(np.median(np.sum(per_layer, axis=1)))
+    greedy(model, prompt, args.steps + 1, step_trace=step_trace, state=state)  # the prompt, then args.steps steps
+    spans = np.diff(np.array(marks).reshape(args.steps, L + 2), axis=1)  # [steps, L + 1]: each layer, then the head
+    layer = float(np.median(spans[:, :L].mean(axis=1)))
+    total, rest = float(np.median(spans.sum(axis=1))), float(np.median(spans[:, L]))  # rest: final norm and head
     bandwidth = statistics.median(bw.samples[first:])
     w = model.weights
     layer_bytes = sum(a.nbytes for n, a in w.items() if n.startswith("backbone.layers.0."))
-    state_bytes = sum(a.nbytes for a in model.state_arrays(state).values()) / cfg.num_hidden_layers
+    state_bytes = sum(a.nbytes for a in model.state_arrays(state).values()) / L
     head_bytes = w["lm_head.weight"].nbytes + w["backbone.norm_f.weight"].nbytes + cfg.hidden_size * 2
-    token_bytes = FULL_LAYERS * (layer_bytes + 2 * state_bytes) + head_bytes
-    ours = FULL_LAYERS * layer + rest
-    roofline = token_bytes / bandwidth
-    rows = [["npinfer (fast kernels)", f"{layer * 1e3:.1f}", f"{ours:.2f}", f"{roofline / ours:.0%}"]]
+    roofline = {n: (n * (layer_bytes + 2 * state_bytes) + head_bytes) / bandwidth for n in (L, FULL_LAYERS)}
+    full = FULL_LAYERS * layer + rest
+    rows = [["npinfer (fast kernels)", f"{layer * 1e3:.1f}", f"{total:.2f}", f"{roofline[L] / total:.0%}",
+             f"{full:.2f}", f"{roofline[FULL_LAYERS] / full:.0%}"]]
     if not args.no_hf:
         for dtype_name in ("bf16", "f32"):
-            hf_layer, hf_total = hf_decode(path, dtype_name, prompt, args.steps)
-            hf_full = FULL_LAYERS * float(np.mean(hf_layer)) + hf_total - float(np.sum(hf_layer))
-            rows.append([f"transformers {dtype_name} (PyTorch path)", f"{np.mean(hf_layer) * 1e3:.1f}",
-                         f"{hf_full:.2f}", f"{roofline / hf_full:.0%}"])
-    print(f"## Decode, one token after a 32-token prompt ({args.layers} layers here, {FULL_LAYERS} extrapolated)\n")
-    print(table(["engine", "ms per layer", "s per token, 64 layers", "of the roofline"], rows))
-    print(f"\nroofline: {token_bytes / 1e9:.2f} GB per token ({FULL_LAYERS} x ({layer_bytes / 1e6:.0f} MB of bf16 "
-          f"weights + 2 x {state_bytes / 1e6:.1f} MB of float32 state) + {head_bytes / 1e6:.0f} MB head) at "
-          f"{bandwidth / 1e9:.1f} GB/s (median sampled between the steps) = {roofline:.2f} s per token")
+            t = hf_decode(path, dtype_name, prompt, args.steps)
+            rows.append([f"transformers {dtype_name} (PyTorch path)", "", f"{t:.2f}", f"{roofline[L] / t:.0%}", "", ""])
+    print("## Decode, one token after a 32-token prompt\n")
+    print(table(["engine", "ms per layer", f"s per token, this file ({L} layers + head)", "of its roofline",
+                 f"s per token, {FULL_LAYERS} layers (extrapolated)", "of its roofline"], rows))
+    print(f"\nroofline: the bytes a token reads ({layer_bytes / 1e6:.0f} MB of bf16 weights and 2 x "
+          f"{state_bytes / 1e6:.1f} MB of float32 state per layer, {head_bytes / 1e6:.0f} MB head) at "
+          f"{bandwidth / 1e9:.1f} GB/s (median sampled between the steps): {roofline[L]:.2f} s for this file, "
+          f"{roofline[FULL_LAYERS]:.2f} s for {FULL_LAYERS} layers")
 
 
-def hf_decode(path: Path, dtype_name: str, prompt, steps: int):
-    """transformers' per-layer decode times (median over steps) and total per token."""
+def hf_decode(path: Path, dtype_name: str, prompt, steps: int) -> float:
+    """transformers' median seconds per decode token on the same file."""
     import numba
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype={"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name])
-    layers, starts, durations = hf.eval().backbone.layers, {}, {}
-    for i, layer in enumerate(layers):
-        layer.register_forward_pre_hook(lambda m, a, i=i: starts.__setitem__(i, time.perf_counter()))
-        layer.register_forward_hook(lambda m, a, o, i=i: durations.__setitem__(i, time.perf_counter() - starts[i]))
-    per_layer, totals = [], []
+    times = []
     with torch.no_grad():
-        out = hf(input_ids=torch.tensor(prompt)[None], use_cache=True)
-        cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
+        out = hf.eval()(input_ids=torch.tensor(prompt)[None], use_cache=True)
         for _ in range(steps):
             t0 = time.perf_counter()
-            out = hf(input_ids=tok, cache=cache, use_cache=True)
-            totals.append(time.perf_counter() - t0)
-            cache, tok = out.cache, out.logits[:, -1:].argmax(-1)
-            per_layer.append([durations[i] for i in range(len(layers))])
-    return np.median(per_layer, axis=0), statistics.median(totals)
+            out = hf(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def main(argv=None) -> int:
