@@ -33,6 +33,7 @@ class ChatModel:
     family: Family
     architecture: str  # the config's architecture, e.g. MistralForCausalLM
     path: str
+    load_line: str | None = None  # what `npinfer chat/serve` print on load (registry.Loaded.describe)
 
     def prompt(self, messages: list[dict]) -> list[int]:
         """The chat-formatted prompt ids; tokenizer.ChatFormatError or PromptTooLong if unusable."""
@@ -51,4 +52,5 @@ def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
         fmt = chat_format_for(path, fallback=loaded.family.chat_format)
     except tokenizer.TokenizerError as e:
         raise NpinferError(str(e)) from None
-    return ChatModel(loaded.model(dtype), tok, fmt, name, loaded.family, loaded.architecture, str(path))
+    return ChatModel(loaded.model(dtype), tok, fmt, name, loaded.family, loaded.architecture, str(path),
+                     loaded.describe())

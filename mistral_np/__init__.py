@@ -1,4 +1,4 @@
-"""Mistral and Mixtral in NumPy: the config and the forward pass.
+"""The Mistral family in NumPy (Mistral, Mixtral, Ministral, Ministral 3): the config and the forward pass.
 
     from mistral_np import MistralConfig, Mistral
     model = Mistral(config, weights)          # weights: HF name -> array
@@ -12,9 +12,9 @@ imports `engine`: it receives a frozen config and a name -> array mapping.
 """
 
 from kernels.config_fields import ConfigError
-from mistral_np.config import TINY, MistralConfig
+from mistral_np.config import TINY, MistralConfig, native_architecture
 from mistral_np.model import Mistral, MistralState, new_state
 from mistral_np.weights import expected_shapes, native_name
 
-__all__ = ["TINY", "ConfigError", "Mistral", "MistralConfig", "MistralState", "expected_shapes", "native_name",
-           "new_state"]
+__all__ = ["TINY", "ConfigError", "Mistral", "MistralConfig", "MistralState", "expected_shapes",
+           "native_architecture", "native_name", "new_state"]
