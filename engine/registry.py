@@ -106,19 +106,12 @@ FAMILIES = (
         special_init=jamba_np.special_init,
         describe=jamba_np.JambaConfig.describe,
     ),
-    Family(
-        name="mamba2",
-        architectures=("Mamba2ForCausalLM",),
-        model_types={"mamba2": "Mamba2ForCausalLM"},
-        read_config=mamba2_config.Mamba2Config.from_hf,
-        model=mamba2.Mamba2,
-        expected_shapes=mamba2_weights.expected_shapes,
-        provider="MistralAI",
-        response_formats=frozenset({"text"}),  # as the Mistral family
-        tiny=mamba2_config.TINY,
-        special_init=mamba2_weights.special_init,
-        describe=mamba2_config.Mamba2Config.describe,
-        tensor_name=mamba2_weights.tensor_name,
+    Family(  # Codestral Mamba (Mamba-2), mistral_np/mamba2.py; fields grouped: names, reading, running, presenting
+        name="mamba2", architectures=("Mamba2ForCausalLM",), model_types={"mamba2": "Mamba2ForCausalLM"},
+        read_config=mamba2_config.Mamba2Config.from_hf, tensor_name=mamba2_weights.tensor_name,
+        expected_shapes=mamba2_weights.expected_shapes, special_init=mamba2_weights.special_init,
+        model=mamba2.Mamba2, describe=mamba2_config.Mamba2Config.describe, tiny=mamba2_config.TINY,
+        provider="MistralAI", response_formats=frozenset({"text"}),  # as the Mistral family
     ),
 )
 
