@@ -11,6 +11,7 @@ what they ask of the model (its provider name, the response formats it accepts).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import tokenizer
@@ -19,7 +20,7 @@ from engine.checkpoint import open_checkpoint, resolve
 from engine.default_model import NAME, default_model_dir
 from engine.generate import check_prompt
 from engine.registry import Family, identify
-from tokenizer.chat import chat_format_for, render_chat
+from tokenizer.chat import chat_format_for, chat_tool_syntax, render_chat
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,17 @@ class ChatModel:
     path: str
     load_line: str | None = None  # what `npinfer chat/serve` print on load (registry.Loaded.describe)
 
-    def prompt(self, messages: list[dict]) -> list[int]:
+    def prompt(self, messages: list[dict], tools: list[dict] | None = None,
+               template_kwargs: dict | None = None) -> list[int]:
         """The chat-formatted prompt ids; tokenizer.ChatFormatError or PromptTooLong if unusable."""
-        ids = render_chat(self.tok, messages, self.chat_format)
+        ids = render_chat(self.tok, messages, self.chat_format, tools, template_kwargs)
         check_prompt(self.model, ids)
         return ids
+
+    @cached_property
+    def tool_syntax(self):
+        """How this model writes tool calls (tokenizer.tools.ToolSyntax), or None."""
+        return chat_tool_syntax(self.tok, self.chat_format)
 
 
 def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
