@@ -112,7 +112,7 @@ FAMILIES = (
         read_config=mamba2_config.Mamba2Config.from_hf, tensor_name=mamba2_weights.tensor_name,
         expected_shapes=mamba2_weights.expected_shapes, special_init=mamba2_weights.special_init,
         model=mamba2.Mamba2, describe=mamba2_config.Mamba2Config.describe, tiny=mamba2_config.TINY,
-        provider="MistralAI", response_formats=frozenset({"text"}),  # as the Mistral family
+        provider="MistralAI", response_formats=frozenset({"text", "json_object", "json_schema"}),  # as Mistral's
     ),
 )
 

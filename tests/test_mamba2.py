@@ -233,6 +233,27 @@ def test_older_embedding_name_is_read(make_checkpoint, tmp_path):
     assert max_diff(model.forward(ids, model.new_state()), want) == 0
 
 
+def test_schema_constrained_chat(tmp_path):
+    """Constrained decoding (engine.constrained) through a Mamba-2 chat model: n = 3 choices
+    decode as one batch from copies of the prefill's state, each valid against the schema."""
+    import tokenizer
+    from engine.chat_model import load_chat_model
+    from engine.constrained import plan
+    from engine.generate import GenerationParams, complete, eos_ids
+
+    path = write_checkpoint(tmp_path / "m", family_config("mamba2"), seed=4, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    chat = load_chat_model(str(path))
+    assert {"json_object", "json_schema"} <= chat.family.response_formats
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+              "required": ["n"], "additionalProperties": False}
+    grammar, _ = plan(chat.tok, chat.model.config.vocab_size, tuple(eos_ids(chat.model, chat.tok)), None, [],
+                      "none", True, "json_schema", schema)
+    out = complete(chat.model, chat.tok, chat.prompt([{"role": "user", "content": "JSON, please."}]),
+                   GenerationParams(max_tokens=40, n=3, seed=1, grammar=grammar))
+    for c in out.choices:
+        assert c.finish_reason == "stop" and 0 <= json.loads(c.text)["n"] <= 9
+
+
 # ---------------------------------------------------------------- CLI
 def test_cli_tiny_logits_and_dump(tmp_path):
     run_cli("tiny", "mamba2", tmp_path / "m")
