@@ -59,5 +59,9 @@ def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
         fmt = chat_format_for(path, fallback=loaded.family.chat_format)
     except tokenizer.TokenizerError as e:
         raise NpinferError(str(e)) from None
+    V = loaded.config.vocab_size
+    if tok.vocab_size > V:  # the ids past V would have no embedding row
+        raise NpinferError(f"{tok.path}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
+                           f"{V} embedding rows (vocab_size in the config)")
     return ChatModel(loaded.model(dtype), tok, fmt, name, loaded.family, loaded.architecture, str(path),
                      loaded.describe())

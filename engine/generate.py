@@ -116,6 +116,18 @@ class PromptTooLong(NpinferError):
     pass
 
 
+NOT_FINITE = ("a weight is NaN or infinite, or the activations overflowed: `npinfer logits MODEL --ids ... "
+              "--dump-activations acts.npz` shows the first module where it happens")
+
+
+def finite(logits: np.ndarray) -> np.ndarray:
+    """`logits` [V] if every value is finite, else a one-line NpinferError (nothing can be
+    sampled from NaN; a finite model never produces an infinite logit)."""
+    if not np.isfinite(logits).all():
+        raise NpinferError(f"the model's logits are not finite ({NOT_FINITE})")
+    return logits
+
+
 def context_limit(model) -> int:
     return int(model.config.max_position_embeddings)
 
@@ -224,18 +236,20 @@ def prompt_logprobs(tok, prompt_ids, logits: np.ndarray, k: int) -> list[TokenLo
     return [None] + [token_logprob(tok, int(t), log_softmax(row), k) for t, row in zip(prompt_ids[1:], logits)]
 
 
-def generate(model, tok, prompt_ids, params: GenerationParams) -> Iterator[PromptLogprobs | Delta | Finish | Usage]:
+def generate(model, tok, prompt_ids, params: GenerationParams,
+             progress=None) -> Iterator[PromptLogprobs | Delta | Finish | Usage]:
     """Yield (PromptLogprobs, if asked,) Delta and Finish events for each choice, then one Usage.
 
     Closing the generator (or stopping to iterate) cancels the generation.
+    `progress` is the prefill's hook (`Decoder.forward`), e.g. a progress bar.
     """
     check_prompt(model, prompt_ids)
     limit, eos = context_limit(model), eos_ids(model, tok)
     state = model.new_state()
     if params.prompt_logprobs is None:
-        z = model.forward(list(prompt_ids), state, last_only=True)[-1]  # [V], the prefill
+        z = model.forward(list(prompt_ids), state, last_only=True, progress=progress)[-1]  # [V], the prefill
     else:
-        logits = model.forward(list(prompt_ids), state)  # [T, V]
+        logits = model.forward(list(prompt_ids), state, progress=progress)  # [T, V]
         yield PromptLogprobs(prompt_logprobs(tok, prompt_ids, logits, params.prompt_logprobs))
         z = logits[-1]  # [V]
     states = [state] + [copy.deepcopy(state) for _ in range(params.n - 1)]
@@ -245,7 +259,7 @@ def generate(model, tok, prompt_ids, params: GenerationParams) -> Iterator[Promp
     while choices:
         continuing = []  # (choice, token) of the choices that decode another step
         for c in list(choices):
-            t = choose(c.logits, params.sampling, c.counts, c.rng, c.allowed())
+            t = choose(finite(c.logits), params.sampling, c.counts, c.rng, c.allowed())
             c.counts[t] += 1
             c.generated += 1
             completion_tokens += 1
@@ -315,17 +329,19 @@ def collect(events, n: int) -> Completion:
 
 
 # --------------------------------------------------------------------------- greedy, for the oracle
-def greedy(model, prompt, n: int, trace: Trace = no_trace, step_trace: Trace = no_trace, state=None):
+def greedy(model, prompt, n: int, trace: Trace = no_trace, step_trace: Trace = no_trace, state=None,
+           progress=None):
     """Prefill `prompt`, then pick n tokens greedily, feeding each back through the cache.
 
     Returns (prompt logits [T, V], gen_ids [n], gen_logits [n, V]); gen_logits[i]
     is the distribution gen_ids[i] was chosen from (as HF ``generate`` reports it),
     so gen_logits[0] is the prompt's last row and n tokens take n - 1 decode steps.
     `trace` sees the prompt's intermediates, `step_trace` each decode step's;
-    `state` (a fresh one when None) is left after the last step, for its caller to read.
+    `state` (a fresh one when None) is left after the last step, for its caller to read;
+    `progress` is the prefill's hook (`Decoder.forward`).
     """
     state = model.new_state() if state is None else state
-    logits = model.forward(prompt, state, trace=trace)  # [T, V]
+    logits = model.forward(prompt, state, trace=trace, progress=progress)  # [T, V]
     gen_ids, gen_logits, last = [], [], logits[-1]
     for i in range(n):
         gen_ids.append(int(np.argmax(last)))

@@ -183,7 +183,9 @@ def architecture_of(config_json: dict, where: str = CONFIG) -> str:
     names = config_json.get("architectures") or []
     by_type = {t: a for f in FAMILIES for t, a in f.model_types.items()} | {m.model_type: m.architecture
                                                                            for m in MULTIMODAL}
-    arch = names[0] if isinstance(names, list) and names else by_type.get(config_json.get("model_type"), "")
+    model_type = config_json.get("model_type")
+    by_model_type = by_type.get(model_type, "") if isinstance(model_type, str) else ""
+    arch = names[0] if isinstance(names, list) and names else by_model_type
     if arch not in ARCHITECTURES:
         shown = arch or f"model_type {config_json.get('model_type')!r}"
         raise CheckpointError(f"{where}: unsupported architecture {shown} (supported: {', '.join(ARCHITECTURES)})")

@@ -45,6 +45,7 @@ import asyncio
 import hmac
 import json
 import queue
+import socket
 import sys
 import threading
 import time
@@ -57,7 +58,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tokenizer
-from engine import constrained
+from engine import NpinferError, constrained
 from engine.chat_model import ChatModel
 from engine.generate import (
     Delta,
@@ -380,7 +381,23 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
     return app
 
 
-def serve(service: Service, host: str, port: int, api_key: str | None) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a one-line NpinferError (a busy port, a bad host):
+    bound before anything announces the server, so a failure comes first."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (a port in TIME_WAIT is free)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        raise NpinferError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e})") from None
+    return sock
+
+
+def serve(service: Service, sock: socket.socket, api_key: str | None) -> None:
+    """Serve on `sock` (from `listen`) until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(service, api_key), host=host, port=port, log_level="info")
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(create_app(service, api_key), host=host, port=port, log_level="info")
+    uvicorn.Server(config).run(sockets=[sock])

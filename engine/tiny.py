@@ -62,8 +62,8 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dt
     built under a temporary name and renamed, so a failure leaves nothing behind.
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not empty" if out.is_dir() else f"{out}: a file exists there")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

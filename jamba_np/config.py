@@ -2,7 +2,8 @@
 
 Read from ``config.json`` as transformers writes it (``JambaConfig``, 4.x and 5.x
 write the same keys). A missing key takes transformers' default (the Jamba-v0.1
-values). Nothing is mutated after loading: derived values are properties.
+values), except the sizes (vocab, hidden, MLP, layers, heads), which are required.
+Nothing is mutated after loading: derived values are properties.
 
 The schedule (Jamba, Lieber et al. 2024, arXiv:2403.19887, section 2 and fig. 1;
 transformers ``layers_block_type`` / ``layers_num_experts``): layer i is
@@ -106,8 +107,7 @@ class JambaConfig:
     @classmethod
     def from_hf(cls, d: dict) -> "JambaConfig":
         """From a transformers ``config.json`` (``JambaConfig``)."""
-        fields = decoder_fields(d, "Jamba", vocab_size=65536, hidden_size=4096, intermediate_size=14336,
-                                num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=262144)
+        fields = decoder_fields(d, "Jamba", max_position_embeddings=262144)  # the sizes are required
         dt_rank = d.get("mamba_dt_rank", "auto")
         if dt_rank == "auto":  # transformers: math.ceil(hidden_size / 16)
             dt_rank = math.ceil(fields["hidden_size"] / 16)

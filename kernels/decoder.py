@@ -16,7 +16,7 @@ state; `Decoder` builds the rest on it:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -87,12 +87,17 @@ class Decoder:
     def new_state(self):
         return self.make_state(self.config, self.dtype)
 
-    def forward(self, ids, state, trace: Trace = no_trace, last_only: bool = False) -> np.ndarray:
+    def forward(self, ids, state, trace: Trace = no_trace, last_only: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place);
-        a long prompt runs in chunks of `chunk_size`, each continuing the last."""
+        a long prompt runs in chunks of `chunk_size`, each continuing the last.
+        `progress(done, T)`, when given, is called after each chunk (a progress bar's hook)."""
         ids, trace = check_ids(ids, self.config.vocab_size), passing(trace)
-        logits = [self._pass(ids[s:s + self.chunk_size], [state], trace, last_only)
-                  for s in range(0, len(ids), self.chunk_size)]
+        logits = []
+        for s in range(0, len(ids), self.chunk_size):
+            logits.append(self._pass(ids[s:s + self.chunk_size], [state], trace, last_only))
+            if progress is not None:
+                progress(min(s + self.chunk_size, len(ids)), len(ids))
         return logits[-1] if last_only else np.concatenate(logits)
 
     def forward_batch(self, ids, states: list, trace: Trace = no_trace) -> np.ndarray:

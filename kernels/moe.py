@@ -57,7 +57,7 @@ def route_ref(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.
     return weights, experts
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")  # NaN logits give NaN weights, never ZeroDivisionError
 def _route_numba(router_logits, k, renormalize):
     """`route_ref` as loops: the softmax's sum and the weights in the logits' dtype."""
     T, E = router_logits.shape

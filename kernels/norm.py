@@ -44,7 +44,7 @@ def _weight_at_numba(w, i):
     return lambda w, i: w[i]
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rms_norm_rows(x, weight, eps, n, out):
     """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, row by row, in x's dtype.
 
@@ -52,6 +52,9 @@ def _rms_norm_rows(x, weight, eps, n, out):
     float32), so no step is promoted to float64 in float32 mode. Single-threaded
     on purpose: in prefill it runs between multi-threaded BLAS calls (see
     kernels.linear).
+
+    NaN and inf pass through as in the reference: NumPy's error model (a division by
+    zero gives inf, not ZeroDivisionError) and no "no NaN / no inf" fast-math flags.
     """
     T, d = x.shape
     for t in range(T):

@@ -30,7 +30,10 @@
 
 A missing key takes the default of the class that wrote the file (`_DEFAULTS`;
 transformers' ``MistralConfig``, ``MixtralConfig``, ``MinistralConfig``,
-``Ministral3Config``). Nothing is mutated after loading: derived values are properties.
+``Ministral3Config``), except the sizes (vocab, hidden, MLP, layers, heads), which
+are required: every transformers version writes them, and a default would only
+surface later as a tensor shape mismatch. Nothing is mutated after loading:
+derived values are properties.
 """
 
 from __future__ import annotations
@@ -42,16 +45,12 @@ from kernels.config_fields import (ConfigError, bool_field, decoder_fields, dict
                                    optional_int)
 from kernels.rope import RopeParams, read_rope
 
-# transformers' defaults, per config class, for the keys a config.json may leave out
+# transformers' defaults, per config class, for the keys a config.json may leave out (not the sizes)
 _DEFAULTS = {
-    "mistral": dict(vocab_size=32000, num_hidden_layers=32, max_position_embeddings=131072, rms_norm_eps=1e-6,
-                    sliding_window=4096, rope_theta=1e4),
-    "mixtral": dict(vocab_size=32000, num_hidden_layers=32, max_position_embeddings=131072, rms_norm_eps=1e-5,
-                    sliding_window=None, rope_theta=1e6),
-    "ministral": dict(vocab_size=32000, num_hidden_layers=32, max_position_embeddings=131072, rms_norm_eps=1e-6,
-                      sliding_window=4096, rope_theta=1e4),
-    "ministral3": dict(vocab_size=131072, num_hidden_layers=34, max_position_embeddings=262144, rms_norm_eps=1e-5,
-                       sliding_window=None, rope_theta=1e6),
+    "mistral": dict(max_position_embeddings=131072, rms_norm_eps=1e-6, sliding_window=4096, rope_theta=1e4),
+    "mixtral": dict(max_position_embeddings=131072, rms_norm_eps=1e-5, sliding_window=None, rope_theta=1e6),
+    "ministral": dict(max_position_embeddings=131072, rms_norm_eps=1e-6, sliding_window=4096, rope_theta=1e4),
+    "ministral3": dict(max_position_embeddings=262144, rms_norm_eps=1e-5, sliding_window=None, rope_theta=1e6),
 }
 _MODEL_TYPE = {"MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral", "MinistralForCausalLM": "ministral",
                "Ministral3ForCausalLM": "ministral3"}
@@ -150,9 +149,7 @@ class MistralConfig:
             raise ConfigError(f"model_type={model_type!r} is not one of {', '.join(_DEFAULTS)}")
         defaults = _DEFAULTS[model_type]
         moe = model_type == "mixtral" or "num_local_experts" in d
-        fields = decoder_fields(d, "Mistral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                                **{k: defaults[k] for k in ("vocab_size", "num_hidden_layers",
-                                                            "max_position_embeddings")})
+        fields = decoder_fields(d, "Mistral", max_position_embeddings=defaults["max_position_embeddings"])  # sizes: required
         heads, layers = fields["num_attention_heads"], fields["num_hidden_layers"]
         # every one of these classes defaults num_key_value_heads to 8 (null: multi-head attention)
         fields["num_key_value_heads"] = optional_int(d, "num_key_value_heads", heads) if "num_key_value_heads" in d \

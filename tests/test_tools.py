@@ -225,10 +225,10 @@ def test_tokenize_chat_object_lines_errors(files):
     path = files["spm-v3"][3]
     proc = run_cli("tokenize", path, "--chat", "auto", input=json.dumps({"messages": CHATS[0], "tool": []}) + "\n",
                    check=False)
-    assert proc.returncode == 1 and "line 1: unknown keys tool" in proc.stderr and not proc.stdout
+    assert proc.returncode == 2 and "line 1: unknown keys tool" in proc.stderr and not proc.stdout  # (every npinfer error: 2)
     bad = {"messages": CHATS[0], "tools": [{"type": "function", "function": {"name": "x y"}}]}
     proc = run_cli("tokenize", path, "--chat", "auto", input=json.dumps(bad) + "\n", check=False)
-    assert proc.returncode == 1 and "line 1: tools.0.function.name" in proc.stderr
+    assert proc.returncode == 2 and "line 1: tools.0.function.name" in proc.stderr
 
 
 # --------------------------------------------------------------------------- HF templates with tools

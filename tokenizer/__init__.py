@@ -83,8 +83,8 @@ def load(path: str | os.PathLike) -> Tokenizer:
     p = Path(path)
     if p.is_dir():
         p = Path(find_tokenizer_file(p))
-    if not p.is_file():
-        raise TokenizerError(f"{p}: no such tokenizer file")
+    if not p.is_file():  # (a FIFO or a device is refused here: reading one would block or never end)
+        raise TokenizerError(f"{p}: not a regular file" if p.exists() else f"{p}: no such tokenizer file")
     if p.suffix == ".json":
         head = read_json(p)
         if isinstance(head, dict) and isinstance(head.get("vocab"), list) and "config" in head:
