@@ -22,7 +22,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kernels.config_fields import ConfigError, bool_field, decoder_fields, int_field, token_id
+from kernels.config_fields import ConfigError, bool_field, check_multiple, decoder_fields, int_field, token_id
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,10 @@ class JambaConfig:
         return (f"Jamba: {self.num_hidden_layers} layers, d={self.hidden_size}, d_inner={self.d_inner}, "
                 f"N={self.mamba_d_state}, dt_rank={self.mamba_dt_rank}{moe}; schedule: {', '.join(self.schedule)}")
 
-    def __str__(self) -> str:
-        return self.describe()
+    __str__ = describe  # str(config): the same line
 
     def __post_init__(self):
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                              f"num_key_value_heads={self.num_key_value_heads}")
+        check_multiple(self, "num_attention_heads", of="num_key_value_heads")  # GQA: G query heads per kv head
         for period, offset in (("attn_layer_period", "attn_layer_offset"),
                                ("expert_layer_period", "expert_layer_offset")):
             p, o = getattr(self, period), getattr(self, offset)

@@ -98,6 +98,13 @@ def token_id(d: dict, key: str, default: int | None) -> int | None:
     return int_field({key: value}, key)
 
 
+def check_multiple(config, key: str, of: str) -> None:
+    """config.key must be a multiple of config.of (heads of kv heads, heads of groups), else a ConfigError."""
+    n, m = getattr(config, key), getattr(config, of)
+    if n % m:
+        raise ConfigError(f"{key}={n} is not a multiple of {of}={m}")
+
+
 def check_activation(d: dict, family: str) -> None:
     """Every family here uses SiLU; another ``hidden_act`` is refused by name."""
     act = str_field(d, "hidden_act", "silu")

@@ -73,11 +73,23 @@ class Decoder:
         logits = model.forward([next_id], state)         # one decode step
         logits = model.forward_batch(ids, states)        # one step of several sequences
 
-    A subclass names its config type and gives two functions of its module:
-    ``forward_chunk(config, weights, ids, states, dtype, trace, last_only)``, one
-    pass over the rows `rows_of` lays out, and ``make_state(config, dtype)``.
+    A subclass names its config type and the two functions of its module that it runs:
+
+        @dataclass
+        class Mistral(Decoder, forward_chunk=forward_chunk, make_state=new_state):
+            config: MistralConfig
+
+    ``forward_chunk(config, weights, ids, states, dtype, trace, last_only)`` is one pass
+    over the rows `rows_of` lays out, ``make_state(config, dtype)`` an empty state.
     ``trace`` is an observer (`kernels.trace`); the pass receives it as a pass-through.
     """
+
+    def __init_subclass__(cls, forward_chunk: Callable | None = None, make_state: Callable | None = None, **kw):
+        super().__init_subclass__(**kw)
+        if forward_chunk is not None:
+            cls.forward_chunk = staticmethod(forward_chunk)
+        if make_state is not None:
+            cls.make_state = staticmethod(make_state)
 
     config: object
     weights: Mapping[str, np.ndarray]

@@ -5,11 +5,11 @@
     state = model.new_state()                 # one KV cache per layer (kernels.cache)
     logits = model.forward(ids, state)
 
-| model                                              | forward pass          | config, weights                         |
-|----------------------------------------------------|-----------------------|-----------------------------------------|
-| Mistral, Mixtral, Ministral, Ministral 3, Mistral 3 | `model.py`            | `config.py`, `weights.py`               |
-| Mistral Small 4 (MLA, DeepSeek-style MoE)          | `mistral4.py`, `latent_attention.py` | `mistral4_config.py`, `mistral4_weights.py` |
-| Codestral Mamba (Mamba-2)                          | `mamba2.py`           | `mamba2_config.py`, `mamba2_weights.py` |
+| model                                        | forward pass                         | config, weights      |
+|----------------------------------------------|--------------------------------------|----------------------|
+| Mistral, Mixtral, Ministral (3), Mistral 3   | `model.py`                           | `config.py`, `weights.py` |
+| Mistral Small 4 (MLA, DeepSeek-style MoE)    | `mistral4.py`, `latent_attention.py` | `mistral4_*.py`      |
+| Codestral Mamba (Mamba-2)                    | `mamba2.py`                          | `mamba2_*.py`        |
 
 The sliding-window KV ring buffer and the latent cache are in `kernels.cache` (Jamba's
 attention layers use the same ring). Codestral Mamba is a model of its own that shares

@@ -41,8 +41,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from kernels.config_fields import (ConfigError, bool_field, decoder_fields, dict_field, float_field, int_field,
-                                   optional_int)
+from kernels.config_fields import (ConfigError, bool_field, check_multiple, decoder_fields, dict_field, float_field,
+                                   int_field, optional_int)
 from kernels.rope import RopeParams, read_rope
 
 # transformers' defaults, per config class, for the keys a config.json may leave out (not the sizes)
@@ -120,13 +120,10 @@ class MistralConfig:
         return (f"{kind}: {self.num_hidden_layers} layers, d={self.hidden_size}, H={self.num_attention_heads}, "
                 f"H_kv={self.num_key_value_heads}, D={self.head_dim}; {rope}; attention: {attention}")
 
-    def __str__(self) -> str:
-        return self.describe()
+    __str__ = describe  # str(config): the same line
 
     def __post_init__(self):
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                              f"num_key_value_heads={self.num_key_value_heads}")
+        check_multiple(self, "num_attention_heads", of="num_key_value_heads")  # GQA: G query heads per kv head
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if len(self.windows) != self.num_hidden_layers:

@@ -187,14 +187,12 @@ def forward_chunk(cfg: Mamba2Config, weights: Mapping, ids, states: list[Mamba2S
 
 
 @dataclass
-class Mamba2(Decoder):
+class Mamba2(Decoder, forward_chunk=forward_chunk, make_state=new_state):
     """A loaded Mamba-2 (see `kernels.decoder.Decoder` for its methods). Its state is one
     size at any length: per layer [conv_dim, K] + [H, P, N] numbers (Codestral Mamba:
     10240 x 4 + 128 x 64 x 128, 4.4 MB in float32; 64 layers, 279 MB)."""
 
     config: Mamba2Config
-    forward_chunk = staticmethod(forward_chunk)  # the pass above
-    make_state = staticmethod(new_state)
 
     def state_arrays(self, state: Mamba2State) -> dict[str, np.ndarray]:
         """Each layer's conv state [conv_dim, K] and SSM state [H, P, N], under transformers' module names."""

@@ -19,7 +19,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kernels.config_fields import (ConfigError, bool_field, check_activation, float_field, int_field,
+from kernels.config_fields import (ConfigError, bool_field, check_activation, check_multiple, float_field, int_field,
                                    token_id)
 
 
@@ -100,8 +100,7 @@ class Mamba2Config:
                 f"{self.num_heads} heads x {self.head_dim}, N={self.state_size}, {self.n_groups} groups, "
                 f"K={self.conv_kernel}, chunk {self.chunk_size}{limit}")
 
-    def __str__(self) -> str:
-        return self.describe()
+    __str__ = describe  # str(config): the same line
 
     def __post_init__(self):
         for name in ("hidden_size", "num_heads", "head_dim", "state_size", "n_groups", "expand", "conv_kernel",
@@ -111,8 +110,7 @@ class Mamba2Config:
         if self.num_heads * self.head_dim != self.d_inner:  # transformers' validate_architecture
             raise ConfigError(f"num_heads * head_dim = {self.num_heads * self.head_dim} must equal "
                               f"expand * hidden_size = {self.d_inner}")
-        if self.num_heads % self.n_groups:
-            raise ConfigError(f"num_heads={self.num_heads} is not a multiple of n_groups={self.n_groups}")
+        check_multiple(self, "num_heads", of="n_groups")  # B and C shared by num_heads / n_groups heads each
 
     @classmethod
     def from_hf(cls, d: dict) -> "Mamba2Config":

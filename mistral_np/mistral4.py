@@ -114,10 +114,8 @@ def forward_chunk(cfg: Mistral4Config, weights: Mapping, ids, states: list[Mistr
 
 
 @dataclass
-class Mistral4(Decoder):
+class Mistral4(Decoder, forward_chunk=forward_chunk, make_state=new_state):
     """A loaded Mistral Small 4 (see `kernels.decoder.Decoder` for its methods). Its state,
     a `Mistral4State`, holds one latent cache per layer and never per-head keys or values."""
 
     config: Mistral4Config
-    forward_chunk = staticmethod(forward_chunk)  # the pass above
-    make_state = staticmethod(new_state)
