@@ -8,10 +8,10 @@ Everything the front (server, schema, generation, CLI, oracle) needs to know abo
 family is a field of its `Family` entry in `FAMILIES`; no other module of `engine/`
 names an architecture.
 
-| family  | architectures (config.json)              | package    | native layout (params.json) |
-|---------|------------------------------------------|------------|-----------------------------|
-| mistral | MistralForCausalLM, MixtralForCausalLM   | mistral_np | yes                         |
-| jamba   | JambaForCausalLM                         | jamba_np   | no                          |
+| family  | architectures (config.json)              | package    | native layout (params.json) | GGUF (general.architecture) |
+|---------|------------------------------------------|------------|-----------------------------|-----------------------------|
+| mistral | MistralForCausalLM, MixtralForCausalLM   | mistral_np | yes                         | llama                       |
+| jamba   | JambaForCausalLM                         | jamba_np   | no                          | jamba                       |
 
 Adding a family: a package (or a module in one) with a frozen config class
 (``from_hf(dict)``), a `kernels.decoder.Decoder` subclass, ``expected_shapes(config)``
@@ -25,10 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import jamba_np
+import jamba_np.gguf
 import kernels
 import mistral_np
+import mistral_np.gguf
 from engine import CheckpointError
 from engine.checkpoint import CONFIG, PARAMS, Checkpoint, open_checkpoint, resolve
+from engine.gguf_checkpoint import hf_view
 
 
 def _same_name(name: str) -> str:
@@ -42,6 +45,16 @@ class NativeLayout:
     read_config: Callable[[dict], object]  # params.json -> frozen config
     architecture: Callable[[dict], str]  # params.json -> the architecture it is (for /info and logs)
     tensor_name: Callable[[str], str]  # HF name -> the name in the file
+
+
+@dataclass(frozen=True)
+class GGUFLayout:
+    """How a family reads llama.cpp's GGUF files (`engine.gguf_checkpoint.hf_view`)."""
+
+    architectures: tuple[str, ...]  # general.architecture values it reads
+    config_json: Callable[[str, Mapping, Mapping], dict]  # (arch, {arch}.* keys, tensor shapes) -> config.json
+    weights: Callable[[dict, Mapping], dict]  # (config.json, GGUF-named tensors) -> {HF name: tensor}
+    read_config: Callable[[dict], object]  # that config.json -> frozen config
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class Family:
     describe: Callable[[object], str] | None = None  # config -> the line printed when a model loads
     tensor_name: Callable[[dict, object], Callable[[str], str]] = field(
         default=lambda config_json, tensors: _same_name)  # HF name -> name in the file
+    gguf: GGUFLayout | None = None
 
 
 FAMILIES = (
@@ -81,6 +95,7 @@ FAMILIES = (
             architecture=lambda params: "MixtralForCausalLM" if params.get("moe") else "MistralForCausalLM",
             tensor_name=mistral_np.native_name,
         ),
+        gguf=GGUFLayout(("llama",), mistral_np.gguf.config_json, mistral_np.gguf.weights, mistral_np.gguf.read_config),
     ),
     Family(
         name="jamba",
@@ -94,8 +109,11 @@ FAMILIES = (
         tiny=jamba_np.TINY,
         special_init=jamba_np.special_init,
         describe=jamba_np.JambaConfig.describe,
+        gguf=GGUFLayout(("jamba",), jamba_np.gguf.config_json, jamba_np.gguf.weights, jamba_np.gguf.read_config),
     ),
 )
+# GGUF architectures a family here will read, once it exists: the error says so
+GGUF_NOT_YET = {"mamba2": "Mamba-2 (Codestral Mamba) is being added to this engine"}
 
 ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures)
 TINY_LAYOUTS = {layout: (f, config) for f in FAMILIES for layout, config in f.tiny.items()}
@@ -116,6 +134,17 @@ def family_of(config_json: dict, where: str = CONFIG) -> Family:
     """The family that runs a config.json, or a one-line error."""
     arch = architecture_of(config_json, where)
     return next(f for f in FAMILIES if arch in f.architectures)
+
+
+def gguf_family(arch: str, where: str) -> Family:
+    """The family that reads GGUF architecture `arch`, or a one-line error."""
+    family = next((f for f in FAMILIES if f.gguf and arch in f.gguf.architectures), None)
+    if family is None:
+        if arch in GGUF_NOT_YET:
+            raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported yet ({GGUF_NOT_YET[arch]})")
+        known = ", ".join(a for f in FAMILIES if f.gguf for a in f.gguf.architectures)
+        raise CheckpointError(f"{where}: GGUF key general.architecture = {arch!r} is not supported (supported: {known})")
+    return family
 
 
 def native_family() -> Family:
@@ -145,6 +174,8 @@ class Loaded:
 
 def identify(ckpt: Checkpoint) -> Loaded:
     """Family, architecture, config and HF-named weights of an opened checkpoint; errors are one line."""
+    if ckpt.layout == "gguf":
+        return _identify_gguf(ckpt)
     source = ckpt.path / (PARAMS if ckpt.layout == "native" else CONFIG)
     if ckpt.layout == "native":
         family = native_family()
@@ -161,6 +192,22 @@ def identify(ckpt: Checkpoint) -> Loaded:
     ckpt.check(expected, rename=rename)
     weights = ckpt.tensors if rename is _same_name else {name: ckpt.tensors[rename(name)] for name in expected}
     return Loaded(family, arch, config, weights)
+
+
+def _identify_gguf(ckpt: Checkpoint) -> Loaded:
+    """`identify` for a GGUF file: the family's GGUF layout makes its config.json and HF names."""
+    arch = ckpt.config.get("general.architecture")
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{ckpt.path}: GGUF key general.architecture is missing")
+    family = gguf_family(arch, str(ckpt.path))
+    config_json, weights = hf_view(ckpt.path, ckpt.config, ckpt.tensors, family.gguf)
+    try:
+        config = family.gguf.read_config(config_json)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.path}: {e}") from None
+    hf = Checkpoint(ckpt.path, "gguf", config_json, weights, {name: ckpt.path for name in weights})
+    hf.check(family.expected_shapes(config))
+    return Loaded(family, architecture_of(config_json, str(ckpt.path)), config, weights)
 
 
 def load_model(model: str | os.PathLike, dtype: str = "float32"):

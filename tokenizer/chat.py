@@ -34,7 +34,8 @@ The same rules hold for sentencepiece and tekken files: only ``enc`` differs.
 ``trim_blocks``, ``lstrip_blocks`` and ``loopcontrols``, the ``tojson``
 filter that does not escape HTML, ``raise_exception`` and ``strftime_now``,
 and the tokenizer's special-token strings (``bos_token``, ``eos_token``, ...)
-as variables. The text is then tokenized with ``add_special_tokens=False``:
+as variables. A tokenizer that carries its own template (a GGUF's
+``tokenizer.chat_template``) uses it, with its BOS and EOS pieces as variables. The text is then tokenized with ``add_special_tokens=False``:
 special-token strings in it become their ids
 (:meth:`Tokenizer.encode_with_special_tokens`).
 
@@ -160,12 +161,18 @@ def _special_token_strings(directory: Path) -> dict[str, str]:
     return out
 
 
+def _own_token_strings(tok: Tokenizer) -> dict[str, str]:
+    """``bos_token`` and ``eos_token`` of a tokenizer that carries its own template."""
+    return {key: tok.id_to_piece(i) for key, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id))
+            if i is not None}
+
+
 def _render_hf_template(tok: Tokenizer, messages: list[dict]) -> list[int]:
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    template = find_chat_template(tok.path)
+    template = tok.chat_template or find_chat_template(tok.path)
     if template is None:
         raise ChatFormatError(f"hf-template: no chat_template next to {tok.path}")
 
@@ -185,7 +192,7 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict]) -> list[int]:
             tools=None,
             documents=None,
             add_generation_prompt=True,
-            **_special_token_strings(_model_dir(tok.path)),
+            **(_own_token_strings(tok) if tok.chat_template else _special_token_strings(_model_dir(tok.path))),
         )
     except jinja2.exceptions.TemplateError as e:
         message = " ".join(str(e).split())
@@ -223,3 +230,17 @@ def chat_format_for(model_dir_or_tokenizer_path, fallback: str = "mistral-v1") -
     if n > 7:
         return "mistral-v7"
     raise TokenizerError(f"{model_dir_or_tokenizer_path}: unknown tokenizer version {version!r}")
+
+
+def chat_format_of(tok: Tokenizer, fallback: str = "mistral-v1") -> str:
+    """The chat format of a tokenizer that carries its own metadata (a GGUF's, which has
+    no file version): ``hf-template`` if it has a template; else by its control tokens
+    (``[SYSTEM_PROMPT]``: ``mistral-v7``; ``[INST]``: ``mistral-v3``, whose rules a
+    plain chat shares with v2); else `fallback`."""
+    if tok.chat_template:
+        return "hf-template"
+    if "[SYSTEM_PROMPT]" in tok.special_tokens and "[INST]" in tok.special_tokens:
+        return "mistral-v7"
+    if "[INST]" in tok.special_tokens:
+        return "mistral-v3"
+    return fallback
