@@ -10,7 +10,7 @@
 
 Without MODEL, chat and serve use the embedded tiny default (engine.default_model).
 
-MODEL is a local checkpoint directory or a Hugging Face repo id. Every failure a
+MODEL is a local checkpoint directory, a GGUF file or a Hugging Face repo id. Every failure a
 user can cause (bad checkpoint, bad ids, unwritable output) ends in one line on
 stderr and exit status 2, never a traceback.
 """
@@ -102,6 +102,17 @@ def cmd_tiny(args) -> int:
 def cmd_tokenize(args) -> int:
     from tokenizer import cli as tokenizer_cli
 
+    from engine.gguf_checkpoint import gguf_tokenizer, is_gguf
+
+    if is_gguf(args.tokenizer):  # the tokenizer package reads no GGUF: hand it the metadata's tokenizer
+        import tokenizer
+        from tokenizer.chat import chat_format_of
+
+        try:
+            tok = gguf_tokenizer(args.tokenizer)
+        except tokenizer.TokenizerError as e:
+            raise NpinferError(str(e)) from None
+        return tokenizer_cli.run(args, tok, chat_format_of(tok))
     return tokenizer_cli.run(args)
 
 
@@ -144,8 +155,9 @@ class _LoadProgress:
     LARGE = 256 << 20  # bytes
 
     def __init__(self, model: str | None):
-        size = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) if model and Path(model).is_dir() \
-            else 0
+        path = Path(model) if model else None
+        size = sum(p.stat().st_size for p in path.glob("*.safetensors")) if path and path.is_dir() \
+            else path.stat().st_size if path and path.is_file() else 0
         self.shown = size >= self.LARGE
         if self.shown:
             print(f"loading {model} ({size / 2**30:.1f} GiB)...", end="", file=sys.stderr, flush=True)
@@ -180,7 +192,7 @@ def add_chat_parser(sub) -> None:
                        description="Send one user message (and an optional system message) and stream the "
                        "answer. Without MODEL, the embedded tiny default is used (random weights: noise).")
     c.add_argument("words", nargs="+", metavar='[MODEL] "message"',
-                   help="checkpoint directory or Hugging Face repo id (optional), then the message")
+                   help="checkpoint directory, GGUF file or Hugging Face repo id (optional), then the message")
     c.add_argument("--system", help="a system message")
     c.add_argument("--max-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
@@ -195,7 +207,7 @@ def add_serve_parser(sub) -> None:
                        description="Serve GET /info, POST /chat/completions (Azure AI model inference) and "
                        "POST /v1/chat/completions (AI21; OpenAI SDK with base_url=.../v1). Without MODEL, "
                        "the embedded tiny default is served.")
-    s.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint directory or Hugging Face repo id")
+    s.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint directory, GGUF file or Hugging Face repo id")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or api-key: KEY); "
@@ -217,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("logits", help="logits of a prompt (and a greedy continuation) to an .npz file",
                        description="Run a prompt in one prefill and write its logits [T, V]; with "
                        "--generate N also decode N tokens greedily through the cache.")
-    q.add_argument("model", metavar="MODEL", help="checkpoint directory or Hugging Face repo id")
+    q.add_argument("model", metavar="MODEL", help="checkpoint directory, GGUF file or Hugging Face repo id")
     ids = q.add_mutually_exclusive_group(required=True)
     ids.add_argument("--ids", help="comma-separated token ids, e.g. 1,2,3")
     ids.add_argument("--ids-file", help="a .npy file holding a 1-D integer array")

@@ -35,14 +35,20 @@ def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def _k_blocks(rng, kind: Q, shape) -> np.ndarray:
-    """Random blocks of a K type, scales set to weight scale (gguf cannot quantize to these)."""
+    """Random blocks of a K type (gguf cannot quantize to these): random codes and sub-block
+    scales, the float16 super-block scales d (and dmin) set so weights have std ~ 1/sqrt(in)."""
     block, size = gguf.GGML_QUANT_SIZES[kind]
     n = int(np.prod(shape)) // block
     raw = rng.integers(0, 256, (n, size), dtype=np.uint8)
-    # d (and dmin) are the last or first float16 fields of each block (ggml-common.h)
+    # where d (and dmin) sit in each block (ggml-common.h)
     at = {Q.Q2_K: [size - 4, size - 2], Q.Q3_K: [size - 2], Q.Q6_K: [size - 2], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2]}[kind]
     for offset in at:
-        raw[:, offset:offset + 2] = (np.abs(rng.standard_normal(n)) * 0.004 + 1e-3).astype(np.float16)[:, None].view(np.uint8)
+        raw[:, offset:offset + 2] = np.full(n, 1.0, np.float16)[:, None].view(np.uint8)
+    unit = gguf.quants.dequantize(raw, kind)  # every scale 1: weights are d * (codes)
+    factor = shape[-1] ** -0.5 / unit.std()
+    for offset in at:
+        d = (factor * (1 + 0.1 * rng.standard_normal(n))).astype(np.float16)
+        raw[:, offset:offset + 2] = d[:, None].view(np.uint8)
     return raw.reshape(*shape[:-1], shape[-1] // block * size)
 
 
@@ -52,18 +58,25 @@ def _store(w: np.ndarray, qtype: Q | None, rng) -> tuple[np.ndarray, Q]:
         return np.ascontiguousarray(w, np.float32), Q.F32
     if qtype in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K):
         return _k_blocks(rng, qtype, w.shape), qtype
-    if qtype in (Q.F16, Q.BF16):
-        return gguf.quants.quantize(w.astype(np.float32), qtype), qtype
     return gguf.quants.quantize(w.astype(np.float32), qtype), qtype
 
 
-def _tokenizer(writer: gguf.GGUFWriter, model_file) -> None:
-    """The converter's _set_vocab_sentencepiece: pieces, scores, types from the .model file."""
+def _tokenizer(writer: gguf.GGUFWriter, model_file, user_defined: bool = False) -> None:
+    """The converter's _set_vocab_sentencepiece: pieces, scores, types from the .model file.
+
+    Like the converter, it writes the file's USER_DEFINED pieces as NORMAL (it marks
+    them USER_DEFINED only when tokenizer_config.json lists them): `user_defined` keeps them.
+    """
+    from tokenizer.spm_proto import USER_DEFINED, parse_model_proto  # only to know which pieces are user-defined
+
+    user = {i for i, p in enumerate(parse_model_proto(Path(model_file).read_bytes()).pieces) if p.type == USER_DEFINED}
     sp = spm.SentencePieceProcessor(model_file=str(model_file))
     tokens, scores, types = [], [], []
     for i in range(sp.vocab_size()):
         t = gguf.TokenType.NORMAL
-        if sp.is_unknown(i):
+        if user_defined and i in user:
+            t = gguf.TokenType.USER_DEFINED
+        elif sp.is_unknown(i):
             t = gguf.TokenType.UNKNOWN
         elif sp.is_control(i):
             t = gguf.TokenType.CONTROL
