@@ -7,6 +7,8 @@
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
     npinfer chat [MODEL] "message" [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
     npinfer serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    npinfer compare MODEL --backend URL [--prompts F.jsonl] [--max-tokens N] [--top-logprobs K]
+                    [--max-kl X] [--json] [--ray [ADDRESS]]
 
 Without MODEL, chat and serve use the embedded tiny default (engine.default_model).
 
@@ -275,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chat_parser(sub)
     add_serve_parser(sub)
+
+    from engine import compare
+
+    c = sub.add_parser("compare", help="score an OpenAI-compatible backend's output with npinfer's exact "
+                       "distributions", description="Send each prompt to the backend (greedy, with top-K logprobs), "
+                       "teacher-force its output through MODEL and report KL over its top K, same top token, "
+                       "|delta logprob| and the first greedy divergence, summed up as llama-perplexity does. "
+                       "Exit 0: mean KL within --max-kl; 1: beyond; 2: error.")
+    compare.add_arguments(c)
+    c.set_defaults(run=compare.run)
     return p
 
 

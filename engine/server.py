@@ -3,6 +3,7 @@
     GET  /info                  {model_name, model_type: chat-completions, model_provider_name}
     POST /chat/completions      Azure AI model inference (extra-parameters header, see engine.schema)
     POST /v1/chat/completions   AI21 Studio; what the OpenAI SDK calls with base_url=.../v1
+    POST /v1/completions        OpenAI text completions: a raw prompt (engine.text_completions)
     GET  /openapi.json          the OpenAPI document (FastAPI)
 
 How a request flows (one model, one worker thread)::
@@ -51,7 +52,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tokenizer
 from engine.chat_model import ChatModel
-from engine.generate import Delta, Finish, GenerationParams, PromptTooLong, Usage, collect, generate
+from engine import NpinferError
+from engine.generate import Delta, Finish, GenerationParams, PromptTooLong, Usage, check_prompt, collect, generate
 from engine.schema import (
     AI21ChatRequest,
     ApiError,
@@ -65,6 +67,7 @@ from engine.schema import (
     info_body,
     parse_json,
 )
+from engine.text_completions import CompletionRequest, completion_request, prompt_ids, text_completion_body
 
 DONE = object()  # end of a job's events
 
@@ -325,6 +328,25 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
         authorize(request)
         data = parse_json(await read_body(request, service.limits.max_body_bytes))
         return await answer(request, ai21_request(data))
+
+    @app.post("/v1/completions", summary="Text completions (OpenAI): a raw prompt or token ids, no chat format",
+              openapi_extra=body_doc(CompletionRequest))
+    async def text_completions(request: Request):
+        authorize(request)
+        data = parse_json(await read_body(request, service.limits.max_body_bytes))
+        req = completion_request(data, service.model.config.vocab_size)
+        ids = prompt_ids(service.tok, req.prompt)
+        try:
+            check_prompt(service.model, ids)
+        except NpinferError as e:  # PromptTooLong, or an empty text
+            raise ApiError(400, "context_length_exceeded" if isinstance(e, PromptTooLong) else "invalid_request",
+                           str(e)) from None
+        job = service.submit(ids, req.params)
+        events = [e async for e in job_events(job, request)]
+        if not events or not isinstance(events[-1], Usage):  # the client left
+            return Response(status_code=499)
+        return text_completion_body(f"cmpl-{uuid.uuid4().hex}", int(time.time()), service.name,
+                                    collect(events, 1), req.params.logprobs)
 
     return app
 
