@@ -220,48 +220,80 @@ class Vocabulary:
 # ----------------------------------------------------------------------------- scoring
 @dataclass
 class PromptResult:
-    """One prompt's comparison, position by position (t = 0 is the first output token)."""
+    """One prompt's comparison. `tokens` are the backend's output ids; the metrics are per
+    *scored* position, `scored[i]` being the index in `tokens` of metric i (a token the
+    backend reported merged into the next one has no logprob of its own: `unreported`)."""
 
     id: str
     kind: str  # "prompt" (/v1/completions) or "chat" (/v1/chat/completions)
     prompt_tokens: int
-    tokens: list[int]  # the backend's output ids
+    tokens: list[int]
+    scored: list[int]
     kl: list[float]  # KL over the backend's top K, renormalised
     npinfer_logprob: list[float]  # log q(o_t)
     backend_logprob: list[float]  # b(o_t)
     same_top: list[bool]
-    first_divergence: dict | None = None  # {position, backend, npinfer, margin}
+    unreported: list[int] = field(default_factory=list)
+    first_divergence: dict | None = None  # {position, backend, npinfer, margin, ...}
     note: str = ""
+
+
+def output_ids(tokens: list[Token], vocab: Vocabulary, where: str) -> list[tuple[int, Token | None]]:
+    """The backend's output as (id, its report) pairs.
+
+    llama-server reports a token whose text is an incomplete UTF-8 sequence (a byte
+    piece) inside the *next* token's entry: that entry carries the next token's id and
+    logprob and both tokens' bytes. The tokens before the id's own bytes are restored
+    here (their ids from their bytes: one token if they are one, else one byte piece
+    per byte), with no report of their own, so the prefix npinfer is forced through
+    is the backend's.
+    """
+    out = []
+    for i, t in enumerate(tokens):
+        o = vocab.id_of(t.id, t.bytes, f"{where} token {i}")
+        own = vocab.tok.token_bytes(o)
+        if t.id is not None and own and t.bytes != own and t.bytes.endswith(own):
+            head = t.bytes[:-len(own)]
+            parts = [head] if head in vocab.by_bytes else [bytes([b]) for b in head]
+            out += [(vocab.id_of(None, b, f"{where} token {i} (merged)"), None) for b in parts]
+        out.append((o, t))
+    return out
 
 
 def score(model, tok, prompt_ids: list[int], tokens: list[Token], vocab: Vocabulary, where: str) -> dict:
     """npinfer's distributions on the backend's own prefix, compared position by position."""
-    out = [vocab.id_of(t.id, t.bytes, f"{where} token {i}") for i, t in enumerate(tokens)]
+    pairs = output_ids(tokens, vocab, where)
+    out = [o for o, _ in pairs]
+    metrics = dict(tokens=out, scored=[], kl=[], npinfer_logprob=[], backend_logprob=[], same_top=[],
+                   unreported=[t for t, (_, r) in enumerate(pairs) if r is None], first_divergence=None)
     if not out:
-        return dict(tokens=[], kl=[], npinfer_logprob=[], backend_logprob=[], same_top=[], first_divergence=None)
+        return metrics
     ids = list(prompt_ids) + out[:-1]
     if len(ids) >= model.config.max_position_embeddings:
         raise NpinferError(f"{where}: prompt + output ({len(ids) + 1} tokens) exceed this model's context")
     logits = model.forward(ids, model.new_state())[len(prompt_ids) - 1:]  # [n, V]: row t predicts output t
-    kl, ours, theirs, same, first = [], [], [], [], None
-    for t, (z, token, o) in enumerate(zip(logits, tokens, out)):
+    for t, (z, (o, token)) in enumerate(zip(logits, pairs)):
         q = log_softmax(z)  # [V] float64
+        best = int(np.argmax(q))
+        if metrics["first_divergence"] is None and best != o:
+            metrics["first_divergence"] = {
+                "position": t, "backend": o, "npinfer": best, "margin": float(q[best] - q[o]),
+                "backend_token": tok.token_bytes(o).decode("utf-8", "replace"),
+                "npinfer_token": tok.token_bytes(best).decode("utf-8", "replace")}
+        if token is None:
+            continue
         top = [(vocab.id_of(i, raw, f"{where} token {t} alternative"), lp) for i, raw, lp in token.top] or [
             (o, token.logprob)]
         alternatives = dict(reversed(top))  # id -> backend logprob (a repeated id: its first entry)
         S = np.array(list(alternatives))  # [K]
         b = np.array(list(alternatives.values()), np.float64)  # [K]
         p_s, r_s = q[S] - np.logaddexp.reduce(q[S]), b - np.logaddexp.reduce(b)  # renormalised on S (logs)
-        kl.append(max(0.0, float(np.sum(np.exp(p_s) * (p_s - r_s)))))
-        ours.append(float(q[o]))
-        theirs.append(token.logprob)
-        best = int(np.argmax(q))
-        same.append(best == top[0][0])
-        if first is None and best != o:
-            first = {"position": t, "backend": o, "npinfer": best, "margin": float(q[best] - q[o]),
-                     "backend_token": tok.token_bytes(o).decode("utf-8", "replace"),
-                     "npinfer_token": tok.token_bytes(best).decode("utf-8", "replace")}
-    return dict(tokens=out, kl=kl, npinfer_logprob=ours, backend_logprob=theirs, same_top=same, first_divergence=first)
+        metrics["scored"].append(t)
+        metrics["kl"].append(max(0.0, float(np.sum(np.exp(p_s) * (p_s - r_s)))))
+        metrics["npinfer_logprob"].append(float(q[o]))
+        metrics["backend_logprob"].append(token.logprob)
+        metrics["same_top"].append(best == top[0][0])
+    return metrics
 
 
 class Scorer:
@@ -293,8 +325,11 @@ class Scorer:
             if used is not None and used != len(ids):
                 note = (f"the backend's prompt has {used} tokens, npinfer's {chat.chat_format} rendering {len(ids)}: "
                         f"the chat templates differ, so the prefixes do")
-        return PromptResult(p.id, kind, len(ids), **score(chat.model, chat.tok, ids, tokens, self.vocab,
-                                                          f"prompt {p.id}"), note=note)
+        metrics = score(chat.model, chat.tok, ids, tokens, self.vocab, f"prompt {p.id}")
+        if metrics["unreported"]:
+            note = "; ".join(filter(None, [note, f"{len(metrics['unreported'])} tokens the backend reported merged "
+                                                 f"into the next one (incomplete UTF-8): in the prefix, not scored"]))
+        return PromptResult(p.id, kind, len(ids), **metrics, note=note)
 
 
 def run_serial(scorer_args: tuple, prompts: list[Prompt]) -> list[PromptResult]:
@@ -402,7 +437,7 @@ class Report:
             div = "-" if d is None else (f"at {d['position']}: backend {d['backend_token']!r} ({d['backend']}), "
                                          f"npinfer {d['npinfer_token']!r} ({d['npinfer']}), margin {d['margin']:.3g}")
             n = len(r.kl)
-            rows.append([r.id, r.kind, str(n), f"{np.mean(r.kl):.3g}" if n else "-", f"{max(r.kl):.3g}" if n else "-",
+            rows.append([r.id, r.kind, str(len(r.tokens)), f"{np.mean(r.kl):.3g}" if n else "-", f"{max(r.kl):.3g}" if n else "-",
                          f"{np.mean(r.same_top):.1%}" if n else "-",
                          f"{np.mean(np.abs(np.subtract(r.backend_logprob, r.npinfer_logprob))):.3g}" if n else "-",
                          div + (f"  [{r.note}]" if r.note else "")])
