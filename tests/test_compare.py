@@ -137,6 +137,12 @@ def test_answer_formats_and_the_vocabulary():
     assert vocab.id_of(byte_a, b"A", "x") == byte_a  # an id the backend sends wins
     with pytest.raises(NpinferError, match="not in npinfer's vocabulary"):
         vocab.id_of(tok.vocab_size, b"", "x")
+    # llama-server's entry for a token after an incomplete UTF-8 byte piece: the next token's id
+    # and logprob, both tokens' bytes; the byte piece goes back into the prefix, unscored
+    word = tok.encode("the")[-1]
+    byte_e9 = next(i for i in range(tok.vocab_size) if tok.id_to_piece(i) == "<0xE9>")
+    merged = compare.Token(word, b"\xe9" + tok.token_bytes(word), -0.5, ())
+    assert compare.output_ids([merged], vocab, "x") == [(byte_e9, None), (word, merged)]
 
 
 def test_chat_prompts_go_to_the_chat_route_and_prompt_length_is_checked(ggufs, monkeypatch):
