@@ -8,10 +8,11 @@ prompt (default: the set shipped in ``engine/data/compare_prompts.jsonl``):
 
 1. **Ask the backend** for a greedy continuation (temperature 0) with the logprobs of its
    top K tokens at every step. A raw prompt (``{"prompt": "text"}``) goes to
-   ``POST /v1/completions`` as token ids, BOS + npinfer's tokenization, so both sides
-   start from the same ids; a chat (``{"messages": [...]}``) goes to
-   ``POST /v1/chat/completions``, the backend rendering its own template (its
-   ``usage.prompt_tokens`` is checked against npinfer's rendering, and a difference noted).
+   ``POST /v1/completions`` as token ids, BOS (unless the GGUF's ``add_bos_token`` is
+   false) + npinfer's tokenization, so both sides start from the same ids; a chat
+   (``{"messages": [...]}``) goes to ``POST /v1/chat/completions``, the backend rendering
+   and tokenizing its own template (its ``usage.prompt_tokens`` is checked against
+   npinfer's rendering, and a difference noted).
 2. **Map its tokens to ids**: the ``id`` a backend sends with each token (llama-server and
    npinfer do), else the token's bytes (a normal piece before a byte piece of the same bytes).
 3. **Teacher-force**: one forward pass over prompt + the backend's tokens gives, at each
@@ -58,6 +59,7 @@ import numpy as np
 
 from engine import NpinferError
 from engine.sampling import log_softmax
+from engine.text_completions import prompt_ids
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "compare_prompts.jsonl"
 DEFAULT_MAX_KL = 0.01
@@ -312,7 +314,7 @@ class Scorer:
         chat, n = self.chat, p.max_tokens or self.max_tokens
         note = ""
         if p.prompt is not None:
-            ids = [i for i in [chat.tok.bos_id] if i is not None] + chat.tok.encode(p.prompt)
+            ids = prompt_ids(chat.tok, p.prompt)
             tokens, _ = self.backend.complete(ids, n, self.top_k)
             kind = "prompt"
         else:

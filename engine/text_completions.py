@@ -6,8 +6,8 @@ What `npinfer compare` sends a backend for a raw prompt, and what llama.cpp's
     {"prompt": "text" | [token ids], "max_tokens": 16, "temperature": 1.0, "top_p": 1.0,
      "seed": null, "stop": null, "logprobs": null | 0..20, "model": null}
 
-A text prompt is tokenized with BOS first (as llama-server does); a list of ids is the
-prompt itself. The answer: ``choices[0].text``, ``finish_reason``, ``usage``, and with
+A text prompt is tokenized with BOS first (as llama-server does, unless the tokenizer
+says not to); a list of ids is the prompt itself. The answer: ``choices[0].text``, ``finish_reason``, ``usage``, and with
 ``logprobs: K`` the OpenAI fields ``logprobs.tokens``, ``token_logprobs``,
 ``top_logprobs`` (K {token: logprob} per token), ``text_offset``, plus llama-server's
 ``logprobs.content``: per token ``{id, token, bytes, logprob, top_logprobs: [{id,
@@ -53,8 +53,10 @@ def completion_request(data: dict, vocab_size: int) -> TextRequest:
 
 
 def prompt_ids(tok, prompt: str | list[int]) -> list[int]:
-    """A text prompt tokenized with BOS first; a list of ids as it is."""
-    return list(prompt) if isinstance(prompt, list) else [i for i in [tok.bos_id] if i is not None] + tok.encode(prompt)
+    """A text prompt tokenized with BOS first (unless the tokenizer says not to); a list of ids as it is."""
+    if isinstance(prompt, list):
+        return list(prompt)
+    return [i for i in [tok.bos_id] if i is not None and tok.add_bos] + tok.encode(prompt)
 
 
 def text_completion_body(id: str, created: int, model: str, completion: Completion, logprobs: bool) -> dict:

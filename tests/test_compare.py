@@ -52,7 +52,8 @@ def test_own_server_on_the_same_weights_agrees(ggufs):
     same, _, prompts = ggufs
     with running(load_chat_model(str(same)), api_key=None) as (url, _):
         code, report, _ = compare_json(same, url + "/v1", prompts)
-        table = in_process("compare", same, "--backend", url, "--prompts", prompts, "--max-tokens", N).stdout
+    results = [compare.PromptResult(**r) for r in report["prompts"]]
+    table = compare.Report(url, str(same), 10, compare.DEFAULT_MAX_KL, results).table()
     s = report["summary"]
     assert code == 0 and report["within_max_kl"]
     assert s["same_top"] == 1.0 and s["diverged_prompts"] == 0 and s["positions"] > 2 * len(TEXTS)

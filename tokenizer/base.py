@@ -62,6 +62,7 @@ class Tokenizer:
     version: str | None = None
     special_tokens: dict[str, int]
     chat_template: str | None = None  # a template the tokenizer carries itself (a GGUF's), else read from files
+    add_bos: bool = True  # a raw prompt starts with BOS (a GGUF's tokenizer.ggml.add_bos_token can say no)
 
     # -- implemented by each kind ------------------------------------------------
     def encode(self, text: str) -> list[int]:

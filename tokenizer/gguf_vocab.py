@@ -18,6 +18,7 @@ key                                 meaning
 ``tokenizer.ggml.add_space_prefix`` ``llama``: sentencepiece's ``add_dummy_prefix`` (default true)
 ``tokenizer.ggml.bos_token_id``,    the special ids (else ``<s>`` / ``</s>`` by name)
 ``.eos_token_id``
+``tokenizer.ggml.add_bos_token``    a raw prompt starts with BOS (default true)
 ``tokenizer.chat_template``         the Jinja template, rendered by `tokenizer.chat`
 ==================================  =====================================================
 
@@ -77,6 +78,7 @@ def from_gguf(path: str, meta: Mapping[str, object]) -> Tokenizer:
         raise TokenizerError(f"{path}: GGUF key tokenizer.ggml.model = {model!r} is not supported (llama, gpt2)")
     template = meta.get("tokenizer.chat_template")
     tok.chat_template = template if isinstance(template, str) and template else None
+    tok.add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", True))
     return tok
 
 
