@@ -112,3 +112,14 @@ def test_decode_kernel_never_dequantizes_the_matrix(monkeypatch, kind):
     ref = x @ w.dequantize().T
     monkeypatch.setattr(QuantizedTensor, "dequantize", lambda *a: pytest.fail("dequantized"))
     np.testing.assert_allclose(kernels.linear(x, w), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_K"])
+def test_numba_dequantization_is_the_reference_bit_for_bit(kind):
+    """The tiles a prefill hands to BLAS hold exactly the reference's (and so gguf's) values."""
+    rng = np.random.default_rng(7)
+    raw = random_blocks(rng, kind, (33, 3), finite=False)
+    out = np.empty((33, 3 * BLOCK_SIZE[kind]), np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        quant._dequantize_into(raw, out, kind == "Q4_K")
+        assert_same_floats(out, quant.dequantize(kind, raw))
