@@ -133,7 +133,10 @@ def load(path, dtype: str = "float32"):
     config = AutoConfig.from_pretrained(path)
     if config.model_type == "jamba":
         config.use_mamba_kernels = False
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
+    model_class = AutoModelForCausalLM
+    if config.model_type == "mistral4":  # transformers 5.24's AutoModelForCausalLM has no mistral4 entry
+        from transformers import Mistral4ForCausalLM as model_class
+    model = model_class.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
     return model.eval()
 
 

@@ -11,6 +11,7 @@ what they ask of the model (its provider name, the response formats it accepts).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import tokenizer
@@ -20,7 +21,7 @@ from engine.default_model import NAME, default_model_dir
 from engine.gguf_checkpoint import gguf_tokenizer
 from engine.generate import check_prompt
 from engine.registry import Family, identify
-from tokenizer.chat import chat_format_for, chat_format_of, render_chat
+from tokenizer.chat import chat_format_for, chat_format_of, chat_tool_syntax, render_chat
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,19 @@ class ChatModel:
     family: Family
     architecture: str  # the config's architecture, e.g. MistralForCausalLM
     path: str
+    load_line: str | None = None  # what `npinfer chat/serve` print on load (registry.Loaded.describe)
 
-    def prompt(self, messages: list[dict]) -> list[int]:
+    def prompt(self, messages: list[dict], tools: list[dict] | None = None,
+               template_kwargs: dict | None = None) -> list[int]:
         """The chat-formatted prompt ids; tokenizer.ChatFormatError or PromptTooLong if unusable."""
-        ids = render_chat(self.tok, messages, self.chat_format)
+        ids = render_chat(self.tok, messages, self.chat_format, tools, template_kwargs)
         check_prompt(self.model, ids)
         return ids
+
+    @cached_property
+    def tool_syntax(self):
+        """How this model writes tool calls (tokenizer.tools.ToolSyntax), or None."""
+        return chat_tool_syntax(self.tok, self.chat_format)
 
 
 def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
@@ -57,4 +65,5 @@ def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
             fmt = chat_format_for(path, fallback=loaded.family.chat_format)
     except tokenizer.TokenizerError as e:
         raise NpinferError(str(e)) from None
-    return ChatModel(loaded.model(dtype), tok, fmt, name, loaded.family, loaded.architecture, str(path))
+    return ChatModel(loaded.model(dtype), tok, fmt, name, loaded.family, loaded.architecture, str(path),
+                     loaded.describe())

@@ -51,14 +51,15 @@ def _parse_ids(args) -> np.ndarray:
 def cmd_logits(args) -> int:
     from engine.generate import greedy
     from engine.oracle import dump_activations, write_arrays
-    from engine.registry import describe, load_model
+    from engine.registry import open_model
     from kernels.trace import no_trace
 
     ids = _parse_ids(args)
     if args.generate < 0:
         raise NpinferError("--generate must be >= 0")
-    model = load_model(args.model, dtype=args.dtype)
-    if (line := describe(model)) is not None:  # e.g. Jamba's layer schedule
+    loaded = open_model(args.model)
+    model = loaded.model(args.dtype)
+    if (line := loaded.describe()) is not None:  # e.g. the layer schedule; what stays on disk
         print(line, file=sys.stderr)
     V = model.config.vocab_size
     if ids.min() < 0 or ids.max() >= V:
@@ -130,8 +131,10 @@ def cmd_chat(args) -> int:
     model, message = (None, *args.words) if len(args.words) == 1 else args.words
     if args.max_tokens < 1 or not 0 <= args.temperature <= 2 or not 0 < args.top_p <= 1:
         raise NpinferError("--max-tokens must be >= 1, --temperature in [0, 2], --top-p in (0, 1]")
+    chat = load_chat_model(model, dtype=args.dtype)  # headers only: the weights page in during the first token
+    if chat.load_line:
+        print(chat.load_line, file=sys.stderr)
     progress = _LoadProgress(model)
-    chat = load_chat_model(model, dtype=args.dtype)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
         [{"role": "user", "content": message}]
     try:
@@ -183,6 +186,8 @@ def cmd_serve(args) -> int:
     progress = _LoadProgress(args.model)
     chat = load_chat_model(args.model, dtype=args.dtype)
     progress.done()
+    if chat.load_line:
+        print(chat.load_line, file=sys.stderr)
     print(f"npinfer: serving {chat.name} ({chat.architecture}, chat format {chat.chat_format}) on "
           f"http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), file=sys.stderr)
     serve(Service(chat, limits), args.host, args.port, api_key)

@@ -26,8 +26,21 @@ n choices cost little more than one).
 
 A choice ends at the first of: an EOS token (finish_reason "stop", the EOS
 itself produces no text), a stop string ("stop"; the string and anything after
-it are never emitted), `max_tokens` generated tokens or the model's context
-(`max_position_embeddings`) full ("length").
+it are never emitted), its grammar complete (``params.grammar``: nothing but EOS
+could follow; "stop"), `max_tokens` generated tokens or the model's context
+(`max_position_embeddings`) full ("length"). A choice whose output holds valid
+tool calls (``params.tool_syntax``, `tokenizer.tools.ToolCallParser`) finishes
+with "tool_calls", the calls in its last Delta.
+
+Everything one request asks of a choice lives in that choice (`_Choice`): its
+cache, generator, penalty counts, stream decoder, stop strings, grammar matcher
+and tool-call parser, so a scheduler can step many choices of many requests
+together.
+
+With ``params.prompt_logprobs`` (k), the prefill keeps every row of logits and the
+first event is `PromptLogprobs`: for each prompt token but the first, its
+log-probability under the model given the tokens before it, with the k most
+likely alternatives (the first token has none: None).
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ import numpy as np
 from engine import NpinferError
 from engine.sampling import SamplingParams, choice_rngs, choose, log_softmax, top_logprobs
 from kernels.trace import Trace, no_trace
+from tokenizer.tools import ParsedCall, ToolCallParser, ToolSyntax
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,11 @@ class GenerationParams:
     logprobs: bool = False
     top_logprobs: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    prompt_logprobs: int | None = None  # alternatives per prompt token; None: no PromptLogprobs event
+    grammar: object | None = None  # an engine.constrained.Grammar every choice must follow
+    banned: tuple[int, ...] = ()  # ids never sampled
+    tool_syntax: ToolSyntax | None = None  # read tool calls out of the output (None: it is all content)
+    tool_names: tuple[str, ...] = ()  # the functions a call may name
 
 
 @dataclass(frozen=True)
@@ -70,12 +89,18 @@ class Delta:
     index: int
     text: str
     logprobs: list[TokenLogprob]
+    tool_calls: tuple[ParsedCall, ...] = ()
 
 
 @dataclass(frozen=True)
 class Finish:
     index: int
-    reason: str  # "stop" or "length"
+    reason: str  # "stop", "length" or "tool_calls"
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    entries: list[TokenLogprob | None]  # one per prompt token; the first is None
 
 
 @dataclass(frozen=True)
@@ -137,24 +162,47 @@ class StopStrings:
 
 
 class _Choice:
-    """The running state of one choice: its cache, sampler inputs and text pipeline."""
+    """The running state of one choice: its cache, sampler inputs, grammar and text pipeline
+    (token -> stream decoder -> tool-call parser -> stop strings -> shown text)."""
 
-    def __init__(self, index, state, logits, rng, tok, stops, vocab_size):
+    def __init__(self, index, state, logits, rng, tok, params: GenerationParams, vocab_size):
         self.index, self.state, self.logits, self.rng = index, state, logits, rng
         self.counts = np.zeros(vocab_size, dtype=np.int64)  # [V] generated-token counts (penalties)
         self.decoder = tok.stream_decoder()
-        self.stops = StopStrings(stops)
+        self.stops = StopStrings(params.stop)
         self.generated = 0
+        self.matcher = params.grammar.matcher() if params.grammar is not None else None
+        self.banned = np.ones(vocab_size, dtype=bool)  # [V]
+        self.banned[list(params.banned)] = False
+        self.parser = ToolCallParser(params.tool_syntax, params.tool_names) if params.tool_syntax else None
 
-    def text_of(self, token_id: int) -> str:
-        return self.stops.push(self.decoder.push(token_id))
+    def allowed(self) -> np.ndarray | None:
+        """bool [V] of the tokens this choice may sample now (None: all)."""
+        if self.matcher is None:
+            return None if self.banned.all() else self.banned
+        return self.matcher.allowed() & self.banned  # [V]
 
-    def rest(self) -> str:
-        """Whatever the decoder and the stop strings hold, at the end of the choice."""
+    def take(self, token_id: int) -> str:
+        """The text to show for a sampled token (not EOS)."""
+        if self.matcher is not None:
+            self.matcher.consume(token_id)
+        text = self.decoder.push(token_id)
+        if self.parser is not None:
+            text = self.parser.push(token_id, text)
+        return self.stops.push(text)
+
+    def rest(self) -> tuple[str, tuple[ParsedCall, ...]]:
+        """Whatever the decoder, the parser and the stop strings hold, at the end of the choice;
+        and the tool calls its output made."""
         if self.stops.stopped:
-            return ""
-        shown = self.stops.push(self.decoder.flush())
-        return shown if self.stops.stopped else shown + self.stops.flush()
+            return "", ()
+        text, calls = self.decoder.flush(), []
+        if self.parser is not None:
+            text = self.parser.push(None, text)
+            more, calls = self.parser.finish()
+            text += more
+        shown = self.stops.push(text)
+        return (shown if self.stops.stopped else shown + self.stops.flush()), tuple(calls)
 
 
 def token_logprob(tok, token_id: int, logprobs: np.ndarray, k: int) -> TokenLogprob:
@@ -173,40 +221,53 @@ def eos_ids(model, tok) -> set[int]:
     return {i for i in ids | {tok.eos_id} if i is not None}
 
 
-def generate(model, tok, prompt_ids, params: GenerationParams) -> Iterator[Delta | Finish | Usage]:
-    """Yield Delta and Finish events for each choice, then one Usage.
+def prompt_logprobs(tok, prompt_ids, logits: np.ndarray, k: int) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob given the tokens before it; logits [T, V] of the prefill."""
+    return [None] + [token_logprob(tok, int(t), log_softmax(row), k) for t, row in zip(prompt_ids[1:], logits)]
+
+
+def generate(model, tok, prompt_ids, params: GenerationParams) -> Iterator[PromptLogprobs | Delta | Finish | Usage]:
+    """Yield (PromptLogprobs, if asked,) Delta and Finish events for each choice, then one Usage.
 
     Closing the generator (or stopping to iterate) cancels the generation.
     """
     check_prompt(model, prompt_ids)
     limit, eos = context_limit(model), eos_ids(model, tok)
     state = model.new_state()
-    z = model.forward(list(prompt_ids), state, last_only=True)[-1]  # [V], the prefill
+    if params.prompt_logprobs is None:
+        z = model.forward(list(prompt_ids), state, last_only=True)[-1]  # [V], the prefill
+    else:
+        logits = model.forward(list(prompt_ids), state)  # [T, V]
+        yield PromptLogprobs(prompt_logprobs(tok, prompt_ids, logits, params.prompt_logprobs))
+        z = logits[-1]  # [V]
     states = [state] + [copy.deepcopy(state) for _ in range(params.n - 1)]
-    choices = [_Choice(i, s, z, rng, tok, params.stop, model.config.vocab_size)
+    choices = [_Choice(i, s, z, rng, tok, params, model.config.vocab_size)
                for i, (s, rng) in enumerate(zip(states, choice_rngs(params.seed, params.n)))]
     completion_tokens = 0
     while choices:
         continuing = []  # (choice, token) of the choices that decode another step
         for c in list(choices):
-            t = choose(c.logits, params.sampling, c.counts, c.rng)
+            t = choose(c.logits, params.sampling, c.counts, c.rng, c.allowed())
             c.counts[t] += 1
             c.generated += 1
             completion_tokens += 1
             logprobs = []
             if t in eos:
-                text, ended = c.rest(), True
+                (text, calls), ended = c.rest(), True
             else:
-                text = c.text_of(t)
+                text, calls = c.take(t), ()
                 if params.logprobs:
                     logprobs = [token_logprob(tok, t, log_softmax(c.logits), params.top_logprobs)]
-                ended = (c.stops.stopped or c.generated == params.max_tokens
+                complete = c.matcher is not None and c.matcher.done
+                ended = (c.stops.stopped or complete or c.generated == params.max_tokens
                          or len(prompt_ids) + c.generated >= limit)
                 if ended:
-                    text += c.rest()
-            reason = None if not ended else "stop" if t in eos or c.stops.stopped else "length"
-            if text or logprobs:
-                yield Delta(c.index, text, logprobs)
+                    more, calls = c.rest()
+                    text += more
+            stopped = t in eos or c.stops.stopped or (c.matcher is not None and c.matcher.done)
+            reason = None if not ended else "tool_calls" if calls else "stop" if stopped else "length"
+            if text or logprobs or calls:
+                yield Delta(c.index, text, logprobs, calls)
             if reason:
                 yield Finish(c.index, reason)
                 choices.remove(c)
@@ -224,12 +285,14 @@ class Choice:
     text: str = ""
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    tool_calls: list[ParsedCall] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Completion:
     choices: list[Choice]
     usage: Usage
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 def complete(model, tok, prompt_ids, params: GenerationParams) -> Completion:
@@ -238,15 +301,18 @@ def complete(model, tok, prompt_ids, params: GenerationParams) -> Completion:
 
 
 def collect(events, n: int) -> Completion:
-    choices = [Choice() for _ in range(n)]
+    choices, prompt = [Choice() for _ in range(n)], None
     for event in events:
         if isinstance(event, Delta):
             choices[event.index].text += event.text
             choices[event.index].logprobs += event.logprobs
+            choices[event.index].tool_calls += event.tool_calls
         elif isinstance(event, Finish):
             choices[event.index].finish_reason = event.reason
+        elif isinstance(event, PromptLogprobs):
+            prompt = event.entries
         else:
-            return Completion(choices, event)
+            return Completion(choices, event, prompt)
     raise RuntimeError("generation ended without usage")
 
 

@@ -24,7 +24,7 @@ flat name -> array mapping:
 | model.layers.N.mamba.ssm_state         | [Di, N]    |                | the scan state s, after the run       |
 | model.layers.N.post_attention_layernorm| [R, d]     |                | Mistral/Mixtral: the FF input         |
 | model.layers.N.pre_ff_layernorm        | [R, d]     |                | Jamba: the FF input                   |
-| model.layers.N.mlp                     | [R, d]     |                | Mistral's dense MLP output            |
+| model.layers.N.mlp                     | [R, d]     |                | Mistral's dense MLP output; Mistral Small 4's MLP or MoE (shared + routed experts) |
 | model.layers.N.block_sparse_moe        | [R, d]     |                | Mixtral's MoE output                  |
 | model.layers.N.feed_forward            | [R, d]     |                | Jamba's FF output (dense or MoE)      |
 | <moe>.router_logits                    | [R, E]     |                | router logits, before the softmax     |

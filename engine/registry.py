@@ -8,10 +8,19 @@ Everything the front (server, schema, generation, CLI, oracle) needs to know abo
 family is a field of its `Family` entry in `FAMILIES`; no other module of `engine/`
 names an architecture.
 
-| family  | architectures (config.json)              | package    | native layout (params.json) | GGUF (general.architecture) |
-|---------|------------------------------------------|------------|-----------------------------|-----------------------------|
-| mistral | MistralForCausalLM, MixtralForCausalLM   | mistral_np | yes                         | llama                       |
-| jamba   | JambaForCausalLM                         | jamba_np   | no                          | jamba                       |
+| family  | architectures (config.json)                  | package    | native layout (params.json) | GGUF  |
+|---------|----------------------------------------------|------------|-----------------------------|-------|
+| mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         | llama |
+|         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |       |
+| jamba   | JambaForCausalLM                             | jamba_np   | no                          | jamba |
+| mistral4| Mistral4ForCausalLM                          | mistral_np | no                          |       |
+
+(GGUF: the ``general.architecture`` values of llama.cpp's files the family reads.)
+
+A multimodal checkpoint whose text decoder is one of these families is a `TextDecoderOf`
+entry (`MULTIMODAL`): Mistral3ForConditionalGeneration (Mistral Small 3.1/3.2, Ministral 3
+with vision). Its ``text_config`` names the family by ``model_type``; only the decoder's
+tensors are read, the rest of the file (vision tower, projector) stays on disk.
 
 Adding a family: a package (or a module in one) with a frozen config class
 (``from_hf(dict)``), a `kernels.decoder.Decoder` subclass, ``expected_shapes(config)``
@@ -20,6 +29,7 @@ and a ``TINY`` dict of small config.json files; then one `Family` entry below.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -82,19 +92,22 @@ class Family:
 FAMILIES = (
     Family(
         name="mistral",
-        architectures=("MistralForCausalLM", "MixtralForCausalLM"),
-        model_types={"mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM"},
+        architectures=("MistralForCausalLM", "MixtralForCausalLM", "MinistralForCausalLM", "Ministral3ForCausalLM"),
+        model_types={"mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
+                     "ministral": "MinistralForCausalLM", "ministral3": "Ministral3ForCausalLM"},
         read_config=mistral_np.MistralConfig.from_hf,
         model=mistral_np.Mistral,
         expected_shapes=mistral_np.expected_shapes,
         provider="MistralAI",
-        response_formats=frozenset({"text"}),  # the hosted Mistral models refuse json_object
+        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained);
+        # the hosted Mistral models refuse json_object, this engine can enforce it
         tiny=mistral_np.TINY,
         native=NativeLayout(
             read_config=mistral_np.MistralConfig.from_params,
-            architecture=lambda params: "MixtralForCausalLM" if params.get("moe") else "MistralForCausalLM",
+            architecture=mistral_np.native_architecture,
             tensor_name=mistral_np.native_name,
         ),
+        describe=mistral_np.MistralConfig.describe,
         gguf=GGUFLayout(("llama",), mistral_np.gguf.config_json, mistral_np.gguf.weights, mistral_np.gguf.read_config),
     ),
     Family(
@@ -105,24 +118,97 @@ FAMILIES = (
         model=jamba_np.Jamba,
         expected_shapes=jamba_np.expected_shapes,
         provider="AI21",
-        response_formats=frozenset({"text", "json_object"}),  # accepted, as AI21's API does (not enforced)
+        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained)
         tiny=jamba_np.TINY,
         special_init=jamba_np.special_init,
         describe=jamba_np.JambaConfig.describe,
         gguf=GGUFLayout(("jamba",), jamba_np.gguf.config_json, jamba_np.gguf.weights, jamba_np.gguf.read_config),
     ),
+    Family(
+        name="mistral4",
+        architectures=("Mistral4ForCausalLM",),
+        model_types={"mistral4": "Mistral4ForCausalLM"},  # also a multimodal checkpoint's text_config
+        read_config=mistral_np.Mistral4Config.from_hf,
+        model=mistral_np.Mistral4,
+        expected_shapes=mistral_np.mistral4_shapes,
+        provider="MistralAI",
+        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained)
+        tiny=mistral_np.MISTRAL4_TINY,
+        special_init=mistral_np.mistral4_init,
+        describe=mistral_np.Mistral4Config.describe,
+    ),
 )
 # GGUF architectures a family here will read, once it exists: the error says so
 GGUF_NOT_YET = {"mamba2": "Mamba-2 (Codestral Mamba) is being added to this engine"}
 
-ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures)
+@dataclass(frozen=True)
+class TextDecoderOf:
+    """A multimodal architecture whose text decoder runs here, its other towers left on disk.
+
+    ``config.json["text_config"]`` is the decoder's config; its ``model_type`` (default
+    `text_model_type`) picks the family. The family's HF names ``model.X`` live under one
+    of `prefixes` in the file (the layouts differ by transformers version), its
+    ``lm_head.weight`` under one of `heads`, or nowhere when the wrapper ties the head to
+    the embeddings (``tie_word_embeddings`` of the wrapper, default `tie_default`).
+    """
+
+    architecture: str
+    model_type: str  # the wrapper's config.json "model_type"
+    text_model_type: str  # the text_config's model_type when it names none
+    prefixes: tuple[str, ...]  # where "model." of the decoder lives; the first is what npinfer tiny writes
+    heads: tuple[str, ...]  # where lm_head.weight lives
+    tie_default: bool
+
+    def text_config(self, config_json: dict, where: str = CONFIG) -> dict:
+        """The decoder's config.json. Its head is found by `tensor_name` (the file's lm_head,
+        else the tied embeddings), so the decoder is read as untied: it expects ``lm_head.weight``."""
+        text = config_json.get("text_config")
+        if not isinstance(text, dict):
+            raise CheckpointError(f"{where}: {self.architecture} needs a 'text_config' object, not {text!r}")
+        return {"model_type": self.text_model_type, **text, "tie_word_embeddings": False}
+
+    def family(self, config_json: dict, where: str) -> "Family":
+        """The text decoder's family, reading the text config and the wrapper's tensor names."""
+        text_type = self.text_config(config_json, where)["model_type"]
+        text_family = next((f for f in FAMILIES if text_type in f.model_types), None)
+        if text_family is None:
+            known = ", ".join(t for f in FAMILIES for t in f.model_types)
+            raise CheckpointError(f"{where}: text_config model_type {text_type!r} is not supported (supported: {known})")
+        return dataclasses.replace(text_family, read_config=lambda cj: text_family.read_config(self.text_config(cj)),
+                                   tensor_name=self.tensor_name)
+
+    def tensor_name(self, config_json: dict, tensors: Mapping) -> Callable[[str], str]:
+        """HF decoder name -> the name in this file: ``model.layers.0...`` ->
+        ``language_model.model.layers.0...`` (or ``model.language_model.layers.0...``)."""
+        prefix = next((p for p in self.prefixes if p + "embed_tokens.weight" in tensors), self.prefixes[0])
+        head = next((h for h in self.heads if h in tensors), None)
+        if head is None:  # no head in the file: tied to the embeddings, as transformers ties it (or missing)
+            tied = config_json.get("tie_word_embeddings", self.tie_default)
+            head = prefix + "embed_tokens.weight" if tied else self.heads[0]
+
+        def rename(name: str) -> str:
+            return head if name == "lm_head.weight" else prefix + name.removeprefix("model.")
+
+        return rename
+
+
+MULTIMODAL = (
+    # transformers 5.24 writes (and 4.x wrote) language_model.model.* and language_model.lm_head;
+    # 5.x models name them model.language_model.* and lm_head (both load: conversion_mapping "llava")
+    TextDecoderOf("Mistral3ForConditionalGeneration", "mistral3", text_model_type="mistral",
+                  prefixes=("language_model.model.", "model.language_model."),
+                  heads=("language_model.lm_head.weight", "lm_head.weight"), tie_default=True),
+)
+
+ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures) + tuple(m.architecture for m in MULTIMODAL)
 TINY_LAYOUTS = {layout: (f, config) for f in FAMILIES for layout, config in f.tiny.items()}
 
 
 def architecture_of(config_json: dict, where: str = CONFIG) -> str:
     """The architecture a config.json names (``architectures[0]``, else by ``model_type``)."""
     names = config_json.get("architectures") or []
-    by_type = {t: a for f in FAMILIES for t, a in f.model_types.items()}
+    by_type = {t: a for f in FAMILIES for t, a in f.model_types.items()} | {m.model_type: m.architecture
+                                                                           for m in MULTIMODAL}
     arch = names[0] if isinstance(names, list) and names else by_type.get(config_json.get("model_type"), "")
     if arch not in ARCHITECTURES:
         shown = arch or f"model_type {config_json.get('model_type')!r}"
@@ -131,8 +217,11 @@ def architecture_of(config_json: dict, where: str = CONFIG) -> str:
 
 
 def family_of(config_json: dict, where: str = CONFIG) -> Family:
-    """The family that runs a config.json, or a one-line error."""
+    """The family that runs a config.json (for a multimodal one, its text decoder's), or a one-line error."""
     arch = architecture_of(config_json, where)
+    wrapper = next((m for m in MULTIMODAL if m.architecture == arch), None)
+    if wrapper is not None:
+        return wrapper.family(config_json, where)
     return next(f for f in FAMILIES if arch in f.architectures)
 
 
@@ -167,9 +256,22 @@ class Loaded:
     architecture: str
     config: object  # the family's frozen config
     weights: Mapping  # HF name -> array (memory-mapped, file dtype)
+    unread: Mapping[str, int] = field(default_factory=dict)  # tensors in the file the model never reads -> bytes
 
     def model(self, dtype: str = "float32"):
         return self.family.model(self.config, self.weights, kernels.compute_dtype(dtype))
+
+    def describe(self) -> str | None:
+        """The line printed on load: the family's own (e.g. its layer schedule), and what
+        of the file stays on disk (a multimodal checkpoint's vision tower and projector)."""
+        parts = [self.family.describe(self.config)] if self.family.describe else []
+        if any(m.architecture == self.architecture for m in MULTIMODAL):
+            parts.append(f"the text decoder of a {self.architecture}")
+        if self.unread:
+            groups = sorted({name.removeprefix("model.").split(".")[0] for name in self.unread})
+            size = sum(self.unread.values()) / 2 ** 20
+            parts.append(f"left on disk, never read: {', '.join(groups)} ({len(self.unread)} tensors, {size:.1f} MiB)")
+        return "; ".join(parts) or None
 
 
 def identify(ckpt: Checkpoint) -> Loaded:
@@ -191,7 +293,14 @@ def identify(ckpt: Checkpoint) -> Loaded:
     expected = family.expected_shapes(config)
     ckpt.check(expected, rename=rename)
     weights = ckpt.tensors if rename is _same_name else {name: ckpt.tensors[rename(name)] for name in expected}
-    return Loaded(family, arch, config, weights)
+    read = {rename(name) for name in expected}
+    unread = {name: t.nbytes for name, t in ckpt.tensors.items() if name not in read}
+    return Loaded(family, arch, config, weights, unread)
+
+
+def open_model(model: str | os.PathLike) -> Loaded:
+    """Resolve, open and validate a checkpoint (not yet a model); errors are one line (NpinferError)."""
+    return identify(open_checkpoint(resolve(model)))
 
 
 def _identify_gguf(ckpt: Checkpoint) -> Loaded:
@@ -212,10 +321,5 @@ def _identify_gguf(ckpt: Checkpoint) -> Loaded:
 
 def load_model(model: str | os.PathLike, dtype: str = "float32"):
     """Resolve, open, validate and wrap a checkpoint; errors are one line (NpinferError)."""
-    return identify(open_checkpoint(resolve(model))).model(dtype)
+    return open_model(model).model(dtype)
 
-
-def describe(model) -> str | None:
-    """The line to print when `model` loads (its family's, if it has one)."""
-    family = next(f for f in FAMILIES if isinstance(model, f.model))
-    return family.describe(model.config) if family.describe else None

@@ -13,11 +13,15 @@ The order, for a row of raw model logits z [V] of one choice:
        z[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty
 
    where c[j] counts how often token j was generated.
-4. **temperature** 0 is greedy (argmax, ties to the lowest id, as
+4. **the grammar mask** (constrained decoding, `engine.constrained`): ``z[j] = -inf`` for every
+   token the choice's grammar does not allow next, so whatever the knobs below do, the output
+   stays valid; also the ids a request bans outright (the tool-call trigger under
+   ``tool_choice: none``).
+5. **temperature** 0 is greedy (argmax, ties to the lowest id, as
    ``np.argmax`` and torch do); otherwise ``p = softmax(z / temperature)``.
-5. **top_p** (nucleus, Holtzman et al. 2019): keep the most probable tokens
+6. **top_p** (nucleus, Holtzman et al. 2019): keep the most probable tokens
    whose cumulative probability first reaches top_p (at least one), renormalise.
-6. draw from ``p`` with the choice's own ``numpy.random.Generator``.
+7. draw from ``p`` with the choice's own ``numpy.random.Generator``.
 
 Every function is pure except the draw, which consumes the generator.
 """
@@ -60,7 +64,7 @@ def adjust_logits(z: np.ndarray, params: SamplingParams, counts: np.ndarray) -> 
 
 
 def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
-    """Step 5: zero all but the smallest top set with mass >= top_p; renormalised [V]."""
+    """Step 6: zero all but the smallest top set with mass >= top_p; renormalised [V]."""
     if top_p >= 1.0:
         return p
     order = np.argsort(-p, kind="stable")  # [V], most probable first
@@ -71,9 +75,17 @@ def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
     return kept / kept.sum()
 
 
-def choose(z: np.ndarray, params: SamplingParams, counts: np.ndarray, rng: np.random.Generator) -> int:
-    """Steps 2-6: the next token id from raw logits z [V]."""
+def mask(z: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Step 4: ``-inf`` wherever ``allowed`` [V] (bool) is False."""
+    return np.where(allowed, z, -np.inf)  # [V]
+
+
+def choose(z: np.ndarray, params: SamplingParams, counts: np.ndarray, rng: np.random.Generator,
+           allowed: np.ndarray | None = None) -> int:
+    """Steps 2-7: the next token id from raw logits z [V]; `allowed` [V] bool, or None for all."""
     z = adjust_logits(z, params, counts)  # [V]
+    if allowed is not None:
+        z = mask(z, allowed)  # [V]
     if params.greedy:
         return int(np.argmax(z))
     p = np.exp(log_softmax(z / params.temperature))  # [V]

@@ -2,31 +2,48 @@
 
 Two request schemas lead to one internal request (`ChatRequest`):
 
-* **Azure AI model inference** (`POST /chat/completions`): the standard fields
-  below. Anything else is an *extra parameter*, governed by the request header
-  ``extra-parameters``: ``error`` (the default: 422 naming them), ``drop``
-  (ignore them) or ``pass-through`` (use those this engine supports:
-  ``logit_bias``, ``logprobs``, ``top_logprobs``, ``n``; ignore the rest).
-* **AI21** (`POST /v1/chat/completions`, also what the OpenAI SDK calls with
-  ``base_url=.../v1``): its own fields, ``n`` among them, unknown fields refused;
-  ``stream`` requires ``n == 1``; AI21's defaults (temperature 0.4, max_tokens 4096).
+* **Azure AI model inference** (`POST /chat/completions`): the standard fields of
+  `AzureChatRequest` (messages, max_tokens, temperature, top_p, stop, stream, the two
+  penalties, seed, response_format, tools, tool_choice, model). Anything else is an *extra
+  parameter*, governed by the request header ``extra-parameters``: ``error`` (the default: 422
+  naming them), ``drop`` (ignore them) or ``pass-through`` (use those this engine supports,
+  `ExtraParameters`; ignore the rest).
+* **AI21 / OpenAI** (`POST /v1/chat/completions`, what the OpenAI SDK calls with
+  ``base_url=.../v1``): AI21's fields with the OpenAI ones on top (`V1ChatRequest`), unknown
+  fields refused; AI21's defaults (max_tokens 4096, temperature 1.0, top_p 1.0, n 1);
+  ``max_completion_tokens`` is ``max_tokens``; ``stream`` requires ``n == 1``;
+  ``stream_options.include_usage`` ends the stream with a usage chunk (``choices: []``) as
+  OpenAI does, where by default the usage rides on the last chunk as AI21 does.
 
-Both answer in the OpenAI shape (`completion_body`, `chunk_body`). Every error,
-whatever raised it, is ``{"error": {"code", "message", "status"}}`` (`ApiError`).
+Messages: ``system`` (``developer`` is treated as system), ``user``, ``assistant`` (with
+``tool_calls``, ``reasoning_content``, thinking parts) and ``tool`` (with ``tool_call_id``);
+rendered by the model's chat format (`tokenizer.chat`). Tools: ``tools`` as
+``{type: function, function: {name, description, parameters}}``, ``tool_choice`` ``auto`` (the
+default with tools), ``none``, ``required`` or ``{type: function, function: {name}}``,
+``parallel_tool_calls`` (default true).
 
-Types are strict: ``"0.5"`` is not a number and ``"true"`` not a boolean.
+``response_format``: ``text``, ``json_object`` or ``json_schema: {name, schema, description,
+strict}``, enforced on every family by constrained decoding (`engine.constrained`), whatever
+``strict`` says: the output is valid JSON (against the schema) unless max_tokens or the
+context cut it short (finish_reason "length").
 
-``response_format: {"type": "json_object"}`` is accepted only where the model's
-family says so (`engine.registry`): refused (422) for the Mistral family, as the
-hosted service does; Jamba accepts it, but this engine does not constrain
-decoding to JSON: the output is whatever the model samples.
+Engine extensions, on both routes (extra parameters on the Azure route):
+``prompt_logprobs: k`` (0-20) adds ``prompt_logprobs: {content: [...]}`` to the answer, one
+entry per prompt token in the shape of ``logprobs.content`` (the first token's logprob is
+null: nothing predicts it), the log-softmax of the raw model over the prompt with the k most
+likely alternatives; ``chat_template_kwargs: {...}`` are variables for an HF chat template
+(e.g. ``enable_thinking``).
+
+Both answer in the OpenAI shape (`completion_body`, `chunk_body`). Every error, whatever
+raised it, is ``{"error": {"code", "message", "status"}}`` (`ApiError`). Types are strict:
+``"0.5"`` is not a number and ``"true"`` not a boolean.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -54,30 +71,129 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
 class TextPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class Message(Strict):
-    role: Literal["system", "user", "assistant"]
+class ThinkingPart(Strict):
+    """Mistral's reasoning part (mistral-common ``ThinkChunk``); rendered by mistral-v13 as [THINK]."""
+
+    type: Literal["thinking"]
+    thinking: str
+    closed: bool = True
+
+
+Part = Annotated[Union[TextPart, ThinkingPart], Field(discriminator="type")]
+
+
+class FunctionCall(Strict):
+    name: str
+    arguments: str  # a JSON object, as a string
+
+
+class ToolCall(Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(Strict):
+    role: Literal["system", "developer"]
+    content: str | list[Part]
+    name: str | None = None
+
+
+class UserMessage(Strict):
+    role: Literal["user"]
     content: str | list[TextPart]
-
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+    name: str | None = None
 
 
-class ResponseFormat(Strict):
-    type: Literal["text", "json_object"]
+class AssistantMessage(Strict):
+    role: Literal["assistant"]
+    content: str | list[Part] | None = None
+    tool_calls: list[ToolCall] | None = None
+    reasoning_content: str | None = None
+    name: str | None = None
+
+
+class ToolMessage(Strict):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+    name: str | None = None
+
+
+Message = Annotated[Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")]
+ROLES = ("system", "developer", "user", "assistant", "tool")  # the union's tags, left out of error locations
+
+
+class FunctionDefinition(Strict):
+    name: str = Field(pattern=NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments; omitted: no arguments
+    strict: bool | None = None  # accepted; the arguments are always enforced under tool_choice required/named
+
+
+class ToolDefinition(Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Union[Literal["auto", "none", "required"], NamedToolChoice]
+
+
+class TextFormat(Strict):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(Strict):
+    name: str = Field(pattern=NAME)
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None  # accepted; the schema is always enforced
+
+
+class JsonSchemaFormat(Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[Union[TextFormat, JsonObjectFormat, JsonSchemaFormat], Field(discriminator="type")]
+
+
+class StreamOptions(Strict):
+    include_usage: bool | None = None
 
 
 Penalty = Field(0.0, ge=-2.0, le=2.0)
+TopLogprobs = Field(None, ge=0, le=20)
+PromptLogprobs = Field(None, ge=0, le=20, description="engine extension: logprobs of the prompt tokens, "
+                       "with this many alternatives each")
+TemplateKwargs = Field(None, description="engine extension: variables for an HF chat template")
 
 
 class AzureChatRequest(Strict):
     """Azure AI model inference: chat completions request body (standard fields)."""
 
-    model_config = ConfigDict(strict=True, extra="allow")  # extras: see EXTRA_PARAMETERS
+    model_config = ConfigDict(strict=True, extra="allow")  # extras: see ExtraParameters
 
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -89,6 +205,8 @@ class AzureChatRequest(Strict):
     frequency_penalty: float = Penalty
     seed: int | None = None
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
     model: str | None = None
 
 
@@ -99,33 +217,58 @@ class ExtraParameters(Strict):
 
     logit_bias: dict[str, float] | None = None  # {token id as a string: -100..100}, as in JSON
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = TopLogprobs
     n: int = Field(1, ge=1, le=16)
+    parallel_tool_calls: bool = True
+    prompt_logprobs: int | None = PromptLogprobs
+    chat_template_kwargs: dict[str, Any] | None = TemplateKwargs
 
 
-class AI21ChatRequest(Strict):
-    """AI21 Studio chat completions (Jamba) request body."""
+class V1ChatRequest(Strict):
+    """``/v1/chat/completions``: AI21 Studio's chat request (Jamba) with the OpenAI parameters."""
 
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
     n: int = Field(1, ge=1, le=16)
-    max_tokens: int = Field(4096, ge=1)
-    temperature: float = Field(0.4, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)  # None: max_completion_tokens, else 4096 (AI21's default)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     seed: int | None = None
     response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
+    logprobs: bool = False
+    top_logprobs: int | None = TopLogprobs
+    logit_bias: dict[str, float] | None = None
+    presence_penalty: float = Penalty
+    frequency_penalty: float = Penalty
+    user: str | None = None  # accepted, not used
+    prompt_logprobs: int | None = PromptLogprobs
+    chat_template_kwargs: dict[str, Any] | None = TemplateKwargs
+
+
+AI21_MAX_TOKENS = 4096
 
 
 @dataclass(frozen=True)
 class ChatRequest:
     """What either schema asks for, in engine terms."""
 
-    messages: list[dict]  # [{"role", "content": str}]
-    params: GenerationParams
+    messages: list[dict]  # OpenAI-shaped dicts for tokenizer.chat (developer -> system)
+    params: GenerationParams  # without the grammar, which needs the model (engine.constrained.plan)
     stream: bool
-    response_format: str  # "text" or "json_object"
+    response_format: str  # "text", "json_object" or "json_schema"
+    json_schema: dict | None
+    tools: list[dict] | None  # None: the request has no tools field
+    tool_choice: str  # "auto", "none", "required" or the name of the function to call
+    parallel_tool_calls: bool
+    template_kwargs: dict | None
+    include_usage: bool | None  # stream_options.include_usage (None: not given)
     model: str | None
 
 
@@ -147,19 +290,25 @@ def _validate(cls: type[BaseModel], data: dict):
 
 
 def describe(e: ValidationError) -> str:
-    """One line naming every bad field: ``messages.0.role: Input should be ...``."""
+    """One line naming every bad field: ``messages.0.content: Input should be ...``."""
     parts = []
     for err in e.errors()[:5]:
-        where = ".".join(str(x) for x in err["loc"]) or "body"
+        loc = [x for k, x in enumerate(err["loc"])
+               if not (x in ROLES and k >= 2 and err["loc"][k - 2] == "messages")]  # the message's union tag
+        where = ".".join(str(x) for x in loc) or "body"
         parts.append(f"{where}: {err['msg']}")
     more = len(e.errors()) - len(parts)
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
+def invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message)
+
+
 def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if any(not s for s in stops):
-        raise ApiError(422, "invalid_request", "stop: stop strings must not be empty")
+        raise invalid("stop: stop strings must not be empty")
     return stops
 
 
@@ -167,11 +316,16 @@ def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> tuple[tuple[i
     pairs = []
     for key, value in (bias or {}).items():
         if not key.strip().isdigit() or not 0 <= int(key) < vocab_size:
-            raise ApiError(422, "invalid_request", f"logit_bias: key {key!r} is not a token id in 0..{vocab_size - 1}")
+            raise invalid(f"logit_bias: key {key!r} is not a token id in 0..{vocab_size - 1}")
         if not -100 <= value <= 100:
-            raise ApiError(422, "invalid_request", f"logit_bias: bias {value} of token {key} is outside -100..100")
+            raise invalid(f"logit_bias: bias {value} of token {key} is outside -100..100")
         pairs.append((int(key), float(value)))
     return tuple(pairs)
+
+
+def _logprobs(logprobs: bool, top: int | None) -> None:
+    if top and not logprobs:
+        raise invalid("top_logprobs: requires logprobs to be true")
 
 
 EXTRA_MODES = ("error", "drop", "pass-through")
@@ -189,37 +343,63 @@ def azure_request(data: dict, extra_parameters: str | None, vocab_size: int) -> 
                        f"unknown parameters {', '.join(extra_names)}; send the header "
                        "'extra-parameters: pass-through' to use them or 'extra-parameters: drop' to ignore them")
     extra = _validate(ExtraParameters, req.model_extra if mode == "pass-through" else {})
-    if extra.top_logprobs and not extra.logprobs:
-        raise ApiError(422, "invalid_request", "top_logprobs: requires logprobs to be true")
+    _logprobs(extra.logprobs, extra.top_logprobs)
     sampling = SamplingParams(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty,
                               _logit_bias(extra.logit_bias, vocab_size))
     params = GenerationParams(req.max_tokens, extra.n, _stops(req.stop), req.seed, extra.logprobs,
-                              extra.top_logprobs or 0, sampling)
-    return _chat_request(req, params)
+                              extra.top_logprobs or 0, sampling, prompt_logprobs=extra.prompt_logprobs)
+    return _chat_request(req, params, extra.parallel_tool_calls, extra.chat_template_kwargs, None)
 
 
-def ai21_request(data: dict) -> ChatRequest:
-    req = _validate(AI21ChatRequest, data)
+def v1_request(data: dict, vocab_size: int) -> ChatRequest:
+    req = _validate(V1ChatRequest, data)
     if req.stream and req.n != 1:
-        raise ApiError(422, "invalid_request", f"n: must be 1 when stream is true (got {req.n})")
-    sampling = SamplingParams(req.temperature, req.top_p)
-    params = GenerationParams(req.max_tokens, req.n, _stops(req.stop), req.seed, sampling=sampling)
-    return _chat_request(req, params)
+        raise invalid(f"n: must be 1 when stream is true (got {req.n})")
+    if req.max_tokens is not None and req.max_completion_tokens is not None and \
+            req.max_tokens != req.max_completion_tokens:
+        raise invalid(f"max_tokens ({req.max_tokens}) and max_completion_tokens ({req.max_completion_tokens}) "
+                      "disagree: send one of them")
+    _logprobs(req.logprobs, req.top_logprobs)
+    max_tokens = req.max_completion_tokens or req.max_tokens or AI21_MAX_TOKENS
+    sampling = SamplingParams(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty,
+                              _logit_bias(req.logit_bias, vocab_size))
+    params = GenerationParams(max_tokens, req.n, _stops(req.stop), req.seed, req.logprobs, req.top_logprobs or 0,
+                              sampling, prompt_logprobs=req.prompt_logprobs)
+    include_usage = req.stream_options.include_usage if req.stream_options else None
+    return _chat_request(req, params, req.parallel_tool_calls, req.chat_template_kwargs, include_usage)
 
 
-def _chat_request(req, params: GenerationParams) -> ChatRequest:
-    messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-    response_format = "text" if req.response_format is None else req.response_format.type
-    return ChatRequest(messages, params, req.stream, response_format, req.model)
+def _chat_request(req, params: GenerationParams, parallel: bool, template_kwargs, include_usage) -> ChatRequest:
+    messages = []
+    for m in req.messages:
+        d = m.model_dump(exclude_none=True, by_alias=True)
+        messages.append(d | {"role": "system"} if d["role"] == "developer" else d)
+    tools = None if req.tools is None else [t.model_dump(exclude_none=True) for t in req.tools]
+    names = [t["function"]["name"] for t in tools or []]
+    choice = req.tool_choice if req.tool_choice is not None else ("auto" if tools else "none")
+    if isinstance(choice, NamedToolChoice):
+        choice = choice.function.name
+        if choice not in names:
+            raise invalid(f"tool_choice: function {choice!r} is not among the tools ({', '.join(names) or 'none'})")
+    elif choice == "required" and not tools:
+        raise invalid("tool_choice: 'required' needs tools")
+    fmt = req.response_format or TextFormat(type="text")
+    schema = fmt.json_schema.schema_ if isinstance(fmt, JsonSchemaFormat) else None
+    return ChatRequest(messages, params, req.stream, fmt.type, schema, tools, choice, parallel, template_kwargs,
+                       include_usage, req.model)
 
 
 # --------------------------------------------------------------------------- responses
-def logprobs_body(entries: list[TokenLogprob]) -> dict:
+def logprobs_body(entries: list[TokenLogprob | None]) -> dict:
     def alt(token, raw, logprob):
         return {"token": token, "bytes": raw, "logprob": logprob}
 
-    return {"content": [alt(e.token, e.bytes, e.logprob) | {"top_logprobs": [alt(*t) for t in e.top]}
-                        for e in entries]}
+    def entry(e):
+        if e is None:  # the first prompt token: nothing predicts it
+            return {"token": None, "bytes": None, "logprob": None, "top_logprobs": []}
+        return alt(e.token, e.bytes, e.logprob) | {"top_logprobs": [alt(*t) for t in e.top]}
+
+    return {"content": [entry(e) for e in entries]}
 
 
 def usage_body(usage: Usage) -> dict:
@@ -227,25 +407,47 @@ def usage_body(usage: Usage) -> dict:
             "total_tokens": usage.total_tokens}
 
 
+def message_body(text: str, tool_calls) -> dict:
+    """The assistant message of an answer: content (null when it only calls tools) and its calls."""
+    body = {"role": "assistant", "content": text if text or not tool_calls else None}
+    return body | ({"tool_calls": [c.body() for c in tool_calls]} if tool_calls else {})
+
+
 def completion_body(id: str, created: int, model: str, completion: Completion, logprobs: bool) -> dict:
-    return {
+    body = {
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text},
+        "choices": [{"index": i, "message": message_body(c.text, c.tool_calls),
                      "finish_reason": c.finish_reason, "logprobs": logprobs_body(c.logprobs) if logprobs else None}
                     for i, c in enumerate(completion.choices)],
         "usage": usage_body(completion.usage),
     }
+    if completion.prompt_logprobs is not None:
+        body["prompt_logprobs"] = logprobs_body(completion.prompt_logprobs)
+    return body
 
 
-def chunk_body(id: str, created: int, model: str, index: int, delta: dict, finish_reason: str | None = None,
-               logprobs: list[TokenLogprob] | None = None, usage: Usage | None = None) -> dict:
-    return {
-        "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason,
-                     "logprobs": logprobs_body(logprobs) if logprobs else None}],
-        "usage": usage_body(usage) if usage else None,
-    }
+def chunk_body(id: str, created: int, model: str, index: int | None, delta: dict | None = None,
+               finish_reason: str | None = None, logprobs: list[TokenLogprob] | None = None,
+               usage: Usage | None = None) -> dict:
+    """One SSE chunk; `index` None: a chunk with ``choices: []`` (usage, prompt logprobs)."""
+    choices = [] if index is None else [{"index": index, "delta": delta, "finish_reason": finish_reason,
+                                         "logprobs": logprobs_body(logprobs) if logprobs else None}]
+    return {"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices,
+            "usage": usage_body(usage) if usage else None}
+
+
+def tool_call_deltas(calls) -> list[dict]:
+    """A choice's calls as stream deltas, one per call with its index, id, name and arguments
+    (the OpenAI SDK groups deltas by index, the Azure one needs id and function in each; the
+    calls are parsed once the choice ends, so each comes whole)."""
+    return [{"tool_calls": [{"index": k, "id": c.id, "type": "function",
+                             "function": {"name": c.name, "arguments": c.arguments}}]} for k, c in enumerate(calls)]
 
 
 def info_body(model_name: str, provider: str) -> dict:
     return {"model_name": model_name, "model_type": "chat-completions", "model_provider_name": provider}
+
+
+def models_body(model_name: str, provider: str, created: int) -> dict:
+    return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                        "owned_by": provider}]}

@@ -1,10 +1,11 @@
-"""The HTTP server: Azure AI model inference chat completions and AI21's route.
+"""The HTTP server: Azure AI model inference chat completions and AI21's / OpenAI's route.
 
     GET  /info                  {model_name, model_type: chat-completions, model_provider_name}
     POST /chat/completions      Azure AI model inference (extra-parameters header, see engine.schema)
-    POST /v1/chat/completions   AI21 Studio; what the OpenAI SDK calls with base_url=.../v1
-    POST /v1/completions        OpenAI text completions: a raw prompt (engine.text_completions)
-    GET  /openapi.json          the OpenAPI document (FastAPI)
+    POST /v1/chat/completions   AI21 Studio with the OpenAI parameters; the OpenAI SDK's base_url=.../v1
+    POST /v1/completions        OpenAI text completions: a raw prompt or token ids (engine.text_completions)
+    GET  /models, /v1/models    the OpenAI model list (one model)
+    GET  /openapi.json          the OpenAPI document (engine.openapi)
 
 How a request flows (one model, one worker thread)::
 
@@ -12,7 +13,7 @@ How a request flows (one model, one worker thread)::
     ----------------------------                    -------------
     auth (401), body size (413), JSON (400),
     schema (422), chat format -> prompt ids,
-    context (400), rate limits (429)
+    grammar (422), context (400), rate limits (429)
     Job -> bounded queue (full: 429) ----------->   job = queue.get()
     await job.events  <----- call_soon_threadsafe   for event in generate(...): emit(event)
     JSON answer, or SSE chunks                      (stops early when job.cancelled is set)
@@ -25,12 +26,18 @@ generation at the next token.
 
 Server-sent events, for one choice (n > 1: every choice gets its role chunk,
 content chunks and finish chunk, tagged with its index; the usage rides on
-the last finish chunk)::
+the last finish chunk, or with ``stream_options.include_usage`` on a last chunk of
+its own with ``choices: []``)::
 
     data: {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
     data: {... "delta": {"content": "Hel"} ...}
     data: {... "delta": {}, "finish_reason": "stop"}], "usage": {...}}
     data: [DONE]
+
+A choice that calls tools sends, after its content, one chunk per call with
+``delta.tool_calls: [{index, id, type, function: {name, arguments}}]`` (the calls are
+parsed when the choice ends), then ``finish_reason: "tool_calls"``. With ``prompt_logprobs`` the first
+chunk after the role chunks is ``{"choices": [], "prompt_logprobs": {...}}``.
 """
 
 from __future__ import annotations
@@ -44,30 +51,44 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import tokenizer
+from engine import NpinferError, constrained
 from engine.chat_model import ChatModel
-from engine import NpinferError
-from engine.generate import Delta, Finish, GenerationParams, PromptTooLong, Usage, check_prompt, collect, generate
+from engine.generate import (
+    Delta,
+    Finish,
+    GenerationParams,
+    PromptLogprobs,
+    PromptTooLong,
+    Usage,
+    check_prompt,
+    collect,
+    eos_ids,
+    generate,
+)
+from engine.openapi import openapi_document
 from engine.schema import (
-    AI21ChatRequest,
     ApiError,
-    AzureChatRequest,
     ChatRequest,
-    ai21_request,
     azure_request,
     chunk_body,
     completion_body,
     error_body,
     info_body,
+    logprobs_body,
+    models_body,
     parse_json,
+    tool_call_deltas,
+    v1_request,
 )
-from engine.text_completions import CompletionRequest, completion_request, prompt_ids, text_completion_body
+from engine.text_completions import completion_request, prompt_ids, text_completion_body
+from tokenizer.tools import schema_problem, tool_names
 
 DONE = object()  # end of a job's events
 
@@ -150,17 +171,33 @@ class Service:
         self.worker.join(timeout=5)
 
     # -- the event loop side
-    def prompt(self, chat: ChatRequest) -> list[int]:
+    def prepare(self, chat: ChatRequest) -> tuple[list[int], GenerationParams]:
+        """The prompt ids and the complete generation parameters (grammar, tool-call parsing)."""
         if chat.response_format not in self.chat.family.response_formats:
             raise ApiError(422, "unsupported_response_format",
                            f"response_format: {chat.response_format} is not supported by {self.chat.family.name}-family "
                            f"models; use {', '.join(sorted(self.chat.family.response_formats))}")
+        if chat.json_schema is not None and (problem := schema_problem(chat.json_schema)):
+            raise ApiError(422, "invalid_request", f"response_format.json_schema.schema: not a valid JSON schema "
+                           f"({problem})")
         try:
-            return self.chat.prompt(chat.messages)
+            ids = self.chat.prompt(chat.messages, chat.tools, chat.template_kwargs)
         except tokenizer.ChatFormatError as e:
-            raise ApiError(422, "invalid_request", f"messages: {e}") from None
+            where = "" if str(e).startswith("tools") else "messages: "
+            raise ApiError(422, "invalid_request", f"{where}{e}") from None
         except PromptTooLong as e:
             raise ApiError(400, "context_length_exceeded", str(e)) from None
+        syntax = self.chat.tool_syntax if chat.tools else None
+        try:
+            grammar, banned = constrained.plan(self.tok, self.model.config.vocab_size,
+                                               tuple(sorted(eos_ids(self.model, self.tok))), syntax, chat.tools or [],
+                                               chat.tool_choice, chat.parallel_tool_calls, chat.response_format,
+                                               chat.json_schema)
+        except constrained.GrammarError as e:
+            raise ApiError(422, "invalid_request", str(e)) from None
+        parse = syntax if chat.tool_choice != "none" else None
+        return ids, replace(chat.params, grammar=grammar, banned=banned, tool_syntax=parse,
+                            tool_names=tool_names(chat.tools))
 
     def submit(self, prompt_ids: list[int], params: GenerationParams) -> Job:
         self.limiter.admit(len(prompt_ids))
@@ -223,7 +260,7 @@ async def job_events(job: Job, request: Request | None = None):
         job.cancelled.set()  # harmless once the job is done
 
 
-async def sse(job: Job, model: str, n: int, logprobs: bool):
+async def sse(job: Job, model: str, n: int, logprobs: bool, include_usage: bool | None = None):
     """The server-sent events of one generation (see the module docstring)."""
     id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -235,15 +272,22 @@ async def sse(job: Job, model: str, n: int, logprobs: bool):
     finished = []
     try:
         async for event in job_events(job):
-            if isinstance(event, Delta):
-                yield data(chunk_body(id, created, model, event.index, {"content": event.text},
-                                      logprobs=event.logprobs if logprobs else None))
+            if isinstance(event, PromptLogprobs):
+                yield data(chunk_body(id, created, model, None) | {"prompt_logprobs": logprobs_body(event.entries)})
+            elif isinstance(event, Delta):
+                if event.text or (logprobs and event.logprobs):
+                    yield data(chunk_body(id, created, model, event.index, {"content": event.text},
+                                          logprobs=event.logprobs if logprobs else None))
+                for delta in tool_call_deltas(event.tool_calls):
+                    yield data(chunk_body(id, created, model, event.index, delta))
             elif isinstance(event, Finish):
                 finished.append(event)
             else:  # Usage: every choice is done
                 for k, f in enumerate(finished):
-                    yield data(chunk_body(id, created, model, f.index, {}, f.reason,
-                                          usage=event if k == len(finished) - 1 else None))
+                    last = k == len(finished) - 1 and include_usage is None
+                    yield data(chunk_body(id, created, model, f.index, {}, f.reason, usage=event if last else None))
+                if include_usage:
+                    yield data(chunk_body(id, created, model, None, usage=event))
     except ApiError as e:
         yield data(e.body())
     yield "data: [DONE]\n\n"
@@ -263,9 +307,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(service: Service, api_key: str | None = None) -> FastAPI:
-    app = FastAPI(title="npinfer", version="0.1.0",
-                  description="Chat completions (Azure AI model inference and AI21) on a pure-NumPy engine.")
+    app = FastAPI(title="npinfer", version="0.1.0", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.service = service
+    started = int(time.time())
 
     def authorize(request: Request) -> None:
         if api_key is None:
@@ -293,44 +337,50 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
         print(f"npinfer: {request.method} {request.url.path} failed: {type(e).__name__}: {e}", file=sys.stderr)
         return JSONResponse(error_body(500, "internal_error", "internal server error"), status_code=500)
 
-    @app.get("/info", summary="Model information")
+    document = openapi_document(api_key is not None)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi():
+        return document
+
+    @app.get("/info")
     async def info(request: Request):
         authorize(request)
         return info_body(service.name, service.chat.family.provider)
 
+    @app.get("/models")
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        return models_body(service.name, service.chat.family.provider, started)
+
     async def answer(request: Request, chat: ChatRequest):
-        ids = service.prompt(chat)
-        job = service.submit(ids, chat.params)
+        ids, params = service.prepare(chat)
+        job = service.submit(ids, params)
         if chat.stream:
-            return StreamingResponse(sse(job, service.name, chat.params.n, chat.params.logprobs),
+            return StreamingResponse(sse(job, service.name, params.n, params.logprobs, chat.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         events = [e async for e in job_events(job, request)]
         if not events or not isinstance(events[-1], Usage):  # the client left: nobody to answer
             return Response(status_code=499)
-        completion = collect(events, chat.params.n)
+        completion = collect(events, params.n)
         id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        return completion_body(id, created, service.name, completion, chat.params.logprobs)
+        return completion_body(id, created, service.name, completion, params.logprobs)
 
-    def body_doc(model) -> dict:
-        return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-    @app.post("/chat/completions", summary="Chat completions (Azure AI model inference)",
-              openapi_extra=body_doc(AzureChatRequest))
+    @app.post("/chat/completions")
     async def azure_chat(request: Request):
         authorize(request)
         data = parse_json(await read_body(request, service.limits.max_body_bytes))
         chat = azure_request(data, request.headers.get("extra-parameters"), service.model.config.vocab_size)
         return await answer(request, chat)
 
-    @app.post("/v1/chat/completions", summary="Chat completions (AI21 Studio)",
-              openapi_extra=body_doc(AI21ChatRequest))
-    async def ai21_chat(request: Request):
+    @app.post("/v1/chat/completions")
+    async def v1_chat(request: Request):
         authorize(request)
         data = parse_json(await read_body(request, service.limits.max_body_bytes))
-        return await answer(request, ai21_request(data))
+        return await answer(request, v1_request(data, service.model.config.vocab_size))
 
-    @app.post("/v1/completions", summary="Text completions (OpenAI): a raw prompt or token ids, no chat format",
-              openapi_extra=body_doc(CompletionRequest))
+    @app.post("/v1/completions")  # OpenAI text completions: a raw prompt or token ids, no chat format
     async def text_completions(request: Request):
         authorize(request)
         data = parse_json(await read_body(request, service.limits.max_body_bytes))

@@ -47,8 +47,9 @@ def completion_request(data: dict, vocab_size: int) -> TextRequest:
     req = _validate(CompletionRequest, data)
     if isinstance(req.prompt, list) and not all(0 <= i < vocab_size for i in req.prompt):
         raise ApiError(422, "invalid_request", f"prompt: token ids must be in 0..{vocab_size - 1}")
-    params = GenerationParams(req.max_tokens, 1, _stops(req.stop), req.seed, req.logprobs is not None,
-                              req.logprobs or 0, SamplingParams(req.temperature, req.top_p))
+    params = GenerationParams(max_tokens=req.max_tokens, stop=_stops(req.stop), seed=req.seed,
+                              logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0,
+                              sampling=SamplingParams(temperature=req.temperature, top_p=req.top_p))
     return TextRequest(req.prompt, params)
 
 

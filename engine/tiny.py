@@ -26,7 +26,8 @@ def family_config(layout: str) -> dict:
 
 
 def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
-    """Seeded float32 weights for every tensor `config` needs (see module docstring).
+    """Seeded float32 weights for every tensor `config` needs (see module docstring),
+    under the names the family's layout gives them in the file.
 
     A family may ask for its own draw of some tensors (Jamba's A_log, D and dt
     bias must look like trained ones): its registry entry's ``special_init(name,
@@ -35,8 +36,11 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     family = family_of(config)
     special = family.special_init or (lambda name, shape, rng: None)
+    in_file = family.tensor_name(config, {})  # HF name -> the file's (a multimodal checkpoint nests the decoder)
     weights = {}
     for name, shape in family.expected_shapes(family.read_config(config)).items():
+        if in_file(name) in weights:  # a head tied to the embeddings, read from them: no tensor of its own
+            continue
         w = special(name, shape, rng)
         if w is None and len(shape) == 1:
             w = 1.0 + 0.1 * rng.standard_normal(shape)
@@ -46,7 +50,7 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
             w = rng.standard_normal(shape) * (shape[1] ** -0.5 if config.get("tie_word_embeddings") else 1.0)
         elif w is None:
             w = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
-        weights[name] = np.asarray(w, dtype=np.float32)
+        weights[in_file(name)] = np.asarray(w, dtype=np.float32)
     return weights
 
 

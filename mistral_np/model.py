@@ -1,4 +1,4 @@
-"""The Mistral and Mixtral forward pass, top to bottom.
+"""The Mistral family's forward pass (Mistral, Mixtral, Ministral, Ministral 3), top to bottom.
 
 Mistral 7B (Jiang et al. 2023, arXiv:2310.06825) is a pre-norm decoder:
 
@@ -11,9 +11,23 @@ Mistral 7B (Jiang et al. 2023, arXiv:2310.06825) is a pre-norm decoder:
 Mixtral 8x7B (Jiang et al. 2024, arXiv:2401.04088) is the same network with the
 MLP replaced by E experts of which each token uses k (section 2.1, eq. 1-2).
 
+The later members change only what a layer attends to and how positions are encoded:
+
+* Ministral 8B interleaves layers of full attention with sliding-window layers: each
+  layer i has its own window ``cfg.window(i)`` (None = full), its own mask and its own
+  cache (a ring of W slots, or a growing one).
+* Ministral 3 (3B/8B/14B; Devstral 2 and Magistral are built alike) uses YaRN (Peng
+  et al. 2023, arXiv:2309.00071, sections 3.2-3.4): RoPE frequencies ramped between
+  interpolation and extrapolation, and an attention temperature folded into the cos/sin
+  tables (`kernels.rope`); and it scales q by llama-4's 1 + beta ln(1 + floor(p / L))
+  after RoPE (transformers' ``Ministral3Attention``), L the trained context.
+* Mistral 3 (Mistral Small 3.1/3.2, Ministral 3 with vision) is one of these decoders
+  inside a multimodal checkpoint: `engine.registry` finds its weights; only they run.
+
 Reference implementations this file is held against: transformers'
-``models/mistral/modeling_mistral.py`` and ``models/mixtral/modeling_mixtral.py``
-(the tests compare logits to 1e-4), and mistral-inference (native checkpoints).
+``models/mistral``, ``models/mixtral``, ``models/ministral``, ``models/ministral3``
+and ``models/mistral3`` (the tests compare logits to 1e-4), and mistral-inference
+(native checkpoints).
 
 Shapes: T tokens in this call, S keys in the attention context, d hidden size,
 H query heads, H_kv key/value heads, G = H / H_kv, D head dim, E experts, k experts
@@ -34,6 +48,7 @@ import numpy as np
 import kernels
 from kernels.cache import KVCache, new_kv_cache
 from kernels.decoder import Decoder, final_logits, rows_of
+from kernels.rope import llama4_query_scale
 from kernels.trace import Trace, no_trace
 from kernels.weights import Prefixed
 from mistral_np.config import MistralConfig
@@ -50,18 +65,22 @@ class MistralState:
 
 
 def new_state(config: MistralConfig, dtype=np.float32) -> MistralState:
-    """An empty state: one KV cache per layer (W slots, or growing without a window)."""
-    return MistralState([new_kv_cache(config.num_key_value_heads, config.head_dim, config.sliding_window, dtype)
-                         for _ in range(config.num_hidden_layers)])
+    """An empty state: one KV cache per layer, as its attention needs it (a ring of W
+    slots for a sliding layer, a growing cache for a full one)."""
+    return MistralState([new_kv_cache(config.num_key_value_heads, config.head_dim, config.window(i), dtype)
+                         for i in range(config.num_hidden_layers)])
 
 
 # --------------------------------------------------------------------------- blocks
-def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, caches: list[KVCache], segments):
+def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, q_scale, caches: list[KVCache], segments,
+              window: int | None):
     """Grouped-query attention with RoPE over cache + chunk: x [T, d] -> [T, d].
 
     In PyTorch (MistralAttention): q, k, v projections; view as heads; rotary on
-    q and k; append to the cache; softmax(q k^T / sqrt(D) + mask) v; o_proj.
-    The rows `segments[j]` belong to the sequence whose cache is `caches[j]`.
+    q and k; (Ministral3Attention: q times the llama-4 scale `q_scale`); append to the
+    cache; softmax(q k^T / sqrt(D) + mask) v; o_proj. The mask is this layer's:
+    keys p - `window` < j <= p (None: j <= p). The rows `segments[j]` belong to the
+    sequence whose cache is `caches[j]`.
     """
     T = x.shape[0]
     H, H_kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -76,11 +95,13 @@ def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, caches: li
         k = k.reshape(T, H_kv, D // 2, 2).swapaxes(-1, -2).reshape(T, H_kv, D)  # [T, H_kv, D]
     q = kernels.apply_rope(q, cos, sin)  # [T, H, D]
     k = kernels.apply_rope(k, cos, sin)  # [T, H_kv, D]
+    if q_scale is not None:
+        q = q * q_scale[:, None, None]  # [T, H, D]  1 inside the trained context, > 1 beyond it
     out = np.empty_like(q)  # [T, H, D]
     for cache, rows in zip(caches, segments):  # each sequence attends to its own cache
         k_ctx, v_ctx, pos_ctx = cache.update(k[rows], v[rows], positions[rows])  # [S, H_kv, D] x2, [S]
         out[rows] = kernels.attention(q[rows], k_ctx, v_ctx, positions[rows], pos_ctx,
-                                      cfg.sliding_window, D ** -0.5)  # [t, H, D]
+                                      window, D ** -0.5)  # [t, H, D]
     return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
 
 
@@ -122,14 +143,18 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[Mistra
     """
     T, eps = len(ids), cfg.rms_norm_eps
     positions, segments = rows_of(states, T)  # [T], the rows of each state
-    cos, sin = kernels.rope_tables(positions, cfg.head_dim, cfg.rope_theta, dtype)  # [T, D], [T, D]
+    rope = cfg.rope
+    cos, sin = kernels.rope_tables(positions, cfg.head_dim, rope.theta, dtype, rope.yarn)  # [T, D], [T, D]
+    q_scale = None if rope.llama_4_scaling_beta is None else llama4_query_scale(  # Ministral 3 only
+        positions, rope.llama_4_scaling_beta, rope.original_max_position_embeddings, dtype)  # [T]
     x = trace("model.embed_tokens", kernels.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
     for i in range(cfg.num_hidden_layers):
         name = f"model.layers.{i}"
         w = Prefixed(weights, name + ".")
         caches = [s.caches[i] for s in states]
         h = trace(f"{name}.input_layernorm", kernels.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
-        x = x + trace(f"{name}.self_attn", attention(cfg, w, h, positions, cos, sin, caches, segments))  # [T, d]
+        attn = attention(cfg, w, h, positions, cos, sin, q_scale, caches, segments, cfg.window(i))  # [T, d]
+        x = x + trace(f"{name}.self_attn", attn)  # [T, d]
         h = kernels.rms_norm(x, w["post_attention_layernorm.weight"], eps)  # [T, d]
         h = trace(f"{name}.post_attention_layernorm", h)
         if cfg.is_moe:
@@ -143,7 +168,7 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[Mistra
 
 @dataclass
 class Mistral(Decoder):
-    """A loaded Mistral or Mixtral (see `kernels.decoder.Decoder` for its methods)."""
+    """A loaded Mistral, Mixtral, Ministral or Ministral 3 (see `kernels.decoder.Decoder` for its methods)."""
 
     config: MistralConfig
     forward_chunk = staticmethod(forward_chunk)  # the pass above

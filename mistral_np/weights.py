@@ -1,9 +1,11 @@
-"""The tensors a Mistral / Mixtral checkpoint must hold, under both naming schemes.
+"""The tensors a Mistral-family checkpoint must hold, under both naming schemes.
 
 The model reads weights by their Hugging Face names. Native checkpoints
 (``consolidated.safetensors`` next to ``params.json``) use mistral-inference's
 names; `native_name` maps one onto the other. The q/k row order also differs
 (adjacent-pair RoPE); the model handles that itself (``config.rope_interleaved``).
+A Mistral 3 checkpoint nests these names (``language_model.model.*``); the registry's
+``TextDecoderOf`` maps them (``engine/registry.py``).
 """
 
 from __future__ import annotations

@@ -81,3 +81,82 @@ JAMBA_CASES = {
 
 def prompt(seed: int, vocab: int, n: int = PROMPT_LEN) -> np.ndarray:
     return np.random.default_rng(1000 + seed).integers(3, vocab, size=n)
+
+
+# ---------------------------------------------------------------- Ministral, Ministral 3, Mistral 3
+def ministral(**overrides) -> dict:
+    """MinistralForCausalLM: per-layer layer_types (here full, sliding, sliding) and a window of 16."""
+    return mistral(architectures=["MinistralForCausalLM"], model_type="ministral", num_hidden_layers=3,
+                   head_dim=24, sliding_window=16,
+                   layer_types=["full_attention", "sliding_attention", "sliding_attention"]) | overrides
+
+
+def yarn_rope(original: int = 16, factor: float = 4.0, beta: float | None = 0.1, **more) -> dict:
+    """rope_parameters with YaRN (as Ministral 3 writes them): trained on `original` positions,
+    so a 40-token prompt and 24 generated tokens run through the ramp and up to floor(63 / 16) = 3
+    in the llama-4 scale."""
+    rope = {"rope_type": "yarn", "rope_theta": 1e6, "factor": factor, "original_max_position_embeddings": original,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}
+    return rope | ({"llama_4_scaling_beta": beta} if beta is not None else {}) | more
+
+
+def ministral3(**overrides) -> dict:
+    """Ministral3ForCausalLM: YaRN and llama-4 query scaling, head_dim 32 != 64 / 4."""
+    config = {k: v for k, v in mistral(head_dim=32).items() if k != "rope_theta"}
+    return config | {"architectures": ["Ministral3ForCausalLM"], "model_type": "ministral3",
+                     "rope_parameters": yarn_rope()} | overrides
+
+
+def mistral3(text: dict, **overrides) -> dict:
+    """Mistral3ForConditionalGeneration around the text decoder `text`, with a small Pixtral tower."""
+    return {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3",
+            "text_config": {k: v for k, v in text.items() if k != "architectures"},
+            "vision_config": {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64,
+                              "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 16,
+                              "image_size": 64, "patch_size": 16},
+            "image_token_index": 10, "spatial_merge_size": 2, "tie_word_embeddings": False} | overrides
+
+
+# name -> (config, seed) of the golden files; the live tests (test_ministral.py) cover more.
+MINISTRAL_CASES = {
+    "full_sliding_sliding": (ministral(), 21),
+    "sliding_full_gqa4": (ministral(num_hidden_layers=2, num_key_value_heads=1, sliding_window=7,
+                                    layer_types=["sliding_attention", "full_attention"]), 22),
+    "ministral3_yarn_llama4": (ministral3(), 23),
+    "ministral3_window_temperature": (ministral3(sliding_window=12, rope_parameters=yarn_rope(
+        original=32, factor=8.0, mscale=0.707, mscale_all_dim=1.0)), 24),
+    "mistral3_ministral3": (mistral3(ministral3()), 25),
+}
+
+
+# ---------------------------------------------------------------- Mistral Small 4
+def mistral4(**overrides) -> dict:
+    """A tiny Mistral Small 4 config.json: 3 layers (the first dense), MLA with a low-rank
+    query, 8 experts in 4 groups (top-2 of the best 2), YaRN trained on 16 positions (so a
+    40-token prompt and its continuation run past it, where llama-4 query scaling starts)."""
+    config = {
+        "architectures": ["Mistral4ForCausalLM"], "model_type": "mistral4",
+        "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,
+        "num_hidden_layers": 3, "first_k_dense_replace": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "q_lora_rank": 24, "kv_lora_rank": 20, "qk_nope_head_dim": 12, "qk_rope_head_dim": 8, "v_head_dim": 10,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2,
+        "norm_topk_prob": True, "routed_scaling_factor": 1.0, "hidden_act": "silu", "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5, "rope_interleave": True, "attention_bias": False, "tie_word_embeddings": False,
+        "rope_parameters": yarn_rope(rope_theta=10000.0),
+        "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+MISTRAL4_CASES = {
+    "lora_groups4_top2": (mistral4(), 51),
+    # q_proj (no low-rank query); one group; raw weights times 2.5; rotate-half RoPE; no dense layer
+    "q_proj_group1_scaled": (mistral4(q_lora_rank=None, n_group=1, topk_group=1, norm_topk_prob=False,
+                                      routed_scaling_factor=2.5, rope_interleave=False, first_k_dense_replace=0), 52),
+    # YaRN's mscale ratio on cos/sin and mscale_all_dim^2 on the softmax; biases; 2 dense layers of 4;
+    # 2 shared experts; top-3 of one group of 4; rms_norm_eps 1e-3 (the latent norms keep 1e-6)
+    "mscale_bias_dense2": (mistral4(num_hidden_layers=4, first_k_dense_replace=2, attention_bias=True,
+                                    n_shared_experts=2, n_group=2, topk_group=1, num_experts_per_tok=3,
+                                    rms_norm_eps=1e-3, max_position_embeddings=128,
+                                    rope_parameters=yarn_rope(factor=8.0, mscale=0.707, rope_theta=10000.0)), 55),
+}

@@ -1,5 +1,5 @@
-"""Mistral, Mixtral and Jamba against golden references recorded from HF transformers
-(tests/golden/record.py). These need neither torch nor transformers."""
+"""Mistral, Mixtral, Ministral, Ministral 3, Mistral 3 and Jamba against golden references
+recorded from HF transformers (tests/golden/record.py). These need neither torch nor transformers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cases import GENERATE, JAMBA_CASES, MISTRAL_CASES, MIXTRAL_CASES
+from cases import GENERATE, JAMBA_CASES, MINISTRAL_CASES, MISTRAL4_CASES, MISTRAL_CASES, MIXTRAL_CASES
 from conftest import assert_matches
 from engine.generate import greedy
 from engine.registry import load_model
@@ -17,7 +17,9 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 CASES = {f"{family}_{k}": v for family, cases in [("mistral", MISTRAL_CASES), ("mixtral", MIXTRAL_CASES),
-                                                  ("jamba", JAMBA_CASES)] for k, v in cases.items()}
+                                                  ("jamba", JAMBA_CASES), ("ministral", MINISTRAL_CASES),
+                                                  ("mistral4", MISTRAL4_CASES)]
+         for k, v in cases.items()}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -85,6 +85,15 @@ def random_config(rng) -> dict:
 
 
 LIVE |= {f"random{i}": random_config(np.random.default_rng(100 + i)) for i in range(3)}
+# num_experts 1 (Jamba Reasoning 3B): dense MLPs everywhere, also where the expert period points
+LIVE |= {
+    # mamba+mlp, attn+mlp, mamba+mlp, mamba+mlp, mamba+mlp, attn+mlp (period 2 / offset 1 names 1, 3, 5)
+    "dense_reasoning_like": jamba(num_hidden_layers=6, attn_layer_period=4, attn_layer_offset=1, num_experts=1,
+                                  num_experts_per_tok=1),
+    # the expert period hits every layer; GQA 4; d_state 8
+    "dense_period1_gqa4": jamba(num_hidden_layers=3, expert_layer_period=1, expert_layer_offset=0, num_experts=1,
+                                num_experts_per_tok=1, num_key_value_heads=1, mamba_d_state=8),
+}
 
 
 @pytest.mark.parametrize("case", sorted(LIVE))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cases import GENERATE, MISTRAL_CASES, mistral, prompt
+from cases import GENERATE, MISTRAL_CASES, ministral, mistral, prompt
 from conftest import assert_matches, max_diff, run_cli
 from engine.generate import greedy
 from engine.registry import load_model
@@ -104,7 +104,8 @@ def test_float64_against_independent_implementation(config, make_checkpoint, tmp
     assert max_diff(ours, forward_f64(path, ids)) <= 1e-9
 
 
-@pytest.mark.parametrize("config", [mistral(sliding_window=6), mistral(num_key_value_heads=1)], ids=["window", "gqa4"])
+@pytest.mark.parametrize("config", [mistral(sliding_window=6), mistral(num_key_value_heads=1),
+                                    ministral(sliding_window=5)], ids=["window", "gqa4", "ministral-full-and-sliding"])
 def test_batched_decode_equals_one_sequence_at_a_time(config, make_checkpoint):
     """forward_batch: sequences at different positions (one past its window) each take
     one step; every row equals that sequence's own single-token forward."""

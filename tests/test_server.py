@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from pathlib import Path
+
 import httpx
+import jsonschema
+import mistral_common
 import numpy as np
 import pytest
 import uvicorn
@@ -171,8 +176,8 @@ def test_openai_sdk_on_the_ai21_route(server, chat):
 def test_ai21_schema_rules(http):
     r = post(http, {"messages": MESSAGES, "n": 2, "stream": True}, path="/v1/chat/completions")
     assert r.status_code == 422 and "n: must be 1" in r.json()["error"]["message"]
-    r = post(http, {"messages": MESSAGES, "logprobs": True}, path="/v1/chat/completions")
-    assert r.status_code == 422 and "logprobs" in r.json()["error"]["message"]
+    r = post(http, {"messages": MESSAGES, "frobnicate": True}, path="/v1/chat/completions")
+    assert r.status_code == 422 and "frobnicate: Extra inputs are not permitted" in r.json()["error"]["message"]
     r = post(http, {"messages": MESSAGES, "max_tokens": 4, "stop": ["never"]}, path="/v1/chat/completions")
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
 
@@ -216,9 +221,12 @@ BAD = [
     (b"[1, 2]", 400, "JSON object"),
     ({}, 422, "messages: Field required"),
     ({"messages": []}, 422, "messages: List should have at least 1 item"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, 422, "messages.0.role"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 422, "messages.0.tool_call_id: Field required"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0: Input tag 'robot'"),
+    ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "abcdefghi"}]}, 422, "role 'tool' where 'user' was expected"),
     ({"messages": [{"role": "user", "content": 5}]}, 422, "messages.0.content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}, 422, "messages.0"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]}, 422,
+     "messages.0.content"),
     ({"messages": [{"role": "assistant", "content": "hi"}]}, 422, "role 'assistant' where 'user'"),
     ({"messages": MESSAGES, "temperature": "hot"}, 422, "temperature"),
     ({"messages": MESSAGES, "temperature": 2.5}, 422, "temperature: Input should be less than or equal to 2"),
@@ -228,7 +236,12 @@ BAD = [
     ({"messages": MESSAGES, "stream": "yes"}, 422, "stream"),
     ({"messages": MESSAGES, "stop": [""]}, 422, "stop"),
     ({"messages": MESSAGES, "stop": 7}, 422, "stop"),
-    ({"messages": MESSAGES, "response_format": {"type": "json_object"}}, 422, "json_object is not supported"),
+    ({"messages": MESSAGES, "response_format": {"type": "yaml"}}, 422, "response_format: Input tag 'yaml'"),
+    ({"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "frob"}}}}, 422, "response_format.json_schema.schema: not a valid JSON schema"),
+    ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f"}}]}, 422,
+     "mistral-v1 has no tools"),
+    ({"messages": MESSAGES, "tool_choice": "required"}, 422, "tool_choice: 'required' needs tools"),
     ({"messages": [{"role": "user", "content": "word " * 6000}]}, 400, "context is 4096 tokens"),
 ]
 BAD_EXTRAS = [
@@ -284,9 +297,11 @@ def test_api_key_is_required(server):
 
 def test_openapi_document(server):
     doc = httpx.get(f"{server}/openapi.json").json()
-    assert {"/info", "/chat/completions", "/v1/chat/completions"} <= set(doc["paths"])
+    assert {"/info", "/models", "/v1/models", "/chat/completions", "/v1/chat/completions"} <= set(doc["paths"])
     schema = doc["paths"]["/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert "messages" in schema["properties"]
+    assert schema == {"$ref": "#/components/schemas/AzureChatRequest"}
+    assert "messages" in doc["components"]["schemas"]["AzureChatRequest"]["properties"]
+    assert doc["security"] == [{"apiKey": []}, {"bearer": []}]  # this server has a key
 
 
 # --------------------------------------------------------------------------- limits and cancellation
@@ -399,6 +414,182 @@ def test_jamba_is_served_as_ai21_with_its_greedy_decode(tmp_path):
         assert client.get_model_info().model_provider_name == "AI21"
         ids = engine_greedy_ids(jamba, MESSAGES, 12)
         r = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
-            model="tiny-jamba", messages=MESSAGES, temperature=0, max_tokens=12,
-            response_format={"type": "json_object"})  # accepted for Jamba (not enforced: see engine.schema)
+            model="tiny-jamba", messages=MESSAGES, temperature=0, max_tokens=12)
         assert r.choices[0].message.content == jamba.tok.decode(ids)
+        schema = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]},
+                                                   "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+                  "required": ["answer", "n"], "additionalProperties": False}
+        r = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
+            model="tiny-jamba", messages=MESSAGES, temperature=0, max_tokens=200,
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)  # enforced for Jamba too
+        assert r.choices[0].finish_reason == "stop"
+
+
+# --------------------------------------------------------------------------- done when (issue 17): the request surface
+V3_TOKENIZER = Path(mistral_common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+ANSWER = {"type": "object", "properties": {"answer": {"enum": ["yes", "no", "maybe"]},
+                                           "confidence": {"type": "integer", "minimum": 0, "maximum": 100}},
+          "required": ["answer", "confidence"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                           "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "description": "The time now"}}]
+
+
+@pytest.fixture(scope="module")
+def v3chat(tmp_path_factory):
+    """A random-weight Mistral with the v3 tokenizer, laid out as Mistral's hub repositories are:
+    tokenizer.model and the same file as tokenizer.model.v3."""
+    path = write_checkpoint(tmp_path_factory.mktemp("v3") / "tiny-mistral-v3",
+                            family_config("mistral") | {"vocab_size": 32768}, seed=3, tokenizer=V3_TOKENIZER)
+    shutil.copy(V3_TOKENIZER, path / "tokenizer.model.v3")
+    chat = load_chat_model(str(path))
+    assert chat.chat_format == "mistral-v3"
+    return chat
+
+
+@pytest.fixture(scope="module")
+def v3server(v3chat):
+    with running(v3chat) as (url, _):
+        yield url
+
+
+def test_azure_sdk_tools_required_json_schema_and_tool_messages(v3server, v3chat):
+    from azure.ai.inference.models import (
+        AssistantMessage,
+        ChatCompletionsToolChoicePreset,
+        ChatCompletionsToolDefinition,
+        FunctionDefinition,
+        JsonSchemaFormat,
+        ToolMessage,
+    )
+
+    client = ChatCompletionsClient(endpoint=v3server, credential=AzureKeyCredential(KEY))
+    tools = [ChatCompletionsToolDefinition(function=FunctionDefinition(name=t["function"]["name"],
+             description=t["function"]["description"], parameters=t["function"].get("parameters"))) for t in TOOLS]
+    question = [UserMessage(content="What is the weather in Paris?")]
+    r = client.complete(messages=question, tools=tools, tool_choice=ChatCompletionsToolChoicePreset.REQUIRED,
+                        max_tokens=150, seed=1)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    for call in choice.message.tool_calls:
+        assert call.function.name in ("get_weather", "get_time") and len(call.id) == 9
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER if call.function.name == "get_weather"
+                            else {"const": {}})
+    # the calls and their results go back in, rendered as mistral-common renders them
+    history = question + [AssistantMessage(tool_calls=choice.message.tool_calls)] + \
+        [ToolMessage(content='{"temperature": 21}', tool_call_id=c.id) for c in choice.message.tool_calls]
+    again = client.complete(messages=history, tools=tools, max_tokens=4, temperature=0)
+    expected = v3chat.prompt([m.as_dict() for m in history], TOOLS)
+    assert again.usage.prompt_tokens == len(expected) and again.choices[0].finish_reason in ("length", "stop")
+
+    # the same request streamed: the tool-call deltas (grouped by id, as Azure clients do) join to the same calls
+    calls, finish = {}, None
+    for update in client.complete(messages=question, tools=tools, tool_choice=ChatCompletionsToolChoicePreset.REQUIRED,
+                                  max_tokens=150, seed=1, stream=True):
+        for delta in (update.choices[0].delta.tool_calls or []) if update.choices else []:
+            entry = calls.setdefault(delta.id, {"name": "", "arguments": ""})
+            entry["name"] += delta.function.name or ""
+            entry["arguments"] += delta.function.arguments or ""
+        finish = (update.choices[0].finish_reason if update.choices else None) or finish
+    assert finish == "tool_calls"
+    assert list(calls.values()) == [{"name": c.function.name, "arguments": c.function.arguments}
+                                    for c in choice.message.tool_calls]
+
+    for seed in range(3):
+        r = client.complete(messages=[UserMessage(content="Answer in JSON.")], max_tokens=60, seed=seed,
+                            response_format=JsonSchemaFormat(name="answer", schema=ANSWER))
+        jsonschema.validate(json.loads(r.choices[0].message.content), ANSWER)
+        assert r.choices[0].finish_reason == "stop"
+    r = client.complete(messages=[UserMessage(content="JSON")], max_tokens=60, response_format="json_object",
+                        temperature=0)
+    assert r.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_openai_sdk_accepts_every_v1_parameter(v3server, v3chat):
+    client = OpenAI(base_url=f"{v3server}/v1", api_key=KEY)
+    assert [m.id for m in client.models.list()] == ["tiny-mistral-v3"]
+    messages = [{"role": "developer", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    as_system = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
+    plain = client.chat.completions.create(model="m", messages=messages, temperature=0, max_completion_tokens=6,
+                                           logprobs=True, top_logprobs=2, user="someone")
+    assert plain.usage.prompt_tokens == len(v3chat.prompt(as_system))  # developer is system
+    assert plain.usage.completion_tokens <= 6 and len(plain.choices[0].logprobs.content[0].top_logprobs) == 2
+    first = plain.choices[0].logprobs.content[0]
+    banned = next(i for i in range(v3chat.tok.vocab_size) if list(v3chat.tok.token_bytes(i)) == first.bytes)
+    biased = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=6, logprobs=True,
+                                            logit_bias={str(banned): -100}, presence_penalty=1.5,
+                                            frequency_penalty=-0.5, seed=7)
+    assert biased.choices[0].logprobs.content[0].bytes != first.bytes  # the bias moved greedy off it
+    tools_response = client.chat.completions.create(
+        model="m", messages=messages, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False, max_tokens=80, seed=2)
+    calls = tools_response.choices[0].message.tool_calls
+    assert len(calls) == 1 and calls[0].function.name == "get_weather"
+    jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER)
+    streamed = {}
+    for chunk in client.chat.completions.create(
+            model="m", messages=messages, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            parallel_tool_calls=False, max_tokens=80, seed=2, stream=True):
+        for d in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            entry = streamed.setdefault(d.index, {"name": "", "arguments": ""})
+            entry["name"] += d.function.name or ""
+            entry["arguments"] += d.function.arguments or ""
+    assert streamed == {0: {"name": "get_weather", "arguments": calls[0].function.arguments}}
+    structured = client.chat.completions.create(
+        model="m", messages=messages, max_tokens=60, seed=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER, "strict": True}})
+    jsonschema.validate(json.loads(structured.choices[0].message.content), ANSWER)
+    chunks = list(client.chat.completions.create(model="m", messages=messages, max_tokens=5, stream=True, seed=1,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_prompt_logprobs_on_both_routes(v3server, v3chat):
+    ids = v3chat.prompt(MESSAGES)
+    expected = log_softmax_rows(v3chat.model.forward(ids, v3chat.model.new_state()))  # [T, V]
+    with httpx.Client(base_url=v3server, headers={"api-key": KEY}, timeout=120) as c:
+        azure = post(c, {"messages": MESSAGES, "max_tokens": 1, "prompt_logprobs": 2}, **PASS).json()
+        v1 = post(c, {"messages": MESSAGES, "max_tokens": 1, "prompt_logprobs": 0}, path="/v1/chat/completions").json()
+        with c.stream("POST", "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 1, "stream": True,
+                                                            "prompt_logprobs": 1}) as r:
+            streamed = [e for e in sse_events(r) if "prompt_logprobs" in e]
+    entries = azure["prompt_logprobs"]["content"]
+    assert len(entries) == len(ids) and entries[0]["logprob"] is None
+    for t, (entry, row) in enumerate(zip(entries[1:], expected), start=1):
+        assert entry["bytes"] == list(v3chat.tok.token_bytes(ids[t]))
+        assert entry["logprob"] == pytest.approx(row[ids[t]], abs=1e-4)
+        assert [e["logprob"] for e in entry["top_logprobs"]] == pytest.approx(sorted(row)[::-1][:2], abs=1e-4)
+    assert [e["logprob"] for e in v1["prompt_logprobs"]["content"]] == [e["logprob"] for e in entries]
+    assert len(streamed) == 1 and streamed[0]["choices"] == []
+    assert streamed[0]["prompt_logprobs"]["content"][5]["logprob"] == pytest.approx(entries[5]["logprob"])
+
+
+def log_softmax_rows(z):
+    z = np.asarray(z, np.float64)
+    return z - z.max(axis=1, keepdims=True) - np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True))
+
+
+def test_request_surface_errors(v3server):
+    with httpx.Client(base_url=v3server, headers={"api-key": KEY}, timeout=60) as c:
+        for body, words in [
+            ({"messages": MESSAGES, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+             "tool_choice: function 'nope' is not among the tools"),
+            ({"messages": [{"role": "user", "content": "a"},
+                           {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+                                                                 "function": {"name": "get_time", "arguments": "{}"}}]},
+                           {"role": "tool", "tool_call_id": "call_1", "content": "noon"}], "tools": TOOLS},
+             "must be 9 letters or digits in mistral-v3"),
+            ({"messages": MESSAGES, "max_tokens": 3, "max_completion_tokens": 4}, "disagree"),
+            ({"messages": MESSAGES, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+            ({"messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+                "type": "string", "format": "no-such-format"}}}], "tool_choice": "required"},
+             "tool_choice: cannot be enforced"),
+        ]:
+            r = post(c, body, path="/v1/chat/completions")
+            assert r.status_code == 422 and words in r.json()["error"]["message"], (words, r.text)
+        assert c.get("/models").json()["data"][0]["id"] == "tiny-mistral-v3"

@@ -152,17 +152,25 @@ TEMPLATE = (
 )
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
+def hf_template_dir(tmp_path_factory, spm_file: Path, template: str, added_tokens=()) -> Path:
+    """A directory transformers writes: a Llama-class tokenizer built from `spm_file`, with
+    `added_tokens` (special) and `template` as its chat template."""
     from transformers import LlamaTokenizerFast
 
     src = tmp_path_factory.mktemp("spm")
-    shutil.copy(DATA / "tokenizer.model.v1", src / "tokenizer.model")
+    shutil.copy(spm_file, src / "tokenizer.model")
     out = tmp_path_factory.mktemp("hf")
     hf = LlamaTokenizerFast.from_pretrained(str(src))
-    hf.chat_template = TEMPLATE
+    if added_tokens:
+        hf.add_tokens(list(added_tokens), special_tokens=True)
+    hf.chat_template = template
     hf.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    return hf_template_dir(tmp_path_factory, DATA / "tokenizer.model.v1", TEMPLATE)
 
 
 def test_hf_template_identical(hf_dir):

@@ -11,7 +11,8 @@ a GGUF's metadata           :func:`from_gguf` (``llama``: the       sentencepiec
 ==========================  ======================================  =============================
 
 All three share one BPE merge loop (:mod:`tokenizer.bpe`) and one streaming
-decoder (:mod:`tokenizer.stream`); chat formats are in :mod:`tokenizer.chat`.
+decoder (:mod:`tokenizer.stream`); chat formats are in :mod:`tokenizer.chat`, tool
+definitions and the model's tool calls in :mod:`tokenizer.tools`.
 This package imports no other npinfer package.
 
 Usage::

@@ -86,6 +86,12 @@ class Tokenizer:
         """A fresh incremental decoder: ``push(id) -> delta``, ``flush() -> rest``."""
         return self.decode_state(self)
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """Ids of `text` as it reads inside a longer text: the same as :meth:`encode` except
+        for kinds that start a text with a space of their own (sentencepiece's dummy prefix),
+        which leave it out here. Constrained decoding tokenizes the text a grammar forces so."""
+        return self.encode(text)
+
     def encode_with_special_tokens(self, text: str) -> list[int]:
         """Encode text in which special-token strings (``<s>``, ``[INST]``...) stand
         for their ids, as transformers does for a rendered chat template.

@@ -1,46 +1,71 @@
-"""Chat formats: a list of ``{"role", "content"}`` messages -> the prompt's ids.
+"""Chat formats: messages (and tools) -> the prompt's ids.
 
-Mistral formats, exactly as mistral-common's ``encode_chat_completion``
-(``tokens/tokenizers/instruct.py``, after ``protocol/instruct/normalize.py``)
-encodes a plain-text chat. Every prompt starts with BOS; each assistant turn
-ends with EOS; ``enc`` is ``tok.encode`` (so with sentencepiece every piece of
-text gets its own dummy-prefix space):
+Messages are in the OpenAI / Azure shape: ``{"role", "content"}`` with roles ``system``,
+``user``, ``assistant`` and ``tool``; ``content`` is a string or a list of parts
+(``{"type": "text", "text"}``; in assistant and system messages also Mistral's reasoning part
+``{"type": "thinking", "thinking", "closed": true}``); an assistant message may carry
+``tool_calls`` (see :mod:`tokenizer.tools`) and ``reasoning_content`` / ``reasoning`` (a
+closed thinking part before its content, as mistral-common's ``AssistantMessage.from_openai``
+reads it); a tool message carries ``tool_call_id`` (and optionally ``name``).
 
-=============  =========================================================================
-format         user turn / assistant turn / system message
-=============  =========================================================================
-mistral-v1     ``enc("[INST] " + content + " [/INST]")`` -- the markers are *text*
-               (``InstructTokenizerV1.encode_user_message``) / ``enc(content) + [EOS]``
-               / merged into the **first** user turn as ``system + "\\n\\n" + content``
-mistral-v2,    ``[INST] + enc(content) + [/INST]`` with control-token ids
-mistral-v3     (``InstructTokenizerV2.encode_user_message``) /
-               ``enc(content.rstrip(" ")) + [EOS]``
-               (``_encode_normal_content_assistant_message``) / merged into the
-               **last** user turn as ``system + "\\n\\n" + content``
-               (``encode_user_content(is_last=...)``)
-mistral-v7     as v3, but the system message stays where it is, as
-               ``[SYSTEM_PROMPT] + enc(system) + [/SYSTEM_PROMPT]``
-               (``InstructTokenizerV7.encode_system_message``)
-=============  =========================================================================
+**Mistral formats**, exactly as mistral-common's ``encode_chat_completion`` encodes a request
+(``tokens/tokenizers/instruct.py``, after ``protocol/instruct/normalize.py``). Every prompt
+starts with BOS; ``enc`` is ``tok.encode`` (with sentencepiece every piece of text gets its own
+dummy-prefix space); ``T`` is the tools' JSON (:func:`tokenizer.tools.mistral_tool_dump`), every
+JSON here is ``json.dumps(..., ensure_ascii=False)``:
 
-(A system message with empty content is dropped by v1-v3's normalizer,
-``_aggregate_system_prompts`` keeps only non-empty ones; v7 keeps it.)
-The same rules hold for sentencepiece and tekken files: only ``enc`` differs.
+=========  ==================================================================================
+format     what changes from the row above
+=========  ==================================================================================
+v1         user ``enc("[INST] " + content + " [/INST]")``, the markers are *text*
+           (``InstructTokenizerV1``); assistant ``enc(content) + [EOS]``; the system message
+           is merged into the **first** user turn as ``system + "\\n\\n" + content``; no tools
+v2         user ``[INST] enc(content) [/INST]`` with control tokens; assistant
+           ``enc(content.rstrip(" ")) [EOS]``; system merged into the **last** user turn; the
+           last user turn is preceded by ``[AVAILABLE_TOOLS] enc(T) [/AVAILABLE_TOOLS]``;
+           calls ``[TOOL_CALLS] enc([{name, arguments}]) [EOS]``, results
+           ``[TOOL_RESULTS] enc([{name, content}]) [/TOOL_RESULTS]``, both dropped before the
+           last user turn (``InstructTokenizerV2``)
+v3         calls keep their ``"id"``, results are ``{"content", "call_id"}``, none dropped
+           (``InstructTokenizerV3``)
+v7         the system message stays where it is, as ``[SYSTEM_PROMPT] enc(system)
+           [/SYSTEM_PROMPT]``; results ``[TOOL_RESULTS] enc(id) [TOOL_CONTENT] enc(content)
+           [/TOOL_RESULTS]``; an assistant turn may have content and calls
+           (``InstructTokenizerV7``)
+v11        each call ``[TOOL_CALLS] enc(name) [CALL_ID] enc(id) [ARGS] enc(arguments)``
+           (``InstructTokenizerV11``)
+v13        tools before the **first** user turn; calls without ``[CALL_ID]``, results
+           ``[TOOL_RESULTS] enc(content) [/TOOL_RESULTS]``; a thinking part is
+           ``[THINK] enc(thinking) [/THINK]`` (``InstructTokenizerV13``)
+=========  ==================================================================================
 
-``hf-template``: the Jinja2 ``chat_template`` of ``tokenizer_config.json`` (or
+Normalization (``InstructRequestNormalizer``): the text parts of one message are joined with
+``"\\n\\n"`` (empty ones skipped); a v1-v3 system message with empty content is dropped, v7+
+keep it; tool-call arguments, and v1-v3 tool results, are re-serialized JSON when they parse as
+JSON (``_normalize_json_content``, empty -> ``{}``), and are then put in the format's JSON as the
+parsed value. An assistant content that is a plain string loses its trailing spaces (v2+); one
+with a thinking part is encoded part by part, unstripped. The same rules hold for sentencepiece
+and tekken files: only ``enc`` differs. Versions after v13 are rendered as v13 (not checked
+against mistral-common).
+
+**hf-template**: the Jinja2 ``chat_template`` of ``tokenizer_config.json`` (or
 ``chat_template.jinja``) next to the tokenizer file, rendered as transformers'
-``apply_chat_template(messages, add_generation_prompt=True)`` does
-(``utils/chat_template_utils.py``): an ``ImmutableSandboxedEnvironment`` with
-``trim_blocks``, ``lstrip_blocks`` and ``loopcontrols``, the ``tojson``
-filter that does not escape HTML, ``raise_exception`` and ``strftime_now``,
-and the tokenizer's special-token strings (``bos_token``, ``eos_token``, ...)
-as variables. A tokenizer that carries its own template (a GGUF's
-``tokenizer.chat_template``) uses it, with its BOS and EOS pieces as variables. The text is then tokenized with ``add_special_tokens=False``:
-special-token strings in it become their ids
-(:meth:`Tokenizer.encode_with_special_tokens`).
+``apply_chat_template(messages, tools=tools, add_generation_prompt=True, **template_kwargs)``
+does (``utils/chat_template_utils.py``): keys whose value is None dropped from each message
+(``_normalize_chat_messages``), reasoning copied to ``thinking`` and ``reasoning_content``
+(``_alias_reasoning_fields``), the ``tool_use`` template of a list of named templates when tools
+are given; an ``ImmutableSandboxedEnvironment`` with ``trim_blocks``, ``lstrip_blocks`` and
+``loopcontrols``, the ``tojson`` filter that does not escape HTML, ``raise_exception``,
+``strftime_now``, and the tokenizer's special-token strings (``bos_token``, ...) as variables,
+which `template_kwargs` (e.g. ``enable_thinking``) override. A tokenizer that carries its own
+template (a GGUF's ``tokenizer.chat_template``) uses it, with its BOS and EOS pieces as
+variables. The text is tokenized with ``add_special_tokens=False``: special-token strings in it
+become their ids (:meth:`Tokenizer.encode_with_special_tokens`).
 
-Roles are checked first, for every format: an optional ``system`` message,
-then ``user`` and ``assistant`` alternating, ending with ``user``.
+Roles are checked first, for every format (:func:`validate_messages`): an optional ``system``
+message, then ``user`` and ``assistant`` turns alternating, where an assistant turn with tool
+calls is followed by one tool message per call (by ``tool_call_id``), and may be followed by
+another assistant turn; the chat ends with a user turn or with the last call's result.
 """
 
 from __future__ import annotations
@@ -51,92 +76,277 @@ from pathlib import Path
 
 from .base import Tokenizer, read_tokenizer_config
 from .errors import ChatFormatError, TokenizerError
+from .tools import MISTRAL_ID_RE, NAME_RE, check_tools, mistral_tool_dump, tool_syntax
 
-FORMATS = ("mistral-v1", "mistral-v2", "mistral-v3", "mistral-v7", "hf-template")
+VERSIONS = {"mistral-v1": 1, "mistral-v2": 2, "mistral-v3": 3, "mistral-v7": 7, "mistral-v11": 11, "mistral-v13": 13}
+FORMATS = (*VERSIONS, "hf-template")
 
 
-def validate_messages(messages) -> tuple[str | None, list[dict]]:
-    """Check roles and order; return ``(system content or None, the other messages)``."""
+# --------------------------------------------------------------------------- messages
+def _content(m: dict, k: int, thinking: bool) -> list[tuple[str, str]]:
+    """A message's content as parts ``("text", s)`` / ``("think", s)`` / ``("open-think", s)``,
+    adjacent text parts joined with "\\n\\n" and empty ones skipped (``_aggregate_content_chunks``)."""
+    raw = m.get("content")
+    parts: list[tuple[str, str]] = []
+    reasoning = m.get("reasoning_content", m.get("reasoning")) if m["role"] == "assistant" else None
+    if reasoning is not None:
+        if not isinstance(reasoning, str):
+            raise ChatFormatError(f"message {k}: reasoning_content must be a string")
+        parts.append(("think", reasoning))
+    if raw is None:
+        raw = []
+    elif isinstance(raw, str):
+        raw = [{"type": "text", "text": raw}]
+    elif not isinstance(raw, list):
+        raise ChatFormatError(f"message {k} ({m['role']}): 'content' must be a string or a list of parts")
+    text: list[str] = []
+    for p in raw:
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text" and isinstance(p.get("text"), str):
+            if p["text"]:
+                text.append(p["text"])
+        elif kind == "thinking" and thinking and isinstance(p.get("thinking"), str):
+            if reasoning is not None:
+                raise ChatFormatError(f"message {k}: both reasoning_content and a thinking part")
+            if text:
+                parts.append(("text", "\n\n".join(text)))
+                text = []
+            parts.append(("think" if p.get("closed", True) else "open-think", p["thinking"]))
+        else:
+            allowed = "text and thinking" if thinking else "text"
+            raise ChatFormatError(f"message {k} ({m['role']}): content parts must be {allowed} parts")
+    if text:
+        parts.append(("text", "\n\n".join(text)))
+    return parts
+
+
+def _text(parts: list[tuple[str, str]]) -> str:
+    return "".join(s for kind, s in parts if kind == "text")
+
+
+def validate_messages(messages) -> list[dict]:
+    """Check roles, order and fields (module docstring); return the messages, unchanged."""
     if not isinstance(messages, list) or not messages:
         raise ChatFormatError("messages must be a non-empty list of {role, content} objects")
     for k, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise ChatFormatError(f"message {k}: must be an object with a string 'role'")
-        if not isinstance(m.get("content"), str):
-            raise ChatFormatError(f"message {k} ({m['role']}): 'content' must be a string")
-    system = None
-    turns = messages
-    if messages[0]["role"] == "system":
-        system, turns = messages[0]["content"], messages[1:]
-    for k, m in enumerate(turns):
-        expected = "user" if k % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            index = k + (system is not None)
+        if m["role"] not in ("system", "user", "assistant", "tool"):
+            raise ChatFormatError(f"message {k}: unknown role {m['role']!r} (system, user, assistant, tool)")
+        _content(m, k, thinking=m["role"] in ("assistant", "system"))  # raises on bad content
+        if m["role"] != "assistant" and m.get("content") is None:
+            raise ChatFormatError(f"message {k} ({m['role']}): 'content' is required")
+    pending: list[str] = []  # ids of calls still waiting for their result
+    previous = None
+    for k, m in enumerate(messages):
+        role = m["role"]
+        if role == "system":
+            if k != 0:
+                raise ChatFormatError(f"message {k}: a system message may only come first")
+            continue
+        allowed = {None: {"user"}, "system": {"user"}, "user": {"assistant"}, "assistant": {"user"},
+                   "calls": {"tool"}, "tool": {"tool"} if pending else {"assistant", "user"}}[previous]
+        if role not in allowed:
             raise ChatFormatError(
-                f"message {index}: role {m['role']!r} where {expected!r} was expected "
-                "(an optional system message, then user and assistant alternating, ending with user)"
-            )
-    if not turns or turns[-1]["role"] != "user":
-        raise ChatFormatError("the last message must have role 'user'")
-    for k, m in enumerate(turns):
-        if m["role"] == "assistant" and not m["content"]:
-            raise ChatFormatError(f"message {k + (system is not None)}: an assistant message needs content")
-    return system, turns
+                f"message {k}: role {role!r} where {' or '.join(sorted(repr(a) for a in allowed))} was expected "
+                "(an optional system message, then user and assistant alternating, each tool call answered "
+                "by a tool message, ending with user or tool)")
+        if role == "assistant":
+            calls = m.get("tool_calls") or []
+            _check_calls(calls, k)
+            if not calls and not _content(m, k, thinking=True):
+                raise ChatFormatError(f"message {k}: an assistant message needs content or tool_calls")
+            pending = [c["id"] for c in calls]
+            previous = "calls" if calls else "assistant"
+        elif role == "tool":
+            call_id = m.get("tool_call_id")
+            if call_id not in pending:
+                raise ChatFormatError(f"message {k}: tool_call_id {call_id!r} answers no pending call "
+                                      f"(pending: {', '.join(pending) or 'none'})")
+            if m.get("name") is not None and not (isinstance(m["name"], str) and NAME_RE.match(m["name"])):
+                raise ChatFormatError(f"message {k}: name {m['name']!r} must be 1-64 of a-z, A-Z, 0-9, _ and -")
+            pending.remove(call_id)
+            previous = "tool"
+        else:
+            previous = role
+    if previous not in ("user", "tool") or pending:
+        raise ChatFormatError("the last message must be a user message or the result of the last tool call")
+    return messages
 
 
-def render_chat(tok: Tokenizer, messages: list[dict], fmt: str) -> list[int]:
+def _check_calls(calls, k: int) -> None:
+    if not isinstance(calls, list):
+        raise ChatFormatError(f"message {k}: tool_calls must be a list")
+    ids = set()
+    for j, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(c.get("id"), str) or not isinstance(fn.get("arguments"), str):
+            raise ChatFormatError(f"message {k}: tool_calls.{j} must be {{id, type: function, "
+                                  "function: {name, arguments (a JSON string)}}")
+        if not isinstance(fn.get("name"), str) or not NAME_RE.match(fn["name"]):
+            raise ChatFormatError(f"message {k}: tool_calls.{j}.function.name {fn.get('name')!r} must be 1-64 "
+                                  "of a-z, A-Z, 0-9, _ and -")
+        if c["id"] in ids:
+            raise ChatFormatError(f"message {k}: tool call id {c['id']!r} is used twice")
+        ids.add(c["id"])
+
+
+# --------------------------------------------------------------------------- Mistral formats
+def _json_value(text: str | None):
+    """``_normalize_json_content`` then ``_parse_json_content``: the parsed JSON, or the text."""
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_chat(tok: Tokenizer, messages: list[dict], fmt: str, tools: list[dict] | None = None,
+                template_kwargs: dict | None = None) -> list[int]:
     """The ids of the whole prompt (BOS included), ready to generate from."""
-    system, turns = validate_messages(messages)
-    if fmt == "hf-template":
-        return _render_hf_template(tok, messages)
+    validate_messages(messages)
+    check_tools(tools)
+    if fmt == "hf-template":  # tools as given: None and [] are not the same to a template
+        return _render_hf_template(tok, messages, tools, template_kwargs or {})
     if fmt not in FORMATS:
         raise ChatFormatError(f"unknown chat format {fmt!r} (known: {', '.join(FORMATS)})")
-    if tok.bos_id is None or tok.eos_id is None:
-        raise ChatFormatError(f"{fmt} needs <s> and </s> tokens, which {tok.path} lacks")
-    version = fmt.removeprefix("mistral-")
-    control = {}
-    if version != "v1":
-        names = ["[INST]", "[/INST]"] + (["[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"] if version == "v7" else [])
-        missing = [n for n in names if n not in tok.special_tokens]
-        if missing:
-            raise ChatFormatError(f"{fmt} needs the control tokens {missing}, which {tok.path} lacks")
-        control = {n: tok.special_tokens[n] for n in names}
-    if not system:
-        system = None if version != "v7" else system  # v1-v3 drop an empty system prompt
+    if template_kwargs:
+        raise ChatFormatError(f"{fmt}: chat template variables apply to hf-template chats only")
+    return _MistralChat(tok, fmt, tools or []).render(messages)
 
-    user_turns = [k for k, m in enumerate(turns) if m["role"] == "user"]
-    ids = [tok.bos_id]
-    if version == "v7" and system is not None:
-        ids += [control["[SYSTEM_PROMPT]"], *tok.encode(system), control["[/SYSTEM_PROMPT]"]]
-    for k, m in enumerate(turns):
-        content = m["content"]
-        if m["role"] == "assistant":
-            ids += tok.encode(content if version == "v1" else content.rstrip(" ")) + [tok.eos_id]
-        elif version == "v1":
-            if system is not None and k == user_turns[0]:
-                content = system + "\n\n" + content
-            ids += tok.encode(f"[INST] {content} [/INST]")
+
+class _MistralChat:
+    """One rendering of a chat in a Mistral format (see the table in the module docstring)."""
+
+    def __init__(self, tok: Tokenizer, fmt: str, tools: list[dict]):
+        if tok.bos_id is None or tok.eos_id is None:
+            raise ChatFormatError(f"{fmt} needs <s> and </s> tokens, which {tok.path} lacks")
+        self.tok, self.fmt, self.v, self.tools = tok, fmt, VERSIONS[fmt], tools
+        if tools and self.v == 1:
+            raise ChatFormatError("mistral-v1 has no tools (mistral-common: 'Tools not implemented for tokenizer V1')")
+
+    def ctl(self, name: str) -> int:
+        """The id of a control token, or a one-line error naming it."""
+        if name not in self.tok.special_tokens:
+            raise ChatFormatError(f"{self.fmt} needs the control token {name}, which {self.tok.path} lacks")
+        return self.tok.special_tokens[name]
+
+    def enc(self, text: str) -> list[int]:
+        return self.tok.encode(text)
+
+    def render(self, messages: list[dict]) -> list[int]:
+        v = self.v
+        system = messages[0] if messages[0]["role"] == "system" else None
+        system_text = _text(_content(system, 0, thinking=False)) if system and v < 7 else None
+        for k, m in enumerate(messages):  # thinking parts are v13's
+            if v < 13 and any(kind != "text" for kind, _ in _content(m, k, thinking=True)):
+                raise ChatFormatError(f"message {k}: thinking parts need mistral-v13 (this chat is {self.fmt})")
+        users = [k for k, m in enumerate(messages) if m["role"] == "user"]
+        tools_at = users[0] if v >= 13 else users[-1]
+        ids = [self.tok.bos_id]
+        for k, m in enumerate(messages):
+            role, before_last_user = m["role"], k < users[-1]
+            if role == "system" and v >= 7:
+                ids += [self.ctl("[SYSTEM_PROMPT]"), *self.parts(_content(m, k, True)), self.ctl("[/SYSTEM_PROMPT]")]
+            elif role == "user":
+                merge = system_text if (k == users[0] if v == 1 else k == users[-1]) else None
+                ids += self.user(_text(_content(m, k, False)), merge or None, k == tools_at)
+            elif role == "assistant":
+                ids += self.assistant(m, k, before_last_user)
+            elif role == "tool":
+                ids += self.tool_result(m, k, before_last_user)
+        return ids
+
+    def user(self, content: str, system: str | None, with_tools: bool) -> list[int]:
+        if system is not None:
+            content = system + "\n\n" + content
+        if self.v == 1:
+            return self.enc(f"[INST] {content} [/INST]")
+        ids = []
+        if with_tools and self.tools:
+            tools_json = _dumps([mistral_tool_dump(t) for t in self.tools])
+            ids += [self.ctl("[AVAILABLE_TOOLS]"), *self.enc(tools_json), self.ctl("[/AVAILABLE_TOOLS]")]
+        return ids + [self.ctl("[INST]"), *self.enc(content), self.ctl("[/INST]")]
+
+    def parts(self, parts: list[tuple[str, str]]) -> list[int]:
+        ids = []
+        for kind, s in parts:
+            if kind == "text":
+                ids += self.enc(s)
+            else:  # InstructTokenizerV13.encode_think
+                ids += [self.ctl("[THINK]"), *self.enc(s)] + ([self.ctl("[/THINK]")] if kind == "think" else [])
+        return ids
+
+    def assistant(self, m: dict, k: int, before_last_user: bool) -> list[int]:
+        parts, calls = _content(m, k, thinking=True), m.get("tool_calls") or []
+        if parts and calls and self.v < 7:
+            raise ChatFormatError(f"message {k}: {self.fmt} cannot have both content and tool_calls in one message")
+        if calls and self.v == 1:
+            raise ChatFormatError(f"message {k}: mistral-v1 has no tool calls")
+        if calls and self.v == 2 and before_last_user:
+            return []  # InstructTokenizerV2: "don't tokenize tool call before last user message"
+        ids = []
+        if len(parts) == 1 and parts[0][0] == "text":  # _encode_normal_content_assistant_message
+            ids += self.enc(parts[0][1] if self.v == 1 else parts[0][1].rstrip(" "))
         else:
-            if version != "v7" and system is not None and k == user_turns[-1]:
-                content = system + "\n\n" + content
-            ids += [control["[INST]"], *tok.encode(content), control["[/INST]"]]
-    return ids
+            ids += self.parts(parts)
+        if calls:
+            ids += self.calls(calls, k)
+        return ids + [self.tok.eos_id]
+
+    def calls(self, calls: list[dict], k: int) -> list[int]:
+        for c in calls:
+            self.check_id(c["id"], k)
+        prepared = [{"name": c["function"]["name"], "arguments": _json_value(c["function"]["arguments"])}
+                    | ({"id": c["id"]} if self.v >= 3 and c["id"] != "null" else {}) for c in calls]
+        if self.v < 11:
+            return [self.ctl("[TOOL_CALLS]"), *self.enc(_dumps(prepared))]
+        ids = []
+        for c in prepared:
+            call_id = [self.ctl("[CALL_ID]"), *self.enc(c["id"])] if self.v == 11 and "id" in c else []
+            ids += [self.ctl("[TOOL_CALLS]"), *self.enc(c["name"]), *call_id, self.ctl("[ARGS]"),
+                    *self.enc(_dumps(c["arguments"]))]
+        return ids
+
+    def check_id(self, call_id: str, k: int) -> None:
+        """mistral-common's validators: v3-v11 ids are 9 letters or digits, v13 any but "null"."""
+        if 3 <= self.v < 13 and not MISTRAL_ID_RE.match(call_id):
+            raise ChatFormatError(f"message {k}: tool call id {call_id!r} must be 9 letters or digits in {self.fmt}")
+        if self.v >= 13 and call_id in ("", "null"):
+            raise ChatFormatError(f"message {k}: tool call id {call_id!r} must not be empty or 'null' in {self.fmt}")
+
+    def tool_result(self, m: dict, k: int, before_last_user: bool) -> list[int]:
+        content = _text(_content(m, k, thinking=False))
+        self.check_id(m["tool_call_id"], k)
+        begin, end = self.ctl("[TOOL_RESULTS]"), self.ctl("[/TOOL_RESULTS]")
+        if self.v == 2:
+            if before_last_user:
+                return []
+            return [begin, *self.enc(_dumps([{"name": m.get("name"), "content": _json_value(content)}])), end]
+        if self.v == 3:
+            return [begin, *self.enc(_dumps({"content": _json_value(content), "call_id": m["tool_call_id"]})), end]
+        if self.v < 13:
+            return [begin, *self.enc(m["tool_call_id"]), self.ctl("[TOOL_CONTENT]"), *self.enc(content), end]
+        return [begin, *self.enc(content), end]
 
 
-# -- Hugging Face chat templates ---------------------------------------------------------
-
-
+# --------------------------------------------------------------------------- Hugging Face chat templates
 def _model_dir(path) -> Path:
     p = Path(path)
     return p if p.is_dir() else p.parent
 
 
-def find_chat_template(path) -> str | None:
+def find_chat_template(path, tools: bool = False) -> str | None:
     """The chat template for a model directory or tokenizer file, or None.
 
-    ``chat_template.jinja`` (transformers >= 4.50 writes it) or the
-    ``chat_template`` field of ``tokenizer_config.json``; a list of named
-    templates yields the one named ``default``.
+    ``chat_template.jinja`` (transformers >= 4.50 writes it) or the ``chat_template`` field of
+    ``tokenizer_config.json``; of a list of named templates, ``tool_use`` when the chat has tools
+    and the list has one, else ``default`` (transformers' ``get_chat_template``).
     """
     d = _model_dir(path)
     if (d / "chat_template.jinja").is_file():
@@ -144,7 +354,7 @@ def find_chat_template(path) -> str | None:
     template = read_tokenizer_config(d).get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
+        template = named.get("tool_use") if tools and "tool_use" in named else named.get("default")
     return template if isinstance(template, str) and template else None
 
 
@@ -167,14 +377,32 @@ def _own_token_strings(tok: Tokenizer) -> dict[str, str]:
             if i is not None}
 
 
-def _render_hf_template(tok: Tokenizer, messages: list[dict]) -> list[int]:
+REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # transformers' _REASONING_FIELDS
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """The messages as transformers hands them to a template: None values dropped, reasoning aliased."""
+    out = []
+    for m in messages:
+        m = {key: value for key, value in m.items() if value is not None}
+        reasoning = next((m[key] for key in REASONING_FIELDS if m.get(key) is not None), None)
+        if reasoning is not None:
+            m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+        out.append(m)
+    return out
+
+
+def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict] | None,
+                        template_kwargs: dict) -> list[int]:
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    template = tok.chat_template or find_chat_template(tok.path)
+    template = tok.chat_template or find_chat_template(tok.path, tools=bool(tools))
     if template is None:
         raise ChatFormatError(f"hf-template: no chat_template next to {tok.path}")
+    if not isinstance(template_kwargs, dict):
+        raise ChatFormatError("hf-template: chat template variables must be a JSON object")
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -186,50 +414,66 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict]) -> list[int]:
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    own = _own_token_strings(tok) if tok.chat_template else _special_token_strings(_model_dir(tok.path))
+    variables = own | template_kwargs
     try:
         text = env.from_string(template).render(
-            messages=[dict(m) for m in messages],
-            tools=None,
-            documents=None,
-            add_generation_prompt=True,
-            **(_own_token_strings(tok) if tok.chat_template else _special_token_strings(_model_dir(tok.path))),
-        )
+            messages=template_messages(messages), tools=tools, documents=None,
+            add_generation_prompt=True, **variables)
     except jinja2.exceptions.TemplateError as e:
         message = " ".join(str(e).split())
         raise ChatFormatError(f"hf-template: {message}") from None
+    except (TypeError, ValueError, AttributeError) as e:  # a template tripping over unexpected input
+        raise ChatFormatError(f"hf-template: the template failed on this chat ({type(e).__name__}: {e})") from None
     return tok.encode_with_special_tokens(text)
+
+
+# --------------------------------------------------------------------------- which format
+def _version(model_dir_or_tokenizer_path, tok: Tokenizer) -> str | None:
+    """The tokenizer's Mistral version; for an unversioned ``tokenizer.model``, the version of a
+    ``tokenizer.model.vN`` beside it (Mistral's hub repositories ship both, the same file)."""
+    if tok.version is not None or Path(tok.path).name != "tokenizer.model":
+        return tok.version
+    import re
+
+    versioned = [p.name for p in Path(tok.path).parent.glob("tokenizer.model.v*")
+                 if re.fullmatch(r"tokenizer\.model\.v\d+(m\d+)?", p.name)]
+    return max(versioned, key=lambda n: int(n.rsplit(".v", 1)[1].split("m")[0])).rsplit(".", 1)[1] if versioned else None
 
 
 def chat_format_for(model_dir_or_tokenizer_path, fallback: str = "mistral-v1") -> str:
     """The chat format of a model, by this rule:
 
-    1. a chat template next to the tokenizer (``chat_template.jinja`` or
-       ``chat_template`` in ``tokenizer_config.json``) -> ``"hf-template"``;
-    2. else the Mistral version of the tokenizer file: ``.model.vN`` suffix or
-       tekken ``config.version``; v1, v2, v3, v7 -> ``"mistral-vN"``; later
-       versions -> ``"mistral-v7"`` (see below);
-    3. else (no version: ``tokenizer.model`` such as the tiny model's, or a
-       ``tokenizer.json`` without template) -> `fallback`, the model family's
-       choice (``"mistral-v1"`` by default, whose ``[INST]`` markers are plain text
-       and so work with any tokenizer).
-
-    Versions after v7 (v11, v13, ... which change tool calls, not plain chats)
-    get ``"mistral-v7"``; no such file ships with mistral-common, so this case
-    is not checked against it.
+    1. a chat template next to the tokenizer (``chat_template.jinja`` or ``chat_template`` in
+       ``tokenizer_config.json``) -> ``"hf-template"``;
+    2. else the Mistral version of the tokenizer file: ``.model.vN`` suffix (also of a
+       ``tokenizer.model.vN`` next to a plain ``tokenizer.model``) or tekken ``config.version``;
+       v1, v2, v3, v7, v11, v13 -> ``"mistral-vN"``; v8-v10 -> v7, v12 -> v11, later -> v13;
+    3. else (no version: ``tokenizer.model`` such as the tiny model's, or a ``tokenizer.json``
+       without template) -> `fallback`, the model family's choice (``"mistral-v1"`` by default,
+       whose ``[INST]`` markers are plain text and so work with any tokenizer).
     """
     if find_chat_template(model_dir_or_tokenizer_path) is not None:
         return "hf-template"
     from . import load
 
-    version = load(model_dir_or_tokenizer_path).version
+    tok = load(model_dir_or_tokenizer_path)
+    version = _version(model_dir_or_tokenizer_path, tok)
     if version is None:
         return fallback
-    n = int(version.lstrip("v").split("m")[0])
-    if n in (1, 2, 3, 7):
-        return f"mistral-v{n}"
-    if n > 7:
-        return "mistral-v7"
-    raise TokenizerError(f"{model_dir_or_tokenizer_path}: unknown tokenizer version {version!r}")
+    try:
+        n = int(version.lstrip("v").split("m")[0])
+    except ValueError:
+        raise TokenizerError(f"{model_dir_or_tokenizer_path}: unknown tokenizer version {version!r}") from None
+    if n < 1:
+        raise TokenizerError(f"{model_dir_or_tokenizer_path}: unknown tokenizer version {version!r}")
+    return f"mistral-v{max(v for v in VERSIONS.values() if v <= n)}"
+
+
+def chat_tool_syntax(tok: Tokenizer, fmt: str):
+    """The :class:`tokenizer.tools.ToolSyntax` of chat format `fmt` (None: it has no tool calls)."""
+    template = (tok.chat_template or find_chat_template(tok.path, tools=True)) if fmt == "hf-template" else None
+    return tool_syntax(tok, fmt, template)
 
 
 def chat_format_of(tok: Tokenizer, fallback: str = "mistral-v1") -> str:

@@ -4,9 +4,11 @@ Each non-blank input line is one JSON value, and gives one output line:
 
 - default: a string -> the list of its ids (no BOS/EOS);
 - ``--decode``: a list of ids -> the decoded string;
-- ``--chat FORMAT``: a list of ``{"role", "content"}`` messages -> the ids of
-  the whole prompt, BOS included (FORMAT: ``mistral-v1`` ... ``mistral-v7``,
-  ``hf-template``, or ``auto`` for :func:`tokenizer.chat.chat_format_for`).
+- ``--chat FORMAT``: a list of messages, or an object ``{"messages": [...], "tools": [...],
+  "chat_template_kwargs": {...}}`` (tools and template variables optional) -> the ids of
+  the whole prompt, BOS included (FORMAT: ``mistral-v1`` ... ``mistral-v13``,
+  ``hf-template``, or ``auto`` for :func:`tokenizer.chat.chat_format_for`); messages
+  and tools in the OpenAI shape, see :mod:`tokenizer.chat`.
 
 TOKENIZER is a tokenizer file or a model directory (see :func:`tokenizer.load`).
 A bad line stops the run with a one-line error naming the line number on
@@ -39,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--chat",
         metavar="FORMAT",
-        help=f"each line is a JSON list of messages; print the prompt ids ({', '.join(FORMATS)}, auto)",
+        help="each line is a JSON list of messages, or {\"messages\": [...], \"tools\": [...]}; "
+        f"print the prompt ids ({', '.join(FORMATS)}, auto)",
     )
 
 
@@ -52,6 +55,11 @@ def _convert(tok, value, args, fmt):
             raise _LineError(f"token id {bad[0]} out of range [0, {tok.vocab_size})")
         return tok.decode(value)
     if fmt is not None:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {"messages", "tools", "chat_template_kwargs"})
+            if unknown:
+                raise _LineError(f"unknown keys {', '.join(unknown)} (messages, tools, chat_template_kwargs)")
+            return render_chat(tok, value.get("messages"), fmt, value.get("tools"), value.get("chat_template_kwargs"))
         return render_chat(tok, value, fmt)
     if not isinstance(value, str):
         raise _LineError("expected a JSON string")

@@ -183,6 +183,10 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._encode_normalized(self.normalize(text))
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """:meth:`encode` without the dummy prefix: spaces as ``▁``, nothing added."""
+        return self._encode_normalized(text.replace(" ", SPACE) if self.escape_whitespaces else text)
+
     def encode_with_special_tokens(self, text: str) -> list[int]:
         """Text with control-token strings standing for their ids, tokenized as
         transformers (5.x) tokenizes a rendered chat template with a Llama-class

@@ -1,6 +1,7 @@
 """Record the golden references: HF transformers' float32 logits on tiny checkpoints.
 
     python tests/golden/record.py          # rewrites tests/golden/*.npz
+    python tests/golden/record.py ministral   # only one family's files
 
 For each case of `tests/cases.py`: write its checkpoint with `engine.tiny`
 (numpy-seeded, so the tests rebuild it byte for byte), load it in transformers
@@ -22,7 +23,8 @@ import transformers
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 
-from cases import GENERATE, JAMBA_CASES, MISTRAL_CASES, MIXTRAL_CASES, prompt  # noqa: E402
+from cases import (GENERATE, JAMBA_CASES, MINISTRAL_CASES, MISTRAL4_CASES, MISTRAL_CASES,  # noqa: E402
+                   MIXTRAL_CASES, prompt)
 from engine.tiny import write_checkpoint  # noqa: E402
 from hf_oracle import hf_run, load_hf  # noqa: E402
 
@@ -31,13 +33,17 @@ def record(family: str, cases: dict) -> None:
     for name, (config, seed) in cases.items():
         with tempfile.TemporaryDirectory() as tmp:
             path = write_checkpoint(Path(tmp) / "ckpt", config, seed=seed)
-            out = hf_run(load_hf(path), prompt(seed, config["vocab_size"]), GENERATE)
+            vocab = config.get("text_config", config)["vocab_size"]  # a multimodal config nests its decoder's
+            out = hf_run(load_hf(path), prompt(seed, vocab), GENERATE)
         target = HERE / f"{family}_{name}.npz"
         np.savez_compressed(target, **out, transformers_version=np.array(transformers.__version__))
         print(f"{target.name}: logits {out['logits'].shape}, gen_ids {out['gen_ids'][:8]}...")
 
 
-if __name__ == "__main__":
-    record("mistral", MISTRAL_CASES)
-    record("mixtral", MIXTRAL_CASES)
-    record("jamba", JAMBA_CASES)
+FAMILIES = {"mistral": MISTRAL_CASES, "mixtral": MIXTRAL_CASES, "jamba": JAMBA_CASES,
+            "ministral": MINISTRAL_CASES,  # ministral: Ministral, Ministral 3, Mistral 3 (HF draws its vision tower)
+            "mistral4": MISTRAL4_CASES}
+
+if __name__ == "__main__":  # `record.py [FAMILY ...]`: all families, or only those named
+    for family in sys.argv[1:] or FAMILIES:
+        record(family, FAMILIES[family])

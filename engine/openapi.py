@@ -1,0 +1,209 @@
+"""The OpenAPI 3.1 document the server answers at ``/openapi.json``.
+
+Written out here rather than derived from the routes, because the routes read their bodies
+themselves (size limit, strict JSON, the ``extra-parameters`` header): every request and
+response schema comes from the pydantic models of `engine.schema` and the response models
+below, all under ``#/components/schemas`` (references resolve from the document's root), with
+the error body on every error status, the server-sent events of ``stream: true``, the
+``extra-parameters`` header and the API key (``api-key`` header or ``Authorization: Bearer``).
+
+The response models only document: the answers are built as dicts by `engine.schema`, and the
+schemathesis test (``tests/test_openapi.py``) holds the two together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from engine.schema import EXTRA_MODES, AzureChatRequest, ExtraParameters, V1ChatRequest
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    status: int
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ModelInfo(BaseModel):
+    model_name: str
+    model_type: Literal["chat-completions"]
+    model_provider_name: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class TopLogprob(BaseModel):
+    token: str | None  # null only for the first prompt token
+    bytes: list[int] | None
+    logprob: float | None
+
+
+class LogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class Logprobs(BaseModel):
+    content: list[LogprobEntry]
+
+
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class CalledTool(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
+class AnswerMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[CalledTool] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class Choice(BaseModel):
+    index: int
+    message: AnswerMessage
+    finish_reason: FinishReason | None
+    logprobs: Logprobs | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    prompt_logprobs: Logprobs | None = None
+
+
+class DeltaFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: FinishReason | None
+    logprobs: Logprobs | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One ``data:`` line of the event stream (the last line is ``data: [DONE]``)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None
+    prompt_logprobs: Logprobs | None = None
+
+
+REF = "#/components/schemas/{model}"
+ERRORS = {400: "bad JSON or header, or the prompt does not fit the context", 401: "missing or wrong API key",
+          404: "no such path", 405: "method not allowed", 413: "request body too large",
+          422: "invalid request (the message names the field)", 429: "rate limit or queue full (Retry-After)",
+          500: "internal error"}
+
+
+def _ref(model: type[BaseModel]) -> dict:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def openapi_document(api_key: bool) -> dict:
+    """The document; `api_key`: the server requires the key."""
+    models = [AzureChatRequest, ExtraParameters, V1ChatRequest, ErrorBody, ModelInfo, ModelList, ChatCompletion,
+              ChatCompletionChunk]
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
+    schemas = top["$defs"]
+
+    def errors(*codes) -> dict:
+        return {str(c): {"description": ERRORS[c], "content": {"application/json": {"schema": _ref(ErrorBody)}}}
+                for c in codes}
+
+    def get(summary: str, model: type[BaseModel]) -> dict:
+        return {"get": {"summary": summary, "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": _ref(model)}}}} | errors(401)}}
+
+    def chat(summary: str, body: type[BaseModel], description: str, parameters: list) -> dict:
+        stream = {"type": "string", "description": "server-sent events: lines 'data: <ChatCompletionChunk JSON>', "
+                  "then 'data: [DONE]'", "contentMediaType": "text/event-stream"}
+        return {"post": {
+            "summary": summary, "description": description, "parameters": parameters,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
+            "responses": {"200": {"description": "the completion, or with stream: true its event stream "
+                                  "(each event a ChatCompletionChunk)",
+                                  "content": {"application/json": {"schema": _ref(ChatCompletion)},
+                                              "text/event-stream": {"schema": stream}}}}
+            | errors(400, 401, 413, 422, 429, 500)}}
+
+    extra_header = {"name": "extra-parameters", "in": "header", "required": False,
+                    "description": "what to do with fields that are not standard: error (default, 422), drop, "
+                                   "or pass-through (use the ExtraParameters this engine supports)",
+                    "schema": {"type": "string", "enum": list(EXTRA_MODES)}}
+    paths = {
+        "/info": get("Model information (Azure AI model inference)", ModelInfo),
+        "/models": get("The model list (OpenAI)", ModelList),
+        "/v1/models": get("The model list (OpenAI)", ModelList),
+        "/chat/completions": chat("Chat completions (Azure AI model inference)", AzureChatRequest,
+                                  "Standard fields in the body; extra parameters (ExtraParameters) are governed by "
+                                  "the extra-parameters header.", [extra_header]),
+        "/v1/chat/completions": chat("Chat completions (AI21 Studio, with the OpenAI parameters)", V1ChatRequest,
+                                     "Unknown fields are refused (422).", []),
+    }
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "npinfer", "version": "0.1.0",
+                 "description": "Chat completions (Azure AI model inference, AI21, OpenAI) on a pure-NumPy engine."},
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "api-key"},
+            "bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+    if api_key:
+        document["security"] = [{"apiKey": []}, {"bearer": []}]
+    return document

@@ -1,0 +1,254 @@
+"""Constrained decoding (engine.constrained): outputs valid against their JSON schema (checked
+with jsonschema) and tool calls valid against their tools, over many seeds, from models that
+know nothing (random logits, random-weight checkpoints); the mask after logit_bias; logprobs
+of the raw model; bans; one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import mistral_common
+import numpy as np
+import pytest
+
+import tokenizer
+from engine.chat_model import load_chat_model
+from engine.constrained import Grammar, GrammarError, json_grammar, lltokenizer, plan, tool_grammar
+from engine.generate import GenerationParams, complete, eos_ids
+from engine.sampling import SamplingParams, log_softmax
+from engine.tiny import family_config, write_checkpoint
+from tokenizer.chat import chat_tool_syntax
+from tokenizer.tools import ToolSyntax
+
+DATA = Path(mistral_common.__file__).parent / "data"
+V3 = DATA / "mistral_instruct_tokenizer_240323.model.v3"
+SAMPLE = SamplingParams(temperature=1.0)
+
+
+class RandomLogits:
+    """A model that knows nothing: every step's logits are N(0, 3^2), seeded by its state."""
+
+    def __init__(self, vocab_size: int, eos: int, seed: int = 0, context: int = 4096):
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(vocab_size=vocab_size, eos_token_id=eos, max_position_embeddings=context)
+        self.seed = seed
+
+    def new_state(self):
+        return {"rng": np.random.default_rng(self.seed)}
+
+    def _logits(self, state, rows: int) -> np.ndarray:
+        return (3 * state["rng"].standard_normal((rows, self.config.vocab_size))).astype(np.float32)  # [T, V]
+
+    def forward(self, ids, state, last_only=False):
+        return self._logits(state, 1 if last_only else len(ids))
+
+    def forward_batch(self, ids, states):
+        return np.concatenate([self._logits(s, 1) for s in states])  # [B, V]
+
+
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                      "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                      "ok": {"type": "boolean"}},
+     "required": ["name", "age", "ok"], "additionalProperties": False},
+    {"type": "array", "items": {"enum": ["a", "b", 3, None]}, "minItems": 1, "maxItems": 4},
+    {"anyOf": [{"type": "integer", "minimum": -5, "maximum": 5},
+               {"type": "object", "properties": {"x": {"type": "number", "minimum": 0, "maximum": 1}},
+                "required": ["x"], "additionalProperties": False}]},
+    {"type": "object", "properties": {
+        "point": {"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 9},
+                                                   "y": {"type": "integer", "minimum": 0, "maximum": 9}},
+                  "required": ["x", "y"], "additionalProperties": False},
+        "tags": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]{1,4}$"}, "maxItems": 3}},
+     "required": ["point"], "additionalProperties": False},
+]
+
+
+@pytest.fixture(scope="module")
+def spm():
+    return tokenizer.load(V3)
+
+
+def run(model, tok, grammar, seed, n=8, max_tokens=120, **kw):
+    params = GenerationParams(max_tokens=max_tokens, n=n, seed=seed, sampling=kw.pop("sampling", SAMPLE),
+                              grammar=grammar, **kw)
+    return complete(model, tok, [tok.bos_id], params)
+
+
+@pytest.mark.parametrize("k", range(len(SCHEMAS)))
+def test_json_schema_outputs_validate_over_many_seeds(spm, k):
+    schema = SCHEMAS[k]
+    model = RandomLogits(spm.vocab_size, spm.eos_id, seed=k)
+    grammar = Grammar(spm, json_grammar(schema, lead=" "), spm.vocab_size, (spm.eos_id,))
+    outputs = []
+    for seed in range(4):  # 4 x 8 choices
+        for c in run(model, spm, grammar, seed).choices:
+            assert c.finish_reason == "stop", c
+            jsonschema.validate(json.loads(c.text), schema)
+            outputs.append(c.text)
+    assert len(set(outputs)) > 8  # really sampled, not one forced answer
+
+
+def test_any_json_object(spm):
+    model = RandomLogits(spm.vocab_size, spm.eos_id, seed=9)
+    grammar = Grammar(spm, json_grammar(None), spm.vocab_size, (spm.eos_id,))
+    out = run(model, spm, grammar, 1, n=12, max_tokens=150, logprobs=True)
+    done = [c for c in out.choices if c.finish_reason == "stop"]
+    assert done and {c.finish_reason for c in out.choices} <= {"stop", "length"}
+    for c in done:
+        assert isinstance(json.loads(c.text), dict) and c.text.startswith("{")
+    assert any('": ' in c.text for c in done)  # json.dumps' separators
+    # a model that knows nothing rarely closes an unbounded string: those choices are cut by max_tokens
+    assert all(len(c.logprobs) == 150 for c in out.choices if c.finish_reason == "length")
+
+
+def test_random_weight_checkpoint_writes_schema_valid_json(tmp_path):
+    """A real (random-weight) model through the whole pipeline, greedy and sampled."""
+    path = write_checkpoint(tmp_path / "m", family_config("mistral"), seed=4, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    chat = load_chat_model(str(path))
+    ids = chat.prompt([{"role": "user", "content": "Give me JSON."}])
+    schema = SCHEMAS[0]
+    grammar, banned = plan(chat.tok, chat.model.config.vocab_size, tuple(eos_ids(chat.model, chat.tok)), None, [],
+                           "none", True, "json_schema", schema)
+    for sampling in (SamplingParams(temperature=0.0), SAMPLE):
+        params = GenerationParams(max_tokens=60, n=4, seed=3, sampling=sampling, grammar=grammar, logprobs=True)
+        out = complete(chat.model, chat.tok, ids, params)
+        for c in out.choices:
+            assert c.finish_reason == "stop"
+            jsonschema.validate(json.loads(c.text), schema)
+
+
+def test_logprobs_are_the_raw_models(spm):
+    """The mask changes what is sampled, never the reported logprobs: log_softmax of the raw logits."""
+    model = RandomLogits(spm.vocab_size, spm.eos_id, seed=6)
+    grammar = Grammar(spm, json_grammar(SCHEMAS[0]), spm.vocab_size, (spm.eos_id,))
+    out = run(model, spm, grammar, 0, n=1, logprobs=True)
+    rows = model._logits(model.new_state(), len(out.choices[0].logprobs))  # the same draws, in order
+    for entry, row in zip(out.choices[0].logprobs, rows):
+        raw = log_softmax(row)
+        hits = [i for i in np.flatnonzero(np.isclose(raw, entry.logprob, atol=1e-9, rtol=0))
+                if list(spm.token_bytes(int(i))) == entry.bytes]
+        assert hits, entry  # a masked (renormalized) logprob would be larger than every raw one of its token
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+             "type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
+                                              "unit": {"enum": ["c", "f"]}},
+             "required": ["city", "unit"], "additionalProperties": False}}},
+         {"type": "function", "function": {"name": "time"}}]  # no parameters: {}
+
+
+def tool_cases(tmp_path):
+    tekken = json.loads((DATA / "tekken_240911.json").read_text())
+    tekken["config"]["version"] = "v13"
+    names = list(tokenizer.tekken.DEPRECATED_SPECIAL_TOKENS) + [f"<SPECIAL_{i}>" for i in range(20, 32)]
+    tekken["special_tokens"] = [{"rank": i, "token_str": n, "is_control": True}
+                                for i, n in enumerate(names + ["[ARGS]", "[CALL_ID]", "[THINK]", "[/THINK]"])]
+    (tmp_path / "tekken.json").write_text(json.dumps(tekken))
+    return [(tokenizer.load(V3), "mistral-v3"), (tokenizer.load(tmp_path / "tekken.json"), "mistral-v13")]
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_required_tool_calls_are_valid_calls(tmp_path, parallel):
+    from tokenizer.tools import ToolCallParser
+
+    for tok, fmt in tool_cases(tmp_path):
+        syntax = chat_tool_syntax(tok, fmt)
+        model = RandomLogits(tok.vocab_size, tok.eos_id, seed=2)
+        for choice, allowed in (("required", {"get_weather", "time"}), ("time", {"time"})):
+            grammar, _ = plan(tok, tok.vocab_size, (tok.eos_id,), syntax, TOOLS, choice, parallel, "text", None)
+            out = run(model, tok, grammar, 5, tool_syntax=syntax, tool_names=("get_weather", "time"))
+            for c in out.choices:
+                assert c.finish_reason == "tool_calls" and c.text == "", (fmt, c)
+                assert {t.name for t in c.tool_calls} <= allowed and (parallel or len(c.tool_calls) == 1)
+                for t in c.tool_calls:
+                    schema = TOOLS[0]["function"]["parameters"] if t.name == "get_weather" else {"const": {}}
+                    jsonschema.validate(json.loads(t.arguments), schema)
+            assert parallel is False or max(len(c.tool_calls) for c in out.choices) > 1 or choice == "time"
+        assert ToolCallParser(syntax, ("x",)).syntax is syntax
+
+
+def test_auto_with_json_format_is_a_call_or_the_json(spm):
+    syntax = chat_tool_syntax(spm, "mistral-v3")
+    schema = SCHEMAS[1]
+    grammar, _ = plan(spm, spm.vocab_size, (spm.eos_id,), syntax, TOOLS, "auto", True, "json_schema", schema)
+    kinds = set()
+    for seed in range(3):
+        model = RandomLogits(spm.vocab_size, spm.eos_id, seed=seed)
+        for c in run(model, spm, grammar, seed, tool_syntax=syntax, tool_names=("get_weather", "time")).choices:
+            if c.tool_calls:
+                kinds.add("call")
+                assert c.finish_reason == "tool_calls"
+            else:
+                kinds.add("json")
+                jsonschema.validate(json.loads(c.text), schema)
+    assert kinds == {"call", "json"}
+
+
+def test_the_mask_wins_over_logit_bias_and_the_ban_holds(spm):
+    model = RandomLogits(spm.vocab_size, spm.eos_id, seed=1)
+    grammar = Grammar(spm, json_grammar({"enum": ["yes", "no"]}), spm.vocab_size, (spm.eos_id,))
+    x = spm.encode_continuation("x")[0]
+    bias = SamplingParams(temperature=1.0, logit_bias=((x, 100.0),))
+    for c in run(model, spm, grammar, 0, sampling=bias).choices:
+        assert c.text in ('"yes"', '"no"')  # +100 on "x" does not get it past the grammar
+    trigger = spm.special_tokens["[TOOL_CALLS]"]
+    forced = SamplingParams(temperature=1.0, logit_bias=((trigger, 100.0),))
+    params = GenerationParams(max_tokens=3, n=4, seed=0, sampling=forced, banned=(trigger,), logprobs=True)
+    for c in complete(model, spm, [spm.bos_id], params).choices:
+        assert all(e.bytes != [] for e in c.logprobs)  # the control token (no bytes) never came
+    params = GenerationParams(max_tokens=3, n=4, seed=0, sampling=forced, logprobs=True)
+    assert any(e.bytes == [] for c in complete(model, spm, [spm.bos_id], params).choices for e in c.logprobs)
+
+
+def test_tool_choice_none_bans_the_trigger(spm):
+    syntax = chat_tool_syntax(spm, "mistral-v3")
+    assert plan(spm, spm.vocab_size, (2,), syntax, TOOLS, "none", True, "text", None) == (None, (syntax.trigger,))
+    assert plan(spm, spm.vocab_size, (2,), syntax, TOOLS, "auto", True, "text", None) == (None, ())
+
+
+def test_grammar_errors_are_one_line(spm):
+    with pytest.raises(GrammarError, match="response_format.json_schema.schema: cannot be enforced") as e:
+        plan(spm, spm.vocab_size, (2,), None, [], "none", True, "json_schema",
+             {"type": "string", "format": "no-such-format"})
+    assert "\n" not in str(e.value)
+    with pytest.raises(GrammarError, match="no known tool-call syntax"):
+        plan(spm, spm.vocab_size, (2,), None, TOOLS, "required", True, "text", None)
+
+
+def test_lltokenizer_tokenizes_forced_text_as_our_bpe(spm):
+    """llguidance picks the token for forced bytes with our tokenizer: without the dummy prefix."""
+    lltok = lltokenizer(spm, spm.vocab_size, (spm.eos_id,))
+    for text in ['{"name": "get_weather", "arguments": ', "Paris", " a b"]:
+        ids = lltok.tokenize_str(text)
+        assert ids == spm.encode_continuation(text)
+        assert b"".join(spm.token_bytes(i) for i in ids) == text.encode()
+    assert spm.encode(" a b") != spm.encode_continuation(" a b")
+
+
+def test_padded_vocabulary_is_never_sampled(spm):
+    vocab = spm.vocab_size + 64  # a model whose embedding is padded past the tokenizer
+    model = RandomLogits(vocab, spm.eos_id, seed=3)
+    grammar = Grammar(spm, json_grammar(SCHEMAS[1]), vocab, (spm.eos_id,))
+    params = GenerationParams(max_tokens=60, n=8, seed=0, sampling=SAMPLE, grammar=grammar, logprobs=True)
+    for c in complete(model, spm, [spm.bos_id], params).choices:
+        jsonschema.validate(json.loads(c.text), SCHEMAS[1])
+
+
+def test_tool_grammar_text_is_readable():
+    g = tool_grammar(ToolSyntax("mistral-args", 9, 32, 33), TOOLS[:1], parallel=False)
+    assert g.splitlines()[:2] == ["start: calls", 'call: <[9]> "get_weather" <[32]> args_0']
+    hermes = tool_grammar(ToolSyntax("hermes"), TOOLS, parallel=True)
+    assert 'calls: call ("\\n" call)*' in hermes and '"<tool_call>\\n" args_1 "\\n</tool_call>"' in hermes
+
+
+def test_realistic_layout_picks_v3(tmp_path):
+    path = write_checkpoint(tmp_path / "m", family_config("mistral") | {"vocab_size": 32768}, seed=1, tokenizer=V3)
+    assert load_chat_model(str(path)).chat_format == "mistral-v1"  # tokenizer.model alone says no version
+    shutil.copy(V3, path / "tokenizer.model.v3")
+    chat = load_chat_model(str(path))
+    assert chat.chat_format == "mistral-v3" and chat.tool_syntax.style == "mistral-json"

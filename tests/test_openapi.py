@@ -1,0 +1,68 @@
+"""schemathesis against ``/openapi.json``: the document resolves, every documented operation gets
+generated requests (valid and invalid ones), and no answer is a 5xx or strays from the document
+(status codes, content types, response schemas)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+import tokenizer
+from engine.chat_model import load_chat_model
+from engine.generate import GenerationParams, complete
+from engine.server import Service, create_app
+from engine.tiny import family_config, write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """The server on a tiny model (warmed up: its kernels compiled before the first request)."""
+    path = write_checkpoint(tmp_path_factory.mktemp("openapi") / "tiny", family_config("mistral") |
+                            {"max_position_embeddings": 64}, seed=2, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    chat = load_chat_model(str(path))
+    complete(chat.model, chat.tok, chat.prompt([{"role": "user", "content": "hi"}]), GenerationParams(max_tokens=2))
+    service = Service(chat)
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(service))
+    service.close()
+
+
+schema = schemathesis.pytest.from_fixture("api")
+
+
+@schema.parametrize()
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_errors_and_answers_match_the_document(case):
+    if isinstance(case.body, dict):  # keep each generation short: a few tokens, at most 2 choices
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = case.body.get(key)
+            if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 4):
+                case.body[key] = 4
+        if isinstance(case.body.get("n"), int) and case.body["n"] > 2:
+            case.body["n"] = 2
+    response = case.call(timeout=60)
+    case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                             response_schema_conformance])
+    if response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
+        lines = [x for x in response.text.splitlines() if x]
+        assert lines[-1] == "data: [DONE]"
+        for line in lines[:-1]:
+            chunk = json.loads(line.removeprefix("data: "))
+            assert chunk.get("object") == "chat.completion.chunk" or "error" in chunk
+
+
+def test_the_document_resolves(api):
+    """Every $ref points into the document itself (schemathesis would not load otherwise)."""
+    doc = json.dumps(api.raw_schema)
+    assert '"#/$defs/' not in doc and '"$defs"' not in doc
+    operations = {(r.ok().method.upper(), r.ok().path) for r in api.get_all_operations()}
+    assert operations == {("GET", "/info"), ("GET", "/models"), ("GET", "/v1/models"),
+                          ("POST", "/chat/completions"), ("POST", "/v1/chat/completions")}
