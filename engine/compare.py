@@ -14,7 +14,9 @@ prompt (default: the set shipped in ``engine/data/compare_prompts.jsonl``):
    and tokenizing its own template (its ``usage.prompt_tokens`` is checked against
    npinfer's rendering, and a difference noted).
 2. **Map its tokens to ids**: the ``id`` a backend sends with each token (llama-server and
-   npinfer do), else the token's bytes (a normal piece before a byte piece of the same bytes).
+   npinfer's ``/v1/completions`` do), else the token's bytes (`Vocabulary`: where pieces
+   share their bytes, the normal piece for the output, the candidate closest in logprob
+   for an alternative).
 3. **Teacher-force**: one forward pass over prompt + the backend's tokens gives, at each
    position of the output, npinfer's exact distribution q on the backend's own prefix.
 4. **Per position** t (the backend chose token o_t and reported logprobs b on its top K set S):
@@ -195,20 +197,26 @@ def parse_tokens(answer: dict, route: str) -> list[Token]:
 
 
 class Vocabulary:
-    """Backend tokens -> npinfer ids: the id when the backend sends one, else by bytes
-    (a normal piece before a byte-fallback piece of the same bytes; control tokens have none)."""
+    """Backend tokens -> npinfer ids: the id when the backend sends one, else by bytes.
+
+    Tokens can share their bytes (a byte-fallback piece ``<0x41>`` and the piece ``A``).
+    An output token without an id is taken as the normal piece; an alternative without
+    one, given npinfer's distribution there, as the candidate whose npinfer logprob is
+    closest to the backend's (the text cannot tell them apart, the numbers can).
+    """
 
     def __init__(self, tok):
-        self.tok, self.by_bytes = tok, {}  # bytes -> (id, is a byte-fallback piece)
+        self.tok, self.by_bytes, self.candidates = tok, {}, {}  # bytes -> (id, is a byte piece); bytes -> ids
         for i in range(tok.vocab_size):
             b = tok.token_bytes(i)
             if not b:
                 continue
             byte_piece = re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", tok.id_to_piece(i)) is not None
+            self.candidates.setdefault(b, []).append(i)
             if b not in self.by_bytes or (self.by_bytes[b][1] and not byte_piece):
                 self.by_bytes[b] = (i, byte_piece)
 
-    def id_of(self, token_id: int | None, raw: bytes, where: str) -> int:
+    def id_of(self, token_id: int | None, raw: bytes, where: str, q=None, logprob: float | None = None) -> int:
         if token_id is not None:
             if not isinstance(token_id, int) or not 0 <= token_id < self.tok.vocab_size:
                 raise NpinferError(f"{where}: the backend's token id {token_id!r} is not in npinfer's vocabulary "
@@ -216,6 +224,8 @@ class Vocabulary:
             return token_id
         if raw not in self.by_bytes:
             raise NpinferError(f"{where}: the backend's token {raw!r} is no token of npinfer's vocabulary")
+        if q is not None and len(self.candidates[raw]) > 1:
+            return min(self.candidates[raw], key=lambda i: abs(q[i] - logprob))
         return self.by_bytes[raw][0]
 
 
@@ -284,7 +294,7 @@ def score(model, tok, prompt_ids: list[int], tokens: list[Token], vocab: Vocabul
                 "npinfer_token": tok.token_bytes(best).decode("utf-8", "replace")}
         if token is None:
             continue
-        top = [(vocab.id_of(i, raw, f"{where} token {t} alternative"), lp) for i, raw, lp in token.top] or [
+        top = [(vocab.id_of(i, raw, f"{where} token {t} alternative", q, lp), lp) for i, raw, lp in token.top] or [
             (o, token.logprob)]
         alternatives = dict(reversed(top))  # id -> backend logprob (a repeated id: its first entry)
         S = np.array(list(alternatives))  # [K]

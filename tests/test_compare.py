@@ -39,7 +39,9 @@ def ggufs(tmp_path_factory):
     other = write_gguf(path, tmp / "perturbed.gguf", qtype=Q.Q8_0, tokenizer_model=tokenizer.TINY_TOKENIZER_PATH)
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(TEXTS)))
-    return same, other, prompts
+    chats = tmp / "chats.jsonl"  # chats go to /v1/chat/completions, which reports no token ids
+    chats.write_text(json.dumps({"id": "c0", "messages": [{"role": "user", "content": "Hello there"}]}) + "\n")
+    return same, other, prompts, chats
 
 
 def compare_json(model, url, prompts, *extra):
@@ -49,7 +51,7 @@ def compare_json(model, url, prompts, *extra):
 
 
 def test_own_server_on_the_same_weights_agrees(ggufs):
-    same, _, prompts = ggufs
+    same, _, prompts, _ = ggufs
     with running(load_chat_model(str(same)), api_key=None) as (url, _):
         code, report, _ = compare_json(same, url + "/v1", prompts)
     results = [compare.PromptResult(**r) for r in report["prompts"]]
@@ -60,6 +62,16 @@ def test_own_server_on_the_same_weights_agrees(ggufs):
     assert s["kl_max"] < 1e-10 and s["abs_delta_logprob_max"] < 1e-4  # batched decode vs one prefill: float32 rounding
     assert abs(s["ppl_npinfer"] / s["ppl_backend"] - 1) < 1e-4
     assert "Same top p: 100.0000" in table and "first greedy divergence in 0 of 4 prompts" in table
+
+
+def test_own_server_chat_route_agrees(ggufs):
+    """A chat through /v1/chat/completions (no token ids: mapped by bytes, byte pieces included)."""
+    same, _, _, chats = ggufs
+    with running(load_chat_model(str(same)), api_key=None) as (url, _):
+        code, report, _ = compare_json(same, url, chats)
+    (r,) = report["prompts"]
+    assert code == 0 and r["kind"] == "chat" and not r["note"] and len(r["tokens"]) > 2
+    assert report["summary"]["same_top"] == 1.0 and report["summary"]["kl_max"] < 1e-10
 
 
 def first_divergence(model, served, ids, n):
@@ -80,7 +92,7 @@ def first_divergence(model, served, ids, n):
 
 
 def test_perturbed_server_diverges_where_expected(ggufs):
-    same, other, prompts = ggufs
+    same, other, prompts, _ = ggufs
     with running(load_chat_model(str(other)), api_key=None) as (url, _):
         code, report, _ = compare_json(same, url, prompts, "--max-kl", "1e-6")
     assert code == 1 and not report["within_max_kl"]  # beyond --max-kl
@@ -101,7 +113,7 @@ def test_perturbed_server_diverges_where_expected(ggufs):
 def test_ray_sweep_is_the_serial_run(ggufs):
     """A local Ray with two actors (each opening the GGUF itself) gives the serial results
     exactly. Ray's start-up makes this the slow test here: about 20-30 s on this machine."""
-    same, _, prompts = ggufs
+    same, _, prompts, _ = ggufs
     items = compare.read_prompts(prompts)
     with running(load_chat_model(str(same)), api_key=None) as (url, _):
         args = (str(same), compare.Backend(url), 6, 5, "float32")
@@ -138,6 +150,9 @@ def test_answer_formats_and_the_vocabulary():
     assert vocab.id_of(byte_a, b"A", "x") == byte_a  # an id the backend sends wins
     with pytest.raises(NpinferError, match="not in npinfer's vocabulary"):
         vocab.id_of(tok.vocab_size, b"", "x")
+    q = np.full(tok.vocab_size, -9.0)
+    q[byte_a] = -1.0  # an alternative without id whose logprob is the byte piece's: that piece
+    assert vocab.id_of(None, b"A", "x", q, -1.01) == byte_a and vocab.id_of(None, b"A", "x", q, -8.9) == normal_a
     # llama-server's entry for a token after an incomplete UTF-8 byte piece: the next token's id
     # and logprob, both tokens' bytes; the byte piece goes back into the prefix, unscored
     word = tok.encode("the")[-1]
@@ -149,7 +164,7 @@ def test_answer_formats_and_the_vocabulary():
 def test_chat_prompts_go_to_the_chat_route_and_prompt_length_is_checked(ggufs, monkeypatch):
     """A chat prompt: the backend's chat answer is scored on npinfer's rendering; a backend
     whose template gives another prompt length is noted (llama-server-shaped answer, stubbed)."""
-    same, _, _ = ggufs
+    same, _, _, _ = ggufs
     chat = load_chat_model(str(same))
     messages = [{"role": "user", "content": "Hello"}]
     ids = chat.prompt(messages)
@@ -174,7 +189,7 @@ def test_chat_prompts_go_to_the_chat_route_and_prompt_length_is_checked(ggufs, m
 
 
 def test_errors_are_one_line_and_exit_2(ggufs, tmp_path):
-    same, _, prompts = ggufs
+    same, _, prompts, _ = ggufs
     code, _, err = compare_json(same, "http://127.0.0.1:9", prompts)  # nothing listens on port 9
     assert code == 2 and err.count("\n") == 1 and "cannot connect" in err
     bad = tmp_path / "bad.jsonl"
@@ -199,7 +214,7 @@ def test_own_completions_route(ggufs):
     llama-server's content list (with ids) out; bad requests are 4xx."""
     import httpx
 
-    same, _, _ = ggufs
+    same, _, _, _ = ggufs
     chat = load_chat_model(str(same))
     with running(chat, api_key=None) as (url, _):
         ids = [chat.tok.bos_id, *chat.tok.encode("Hello")]
