@@ -230,7 +230,7 @@ def add_serve_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="npinfer", description="A pure-NumPy reference inference engine "
-                                "for Mistral, Mixtral and Jamba.")
+                                "for Mistral, Mixtral, Codestral Mamba and Jamba.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("logits", help="logits of a prompt (and a greedy continuation) to an .npz file",

@@ -13,7 +13,8 @@ names an architecture.
 | mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         | llama |
 |         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |       |
 | jamba   | JambaForCausalLM                             | jamba_np   | no                          | jamba |
-| mistral4| Mistral4ForCausalLM                          | mistral_np | no                          |       |
+| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | no                          |       |
+| mamba2  | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          |       |
 
 (GGUF: the ``general.architecture`` values of llama.cpp's files the family reads.)
 
@@ -34,14 +35,14 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import jamba_np
-import jamba_np.gguf
 import kernels
-import mistral_np
-import mistral_np.gguf
 from engine import CheckpointError
 from engine.checkpoint import CONFIG, PARAMS, Checkpoint, open_checkpoint, resolve
 from engine.gguf_checkpoint import hf_view
+from jamba_np import config as jamba_config, gguf as jamba_gguf, model as jamba_model, weights as jamba_weights
+from mistral_np import config as mistral_config, gguf as mistral_gguf, model as mistral_model
+from mistral_np import weights as mistral_weights
+from mistral_np import mamba2, mamba2_config, mamba2_weights, mistral4, mistral4_config, mistral4_weights
 
 
 def _same_name(name: str) -> str:
@@ -77,9 +78,11 @@ class Family:
     read_config: Callable[[dict], object]  # config.json -> frozen config
     model: type  # a kernels.decoder.Decoder subclass: model(config, weights, dtype)
     expected_shapes: Callable[[object], dict]  # config -> {HF tensor name: shape}
-    provider: str  # GET /info "model_provider_name"
-    response_formats: frozenset[str]  # the response_format types a chat request may ask for
     tiny: Mapping[str, dict]  # `npinfer tiny LAYOUT` -> config.json
+    provider: str = "MistralAI"  # GET /info "model_provider_name"
+    # the response_format types a chat request may ask for: every family enforces JSON by constrained
+    # decoding (engine.constrained), where the hosted Mistral models refuse json_object
+    response_formats: frozenset[str] = frozenset({"text", "json_object", "json_schema"})
     chat_format: str = "mistral-v1"  # when the tokenizer names no format (no version, no template)
     native: NativeLayout | None = None
     special_init: Callable | None = None  # (name, shape, rng) -> array | None: random weights that must look trained
@@ -95,51 +98,41 @@ FAMILIES = (
         architectures=("MistralForCausalLM", "MixtralForCausalLM", "MinistralForCausalLM", "Ministral3ForCausalLM"),
         model_types={"mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
                      "ministral": "MinistralForCausalLM", "ministral3": "Ministral3ForCausalLM"},
-        read_config=mistral_np.MistralConfig.from_hf,
-        model=mistral_np.Mistral,
-        expected_shapes=mistral_np.expected_shapes,
-        provider="MistralAI",
-        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained);
-        # the hosted Mistral models refuse json_object, this engine can enforce it
-        tiny=mistral_np.TINY,
-        native=NativeLayout(
-            read_config=mistral_np.MistralConfig.from_params,
-            architecture=mistral_np.native_architecture,
-            tensor_name=mistral_np.native_name,
-        ),
-        describe=mistral_np.MistralConfig.describe,
-        gguf=GGUFLayout(("llama",), mistral_np.gguf.config_json, mistral_np.gguf.weights, mistral_np.gguf.read_config),
+        read_config=mistral_config.MistralConfig.from_hf,
+        native=NativeLayout(read_config=mistral_config.MistralConfig.from_params,
+                            architecture=mistral_config.native_architecture, tensor_name=mistral_weights.native_name),
+        model=mistral_model.Mistral, expected_shapes=mistral_weights.expected_shapes,
+        tiny=mistral_config.TINY, describe=mistral_config.MistralConfig.describe,
+        gguf=GGUFLayout(("llama",), mistral_gguf.config_json, mistral_gguf.weights, mistral_gguf.read_config),
     ),
     Family(
         name="jamba",
-        architectures=("JambaForCausalLM",),
-        model_types={"jamba": "JambaForCausalLM"},
-        read_config=jamba_np.JambaConfig.from_hf,
-        model=jamba_np.Jamba,
-        expected_shapes=jamba_np.expected_shapes,
+        architectures=("JambaForCausalLM",), model_types={"jamba": "JambaForCausalLM"},
+        read_config=jamba_config.JambaConfig.from_hf,
+        model=jamba_model.Jamba, expected_shapes=jamba_weights.expected_shapes, special_init=jamba_weights.special_init,
+        tiny=jamba_config.TINY, describe=jamba_config.JambaConfig.describe,
         provider="AI21",
-        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained)
-        tiny=jamba_np.TINY,
-        special_init=jamba_np.special_init,
-        describe=jamba_np.JambaConfig.describe,
-        gguf=GGUFLayout(("jamba",), jamba_np.gguf.config_json, jamba_np.gguf.weights, jamba_np.gguf.read_config),
+        gguf=GGUFLayout(("jamba",), jamba_gguf.config_json, jamba_gguf.weights, jamba_gguf.read_config),
     ),
-    Family(
+    Family(  # Mistral Small 4 (mistral_np/mistral4.py); also the text_config of a multimodal checkpoint
         name="mistral4",
-        architectures=("Mistral4ForCausalLM",),
-        model_types={"mistral4": "Mistral4ForCausalLM"},  # also a multimodal checkpoint's text_config
-        read_config=mistral_np.Mistral4Config.from_hf,
-        model=mistral_np.Mistral4,
-        expected_shapes=mistral_np.mistral4_shapes,
-        provider="MistralAI",
-        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained)
-        tiny=mistral_np.MISTRAL4_TINY,
-        special_init=mistral_np.mistral4_init,
-        describe=mistral_np.Mistral4Config.describe,
+        architectures=("Mistral4ForCausalLM",), model_types={"mistral4": "Mistral4ForCausalLM"},
+        read_config=mistral4_config.Mistral4Config.from_hf,
+        model=mistral4.Mistral4, expected_shapes=mistral4_weights.expected_shapes,
+        special_init=mistral4_weights.special_init, tiny=mistral4_config.TINY,
+        describe=mistral4_config.Mistral4Config.describe,
+    ),
+    Family(  # Codestral Mamba (mistral_np/mamba2.py)
+        name="mamba2",
+        architectures=("Mamba2ForCausalLM",), model_types={"mamba2": "Mamba2ForCausalLM"},
+        read_config=mamba2_config.Mamba2Config.from_hf, tensor_name=mamba2_weights.tensor_name,
+        model=mamba2.Mamba2, expected_shapes=mamba2_weights.expected_shapes,
+        special_init=mamba2_weights.special_init, tiny=mamba2_config.TINY, describe=mamba2_config.Mamba2Config.describe,
     ),
 )
-# GGUF architectures a family here will read, once it exists: the error says so
-GGUF_NOT_YET = {"mamba2": "Mamba-2 (Codestral Mamba) is being added to this engine"}
+# GGUF architectures of a family here that has no GGUF layout yet: the error says so
+GGUF_NOT_YET = {"mamba2": "the Mamba-2 family (Codestral Mamba) reads Hugging Face checkpoints, no GGUF layout yet"}
+
 
 @dataclass(frozen=True)
 class TextDecoderOf:

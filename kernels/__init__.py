@@ -26,8 +26,9 @@ from kernels.dtypes import compute_dtype, widen
 from kernels.latent_attention import latent_attention
 from kernels.linear import embed, linear, swiglu
 from kernels.moe import mixture, route, route_group_limited
-from kernels.norm import rms_norm
+from kernels.norm import gated_rms_norm, rms_norm
 from kernels.rope import apply_rope, rope_tables
+from kernels.ssd import ssd_scan, ssd_step
 from kernels.ssm import selective_scan, ssm_step
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "linear", "mixture", "rms_norm", "rope_tables", "route", "selective_scan", "silu", "softmax", "softplus",
     "ssm_step", "swiglu", "use", "using", "widen",
     "latent_attention", "route_group_limited",
+    "gated_rms_norm", "ssd_scan", "ssd_step",
 ]

@@ -66,7 +66,7 @@ def _route_numba(router_logits, k, renormalize):
     for t in range(T):
         row = router_logits[t]  # [E]
         m = row.max()
-        total = m * 0  # the logits' dtype (a Python 0.0 would sum in float64)
+        total = m - m  # zero in the logits' dtype (m * 0 or 0.0 would make Numba sum in float64)
         for e in range(E):
             total += np.exp(row[e] - m)
         taken = np.zeros(E, np.bool_)

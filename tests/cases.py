@@ -160,3 +160,26 @@ MISTRAL4_CASES = {
                                     rms_norm_eps=1e-3, max_position_embeddings=128,
                                     rope_parameters=yarn_rope(factor=8.0, mscale=0.707, rope_theta=10000.0)), 55),
 }
+
+
+# ---------------------------------------------------------------- Codestral Mamba (Mamba-2)
+def mamba2(**overrides) -> dict:
+    """A tiny Mamba-2 (Codestral Mamba) config.json: 2 layers, d = 32, d_inner 64 = 8 heads x 8."""
+    config = {
+        "architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2",
+        "vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 8, "head_dim": 8,
+        "state_size": 16, "n_groups": 2, "expand": 2, "conv_kernel": 4, "chunk_size": 16, "hidden_act": "silu",
+        "layer_norm_epsilon": 1e-5, "use_bias": False, "use_conv_bias": True, "residual_in_fp32": True,
+        "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+# name -> (config, seed); 40-token prompts, so chunk 16 leaves a last chunk of 8 and chunk 8 divides.
+MAMBA2_CASES = {
+    "g2_chunk16": (mamba2(), 61),                                        # chunk does not divide the prompt
+    "g1_chunk8_tied": (mamba2(n_groups=1, chunk_size=8, tie_word_embeddings=True), 62),  # chunk divides it
+    # 4 groups of 2 heads; N 8; K 3; no conv bias, projection biases; dt clamped to [0.01, 0.05]
+    "g4_limit_bias": (mamba2(n_groups=4, state_size=8, conv_kernel=3, use_conv_bias=False, use_bias=True,
+                             num_hidden_layers=3, time_step_limit=[0.01, 0.05]), 63),
+}
