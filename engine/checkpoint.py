@@ -1,10 +1,13 @@
 """Finding and opening checkpoints: a local directory or a Hugging Face repo id.
 
-Two layouts are understood:
+Three layouts are understood:
 
 * Hugging Face: ``config.json`` + ``model.safetensors``, or shards listed in
   ``model.safetensors.index.json`` (``{"weight_map": {tensor: shard file}}``).
 * Mistral native: ``params.json`` + ``consolidated.safetensors``.
+* GGUF: one ``.gguf`` file (llama.cpp's format, `engine.gguf_checkpoint`); its
+  `Checkpoint` holds the GGUF metadata as `config` and the tensors under their GGUF
+  names, which the family's GGUF layout translates (`engine.registry.identify`).
 
 Every tensor is a read-only view of a memory map (see `engine.safetensors_io`):
 opening a checkpoint reads headers only; weights are paged in as they are used.
@@ -22,7 +25,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from engine import CheckpointError
+from engine.gguf_checkpoint import is_gguf, open_gguf
 from engine.safetensors_io import open_tensors, regular_file
+from kernels.quant import QuantizedTensor
 
 CONFIG, PARAMS = "config.json", "params.json"
 SINGLE, INDEX, NATIVE = "model.safetensors", "model.safetensors.index.json", "consolidated.safetensors"
@@ -35,8 +40,8 @@ class Checkpoint:
     """An opened checkpoint: its config dict, its tensors, and where each one lives."""
 
     path: Path
-    layout: str  # "hf" or "native"
-    config: dict  # config.json or params.json, as parsed
+    layout: str  # "hf", "native" or "gguf"
+    config: dict  # config.json or params.json, as parsed; a GGUF file's metadata
     tensors: Mapping[str, np.ndarray]
     files: Mapping[str, Path]  # tensor name -> the file it is in (for error messages)
 
@@ -55,7 +60,8 @@ class Checkpoint:
             if tuple(found.shape) != tuple(shape):
                 raise CheckpointError(f"{self.files[rename(name)]}: tensor {rename(name)!r} has shape "
                                       f"{list(found.shape)}, the config needs {list(shape)}")
-            if found.dtype not in (np.float32, np.float16, np.uint16, np.float64):
+            if not isinstance(found, QuantizedTensor) and found.dtype not in (np.float32, np.float16, np.uint16,
+                                                                              np.float64):
                 raise CheckpointError(f"{self.files[rename(name)]}: tensor {rename(name)!r} has dtype "
                                       f"{found.dtype}; weights must be F32, F16 or BF16")
 
@@ -87,8 +93,11 @@ def shards_of(index_path: Path) -> tuple[dict, list[str]]:
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a local checkpoint directory (either layout)."""
+    """Open a local checkpoint directory (HF or native layout) or a GGUF file."""
     path = Path(path)
+    if is_gguf(path):
+        f = open_gguf(path)
+        return Checkpoint(path, "gguf", f.metadata, f.tensors, {name: path for name in f.tensors})
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
     if (path / CONFIG).exists():
@@ -121,7 +130,7 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def resolve(model: str | os.PathLike) -> Path:
-    """A local directory for MODEL: itself if it is one, else a Hugging Face repo id.
+    """A local directory (or GGUF file) for MODEL: itself if it is one, else a Hugging Face repo id.
 
     MODEL is read as a repo id only when it is not on disk, has the form
     ``owner/name``, and ``owner`` is not a folder here (``models/mistral`` with a
@@ -129,12 +138,13 @@ def resolve(model: str | os.PathLike) -> Path:
     repo is fetched with huggingface-hub (`fetch_repo`).
     """
     local, name = Path(model), str(model)
-    if local.is_dir():
+    if local.is_dir() or is_gguf(local):
         return local
     if local.exists():
-        raise CheckpointError(f"{name}: not a directory (a checkpoint is a folder, or a Hugging Face repo id)")
+        raise CheckpointError(f"{name}: not a directory or a GGUF file (a checkpoint is a folder, a .gguf file, "
+                              f"or a Hugging Face repo id)")
     if not _REPO_ID.match(name):
-        raise CheckpointError(f"{name}: no such directory, and not a Hugging Face repo id (owner/name)")
+        raise CheckpointError(f"{name}: no such directory or GGUF file, and not a Hugging Face repo id (owner/name)")
     owner = name.split("/")[0]
     if Path(owner).is_dir():
         raise CheckpointError(f"{name}: no such directory (read as a local path, not a hub repo id, "

@@ -7,11 +7,13 @@
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
     npinfer chat [-m MODEL] ["message"] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
     npinfer serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    npinfer compare MODEL --backend URL [--prompts F.jsonl] [--max-tokens N] [--top-logprobs K]
+                    [--max-kl X] [--json] [--ray [ADDRESS]]
 
 Without MODEL, chat and serve use the embedded tiny default (engine.default_model).
 `npinfer chat` with no message on a terminal is an interactive session (`_ChatSession`).
 
-MODEL is a local checkpoint directory or a Hugging Face repo id. Every failure a
+MODEL is a local checkpoint directory, a GGUF file or a Hugging Face repo id. Every failure a
 user can cause (bad checkpoint, bad ids, unwritable output) ends in one line on
 stderr and exit status 2, never a traceback.
 """
@@ -114,6 +116,17 @@ def cmd_tiny(args) -> int:
 def cmd_tokenize(args) -> int:
     from tokenizer import cli as tokenizer_cli
 
+    from engine.gguf_checkpoint import gguf_tokenizer, is_gguf
+
+    if is_gguf(args.tokenizer):  # the tokenizer package reads no GGUF: hand it the metadata's tokenizer
+        import tokenizer
+        from tokenizer.chat import chat_format_of
+
+        try:
+            tok = gguf_tokenizer(args.tokenizer)
+        except tokenizer.TokenizerError as e:
+            raise NpinferError(str(e)) from None
+        return tokenizer_cli.run(args, tok, chat_format_of(tok))
     return tokenizer_cli.run(args)
 
 
@@ -123,8 +136,9 @@ class _LoadProgress:
     LARGE = 256 << 20  # bytes
 
     def __init__(self, model: str | None):
-        size = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) if model and Path(model).is_dir() \
-            else 0
+        path = Path(model) if model else None
+        size = sum(p.stat().st_size for p in path.glob("*.safetensors")) if path and path.is_dir() \
+            else path.stat().st_size if path and path.is_file() else 0
         self.shown = size >= self.LARGE
         if self.shown:
             print(f"loading {model} ({size / 2**30:.1f} GiB)...", end="", file=sys.stderr, flush=True)
@@ -283,7 +297,7 @@ def add_chat_parser(sub) -> None:
                        "/system TEXT, /exit). Without -m, the embedded tiny default is used "
                        "(random weights: its answers are noise).")
     c.add_argument("message", nargs="*", help="the user message (its words are joined by spaces)")
-    c.add_argument("-m", "--model", help="checkpoint directory or Hugging Face repo id (default: the tiny default)")
+    c.add_argument("-m", "--model", help="checkpoint directory, GGUF file or Hugging Face repo id (default: the tiny default)")
     c.add_argument("--system", help="a system prompt")
     c.add_argument("--max-tokens", type=int, default=256, help="per answer (default 256)")
     c.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
@@ -298,7 +312,7 @@ def add_serve_parser(sub) -> None:
                        description="Serve GET /info, POST /chat/completions (Azure AI model inference) and "
                        "POST /v1/chat/completions (AI21; OpenAI SDK with base_url=.../v1). Without MODEL, "
                        "the embedded tiny default is served.")
-    s.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint directory or Hugging Face repo id")
+    s.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint directory, GGUF file or Hugging Face repo id")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or api-key: KEY); "
@@ -320,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("logits", help="logits of a prompt (and a greedy continuation) to an .npz file",
                        description="Run a prompt in one prefill and write its logits [T, V]; with "
                        "--generate N also decode N tokens greedily through the cache.")
-    q.add_argument("model", metavar="MODEL", help="checkpoint directory or Hugging Face repo id")
+    q.add_argument("model", metavar="MODEL", help="checkpoint directory, GGUF file or Hugging Face repo id")
     ids = q.add_mutually_exclusive_group(required=True)
     ids.add_argument("--ids", help="comma-separated token ids, e.g. 1,2,3")
     ids.add_argument("--ids-file", help="a .npy file holding a 1-D integer array")
@@ -366,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chat_parser(sub)
     add_serve_parser(sub)
+
+    from engine import compare
+
+    c = sub.add_parser("compare", help="score an OpenAI-compatible backend's output with npinfer's exact "
+                       "distributions", description="Send each prompt to the backend (greedy, with top-K logprobs), "
+                       "teacher-force its output through MODEL and report KL over its top K, same top token, "
+                       "|delta logprob| and the first greedy divergence, summed up as llama-perplexity does. "
+                       "Exit 0: mean KL within --max-kl; 1: beyond; 2: error.")
+    compare.add_arguments(c)
+    c.set_defaults(run=compare.run)
     return p
 
 

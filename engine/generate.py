@@ -81,6 +81,7 @@ class TokenLogprob:
     bytes: list[int]
     logprob: float
     top: list[tuple[str, list[int], float]]  # (token, bytes, logprob), most likely first
+    ids: tuple[int, ...] = ()  # the token's id, then the ids of `top` (for /v1/completions)
 
 
 @dataclass(frozen=True)
@@ -221,8 +222,9 @@ def token_logprob(tok, token_id: int, logprobs: np.ndarray, k: int) -> TokenLogp
         raw = tok.token_bytes(i)
         return raw.decode("utf-8", errors="replace"), list(raw)
 
-    top = [(*entry(i), lp) for i, lp in top_logprobs(logprobs, k)]
-    return TokenLogprob(*entry(token_id), float(logprobs[token_id]), top)
+    best = top_logprobs(logprobs, k)
+    top = [(*entry(i), lp) for i, lp in best]
+    return TokenLogprob(*entry(token_id), float(logprobs[token_id]), top, (token_id, *(i for i, _ in best)))
 
 
 def eos_ids(model, tok) -> set[int]:

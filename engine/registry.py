@@ -8,13 +8,15 @@ Everything the front (server, schema, generation, CLI, oracle) needs to know abo
 family is a field of its `Family` entry in `FAMILIES`; no other module of `engine/`
 names an architecture.
 
-| family  | architectures (config.json)                  | package    | native layout (params.json) |
-|---------|----------------------------------------------|------------|-----------------------------|
-| mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         |
-|         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |
-| jamba   | JambaForCausalLM                             | jamba_np   | no                          |
-| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | no                          |
-| mamba2  | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          |
+| family  | architectures (config.json)                  | package    | native layout (params.json) | GGUF  |
+|---------|----------------------------------------------|------------|-----------------------------|-------|
+| mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         | llama |
+|         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |       |
+| jamba   | JambaForCausalLM                             | jamba_np   | no                          | jamba |
+| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | no                          |       |
+| mamba2  | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          |       |
+
+(GGUF: the ``general.architecture`` values of llama.cpp's files the family reads.)
 
 A multimodal checkpoint whose text decoder is one of these families is a `TextDecoderOf`
 entry (`MULTIMODAL`): Mistral3ForConditionalGeneration (Mistral Small 3.1/3.2, Ministral 3
@@ -36,8 +38,10 @@ from dataclasses import dataclass, field
 import kernels
 from engine import CheckpointError
 from engine.checkpoint import CONFIG, PARAMS, Checkpoint, open_checkpoint, resolve
-from jamba_np import config as jamba_config, model as jamba_model, weights as jamba_weights
-from mistral_np import config as mistral_config, model as mistral_model, weights as mistral_weights
+from engine.gguf_checkpoint import hf_view
+from jamba_np import config as jamba_config, gguf as jamba_gguf, model as jamba_model, weights as jamba_weights
+from mistral_np import config as mistral_config, gguf as mistral_gguf, model as mistral_model
+from mistral_np import weights as mistral_weights
 from mistral_np import mamba2, mamba2_config, mamba2_weights, mistral4, mistral4_config, mistral4_weights
 
 
@@ -52,6 +56,16 @@ class NativeLayout:
     read_config: Callable[[dict], object]  # params.json -> frozen config
     architecture: Callable[[dict], str]  # params.json -> the architecture it is (for /info and logs)
     tensor_name: Callable[[str], str]  # HF name -> the name in the file
+
+
+@dataclass(frozen=True)
+class GGUFLayout:
+    """How a family reads llama.cpp's GGUF files (`engine.gguf_checkpoint.hf_view`)."""
+
+    architectures: tuple[str, ...]  # general.architecture values it reads
+    config_json: Callable[[str, Mapping, Mapping], dict]  # (arch, {arch}.* keys, tensor shapes) -> config.json
+    weights: Callable[[dict, Mapping], dict]  # (config.json, GGUF-named tensors) -> {HF name: tensor}
+    read_config: Callable[[dict], object]  # that config.json -> frozen config
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class Family:
     describe: Callable[[object], str] | None = None  # config -> the line printed when a model loads
     tensor_name: Callable[[dict, object], Callable[[str], str]] = field(
         default=lambda config_json, tensors: _same_name)  # HF name -> name in the file
+    gguf: GGUFLayout | None = None
 
 
 FAMILIES = (
@@ -88,6 +103,7 @@ FAMILIES = (
                             architecture=mistral_config.native_architecture, tensor_name=mistral_weights.native_name),
         model=mistral_model.Mistral, expected_shapes=mistral_weights.expected_shapes,
         tiny=mistral_config.TINY, describe=mistral_config.MistralConfig.describe,
+        gguf=GGUFLayout(("llama",), mistral_gguf.config_json, mistral_gguf.weights, mistral_gguf.read_config),
     ),
     Family(
         name="jamba",
@@ -96,6 +112,7 @@ FAMILIES = (
         model=jamba_model.Jamba, expected_shapes=jamba_weights.expected_shapes, special_init=jamba_weights.special_init,
         tiny=jamba_config.TINY, describe=jamba_config.JambaConfig.describe,
         provider="AI21",
+        gguf=GGUFLayout(("jamba",), jamba_gguf.config_json, jamba_gguf.weights, jamba_gguf.read_config),
     ),
     Family(  # Mistral Small 4 (mistral_np/mistral4.py); also the text_config of a multimodal checkpoint
         name="mistral4",
@@ -113,6 +130,8 @@ FAMILIES = (
         special_init=mamba2_weights.special_init, tiny=mamba2_config.TINY, describe=mamba2_config.Mamba2Config.describe,
     ),
 )
+# GGUF architectures of a family here that has no GGUF layout yet: the error says so
+GGUF_NOT_YET = {"mamba2": "the Mamba-2 family (Codestral Mamba) reads Hugging Face checkpoints, no GGUF layout yet"}
 
 
 @dataclass(frozen=True)
@@ -201,6 +220,17 @@ def family_of(config_json: dict, where: str = CONFIG) -> Family:
     return next(f for f in FAMILIES if arch in f.architectures)
 
 
+def gguf_family(arch: str, where: str) -> Family:
+    """The family that reads GGUF architecture `arch`, or a one-line error."""
+    family = next((f for f in FAMILIES if f.gguf and arch in f.gguf.architectures), None)
+    if family is None:
+        if arch in GGUF_NOT_YET:
+            raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported yet ({GGUF_NOT_YET[arch]})")
+        known = ", ".join(a for f in FAMILIES if f.gguf for a in f.gguf.architectures)
+        raise CheckpointError(f"{where}: GGUF key general.architecture = {arch!r} is not supported (supported: {known})")
+    return family
+
+
 def native_family() -> Family:
     return next(f for f in FAMILIES if f.native is not None)
 
@@ -241,6 +271,8 @@ class Loaded:
 
 def identify(ckpt: Checkpoint) -> Loaded:
     """Family, architecture, config and HF-named weights of an opened checkpoint; errors are one line."""
+    if ckpt.layout == "gguf":
+        return _identify_gguf(ckpt)
     source = ckpt.path / (PARAMS if ckpt.layout == "native" else CONFIG)
     if ckpt.layout == "native":
         family = native_family()
@@ -264,6 +296,22 @@ def identify(ckpt: Checkpoint) -> Loaded:
 def open_model(model: str | os.PathLike) -> Loaded:
     """Resolve, open and validate a checkpoint (not yet a model); errors are one line (NpinferError)."""
     return identify(open_checkpoint(resolve(model)))
+
+
+def _identify_gguf(ckpt: Checkpoint) -> Loaded:
+    """`identify` for a GGUF file: the family's GGUF layout makes its config.json and HF names."""
+    arch = ckpt.config.get("general.architecture")
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{ckpt.path}: GGUF key general.architecture is missing")
+    family = gguf_family(arch, str(ckpt.path))
+    config_json, weights = hf_view(ckpt.path, ckpt.config, ckpt.tensors, family.gguf)
+    try:
+        config = family.gguf.read_config(config_json)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.path}: {e}") from None
+    hf = Checkpoint(ckpt.path, "gguf", config_json, weights, {name: ckpt.path for name in weights})
+    hf.check(family.expected_shapes(config))
+    return Loaded(family, architecture_of(config_json, str(ckpt.path)), config, weights)
 
 
 def load_model(model: str | os.PathLike, dtype: str = "float32"):

@@ -3,6 +3,7 @@
     GET  /info                  {model_name, model_type: chat-completions, model_provider_name}
     POST /chat/completions      Azure AI model inference (extra-parameters header, see engine.schema)
     POST /v1/chat/completions   AI21 Studio with the OpenAI parameters; the OpenAI SDK's base_url=.../v1
+    POST /v1/completions        OpenAI text completions: a raw prompt or token ids (engine.text_completions)
     GET  /models, /v1/models    the OpenAI model list (one model)
     GET  /openapi.json          the OpenAPI document (engine.openapi)
 
@@ -67,6 +68,7 @@ from engine.generate import (
     PromptLogprobs,
     PromptTooLong,
     Usage,
+    check_prompt,
     collect,
     eos_ids,
     generate,
@@ -86,6 +88,7 @@ from engine.schema import (
     tool_call_deltas,
     v1_request,
 )
+from engine.text_completions import completion_request, prompt_ids, text_completion_body
 from tokenizer.tools import schema_problem, tool_names
 
 DONE = object()  # end of a job's events
@@ -377,6 +380,24 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
         authorize(request)
         data = parse_json(await read_body(request, service.limits.max_body_bytes))
         return await answer(request, v1_request(data, service.model.config.vocab_size))
+
+    @app.post("/v1/completions")  # OpenAI text completions: a raw prompt or token ids, no chat format
+    async def text_completions(request: Request):
+        authorize(request)
+        data = parse_json(await read_body(request, service.limits.max_body_bytes))
+        req = completion_request(data, service.model.config.vocab_size)
+        ids = prompt_ids(service.tok, req.prompt)
+        try:
+            check_prompt(service.model, ids)
+        except NpinferError as e:  # PromptTooLong, or an empty text
+            raise ApiError(400, "context_length_exceeded" if isinstance(e, PromptTooLong) else "invalid_request",
+                           str(e)) from None
+        job = service.submit(ids, req.params)
+        events = [e async for e in job_events(job, request)]
+        if not events or not isinstance(events[-1], Usage):  # the client left
+            return Response(status_code=499)
+        return text_completion_body(f"cmpl-{uuid.uuid4().hex}", int(time.time()), service.name,
+                                    collect(events, 1), req.params.logprobs)
 
     return app
 

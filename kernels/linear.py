@@ -14,7 +14,8 @@ Two regimes, two fast paths (the reference widens the whole matrix and calls BLA
   to the compute dtype (a few MB, cache-resident) and handed to BLAS, so the
   rate is BLAS's and the extra memory is one tile, never the whole matrix.
 
-f32 weights in float32 mode go straight to BLAS.
+f32 weights in float32 mode go straight to BLAS. ggml's block-quantized weights
+(`kernels.quant.QuantizedTensor`) take the same two regimes in `kernels.quant`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kernels.backend import dispatch
 from kernels.activations import silu
 from kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
 from kernels.dtypes import widen
+from kernels.quant import QuantizedTensor, quantized_matmul_fast
 
 SMALL_BATCH = 8  # rows of x up to which the weight-streaming kernel beats widen + BLAS
 TILE_BYTES = 64 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights
@@ -126,7 +128,9 @@ def _tiled_blas(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """`linear_ref` without a whole-matrix float copy, at bandwidth (decode) or BLAS rate (prefill)."""
-    if w.dtype == x.dtype:
+    if isinstance(w, QuantizedTensor):
+        y = quantized_matmul_fast(x, w, SMALL_BATCH, TILE_BYTES)  # [T, out]
+    elif w.dtype == x.dtype:
         y = x @ w.T  # [T, out]
     elif w.dtype in (np.uint16, np.float16) and x.shape[0] <= SMALL_BATCH:
         y = np.empty((x.shape[0], w.shape[0]), x.dtype)  # [T, out]
@@ -139,7 +143,8 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
 
 
 def embed_ref(table: np.ndarray, ids: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Rows `ids` of an embedding table [V, d], widened to `dtype` -> [T, d]."""
+    """Rows `ids` of an embedding table [V, d], widened to `dtype` -> [T, d] (of a
+    quantized table, only those rows are dequantized)."""
     return widen(table[np.asarray(ids)], dtype)  # [T, d]
 
 

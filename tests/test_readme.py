@@ -12,7 +12,12 @@ with these stand-ins (nothing is downloaded):
 * ``$HOME`` is a fresh folder in which each ``~/models/NAME`` a command names is a tiny
   Mistral (in the native ``params.json`` layout when NAME ends in ``-native``): what the
   ``hf download`` lines, which cannot run here, would have put there;
-* stdin is "Hello" (a bare ``npinfer chat`` reads its message from it).
+* stdin is "Hello" (a bare ``npinfer chat`` reads its message from it);
+* a ``*.gguf`` file a command names is the tiny Mistral written as a Q8_0 GGUF the way
+  llama.cpp's converter writes it (`gguf_writer.write_gguf`), and ``llama-server``
+  (llama.cpp's, not installed in CI) is npinfer's own server on the same file: another
+  OpenAI-compatible backend. A command ending in ``&`` starts in the background; the
+  test waits until its ``--port`` answers, and stops it at the end.
 
 A command must exit 0, or N when its comment says "exit N", and print no traceback.
 What cannot run in CI is listed in NOT_RUN, with the reason; each entry must still
@@ -28,12 +33,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import time
+import urllib.request
+
 import pytest
 
 import tokenizer
 from engine.registry import tiny_layout
 from engine.tiny import write_checkpoint
 from fake_hub import FakeHub
+from gguf_writer import Q, write_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -42,7 +51,7 @@ README = ROOT / "README.md"
 NOT_RUN = [
     (r"^pip install -e \. && ", "strip", "installs into this environment (and may download); the package is "
                                          "already importable here, so the rest of the line runs"),
-    (r"^pip install -e '\.\[test,oracle\]' && python -m pytest", "skip", "it is this test suite"),
+    (r"^pip install -e '\.\[test,oracle,sweep\]' && python -m pytest", "skip", "it is this test suite"),
     (r"^hf auth login\b", "skip", "interactive, and needs a real Hugging Face token"),
     (r"^hf download\b", "skip", "downloads from the hub; the test writes tiny stand-ins where the files would land"),
 ]
@@ -127,8 +136,12 @@ def sandbox(tmp_path_factory):
             shutil.copy(tokenizer.TINY_TOKENIZER_PATH, home / "models" / name / "tokenizer.model")
         else:
             shutil.copytree(tiny["mistral"], home / "models" / name)
+    for name in {g for c, _ in COMMANDS for g in re.findall(r"[\w.-]+\.gguf\b", c)}:
+        write_gguf(tiny["mistral"], cwd / name, qtype=Q.Q8_0, tokenizer_model=tokenizer.TINY_TOKENIZER_PATH)
+    llama_server = (f'while [ $# -gt 0 ]; do case "$1" in -m) m="$2"; shift;; --port) p="$2"; shift;; esac; shift; '
+                    f'done; exec "{sys.executable}" -m engine.cli serve "$m" --port "$p"')
     for name, line in [("npinfer", f'exec "{sys.executable}" -m engine.cli "$@"'),
-                       ("python", f'exec "{sys.executable}" "$@"')]:
+                       ("python", f'exec "{sys.executable}" "$@"'), ("llama-server", llama_server)]:
         (bin_dir / name).write_text(f"#!/bin/sh\n{line}\n")
         (bin_dir / name).chmod(0o755)
     hub = FakeHub(lambda repo: tiny["mixtral" if "mixtral" in repo.lower() else
@@ -136,14 +149,39 @@ def sandbox(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))}
     env |= {"HOME": str(home), "HF_HOME": str(base / "hf"), "HF_ENDPOINT": hub.url, "PYTHONPATH": str(ROOT),
             "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    yield cwd, env
+    background: list[subprocess.Popen] = []
+    yield cwd, env, background
+    for proc in background:
+        proc.terminate()
+        proc.wait(timeout=30)
     hub.shutdown()
+
+
+def start_in_background(command: str, cwd, env) -> subprocess.Popen:
+    """`command &`: started, and waited for until the server on its --port answers."""
+    port = re.search(r"--port (\d+)", command)
+    assert port, f"a background command needs a --port to wait for: {command}"
+    proc = subprocess.Popen(["bash", "-c", "exec " + command], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{command}\n{proc.stderr.read()[-3000:]}"
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/v1/models", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.terminate()
+    raise AssertionError(f"{command}: nothing answered on port {port.group(1)} within 120 s")
 
 
 @pytest.mark.parametrize("run, comment", RUN, ids=[c[:60] for c, _ in RUN])
 def test_readme_command_runs(run, comment, sandbox):
     assert not re.match(r"^npinfer serve\b", run), "a server in a README block needs handling here (start, stop)"
-    cwd, env = sandbox
+    cwd, env, background = sandbox
+    if run.endswith("&"):
+        background.append(start_in_background(run[:-1].strip(), cwd, env))
+        return
     proc = subprocess.run(["bash", "-c", run], cwd=cwd, env=env, input="Hello\n", capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == expected_status(comment), f"{run}\n{proc.stderr[-3000:]}"

@@ -67,16 +67,18 @@ def _convert(tok, value, args, fmt):
     return tok.encode(value)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, tok=None, auto_format: str | None = None) -> int:
+    """The command; `tok` (and `auto_format`, what ``--chat auto`` means for it) when the
+    caller built the tokenizer itself (the engine does, from a GGUF file's metadata)."""
     def fail(message: str) -> int:
         print(f"npinfer: error: {message}", file=sys.stderr)  # the prefix and status of every npinfer error
         return 2
 
     try:
-        tok = load(args.tokenizer)
+        tok = load(args.tokenizer) if tok is None else tok
         fmt = args.chat
         if fmt == "auto":
-            fmt = chat_format_for(args.tokenizer)
+            fmt = auto_format or chat_format_for(args.tokenizer)
         elif fmt is not None and fmt not in FORMATS:
             return fail(f"unknown chat format {fmt!r} (known: {', '.join(FORMATS)}, auto)")
     except (TokenizerError, ChatFormatError) as e:
