@@ -24,7 +24,8 @@ CLI line times `npinfer logits --generate 33` minus `--generate 1` (/ 32), each 
 to a second on this VM. Its roofline uses the highest bandwidth sampled between
 those runs, so a fast run in a fast moment cannot flatter the fraction.
 
-Prints a markdown table; writes benchmarks/results/speed.json and speed.png.
+Prints a markdown table; writes the results as JSON to --out (default
+benchmarks/results/speed.json) and the plot next to it (the same name, .png).
 The machine is a shared VM: decode times and bandwidths are medians of several
 samples, prefill and CLI times the fastest of a few runs, and ratios are taken
 between numbers measured in this one run.
@@ -239,13 +240,16 @@ def main(argv=None) -> int:
     p.add_argument("--cli-runs", type=int, default=5, help="times each CLI run (--generate 1, --generate 33) is timed; the fastest counts")
     p.add_argument("--no-hf", action="store_true", help="skip HF transformers (no oracle extra)")
     p.add_argument("--dir", type=Path, default=Path("/tmp/npinfer-bench"))
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json",
+                   help="the JSON file to write (the plot goes next to it, as .png)")
     args = p.parse_args(argv)
+    if args.out.is_dir():
+        p.error(f"--out {args.out}: is a directory; give the JSON file to write")
     from engine.generate import greedy  # noqa: F401  (imports the engine the CLI uses)
     from engine.registry import load_model
 
     args.dir.mkdir(parents=True, exist_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     bandwidth = Bandwidth()
     results = {"machine": machine(), "models": {}}
     rng = np.random.default_rng(0)
@@ -338,9 +342,9 @@ def main(argv=None) -> int:
             line += (f"; HF bf16 on the same file {r['hf_bf16_here_s_per_token'] * 1e3:.0f} ms/token "
                      f"({r['hf_bf16_here_s_per_token'] / r['cli_decode_s_per_token']:.2f}x)")
         print(line)
-    (args.out / "speed.json").write_text(json.dumps(results, indent=2, default=float))
-    plot(results, args.out / "speed.png")
-    print(f"\nwrote {args.out / 'speed.json'} and {args.out / 'speed.png'}")
+    args.out.write_text(json.dumps(results, indent=2, default=float))
+    plot(results, args.out.with_suffix(".png"))
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
 

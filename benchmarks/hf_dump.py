@@ -37,9 +37,11 @@ LAYER_MODULES = {
     "post_attention_layernorm": "post_attention_layernorm", "pre_ff_layernorm": "pre_ff_layernorm",
     "mlp": "mlp", "block_sparse_moe": "block_sparse_moe", "feed_forward": "feed_forward",
     "mlp.gate": None, "block_sparse_moe.gate": None, "feed_forward.router": None, "": "",
+    "norm": "norm", "mixer": "mixer",  # Mamba-2's block (under backbone.layers.N)
 }
-TOP_MODULES = ("model.embed_tokens", "model.norm", "model.final_layernorm", "lm_head")
-LAYER = re.compile(r"model\.layers\.(\d+)(?:\.(.*))?$")
+TOP_MODULES = ("model.embed_tokens", "model.norm", "model.final_layernorm", "lm_head",
+               "backbone.embeddings", "backbone.norm_f")
+LAYER = re.compile(r"(model|backbone)\.layers\.(\d+)(?:\.(.*))?$")
 
 
 def dump_name(module_name: str, model_type: str) -> str | None:
@@ -47,13 +49,13 @@ def dump_name(module_name: str, model_type: str) -> str | None:
     if module_name in TOP_MODULES:
         return module_name
     m = LAYER.match(module_name)
-    rest = (m.group(2) or "") if m else None
+    rest = (m.group(3) or "") if m else None
     if rest not in LAYER_MODULES:
         return None
     if model_type == "mixtral":  # transformers 5's `mlp` is the checkpoint's block_sparse_moe
         rest = re.sub(r"^mlp\b", "block_sparse_moe", rest)
-    prefix = f"model.layers.{m.group(1)}"
-    if LAYER_MODULES[m.group(2) or ""] is None:
+    prefix = f"{m.group(1)}.layers.{m.group(2)}"
+    if LAYER_MODULES[m.group(3) or ""] is None:
         return f"{prefix}.{rest.rsplit('.', 1)[0]}.router"
     return f"{prefix}.{rest}" if rest else prefix
 
@@ -106,14 +108,21 @@ def hf_activations(model, ids, generate: int = 0) -> dict[str, np.ndarray]:
         for h in handles:
             h.remove()
     out |= {name: np.concatenate(p) for name, p in parts.items()}
-    if model_type == "jamba":
+    if model_type in ("jamba", "mamba2"):
         out |= mamba_states(model, cache)
     return out
 
 
 def mamba_states(model, cache) -> dict[str, np.ndarray]:
-    """Each Mamba layer's conv and SSM state after the run, from HF's cache object."""
+    """Each Mamba layer's conv and SSM state after the run, from HF's cache object
+    (Jamba's ``model.layers.N.mamba``, Mamba-2's ``backbone.layers.N.mixer``)."""
     out = {}
+    if model.config.model_type == "mamba2":
+        for i in range(len(model.backbone.layers)):
+            conv, ssm = cache.get_conv_state(i, state_idx=0), cache.get_recurrent_state(i, state_idx=0)
+            out[f"backbone.layers.{i}.mixer.conv_state"] = to_numpy(conv[0])  # [C, K]
+            out[f"backbone.layers.{i}.mixer.ssm_state"] = to_numpy(ssm[0])  # [H, P, N]
+        return out
     for i, layer in enumerate(model.model.layers):
         if hasattr(layer, "mamba"):
             if hasattr(cache, "get_conv_state"):  # transformers 5
@@ -133,7 +142,10 @@ def load(path, dtype: str = "float32"):
     config = AutoConfig.from_pretrained(path)
     if config.model_type == "jamba":
         config.use_mamba_kernels = False
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
+    model_class = AutoModelForCausalLM
+    if config.model_type == "mistral4":  # transformers 5.24's AutoModelForCausalLM has no mistral4 entry
+        from transformers import Mistral4ForCausalLM as model_class
+    model = model_class.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
     return model.eval()
 
 

@@ -18,9 +18,10 @@ import tokenizer
 from engine import NpinferError
 from engine.checkpoint import open_checkpoint, resolve
 from engine.default_model import NAME, default_model_dir
+from engine.gguf_checkpoint import gguf_tokenizer
 from engine.generate import check_prompt
 from engine.registry import Family, identify
-from tokenizer.chat import chat_format_for, chat_tool_syntax, render_chat
+from tokenizer.chat import chat_format_for, chat_format_of, chat_tool_syntax, render_chat
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,23 @@ class ChatModel:
 
 
 def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
-    """Load MODEL (a directory or a repo id), or the embedded default when None."""
+    """Load MODEL (a directory, a GGUF file or a repo id), or the embedded default when None."""
     path = default_model_dir() if model is None else resolve(model)
     name = NAME if model is None else Path(model).resolve().name if Path(model).exists() else str(model)
-    loaded = identify(open_checkpoint(path))
+    ckpt = open_checkpoint(path)
+    loaded = identify(ckpt)
     try:
-        tok = tokenizer.load(path)
-        fmt = chat_format_for(path, fallback=loaded.family.chat_format)
+        if ckpt.layout == "gguf":  # the tokenizer and template are in the file's metadata
+            tok = gguf_tokenizer(path, ckpt.config)
+            fmt = chat_format_of(tok, fallback=loaded.family.chat_format)
+        else:
+            tok = tokenizer.load(path)
+            fmt = chat_format_for(path, fallback=loaded.family.chat_format)
     except tokenizer.TokenizerError as e:
         raise NpinferError(str(e)) from None
+    V = loaded.config.vocab_size
+    if tok.vocab_size > V:  # the ids past V would have no embedding row
+        raise NpinferError(f"{tok.path}: the tokenizer has {tok.vocab_size} tokens, more than the model's "
+                           f"{V} embedding rows (vocab_size in the config)")
     return ChatModel(loaded.model(dtype), tok, fmt, name, loaded.family, loaded.architecture, str(path),
                      loaded.describe())

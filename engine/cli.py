@@ -5,12 +5,15 @@
     npinfer diff REF OTHER [--atol A] [--rtol R] [--json]
     npinfer tiny LAYOUT OUT_DIR          (the families' tiny layouts: npinfer tiny --help)
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
-    npinfer chat [MODEL] "message" [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
+    npinfer chat [-m MODEL] ["message"] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
     npinfer serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    npinfer compare MODEL --backend URL [--prompts F.jsonl] [--max-tokens N] [--top-logprobs K]
+                    [--max-kl X] [--json] [--ray [ADDRESS]]
 
 Without MODEL, chat and serve use the embedded tiny default (engine.default_model).
+`npinfer chat` with no message on a terminal is an interactive session (`_ChatSession`).
 
-MODEL is a local checkpoint directory or a Hugging Face repo id. Every failure a
+MODEL is a local checkpoint directory, a GGUF file or a Hugging Face repo id. Every failure a
 user can cause (bad checkpoint, bad ids, unwritable output) ends in one line on
 stderr and exit status 2, never a traceback.
 """
@@ -35,6 +38,8 @@ def _parse_ids(args) -> np.ndarray:
             raise NpinferError(f"--ids: expected comma-separated integers, got {args.ids!r}") from None
         ids = np.array(ids, dtype=np.int64)
     else:
+        if Path(args.ids_file).exists() and not Path(args.ids_file).is_file():  # a FIFO would block np.load
+            raise NpinferError(f"{args.ids_file}: cannot read token ids (not a regular file)")
         try:
             ids = np.load(args.ids_file, allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -47,8 +52,9 @@ def _parse_ids(args) -> np.ndarray:
 
 
 def cmd_logits(args) -> int:
-    from engine.generate import greedy
+    from engine.generate import NOT_FINITE, greedy
     from engine.oracle import dump_activations, write_arrays
+    from engine.progress import prefill_progress
     from engine.registry import open_model
     from kernels.trace import no_trace
 
@@ -74,7 +80,8 @@ def cmd_logits(args) -> int:
         logits, gen_ids, gen_logits = dump_activations(model, ids, args.dump_activations,
                                                        generate=args.generate, prompt_trace=prompt_trace)
     else:
-        logits, gen_ids, gen_logits = greedy(model, ids, args.generate, trace=prompt_trace)
+        logits, gen_ids, gen_logits = greedy(model, ids, args.generate, trace=prompt_trace,
+                                             progress=prefill_progress(model, len(ids)))
     out = {"logits": logits, "input_ids": ids}
     if args.generate:
         out |= {"gen_ids": gen_ids, "gen_logits": gen_logits}
@@ -84,6 +91,10 @@ def cmd_logits(args) -> int:
         out |= {k: np.stack(v) for k, v in router.items()}  # [L_moe, T, E], [L_moe, T, k]
     write_arrays(args.out, out)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in out.items()), file=sys.stderr)
+    bad = int(np.size(logits) - np.isfinite(logits).sum())
+    if bad:  # written as computed (they are the oracle's answer), but said
+        print(f"npinfer: warning: {bad} of the {np.size(logits)} prompt logits are not finite ({NOT_FINITE})",
+              file=sys.stderr)
     return 0
 
 
@@ -96,6 +107,8 @@ def cmd_tiny(args) -> int:
                                tokenizer=tokenizer.TINY_TOKENIZER_PATH)
     except (FileExistsError, ValueError) as e:
         raise NpinferError(str(e)) from None
+    except OSError as e:  # an unwritable or missing parent folder, a full disk, ...
+        raise NpinferError(f"{args.out_dir}: cannot write a checkpoint there ({e.strerror or e})") from None
     print(f"wrote a tiny {args.layout} checkpoint to {out}", file=sys.stderr)
     return 0
 
@@ -103,42 +116,18 @@ def cmd_tiny(args) -> int:
 def cmd_tokenize(args) -> int:
     from tokenizer import cli as tokenizer_cli
 
+    from engine.gguf_checkpoint import gguf_tokenizer, is_gguf
+
+    if is_gguf(args.tokenizer):  # the tokenizer package reads no GGUF: hand it the metadata's tokenizer
+        import tokenizer
+        from tokenizer.chat import chat_format_of
+
+        try:
+            tok = gguf_tokenizer(args.tokenizer)
+        except tokenizer.TokenizerError as e:
+            raise NpinferError(str(e)) from None
+        return tokenizer_cli.run(args, tok, chat_format_of(tok))
     return tokenizer_cli.run(args)
-
-
-def cmd_chat(args) -> int:
-    """One completion, streamed to the terminal as it is generated."""
-    import tokenizer
-    from engine.chat_model import load_chat_model
-    from engine.generate import Delta, Finish, GenerationParams, PromptTooLong, generate
-    from engine.sampling import SamplingParams
-
-    if len(args.words) > 2:
-        raise NpinferError('expected [MODEL] "message" (quote the message)')
-    model, message = (None, *args.words) if len(args.words) == 1 else args.words
-    if args.max_tokens < 1 or not 0 <= args.temperature <= 2 or not 0 < args.top_p <= 1:
-        raise NpinferError("--max-tokens must be >= 1, --temperature in [0, 2], --top-p in (0, 1]")
-    chat = load_chat_model(model, dtype=args.dtype)  # headers only: the weights page in during the first token
-    if chat.load_line:
-        print(chat.load_line, file=sys.stderr)
-    progress = _LoadProgress(model)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
-        [{"role": "user", "content": message}]
-    try:
-        ids = chat.prompt(messages)
-    except (tokenizer.ChatFormatError, PromptTooLong) as e:
-        raise NpinferError(str(e)) from None
-    params = GenerationParams(max_tokens=args.max_tokens, seed=args.seed,
-                              sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p))
-    for event in generate(chat.model, chat.tok, ids, params):
-        progress.done()
-        if isinstance(event, Delta):
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
-        elif isinstance(event, Finish) and event.reason == "length":
-            print(f"\n[stopped after {args.max_tokens} tokens]", file=sys.stderr)
-    print()
-    return 0
 
 
 class _LoadProgress:
@@ -147,8 +136,9 @@ class _LoadProgress:
     LARGE = 256 << 20  # bytes
 
     def __init__(self, model: str | None):
-        size = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) if model and Path(model).is_dir() \
-            else 0
+        path = Path(model) if model else None
+        size = sum(p.stat().st_size for p in path.glob("*.safetensors")) if path and path.is_dir() \
+            else path.stat().st_size if path and path.is_file() else 0
         self.shown = size >= self.LARGE
         if self.shown:
             print(f"loading {model} ({size / 2**30:.1f} GiB)...", end="", file=sys.stderr, flush=True)
@@ -159,9 +149,127 @@ class _LoadProgress:
             self.shown = False
 
 
+def cmd_chat(args) -> int:
+    """One answer to a message (from the command line, or stdin when it is not a terminal),
+    or, with no message on a terminal, an interactive session."""
+    if args.max_tokens < 1 or not 0 <= args.temperature <= 2 or not 0 < args.top_p <= 1:
+        raise NpinferError("--max-tokens must be >= 1, --temperature in [0, 2], --top-p in (0, 1]")
+    if len(args.message) > 1 and any((Path(args.message[0]) / f).is_file() for f in ("config.json", "params.json")):
+        raise NpinferError(f"{args.message[0]!r} is a checkpoint folder: give the model with -m/--model "
+                           f'(npinfer chat -m {args.message[0]} "message")')
+    message = " ".join(args.message)
+    interactive = not message and sys.stdin.isatty()
+    if not message and not interactive:
+        message = sys.stdin.read().strip()
+        if not message:
+            raise NpinferError("no message: give one, pipe one on stdin, or run on a terminal for a session")
+    from engine.chat_model import load_chat_model
+
+    chat = load_chat_model(args.model, dtype=args.dtype)  # headers only: the weights page in during the first token
+    if chat.load_line:
+        print(chat.load_line, file=sys.stderr)
+    session = _ChatSession(chat, args, loading=_LoadProgress(args.model))
+    if not interactive:
+        session.say(message)
+        return 0
+    return session.repl()
+
+
+class _ChatSession:
+    """A conversation with one model: the system prompt, the turns so far, how to sample.
+
+    Each turn renders the whole conversation in the model's chat format and runs it
+    from a fresh state (the prompt is prefilled again: simple, and exactly what a
+    chat-completions request with this history computes).
+    """
+
+    HELP = "/reset  forget the conversation | /system TEXT  set the system prompt (and reset) | /exit  quit"
+
+    def __init__(self, chat, args, loading: _LoadProgress):
+        from engine.generate import GenerationParams
+        from engine.sampling import SamplingParams
+
+        self.chat, self.system, self.turns, self.loading = chat, args.system, [], loading
+        self.params = GenerationParams(max_tokens=args.max_tokens, seed=args.seed,
+                                       sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p))
+
+    def messages(self, user: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.turns + [{"role": "user", "content": user}]
+
+    def say(self, user: str) -> str:
+        """Stream the answer to `user` after the turns so far to stdout; keep the turn."""
+        import tokenizer
+        from engine.generate import Delta, Finish, PromptTooLong, generate
+        from engine.progress import prefill_progress
+
+        try:
+            ids = self.chat.prompt(self.messages(user))
+        except (tokenizer.ChatFormatError, PromptTooLong) as e:
+            raise NpinferError(str(e)) from None
+        text, cut = [], False
+        for event in generate(self.chat.model, self.chat.tok, ids, self.params,
+                              progress=prefill_progress(self.chat.model, len(ids))):
+            self.loading.done()  # the weights are paged in by the first pass
+            if isinstance(event, Delta):
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+                text.append(event.text)
+            elif isinstance(event, Finish):
+                cut = event.reason == "length"
+        print()
+        if cut:
+            print(f"[stopped after {self.params.max_tokens} tokens]", file=sys.stderr)
+        answer = "".join(text)
+        if answer:  # (a chat format has no empty assistant turn: an empty answer is not kept)
+            self.turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        return answer
+
+    def repl(self) -> int:
+        """Read a line, answer it, until /exit or end of input (Ctrl-D). Ctrl-C stops an answer."""
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        chat = self.chat
+        print(f"npinfer chat: {chat.name} ({chat.architecture}, chat format {chat.chat_format})\n"
+              f"{self.HELP} (or Ctrl-D)", file=sys.stderr)
+        while True:
+            try:
+                line = input(">>> ").strip()
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            except KeyboardInterrupt:
+                print("\n(/exit or Ctrl-D to quit)", file=sys.stderr)
+                continue
+            command, _, rest = line.partition(" ")
+            if not line:
+                continue
+            if command in ("/exit", "/quit", "/bye"):
+                return 0
+            if command == "/reset":
+                self.turns = []
+                print("(conversation cleared)", file=sys.stderr)
+            elif command == "/system":
+                self.system, self.turns = rest.strip() or None, []
+                print(f"(system prompt {'set' if self.system else 'removed'}; conversation cleared)", file=sys.stderr)
+            elif command in ("/help", "/?"):
+                print(self.HELP, file=sys.stderr)
+            elif command.startswith("/"):
+                print(f"unknown command {command} ({self.HELP})", file=sys.stderr)
+            else:
+                try:
+                    self.say(line)
+                except NpinferError as e:  # e.g. the conversation outgrew the context: the session goes on
+                    print(f"npinfer: error: {e} (/reset starts over)", file=sys.stderr)
+                except KeyboardInterrupt:
+                    print("\n(answer interrupted; not kept)", file=sys.stderr)
+
+
 def cmd_serve(args) -> int:
     from engine.chat_model import load_chat_model
-    from engine.server import Limits, Service, serve
+    from engine.server import Limits, Service, listen, serve
 
     given = {"max_queue": args.max_queue, "requests_per_minute": args.requests_per_minute,
              "tokens_per_minute": args.tokens_per_minute, "max_body_bytes": args.max_body_bytes}
@@ -170,14 +278,15 @@ def cmd_serve(args) -> int:
     if min(limits.max_queue - 1, limits.requests_per_minute, limits.tokens_per_minute, limits.max_body_bytes - 1) < 0:
         raise NpinferError("--max-queue and --max-body-bytes must be >= 1, the per-minute limits >= 0")
     api_key = args.api_key or os.environ.get("NPINFER_API_KEY") or None
+    sock = listen(args.host, args.port)  # a busy port fails here, before the model loads
     progress = _LoadProgress(args.model)
     chat = load_chat_model(args.model, dtype=args.dtype)
     progress.done()
     if chat.load_line:
         print(chat.load_line, file=sys.stderr)
     print(f"npinfer: serving {chat.name} ({chat.architecture}, chat format {chat.chat_format}) on "
-          f"http://{args.host}:{args.port}" + (" (API key required)" if api_key else ""), file=sys.stderr)
-    serve(Service(chat, limits), args.host, args.port, api_key)
+          f"http://{args.host}:{sock.getsockname()[1]}" + (" (API key required)" if api_key else ""), file=sys.stderr)
+    serve(Service(chat, limits), sock, api_key)
     return 0
 
 
@@ -198,13 +307,16 @@ def _batching_limits(args) -> dict:
 
 
 def add_chat_parser(sub) -> None:
-    c = sub.add_parser("chat", help="one chat completion, streamed to the terminal",
-                       description="Send one user message (and an optional system message) and stream the "
-                       "answer. Without MODEL, the embedded tiny default is used (random weights: noise).")
-    c.add_argument("words", nargs="+", metavar='[MODEL] "message"',
-                   help="checkpoint directory or Hugging Face repo id (optional), then the message")
-    c.add_argument("--system", help="a system message")
-    c.add_argument("--max-tokens", type=int, default=256)
+    c = sub.add_parser("chat", help="chat: one answer to a message, or an interactive session",
+                       usage='npinfer chat [-m MODEL] ["message"] [options]',
+                       description="With a message: stream one answer to it (a message can also come on stdin). "
+                       "With no message, on a terminal: an interactive session (history kept; /reset, "
+                       "/system TEXT, /exit). Without -m, the embedded tiny default is used "
+                       "(random weights: its answers are noise).")
+    c.add_argument("message", nargs="*", help="the user message (its words are joined by spaces)")
+    c.add_argument("-m", "--model", help="checkpoint directory, GGUF file or Hugging Face repo id (default: the tiny default)")
+    c.add_argument("--system", help="a system prompt")
+    c.add_argument("--max-tokens", type=int, default=256, help="per answer (default 256)")
     c.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int)
@@ -217,7 +329,7 @@ def add_serve_parser(sub) -> None:
                        description="Serve GET /info, POST /chat/completions (Azure AI model inference) and "
                        "POST /v1/chat/completions (AI21; OpenAI SDK with base_url=.../v1). Without MODEL, "
                        "the embedded tiny default is served.")
-    s.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint directory or Hugging Face repo id")
+    s.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint directory, GGUF file or Hugging Face repo id")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or api-key: KEY); "
@@ -242,13 +354,13 @@ def add_serve_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="npinfer", description="A pure-NumPy reference inference engine "
-                                "for Mistral, Mixtral and Jamba.")
+                                "for Mistral, Mixtral, Codestral Mamba and Jamba.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("logits", help="logits of a prompt (and a greedy continuation) to an .npz file",
                        description="Run a prompt in one prefill and write its logits [T, V]; with "
                        "--generate N also decode N tokens greedily through the cache.")
-    q.add_argument("model", metavar="MODEL", help="checkpoint directory or Hugging Face repo id")
+    q.add_argument("model", metavar="MODEL", help="checkpoint directory, GGUF file or Hugging Face repo id")
     ids = q.add_mutually_exclusive_group(required=True)
     ids.add_argument("--ids", help="comma-separated token ids, e.g. 1,2,3")
     ids.add_argument("--ids-file", help="a .npy file holding a 1-D integer array")
@@ -294,13 +406,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chat_parser(sub)
     add_serve_parser(sub)
+
+    from engine import compare
+
+    c = sub.add_parser("compare", help="score an OpenAI-compatible backend's output with npinfer's exact "
+                       "distributions", description="Send each prompt to the backend (greedy, with top-K logprobs), "
+                       "teacher-force its output through MODEL and report KL over its top K, same top token, "
+                       "|delta logprob| and the first greedy divergence, summed up as llama-perplexity does. "
+                       "Exit 0: mean KL within --max-kl; 1: beyond; 2: error.")
+    compare.add_arguments(c)
+    c.set_defaults(run=compare.run)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with np.errstate(all="ignore"):  # NaN/inf from bad weights: the commands say so in one line
+            return args.run(args)
     except NpinferError as e:
         print(f"npinfer: error: {e}", file=sys.stderr)
         return 2

@@ -96,6 +96,7 @@ class TokenLogprob:
     bytes: list[int]
     logprob: float
     top: list[tuple[str, list[int], float]]  # (token, bytes, logprob), most likely first
+    ids: tuple[int, ...] = ()  # the token's id, then the ids of `top` (for /v1/completions)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,18 @@ class Usage:
 
 class PromptTooLong(NpinferError):
     pass
+
+
+NOT_FINITE = ("a weight is NaN or infinite, or the activations overflowed: `npinfer logits MODEL --ids ... "
+              "--dump-activations acts.npz` shows the first module where it happens")
+
+
+def finite(logits: np.ndarray) -> np.ndarray:
+    """`logits` [V] if every value is finite, else a one-line NpinferError (nothing can be
+    sampled from NaN; a finite model never produces an infinite logit)."""
+    if not np.isfinite(logits).all():
+        raise NpinferError(f"the model's logits are not finite ({NOT_FINITE})")
+    return logits
 
 
 def context_limit(model) -> int:
@@ -257,8 +270,9 @@ def token_logprob(tok, token_id: int, logprobs: np.ndarray, k: int) -> TokenLogp
         raw = tok.token_bytes(i)
         return raw.decode("utf-8", errors="replace"), list(raw)
 
-    top = [(*entry(i), lp) for i, lp in top_logprobs(logprobs, k)]
-    return TokenLogprob(*entry(token_id), float(logprobs[token_id]), top)
+    best = top_logprobs(logprobs, k)
+    top = [(*entry(i), lp) for i, lp in best]
+    return TokenLogprob(*entry(token_id), float(logprobs[token_id]), top, (token_id, *(i for i, _ in best)))
 
 
 def eos_ids(model, tok) -> set[int]:
@@ -331,7 +345,7 @@ class Generation:
         """Each live choice samples its next token from its row of logits [V]."""
         events, params = [], self.params
         for c, z in zip(list(self.choices), rows):
-            t = choose(z, params.sampling, c.counts, c.rng, c.allowed())
+            t = choose(finite(z), params.sampling, c.counts, c.rng, c.allowed())
             c.counts[t] += 1
             c.generated += 1
             self.completion_tokens += 1
@@ -381,15 +395,19 @@ class Generation:
         return events
 
 
-def generate(model, tok, prompt_ids, params: GenerationParams) -> Iterator[Event]:
+def generate(model, tok, prompt_ids, params: GenerationParams, progress=None) -> Iterator[Event]:
     """Yield (PromptLogprobs, if asked,) Delta and Finish events for each choice, then one Usage.
 
     The request alone: `Generation` driven exactly as `engine.scheduler` drives many.
     Closing the generator (or stopping to iterate) cancels the generation.
+    `progress(done, total)`, when given, is called after each prefill chunk (a progress bar).
     """
     g = Generation(model, tok, prompt_ids, params)
     while not g.prefilled:
-        yield from g.prefill()
+        events = g.prefill()
+        if progress is not None:
+            progress(g.done, len(g.prompt))
+        yield from events
     while g.choices:
         yield from g.decoded(model.forward_batch(g.tokens(), g.states()))  # [B, V]
 
@@ -431,17 +449,19 @@ def collect(events, n: int) -> Completion:
 
 
 # --------------------------------------------------------------------------- greedy, for the oracle
-def greedy(model, prompt, n: int, trace: Trace = no_trace, step_trace: Trace = no_trace, state=None):
+def greedy(model, prompt, n: int, trace: Trace = no_trace, step_trace: Trace = no_trace, state=None,
+           progress=None):
     """Prefill `prompt`, then pick n tokens greedily, feeding each back through the cache.
 
     Returns (prompt logits [T, V], gen_ids [n], gen_logits [n, V]); gen_logits[i]
     is the distribution gen_ids[i] was chosen from (as HF ``generate`` reports it),
     so gen_logits[0] is the prompt's last row and n tokens take n - 1 decode steps.
     `trace` sees the prompt's intermediates, `step_trace` each decode step's;
-    `state` (a fresh one when None) is left after the last step, for its caller to read.
+    `state` (a fresh one when None) is left after the last step, for its caller to read;
+    `progress` is the prefill's hook (`Decoder.forward`).
     """
     state = model.new_state() if state is None else state
-    logits = model.forward(prompt, state, trace=trace)  # [T, V]
+    logits = model.forward(prompt, state, trace=trace, progress=progress)  # [T, V]
     gen_ids, gen_logits, last = [], [], logits[-1]
     for i in range(n):
         gen_ids.append(int(np.argmax(last)))

@@ -24,7 +24,7 @@ flat name -> array mapping:
 | model.layers.N.mamba.ssm_state         | [Di, N]    |                | the scan state s, after the run       |
 | model.layers.N.post_attention_layernorm| [R, d]     |                | Mistral/Mixtral: the FF input         |
 | model.layers.N.pre_ff_layernorm        | [R, d]     |                | Jamba: the FF input                   |
-| model.layers.N.mlp                     | [R, d]     |                | Mistral's dense MLP output            |
+| model.layers.N.mlp                     | [R, d]     |                | Mistral's dense MLP output; Mistral Small 4's MLP or MoE (shared + routed experts) |
 | model.layers.N.block_sparse_moe        | [R, d]     |                | Mixtral's MoE output                  |
 | model.layers.N.feed_forward            | [R, d]     |                | Jamba's FF output (dense or MoE)      |
 | <moe>.router_logits                    | [R, E]     |                | router logits, before the softmax     |
@@ -33,6 +33,13 @@ flat name -> array mapping:
 | model.norm / model.final_layernorm     | [R, d]     |                | the final norm                        |
 | lm_head                                | [R, V]     |                | logits                                |
 | gen_ids, gen_logits                    | [n], [n, V]| int64, float   | with --generate n: the greedy tokens and the distributions they were chosen from |
+| backbone.embeddings                    | [R, d]     |                | Mamba-2: embeddings                   |
+| backbone.layers.N.norm                 | [R, d]     |                | Mamba-2: the mixer's input            |
+| backbone.layers.N.mixer                | [R, d]     |                | Mamba-2 mixer output (after out_proj) |
+| backbone.layers.N.mixer.conv_state     | [C, K]     |                | the conv's last K inputs (C = d_inner + 2GN), after the run |
+| backbone.layers.N.mixer.ssm_state      | [H, P, N]  |                | the SSD state s per head, after the run |
+| backbone.layers.N                      | [R, d]     |                | the residual stream after layer N     |
+| backbone.norm_f                        | [R, d]     |                | the final norm                        |
 
 Names are those of the Hugging Face modules that produce the tensor (for Mixtral,
 the checkpoint's `block_sparse_moe`, which transformers 5 calls `mlp`), so any
@@ -82,12 +89,13 @@ DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
 
 # ----------------------------------------------------------------------------- model order
 # Within a layer, the order the pre-norm block computes things in.
-_LAYER_STEPS = ["input_layernorm", "self_attn", "mamba", "mamba.conv_state", "mamba.ssm_state",
+_LAYER_STEPS = ["input_layernorm", "norm", "self_attn", "mamba", "mamba.conv_state", "mamba.ssm_state",
+                "mixer", "mixer.conv_state", "mixer.ssm_state",
                 "post_attention_layernorm", "pre_ff_layernorm", "router_logits", "experts",
                 "mlp", "block_sparse_moe", "feed_forward", ""]
 _TOP = {"input_ids": 0, "model.embed_tokens": 1, "model.norm": 3, "model.final_layernorm": 3, "lm_head": 4,
-        "gen_ids": 5, "gen_logits": 6}
-_LAYER = re.compile(r"model\.layers\.(\d+)(?:\.(.*))?$")
+        "gen_ids": 5, "gen_logits": 6, "backbone.embeddings": 1, "backbone.norm_f": 3}
+_LAYER = re.compile(r"(?:model|backbone)\.layers\.(\d+)(?:\.(.*))?$")
 
 
 def order_key(name: str) -> tuple:

@@ -8,11 +8,15 @@ Everything the front (server, schema, generation, CLI, oracle) needs to know abo
 family is a field of its `Family` entry in `FAMILIES`; no other module of `engine/`
 names an architecture.
 
-| family  | architectures (config.json)                  | package    | native layout (params.json) |
-|---------|----------------------------------------------|------------|-----------------------------|
-| mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         |
-|         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |
-| jamba   | JambaForCausalLM                             | jamba_np   | no                          |
+| family  | architectures (config.json)                  | package    | native layout (params.json) | GGUF  |
+|---------|----------------------------------------------|------------|-----------------------------|-------|
+| mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         | llama |
+|         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |       |
+| jamba   | JambaForCausalLM                             | jamba_np   | no                          | jamba |
+| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | no                          |       |
+| mamba2  | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          |       |
+
+(GGUF: the ``general.architecture`` values of llama.cpp's files the family reads.)
 
 A multimodal checkpoint whose text decoder is one of these families is a `TextDecoderOf`
 entry (`MULTIMODAL`): Mistral3ForConditionalGeneration (Mistral Small 3.1/3.2, Ministral 3
@@ -31,11 +35,14 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import jamba_np
 import kernels
-import mistral_np
 from engine import CheckpointError
 from engine.checkpoint import CONFIG, PARAMS, Checkpoint, open_checkpoint, resolve
+from engine.gguf_checkpoint import hf_view
+from jamba_np import config as jamba_config, gguf as jamba_gguf, model as jamba_model, weights as jamba_weights
+from mistral_np import config as mistral_config, gguf as mistral_gguf, model as mistral_model
+from mistral_np import weights as mistral_weights
+from mistral_np import mamba2, mamba2_config, mamba2_weights, mistral4, mistral4_config, mistral4_weights
 
 
 def _same_name(name: str) -> str:
@@ -52,6 +59,16 @@ class NativeLayout:
 
 
 @dataclass(frozen=True)
+class GGUFLayout:
+    """How a family reads llama.cpp's GGUF files (`engine.gguf_checkpoint.hf_view`)."""
+
+    architectures: tuple[str, ...]  # general.architecture values it reads
+    config_json: Callable[[str, Mapping, Mapping], dict]  # (arch, {arch}.* keys, tensor shapes) -> config.json
+    weights: Callable[[dict, Mapping], dict]  # (config.json, GGUF-named tensors) -> {HF name: tensor}
+    read_config: Callable[[dict], object]  # that config.json -> frozen config
+
+
+@dataclass(frozen=True)
 class Family:
     """One model family: what it is called, how to read it, how to present it."""
 
@@ -61,15 +78,18 @@ class Family:
     read_config: Callable[[dict], object]  # config.json -> frozen config
     model: type  # a kernels.decoder.Decoder subclass: model(config, weights, dtype)
     expected_shapes: Callable[[object], dict]  # config -> {HF tensor name: shape}
-    provider: str  # GET /info "model_provider_name"
-    response_formats: frozenset[str]  # the response_format types a chat request may ask for
     tiny: Mapping[str, dict]  # `npinfer tiny LAYOUT` -> config.json
+    provider: str = "MistralAI"  # GET /info "model_provider_name"
+    # the response_format types a chat request may ask for: every family enforces JSON by constrained
+    # decoding (engine.constrained), where the hosted Mistral models refuse json_object
+    response_formats: frozenset[str] = frozenset({"text", "json_object", "json_schema"})
     chat_format: str = "mistral-v1"  # when the tokenizer names no format (no version, no template)
     native: NativeLayout | None = None
     special_init: Callable | None = None  # (name, shape, rng) -> array | None: random weights that must look trained
     describe: Callable[[object], str] | None = None  # config -> the line printed when a model loads
     tensor_name: Callable[[dict, object], Callable[[str], str]] = field(
         default=lambda config_json, tensors: _same_name)  # HF name -> name in the file
+    gguf: GGUFLayout | None = None
 
 
 FAMILIES = (
@@ -78,34 +98,41 @@ FAMILIES = (
         architectures=("MistralForCausalLM", "MixtralForCausalLM", "MinistralForCausalLM", "Ministral3ForCausalLM"),
         model_types={"mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
                      "ministral": "MinistralForCausalLM", "ministral3": "Ministral3ForCausalLM"},
-        read_config=mistral_np.MistralConfig.from_hf,
-        model=mistral_np.Mistral,
-        expected_shapes=mistral_np.expected_shapes,
-        provider="MistralAI",
-        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained);
-        # the hosted Mistral models refuse json_object, this engine can enforce it
-        tiny=mistral_np.TINY,
-        native=NativeLayout(
-            read_config=mistral_np.MistralConfig.from_params,
-            architecture=mistral_np.native_architecture,
-            tensor_name=mistral_np.native_name,
-        ),
-        describe=mistral_np.MistralConfig.describe,
+        read_config=mistral_config.MistralConfig.from_hf,
+        native=NativeLayout(read_config=mistral_config.MistralConfig.from_params,
+                            architecture=mistral_config.native_architecture, tensor_name=mistral_weights.native_name),
+        model=mistral_model.Mistral, expected_shapes=mistral_weights.expected_shapes,
+        tiny=mistral_config.TINY, describe=mistral_config.MistralConfig.describe,
+        gguf=GGUFLayout(("llama",), mistral_gguf.config_json, mistral_gguf.weights, mistral_gguf.read_config),
     ),
     Family(
         name="jamba",
-        architectures=("JambaForCausalLM",),
-        model_types={"jamba": "JambaForCausalLM"},
-        read_config=jamba_np.JambaConfig.from_hf,
-        model=jamba_np.Jamba,
-        expected_shapes=jamba_np.expected_shapes,
+        architectures=("JambaForCausalLM",), model_types={"jamba": "JambaForCausalLM"},
+        read_config=jamba_config.JambaConfig.from_hf,
+        model=jamba_model.Jamba, expected_shapes=jamba_weights.expected_shapes, special_init=jamba_weights.special_init,
+        tiny=jamba_config.TINY, describe=jamba_config.JambaConfig.describe,
         provider="AI21",
-        response_formats=frozenset({"text", "json_object", "json_schema"}),  # enforced (engine.constrained)
-        tiny=jamba_np.TINY,
-        special_init=jamba_np.special_init,
-        describe=jamba_np.JambaConfig.describe,
+        gguf=GGUFLayout(("jamba",), jamba_gguf.config_json, jamba_gguf.weights, jamba_gguf.read_config),
+    ),
+    Family(  # Mistral Small 4 (mistral_np/mistral4.py); also the text_config of a multimodal checkpoint
+        name="mistral4",
+        architectures=("Mistral4ForCausalLM",), model_types={"mistral4": "Mistral4ForCausalLM"},
+        read_config=mistral4_config.Mistral4Config.from_hf,
+        model=mistral4.Mistral4, expected_shapes=mistral4_weights.expected_shapes,
+        special_init=mistral4_weights.special_init, tiny=mistral4_config.TINY,
+        describe=mistral4_config.Mistral4Config.describe,
+    ),
+    Family(  # Codestral Mamba (mistral_np/mamba2.py)
+        name="mamba2",
+        architectures=("Mamba2ForCausalLM",), model_types={"mamba2": "Mamba2ForCausalLM"},
+        read_config=mamba2_config.Mamba2Config.from_hf, tensor_name=mamba2_weights.tensor_name,
+        model=mamba2.Mamba2, expected_shapes=mamba2_weights.expected_shapes,
+        special_init=mamba2_weights.special_init, tiny=mamba2_config.TINY, describe=mamba2_config.Mamba2Config.describe,
     ),
 )
+# GGUF architectures of a family here that has no GGUF layout yet: the error says so
+GGUF_NOT_YET = {"mamba2": "the Mamba-2 family (Codestral Mamba) reads Hugging Face checkpoints, no GGUF layout yet"}
+
 
 @dataclass(frozen=True)
 class TextDecoderOf:
@@ -175,7 +202,9 @@ def architecture_of(config_json: dict, where: str = CONFIG) -> str:
     names = config_json.get("architectures") or []
     by_type = {t: a for f in FAMILIES for t, a in f.model_types.items()} | {m.model_type: m.architecture
                                                                            for m in MULTIMODAL}
-    arch = names[0] if isinstance(names, list) and names else by_type.get(config_json.get("model_type"), "")
+    model_type = config_json.get("model_type")
+    by_model_type = by_type.get(model_type, "") if isinstance(model_type, str) else ""
+    arch = names[0] if isinstance(names, list) and names else by_model_type
     if arch not in ARCHITECTURES:
         shown = arch or f"model_type {config_json.get('model_type')!r}"
         raise CheckpointError(f"{where}: unsupported architecture {shown} (supported: {', '.join(ARCHITECTURES)})")
@@ -189,6 +218,17 @@ def family_of(config_json: dict, where: str = CONFIG) -> Family:
     if wrapper is not None:
         return wrapper.family(config_json, where)
     return next(f for f in FAMILIES if arch in f.architectures)
+
+
+def gguf_family(arch: str, where: str) -> Family:
+    """The family that reads GGUF architecture `arch`, or a one-line error."""
+    family = next((f for f in FAMILIES if f.gguf and arch in f.gguf.architectures), None)
+    if family is None:
+        if arch in GGUF_NOT_YET:
+            raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported yet ({GGUF_NOT_YET[arch]})")
+        known = ", ".join(a for f in FAMILIES if f.gguf for a in f.gguf.architectures)
+        raise CheckpointError(f"{where}: GGUF key general.architecture = {arch!r} is not supported (supported: {known})")
+    return family
 
 
 def native_family() -> Family:
@@ -231,6 +271,8 @@ class Loaded:
 
 def identify(ckpt: Checkpoint) -> Loaded:
     """Family, architecture, config and HF-named weights of an opened checkpoint; errors are one line."""
+    if ckpt.layout == "gguf":
+        return _identify_gguf(ckpt)
     source = ckpt.path / (PARAMS if ckpt.layout == "native" else CONFIG)
     if ckpt.layout == "native":
         family = native_family()
@@ -254,6 +296,22 @@ def identify(ckpt: Checkpoint) -> Loaded:
 def open_model(model: str | os.PathLike) -> Loaded:
     """Resolve, open and validate a checkpoint (not yet a model); errors are one line (NpinferError)."""
     return identify(open_checkpoint(resolve(model)))
+
+
+def _identify_gguf(ckpt: Checkpoint) -> Loaded:
+    """`identify` for a GGUF file: the family's GGUF layout makes its config.json and HF names."""
+    arch = ckpt.config.get("general.architecture")
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{ckpt.path}: GGUF key general.architecture is missing")
+    family = gguf_family(arch, str(ckpt.path))
+    config_json, weights = hf_view(ckpt.path, ckpt.config, ckpt.tensors, family.gguf)
+    try:
+        config = family.gguf.read_config(config_json)
+    except ValueError as e:
+        raise CheckpointError(f"{ckpt.path}: {e}") from None
+    hf = Checkpoint(ckpt.path, "gguf", config_json, weights, {name: ckpt.path for name in weights})
+    hf.check(family.expected_shapes(config))
+    return Loaded(family, architecture_of(config_json, str(ckpt.path)), config, weights)
 
 
 def load_model(model: str | os.PathLike, dtype: str = "float32"):

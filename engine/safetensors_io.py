@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -36,14 +37,32 @@ DTYPES = {
     "BOOL": np.dtype("?"),
 }
 MAX_HEADER = 100_000_000
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
 
 
+def regular_file(path: Path) -> Path:
+    """`path` if it is a regular file (or a link to one), else a one-line CheckpointError.
+
+    Checked before opening: reading a FIFO blocks until a writer comes, and a device
+    such as /dev/zero never ends.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: is {_FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, "
+                              f"not a regular file")
+    return path
 
 
 def read_header(path: Path) -> tuple[dict, int]:
     """The JSON header of a safetensors file and the byte offset where data starts."""
     try:
-        with open(path, "rb") as f:
+        with open(regular_file(path), "rb") as f:
             raw = f.read(8)
             if len(raw) < 8:
                 raise CheckpointError(f"{path}: truncated file ({len(raw)} bytes, no header)")
@@ -51,10 +70,8 @@ def read_header(path: Path) -> tuple[dict, int]:
             if n > MAX_HEADER:
                 raise CheckpointError(f"{path}: not a safetensors file (header length {n})")
             text = f.read(n)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a safetensors file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
     if len(text) < n:
         raise CheckpointError(f"{path}: truncated file (header cut at {len(text)} of {n} bytes)")
     try:
@@ -66,38 +83,64 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
+def _is_count(value) -> bool:
+    """A JSON integer >= 0 (``true`` and ``2.0`` are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_entry(path: Path, name: str, entry) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each field checked by type and
+    range; the message names the tensor and the field."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(f"{where} has a malformed header entry (needs dtype, shape and data_offsets)")
+    code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(code, str):
+        raise CheckpointError(f"{where}: dtype {code!r} is not a string (one of {', '.join(DTYPES)})")
+    if code not in DTYPES:
+        raise CheckpointError(f"{where} has unsupported dtype {code} (supported: {', '.join(DTYPES)})")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)
+            and offsets[0] <= offsets[1]):
+        raise CheckpointError(f"{where}: data_offsets {offsets!r} are not two integers 0 <= begin <= end")
+    begin, end = offsets
+    if end - begin != int(np.prod(shape, dtype=object)) * DTYPES[code].itemsize:
+        raise CheckpointError(f"{where}: {end - begin} bytes do not hold {code} {shape}")
+    return DTYPES[code], tuple(shape), begin, end
+
+
 def open_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every tensor of one file as a read-only view of a memory map of it.
 
-    Checks each entry against the file: known dtype, offsets inside the file,
-    byte count = prod(shape) * itemsize.
+    Checks the header as the reference reader (safetensors' ``Metadata::validate``)
+    does: each entry's dtype, shape and offsets by type; byte count = prod(shape) *
+    itemsize; and the tensors, in offset order, tile the data without overlap or gap
+    and end inside the file.
     """
     path = Path(path)
     header, start = read_header(path)
     header.pop("__metadata__", None)
+    entries = sorted(((*parse_entry(path, name, entry), name) for name, entry in header.items()),
+                     key=lambda e: (e[2], e[3]))
     size = path.stat().st_size
+    for _, _, begin, end, name in entries:
+        if start + end > size:
+            raise CheckpointError(f"{path}: truncated file (or bad data_offsets): tensor {name!r} ends at "
+                                  f"byte {start + end}, file has {size}")
+    previous, at = None, 0  # the tensor before, and where it ends
+    for _, _, begin, end, name in entries:
+        if begin != at:
+            after = f"tensor {previous!r} ends at {at}" if previous else "the data starts at 0"
+            raise CheckpointError(f"{path}: tensor {name!r} starts at offset {begin}, but {after} "
+                                  f"({'overlap' if begin < at else 'gap'})")
+        previous, at = name, end
     data = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
     # plain ndarray views of the map (which they keep open): np.memmap's Python-level
     # __array_finalize__ would otherwise run on every slice and view a decode step takes
     data = data.view(np.ndarray)
-    tensors = {}
-    for name, entry in header.items():
-        try:
-            code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if code not in DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {code} "
-                                   f"(supported: {', '.join(DTYPES)})")
-        dtype = DTYPES[code]
-        if start + end > size:
-            raise CheckpointError(f"{path}: truncated file: tensor {name!r} ends at byte "
-                                   f"{start + end}, file has {size}")
-        if end - begin != int(np.prod(shape)) * dtype.itemsize:
-            raise CheckpointError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold "
-                                   f"{code} {shape}")
-        tensors[name] = data[start + begin:start + end].view(dtype).reshape(shape)
-    return tensors
+    return {name: data[start + begin:start + end].view(dtype).reshape(shape)
+            for dtype, shape, begin, end, name in entries}
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],

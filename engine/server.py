@@ -3,6 +3,7 @@
     GET  /info                  {model_name, model_type: chat-completions, model_provider_name}
     POST /chat/completions      Azure AI model inference (extra-parameters header, see engine.schema)
     POST /v1/chat/completions   AI21 Studio with the OpenAI parameters; the OpenAI SDK's base_url=.../v1
+    POST /v1/completions        OpenAI text completions: a raw prompt or token ids (engine.text_completions)
     GET  /models, /v1/models    the OpenAI model list (one model)
     GET  /openapi.json          the OpenAPI document (engine.openapi)
 
@@ -64,6 +65,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import socket
 import sys
 import threading
 import time
@@ -77,7 +79,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import tokenizer
-from engine import constrained
+from engine import NpinferError, constrained
 from engine.chat_model import ChatModel
 from engine.generate import (
     Delta,
@@ -86,6 +88,7 @@ from engine.generate import (
     PromptLogprobs,
     PromptTooLong,
     Usage,
+    check_prompt,
     collect,
     context_limit,
     eos_ids,
@@ -107,6 +110,7 @@ from engine.schema import (
     tool_call_deltas,
     v1_request,
 )
+from engine.text_completions import completion_request, prompt_ids, text_completion_body
 from tokenizer.tools import schema_problem, tool_names
 
 
@@ -449,6 +453,23 @@ def create_app(service: Service, api_key: str | None = None, loopback_only: bool
         data = await body_of(request)
         return await answer(request, v1_request(data, service.model.config.vocab_size, service.budgets))
 
+    @app.post("/v1/completions")  # OpenAI text completions: a raw prompt or token ids, no chat format
+    async def text_completions(request: Request):
+        data = await body_of(request)
+        req = completion_request(data, service.model.config.vocab_size, service.budgets)
+        ids = prompt_ids(service.tok, req.prompt)
+        try:
+            check_prompt(service.model, ids)
+        except NpinferError as e:  # PromptTooLong, or an empty text
+            raise ApiError(400, "context_length_exceeded" if isinstance(e, PromptTooLong) else "invalid_request",
+                           str(e)) from None
+        job = service.submit(ids, req.params)
+        events = [e async for e in job_events(job, request)]
+        if not events or not isinstance(events[-1], Usage):  # the client left
+            return Response(status_code=499)
+        return text_completion_body(f"cmpl-{uuid.uuid4().hex}", int(time.time()), service.name,
+                                    collect(events, 1), req.params.logprobs)
+
     return ErrorsAnswered(app, loopback_only)
 
 
@@ -517,7 +538,22 @@ def server_config(service: Service, host: str, port: int, api_key: str | None, l
                           http=protocol, log_level=log_level)
 
 
-def serve(service: Service, host: str, port: int, api_key: str | None) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, or a one-line NpinferError (a busy port, a bad host):
+    bound before anything announces the server, so a failure comes first."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (a port in TIME_WAIT is free)
+        sock.bind((host, port))
+    except (OSError, OverflowError) as e:
+        raise NpinferError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e})") from None
+    return sock
+
+
+def serve(service: Service, sock: socket.socket, api_key: str | None) -> None:
+    """Serve on `sock` (from `listen`) until interrupted."""
     import uvicorn
 
-    uvicorn.Server(server_config(service, host, port, api_key)).run()
+    host, port = sock.getsockname()[:2]
+    uvicorn.Server(server_config(service, host, port, api_key)).run(sockets=[sock])

@@ -44,7 +44,7 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
         w = special(name, shape, rng)
         if w is None and len(shape) == 1:
             w = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif w is None and name.endswith("embed_tokens.weight"):
+        elif w is None and name.endswith(("embed_tokens.weight", "embeddings.weight")):  # Mamba-2: backbone.embeddings
             # N(0, 1) rows; a tied head reads them as output rows too, so scale them
             # to N(0, 1/d) there, or logits would have std sqrt(d)
             w = rng.standard_normal(shape) * (shape[1] ** -0.5 if config.get("tie_word_embeddings") else 1.0)
@@ -62,8 +62,8 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dt
     built under a temporary name and renamed, so a failure leaves nothing behind.
     """
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not empty" if out.is_dir() else f"{out}: a file exists there")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

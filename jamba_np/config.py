@@ -2,7 +2,8 @@
 
 Read from ``config.json`` as transformers writes it (``JambaConfig``, 4.x and 5.x
 write the same keys). A missing key takes transformers' default (the Jamba-v0.1
-values). Nothing is mutated after loading: derived values are properties.
+values), except the sizes (vocab, hidden, MLP, layers, heads), which are required.
+Nothing is mutated after loading: derived values are properties.
 
 The schedule (Jamba, Lieber et al. 2024, arXiv:2403.19887, section 2 and fig. 1;
 transformers ``layers_block_type`` / ``layers_num_experts``): layer i is
@@ -21,7 +22,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kernels.config_fields import ConfigError, bool_field, decoder_fields, int_field, token_id
+from kernels.config_fields import ConfigError, bool_field, check_multiple, decoder_fields, int_field, token_id
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,10 @@ class JambaConfig:
         return (f"Jamba: {self.num_hidden_layers} layers, d={self.hidden_size}, d_inner={self.d_inner}, "
                 f"N={self.mamba_d_state}, dt_rank={self.mamba_dt_rank}{moe}; schedule: {', '.join(self.schedule)}")
 
-    def __str__(self) -> str:
-        return self.describe()
+    __str__ = describe  # str(config): the same line
 
     def __post_init__(self):
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                              f"num_key_value_heads={self.num_key_value_heads}")
+        check_multiple(self, "num_attention_heads", of="num_key_value_heads")  # GQA: G query heads per kv head
         for period, offset in (("attn_layer_period", "attn_layer_offset"),
                                ("expert_layer_period", "expert_layer_offset")):
             p, o = getattr(self, period), getattr(self, offset)
@@ -106,8 +104,7 @@ class JambaConfig:
     @classmethod
     def from_hf(cls, d: dict) -> "JambaConfig":
         """From a transformers ``config.json`` (``JambaConfig``)."""
-        fields = decoder_fields(d, "Jamba", vocab_size=65536, hidden_size=4096, intermediate_size=14336,
-                                num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=262144)
+        fields = decoder_fields(d, "Jamba", max_position_embeddings=262144)  # the sizes are required
         dt_rank = d.get("mamba_dt_rank", "auto")
         if dt_rank == "auto":  # transformers: math.ceil(hidden_size / 16)
             dt_rank = math.ceil(fields["hidden_size"] / 16)

@@ -131,12 +131,10 @@ def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, states: list[JambaSta
 
 
 @dataclass
-class Jamba(Decoder):
+class Jamba(Decoder, forward_chunk=forward_chunk, make_state=new_state):
     """A loaded Jamba (see `kernels.decoder.Decoder` for its methods)."""
 
     config: JambaConfig
-    forward_chunk = staticmethod(forward_chunk)  # the pass above
-    make_state = staticmethod(new_state)
 
     def state_arrays(self, state: JambaState) -> dict[str, np.ndarray]:
         """Each Mamba layer's conv and SSM states (KV caches are not dumped)."""

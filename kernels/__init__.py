@@ -6,8 +6,8 @@ loop, a Numba twin (`*_fast`). The model packages call the op by its plain name
 one process-wide switch, `kernels.backend` (`kernels.use("ref")`, `kernels.using`).
 
 There is no model knowledge in this package: shapes and dtypes only. Beside the ops
-it holds what every decoder shares without being a model: the KV ring buffer
-(`kernels.cache`), views of weights (`kernels.weights`), config.json field readers
+it holds what every decoder shares without being a model: the KV ring buffer and the
+latent cache (`kernels.cache`), views of weights (`kernels.weights`), config.json field readers
 (`kernels.config_fields`), the trace hook (`kernels.trace`) and the decoder driver
 (`kernels.decoder`: id checks, chunked prefill, batched decode, the output head).
 
@@ -23,14 +23,18 @@ from kernels.attention import attention
 from kernels.backend import backend, dispatch, use, using
 from kernels.conv import causal_conv1d, conv1d_step
 from kernels.dtypes import compute_dtype, widen
+from kernels.latent_attention import latent_attention
 from kernels.linear import embed, linear, swiglu
-from kernels.moe import mixture, route
-from kernels.norm import rms_norm
+from kernels.moe import mixture, route, route_group_limited
+from kernels.norm import gated_rms_norm, rms_norm
 from kernels.rope import apply_rope, rope_tables
+from kernels.ssd import ssd_scan, ssd_step
 from kernels.ssm import selective_scan, ssm_step
 
 __all__ = [
     "apply_rope", "attention", "backend", "causal_conv1d", "compute_dtype", "conv1d_step", "dispatch", "embed",
     "linear", "mixture", "rms_norm", "rope_tables", "route", "selective_scan", "silu", "softmax", "softplus",
     "ssm_step", "swiglu", "use", "using", "widen",
+    "latent_attention", "route_group_limited",
+    "gated_rms_norm", "ssd_scan", "ssd_step",
 ]

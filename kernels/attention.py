@@ -42,7 +42,8 @@ def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, window: int | None) -> 
 def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
     """softmax(q k^T * scale + mask) v, per head.
 
-    q [T, H, D], k and v [S, H_kv, D], q_pos [T], k_pos [S] -> [T, H, D].
+    q [T, H, D], k [S, H_kv, D], v [S, H_kv, Dv], q_pos [T], k_pos [S] -> [T, H, Dv]
+    (Dv = D but in the naive form of latent attention, `kernels.latent_attention`).
     The softmax runs in q's dtype: float32 (as HF's eager path forces) or float64.
     """
     T, H, D = q.shape
@@ -52,7 +53,7 @@ def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np
     scores = np.where(attention_mask(q_pos, k_pos, window), scores, -np.inf)  # [H_kv, G, T, S]
     scores = scores - scores.max(axis=-1, keepdims=True)  # [H_kv, G, T, S]  max subtracted: exp cannot overflow
     p = np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)  # [H_kv, G, T, S]  softmax over keys
-    return np.einsum("kgts,skd->tkgd", p, v).reshape(T, H, D)  # [T, H, D]
+    return np.einsum("kgts,skd->tkgd", p, v).reshape(T, H, v.shape[-1])  # [T, H, Dv]
 
 
 # --------------------------------------------------------------------------- Numba
@@ -65,7 +66,7 @@ PREFETCH_ROWS = 2  # how far ahead, in cache rows [H_kv, D], the kernel prefetch
 def _attention_numba(q, k, v, visible, scale, out):
     """out = softmax(q k^T * scale + mask) v as plain loops, in three parallel passes.
 
-    q [T, H, D], k and v [S, H_kv, D], visible [T, S], out [T, H, D]; scale in q's dtype.
+    q [T, H, D], k [S, H_kv, D], v [S, H_kv, Dv], visible [T, S], out [T, H, Dv]; scale in q's dtype.
 
     1. scores = q k^T * scale, key rows in parallel;
     2. p = softmax(scores) over each query row's visible keys, max subtracted, query
@@ -92,9 +93,10 @@ def _attention_numba(q, k, v, visible, scale, out):
     """
     T, H, D = q.shape
     S, H_kv, _ = k.shape
+    Dv = v.shape[2]
     G = H // H_kv  # query head h reads kv head h // G
     zero = scale * np.float32(0)  # q's dtype (scale * 0 would promote float32 to float64)
-    row_bytes = k.strides[0]  # one key row [H_kv, D]; v's rows are laid out alike
+    row_bytes, v_row_bytes = k.strides[0], v.strides[0]  # one key row [H_kv, D], one value row [H_kv, Dv]
     p = np.empty((T, H, S), q.dtype)  # [T, H, S] scores, then softmax weights (visible keys only)
     sees_a_key = np.zeros((T, H), np.bool_)  # [T, H]
 
@@ -129,20 +131,20 @@ def _attention_numba(q, k, v, visible, scale, out):
 
     # 3. out = p v
     n_blocks = (S + KEY_BLOCK - 1) // KEY_BLOCK  # B
-    partial = np.zeros((n_blocks, T, H, D), q.dtype)  # [B, T, H, D]
+    partial = np.zeros((n_blocks, T, H, Dv), q.dtype)  # [B, T, H, Dv]
     for b in numba.prange(n_blocks):
         for s in range(b * S // n_blocks, (b + 1) * S // n_blocks):
-            for line in range(0, row_bytes, 64):
-                prefetch(v.ctypes.data + (s + PREFETCH_ROWS) * row_bytes + line)
+            for line in range(0, v_row_bytes, 64):
+                prefetch(v.ctypes.data + (s + PREFETCH_ROWS) * v_row_bytes + line)
             for t in range(T):
                 if visible[t, s]:
                     for h in range(H):
                         weight = p[t, h, s]
-                        for d in range(D):
+                        for d in range(Dv):
                             partial[b, t, h, d] += weight * v[s, h // G, d]
     for row in numba.prange(T * H):  # out = the sum of the partials
         t, h = row // H, row % H
-        for d in range(D):
+        for d in range(Dv):
             acc = zero
             for b in range(n_blocks):
                 acc += partial[b, t, h, d]
@@ -166,7 +168,7 @@ def _attention_blas(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> 
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)  # [H_kv, G, T, S]  now the softmax weights p
     out = scores @ v.transpose(1, 0, 2)[:, None]  # [H_kv, G, T, D]  (v as [H_kv, 1, S, D])
-    return out.transpose(2, 0, 1, 3).reshape(T, H, D)  # [T, H, D]
+    return out.transpose(2, 0, 1, 3).reshape(T, H, v.shape[-1])  # [T, H, Dv]
 
 
 def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
@@ -182,7 +184,7 @@ def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> n
         return _attention_blas(q, k, v, q_pos, k_pos, window, scale)
     q, k, v = (np.ascontiguousarray(a, dtype=q.dtype) for a in (q, k, v))  # no copy of the cache views
     visible = attention_mask(q_pos, k_pos, window)  # [T, S]
-    out = np.empty_like(q)  # [T, H, D]
+    out = np.empty((*q.shape[:2], v.shape[2]), q.dtype)  # [T, H, Dv]
     _attention_numba(q, k, v, visible, q.dtype.type(scale), out)
     return out
 

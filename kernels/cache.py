@@ -1,7 +1,8 @@
-"""The key/value cache of one attention layer: a ring buffer under a sliding window.
+"""The caches of one attention layer: keys and values in a ring buffer under a sliding
+window (`KVCache`), or the compressed latent of multi-head latent attention (`LatentCache`).
 
-Generic over models: Mistral and Mixtral use it with their sliding window, Jamba's
-attention layers without one.
+Generic over models: Mistral and Mixtral use `KVCache` with their sliding window, Jamba's
+attention layers without one; Mistral Small 4 uses `LatentCache`.
 """
 
 from __future__ import annotations
@@ -84,3 +85,40 @@ def new_kv_cache(H_kv: int, D: int, window: int | None, dtype, capacity: int = 2
     """An empty cache: W slots under a window, else `capacity` slots that grow."""
     S = window if window is not None else capacity
     return KVCache(np.zeros((S, H_kv, D), dtype), np.zeros((S, H_kv, D), dtype), np.full(S, -1, np.int64), window)
+
+
+@dataclass
+class LatentCache:
+    """One latent-attention layer's cache: per token one row of the latent, never per-head
+    keys and values (DeepSeek-V2, arXiv:2405.04434, section 2.1.2: "during inference, MLA
+    only needs to cache c_t^KV", and the decoupled rotary key k_t^R of section 2.1.3).
+
+    Row t is [c_kv | k_rot] (kv_lora_rank + qk_rope_head_dim numbers, after kv_a_layernorm
+    and RoPE), shared by every head; `kernels.latent_attention` expands or absorbs it. A
+    token costs r + d_R numbers instead of GQA's 2 H_kv D (Mistral Small 4: 256 + 64 = 320
+    instead of 2 x 32 x 128 = 8192 for its 32 heads expanded).
+
+    There is no sliding window: the slot is the position (a state starts at position 0),
+    and the buffer grows by doubling. A chunk is written first, then attends to every row
+    up to its last position, read in place (a view, no copy).
+    """
+
+    latent: np.ndarray  # [S, r + d_R] rows [c_kv | k_rot]
+    pos: np.ndarray  # [S] the position held in each slot; -1 = empty
+
+    def update(self, rows, positions):
+        """Store a chunk's rows [T, r + d_R] at slot = position; return the rows and positions
+        it attends to, [S', r + d_R] and [S'] (positions 0 .. its last)."""
+        end = int(positions[-1]) + 1
+        if end > len(self.pos):
+            size = max(end, 2 * len(self.pos))
+            self.latent = np.concatenate([self.latent, np.zeros((size - len(self.pos), self.latent.shape[1]),
+                                                                self.latent.dtype)])
+            self.pos = np.concatenate([self.pos, np.full(size - len(self.pos), -1, np.int64)])
+        self.latent[positions], self.pos[positions] = rows, positions
+        return self.latent[:end], self.pos[:end]
+
+
+def new_latent_cache(width: int, dtype, capacity: int = 256) -> LatentCache:
+    """An empty latent cache of rows `width` = r + d_R wide, `capacity` slots that grow."""
+    return LatentCache(np.zeros((capacity, width), dtype), np.full(capacity, -1, np.int64))

@@ -29,8 +29,10 @@ def _present(d: dict, key: str, default):
     if not isinstance(d, dict):
         raise ConfigError(f"expected a JSON object holding {key!r}, not {type(d).__name__}")
     value = d.get(key, default)
-    if value is MISSING or value is None:
-        raise ConfigError(f"missing field {key!r}")
+    if value is MISSING:
+        raise ConfigError(f"missing required field {key!r}")
+    if value is None:
+        raise ConfigError(f"field {key!r} is null; it needs a value")
     return value
 
 
@@ -96,6 +98,13 @@ def token_id(d: dict, key: str, default: int | None) -> int | None:
     return int_field({key: value}, key)
 
 
+def check_multiple(config, key: str, of: str) -> None:
+    """config.key must be a multiple of config.of (heads of kv heads, heads of groups), else a ConfigError."""
+    n, m = getattr(config, key), getattr(config, of)
+    if n % m:
+        raise ConfigError(f"{key}={n} is not a multiple of {of}={m}")
+
+
 def check_activation(d: dict, family: str) -> None:
     """Every family here uses SiLU; another ``hidden_act`` is refused by name."""
     act = str_field(d, "hidden_act", "silu")
@@ -106,26 +115,30 @@ def check_activation(d: dict, family: str) -> None:
 def decoder_fields(d: dict, family: str, **defaults) -> dict:
     """The config.json fields every decoder here shares, as keyword arguments of its config.
 
-    `defaults` gives the writing class's defaults for ``vocab_size``, ``hidden_size``,
-    ``intermediate_size``, ``num_hidden_layers``, ``num_attention_heads`` and
-    ``max_position_embeddings``. ``num_key_value_heads`` absent or null means
-    multi-head attention; ``head_dim`` absent or null means hidden / heads.
+    `defaults` gives the writing class's defaults for any of ``vocab_size``,
+    ``hidden_size``, ``intermediate_size``, ``num_hidden_layers``,
+    ``num_attention_heads`` and ``max_position_embeddings``; one without a default
+    is required (``missing required field 'hidden_size'``). The sizes fix every
+    tensor's shape and transformers always writes them, so a family should leave
+    them required: a default would surface later as a confusing shape mismatch.
+    ``num_key_value_heads`` absent or null means multi-head attention; ``head_dim``
+    absent or null means hidden / heads.
     """
     check_activation(d, family)
-    hidden = int_field(d, "hidden_size", defaults["hidden_size"], minimum=1)
-    heads = int_field(d, "num_attention_heads", defaults["num_attention_heads"], minimum=1)
+    hidden = int_field(d, "hidden_size", defaults.get("hidden_size", MISSING), minimum=1)
+    heads = int_field(d, "num_attention_heads", defaults.get("num_attention_heads", MISSING), minimum=1)
     return dict(
-        vocab_size=int_field(d, "vocab_size", defaults["vocab_size"], minimum=1),
+        vocab_size=int_field(d, "vocab_size", defaults.get("vocab_size", MISSING), minimum=1),
         hidden_size=hidden,
-        intermediate_size=int_field(d, "intermediate_size", defaults["intermediate_size"], minimum=1),
-        num_hidden_layers=int_field(d, "num_hidden_layers", defaults["num_hidden_layers"]),
+        intermediate_size=int_field(d, "intermediate_size", defaults.get("intermediate_size", MISSING), minimum=1),
+        num_hidden_layers=int_field(d, "num_hidden_layers", defaults.get("num_hidden_layers", MISSING)),
         num_attention_heads=heads,
         num_key_value_heads=optional_int(d, "num_key_value_heads", heads),
         head_dim=optional_int(d, "head_dim", hidden // heads),
         rms_norm_eps=float_field(d, "rms_norm_eps", 1e-6, positive=True),
         tie_word_embeddings=bool_field(d, "tie_word_embeddings", False),
-        max_position_embeddings=int_field(d, "max_position_embeddings", defaults["max_position_embeddings"],
-                                          minimum=1),
+        max_position_embeddings=int_field(d, "max_position_embeddings",
+                                          defaults.get("max_position_embeddings", MISSING), minimum=1),
         bos_token_id=token_id(d, "bos_token_id", 1),
         eos_token_id=token_id(d, "eos_token_id", 2),
     )

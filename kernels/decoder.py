@@ -16,7 +16,7 @@ state; `Decoder` builds the rest on it:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -73,11 +73,23 @@ class Decoder:
         logits = model.forward([next_id], state)         # one decode step
         logits = model.forward_batch(ids, states)        # one step of several sequences
 
-    A subclass names its config type and gives two functions of its module:
-    ``forward_chunk(config, weights, ids, states, dtype, trace, last_only)``, one
-    pass over the rows `rows_of` lays out, and ``make_state(config, dtype)``.
+    A subclass names its config type and the two functions of its module that it runs:
+
+        @dataclass
+        class Mistral(Decoder, forward_chunk=forward_chunk, make_state=new_state):
+            config: MistralConfig
+
+    ``forward_chunk(config, weights, ids, states, dtype, trace, last_only)`` is one pass
+    over the rows `rows_of` lays out, ``make_state(config, dtype)`` an empty state.
     ``trace`` is an observer (`kernels.trace`); the pass receives it as a pass-through.
     """
+
+    def __init_subclass__(cls, forward_chunk: Callable | None = None, make_state: Callable | None = None, **kw):
+        super().__init_subclass__(**kw)
+        if forward_chunk is not None:
+            cls.forward_chunk = staticmethod(forward_chunk)
+        if make_state is not None:
+            cls.make_state = staticmethod(make_state)
 
     config: object
     weights: Mapping[str, np.ndarray]
@@ -87,12 +99,17 @@ class Decoder:
     def new_state(self):
         return self.make_state(self.config, self.dtype)
 
-    def forward(self, ids, state, trace: Trace = no_trace, last_only: bool = False) -> np.ndarray:
+    def forward(self, ids, state, trace: Trace = no_trace, last_only: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Logits [T, V] for `ids` [T] continuing from `state` (advanced in place);
-        a long prompt runs in chunks of `chunk_size`, each continuing the last."""
+        a long prompt runs in chunks of `chunk_size`, each continuing the last.
+        `progress(done, T)`, when given, is called after each chunk (a progress bar's hook)."""
         ids, trace = check_ids(ids, self.config.vocab_size), passing(trace)
-        logits = [self._pass(ids[s:s + self.chunk_size], [state], trace, last_only)
-                  for s in range(0, len(ids), self.chunk_size)]
+        logits = []
+        for s in range(0, len(ids), self.chunk_size):
+            logits.append(self._pass(ids[s:s + self.chunk_size], [state], trace, last_only))
+            if progress is not None:
+                progress(min(s + self.chunk_size, len(ids)), len(ids))
         return logits[-1] if last_only else np.concatenate(logits)
 
     def forward_batch(self, ids, states: list, trace: Trace = no_trace) -> np.ndarray:

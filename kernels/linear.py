@@ -26,6 +26,9 @@ promise: it picks its kernels and blocking by the matrix shapes (gemv for one ro
 gemm panels for more), so above SMALL_BATCH a row's rounding may change with the
 number of rows. Those are prefill chunks, whose sizes `engine.generate` fixes by
 the prompt alone.
+
+ggml's block-quantized weights (`kernels.quant.QuantizedTensor`) take the same two
+regimes in `kernels.quant` (not batch-invariant: they are for comparing files, not for serving).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from kernels.backend import dispatch
 from kernels.activations import silu
 from kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
 from kernels.dtypes import widen
+from kernels.quant import QuantizedTensor, quantized_matmul_fast
 
 SMALL_BATCH = 32  # rows of x up to which weights are streamed (faster than BLAS here), each row alone
 TILE_BYTES = 64 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights
@@ -169,7 +173,9 @@ def _tiled_blas(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """`linear_ref` without a whole-matrix float copy, at bandwidth (decode) or BLAS rate (prefill);
     batch-invariant up to SMALL_BATCH rows (see the module docstring)."""
-    if x.shape[0] <= SMALL_BATCH:
+    if isinstance(w, QuantizedTensor):
+        y = quantized_matmul_fast(x, w, SMALL_BATCH, TILE_BYTES)  # [T, out]
+    elif x.shape[0] <= SMALL_BATCH:
         T = x.shape[0]
         padded = np.zeros((-(-T // ROWS) * ROWS, x.shape[1]), x.dtype)  # [T', in], T' a multiple of ROWS
         padded[:T] = x
@@ -187,7 +193,8 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
 
 
 def embed_ref(table: np.ndarray, ids: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Rows `ids` of an embedding table [V, d], widened to `dtype` -> [T, d]."""
+    """Rows `ids` of an embedding table [V, d], widened to `dtype` -> [T, d] (of a
+    quantized table, only those rows are dequantized)."""
     return widen(table[np.asarray(ids)], dtype)  # [T, d]
 
 

@@ -1,4 +1,5 @@
-"""RMSNorm (Zhang & Sennrich 2019, eq. 4), as Mistral, Mixtral and Jamba use it.
+"""RMSNorm (Zhang & Sennrich 2019, eq. 4), as Mistral, Mixtral and Jamba use it, and
+Mamba-2's gated RMSNorm per group (`gated_rms_norm`).
 
 In PyTorch (MistralRMSNorm):
     variance = x.pow(2).mean(-1, keepdim=True)
@@ -20,6 +21,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from kernels.activations import silu
 from kernels.backend import dispatch
 from kernels.dtypes import widen
 from kernels.intrinsics import bf16_to_f32
@@ -42,7 +44,7 @@ def _weight_at_numba(w, i):
     return lambda w, i: w[i]
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 def _rms_norm_rows(x, weight, eps, n, out):
     """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, row by row, in x's dtype.
 
@@ -50,6 +52,9 @@ def _rms_norm_rows(x, weight, eps, n, out):
     float32), so no step is promoted to float64 in float32 mode. Single-threaded
     on purpose: in prefill it runs between multi-threaded BLAS calls (see
     kernels.linear).
+
+    NaN and inf pass through as in the reference: NumPy's error model (a division by
+    zero gives inf, not ZeroDivisionError) and no "no NaN / no inf" fast-math flags.
     """
     T, d = x.shape
     for t in range(T):
@@ -72,3 +77,26 @@ def rms_norm_fast(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
 
 rms_norm = dispatch(rms_norm_ref, rms_norm_fast)
+
+
+def gated_rms_norm_ref(y: np.ndarray, z: np.ndarray, weight: np.ndarray, eps: float, group_size: int) -> np.ndarray:
+    """Mamba-2's gated RMSNorm: y * silu(z), normalised over each group of `group_size`
+    channels, times `weight`. y, z [..., Di]; weight [Di] -> [..., Di].
+
+    The gate comes first and each of the Di / group_size groups has its own root mean
+    square (Mamba-2, arXiv:2405.21060, section 7.1's extra normalisation; one group per
+    ``n_groups``, so the norm splits as the heads do). In PyTorch (transformers'
+    MambaRMSNormGated; mamba_ssm's RMSNormGated with norm_before_gate=False):
+        h = (y * silu(z)).view(..., G, group_size)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * h.view(..., G * group_size)
+
+    No Numba twin: a few elementwise passes over [T, Di], a small share of a layer.
+    """
+    h = y * silu(z)  # [..., Di]
+    groups = h.reshape(*h.shape[:-1], -1, group_size)  # [..., G, Di / G]
+    variance = np.mean(groups * groups, axis=-1, keepdims=True)  # [..., G, 1]
+    return (groups / np.sqrt(variance + eps)).reshape(h.shape) * widen(weight, h.dtype)  # [..., Di]
+
+
+gated_rms_norm = gated_rms_norm_ref

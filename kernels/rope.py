@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.config_fields import ConfigError, bool_field, float_field, optional_int
+from kernels.config_fields import ConfigError, bool_field, dict_field, float_field, optional_int
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,7 @@ def read_rope(d: dict, max_position_embeddings: int, default_theta: float) -> Ro
     ``rope_type`` (or the older ``type``). Only "default" and "yarn" exist here; any
     other type is a ConfigError naming it.
     """
-    rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-    if not isinstance(rope, dict):
-        raise ConfigError(f"field 'rope_parameters' must be an object, not {rope!r}")
+    rope = dict_field(d, "rope_parameters") or dict_field(d, "rope_scaling")  # (a non-object: named)
     theta = float_field(d, "rope_theta", rope.get("rope_theta", default_theta), positive=True)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "yarn"):

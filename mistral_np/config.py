@@ -30,7 +30,10 @@
 
 A missing key takes the default of the class that wrote the file (`_DEFAULTS`;
 transformers' ``MistralConfig``, ``MixtralConfig``, ``MinistralConfig``,
-``Ministral3Config``). Nothing is mutated after loading: derived values are properties.
+``Ministral3Config``), except the sizes (vocab, hidden, MLP, layers, heads), which
+are required: every transformers version writes them, and a default would only
+surface later as a tensor shape mismatch. Nothing is mutated after loading:
+derived values are properties.
 """
 
 from __future__ import annotations
@@ -38,20 +41,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from kernels.config_fields import (ConfigError, bool_field, decoder_fields, dict_field, float_field, int_field,
-                                   optional_int)
+from kernels.config_fields import (ConfigError, bool_field, check_multiple, decoder_fields, dict_field, float_field,
+                                   int_field, optional_int)
 from kernels.rope import RopeParams, read_rope
 
-# transformers' defaults, per config class, for the keys a config.json may leave out
+# transformers' defaults, per config class, for the keys a config.json may leave out (not the sizes)
 _DEFAULTS = {
-    "mistral": dict(vocab_size=32000, num_hidden_layers=32, max_position_embeddings=131072, rms_norm_eps=1e-6,
-                    sliding_window=4096, rope_theta=1e4),
-    "mixtral": dict(vocab_size=32000, num_hidden_layers=32, max_position_embeddings=131072, rms_norm_eps=1e-5,
-                    sliding_window=None, rope_theta=1e6),
-    "ministral": dict(vocab_size=32000, num_hidden_layers=32, max_position_embeddings=131072, rms_norm_eps=1e-6,
-                      sliding_window=4096, rope_theta=1e4),
-    "ministral3": dict(vocab_size=131072, num_hidden_layers=34, max_position_embeddings=262144, rms_norm_eps=1e-5,
-                       sliding_window=None, rope_theta=1e6),
+    "mistral": dict(max_position_embeddings=131072, rms_norm_eps=1e-6, sliding_window=4096, rope_theta=1e4),
+    "mixtral": dict(max_position_embeddings=131072, rms_norm_eps=1e-5, sliding_window=None, rope_theta=1e6),
+    "ministral": dict(max_position_embeddings=131072, rms_norm_eps=1e-6, sliding_window=4096, rope_theta=1e4),
+    "ministral3": dict(max_position_embeddings=262144, rms_norm_eps=1e-5, sliding_window=None, rope_theta=1e6),
 }
 _MODEL_TYPE = {"MistralForCausalLM": "mistral", "MixtralForCausalLM": "mixtral", "MinistralForCausalLM": "ministral",
                "Ministral3ForCausalLM": "ministral3"}
@@ -121,13 +120,10 @@ class MistralConfig:
         return (f"{kind}: {self.num_hidden_layers} layers, d={self.hidden_size}, H={self.num_attention_heads}, "
                 f"H_kv={self.num_key_value_heads}, D={self.head_dim}; {rope}; attention: {attention}")
 
-    def __str__(self) -> str:
-        return self.describe()
+    __str__ = describe  # str(config): the same line
 
     def __post_init__(self):
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                              f"num_key_value_heads={self.num_key_value_heads}")
+        check_multiple(self, "num_attention_heads", of="num_key_value_heads")  # GQA: G query heads per kv head
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for rotary embeddings")
         if len(self.windows) != self.num_hidden_layers:
@@ -150,9 +146,7 @@ class MistralConfig:
             raise ConfigError(f"model_type={model_type!r} is not one of {', '.join(_DEFAULTS)}")
         defaults = _DEFAULTS[model_type]
         moe = model_type == "mixtral" or "num_local_experts" in d
-        fields = decoder_fields(d, "Mistral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                                **{k: defaults[k] for k in ("vocab_size", "num_hidden_layers",
-                                                            "max_position_embeddings")})
+        fields = decoder_fields(d, "Mistral", max_position_embeddings=defaults["max_position_embeddings"])  # sizes: required
         heads, layers = fields["num_attention_heads"], fields["num_hidden_layers"]
         # every one of these classes defaults num_key_value_heads to 8 (null: multi-head attention)
         fields["num_key_value_heads"] = optional_int(d, "num_key_value_heads", heads) if "num_key_value_heads" in d \

@@ -167,9 +167,7 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[Mistra
 
 
 @dataclass
-class Mistral(Decoder):
+class Mistral(Decoder, forward_chunk=forward_chunk, make_state=new_state):
     """A loaded Mistral, Mixtral, Ministral or Ministral 3 (see `kernels.decoder.Decoder` for its methods)."""
 
     config: MistralConfig
-    forward_chunk = staticmethod(forward_chunk)  # the pass above
-    make_state = staticmethod(new_state)

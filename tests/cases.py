@@ -127,3 +127,59 @@ MINISTRAL_CASES = {
         original=32, factor=8.0, mscale=0.707, mscale_all_dim=1.0)), 24),
     "mistral3_ministral3": (mistral3(ministral3()), 25),
 }
+
+
+# ---------------------------------------------------------------- Mistral Small 4
+def mistral4(**overrides) -> dict:
+    """A tiny Mistral Small 4 config.json: 3 layers (the first dense), MLA with a low-rank
+    query, 8 experts in 4 groups (top-2 of the best 2), YaRN trained on 16 positions (so a
+    40-token prompt and its continuation run past it, where llama-4 query scaling starts)."""
+    config = {
+        "architectures": ["Mistral4ForCausalLM"], "model_type": "mistral4",
+        "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32,
+        "num_hidden_layers": 3, "first_k_dense_replace": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "q_lora_rank": 24, "kv_lora_rank": 20, "qk_nope_head_dim": 12, "qk_rope_head_dim": 8, "v_head_dim": 10,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2,
+        "norm_topk_prob": True, "routed_scaling_factor": 1.0, "hidden_act": "silu", "max_position_embeddings": 64,
+        "rms_norm_eps": 1e-5, "rope_interleave": True, "attention_bias": False, "tie_word_embeddings": False,
+        "rope_parameters": yarn_rope(rope_theta=10000.0),
+        "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+MISTRAL4_CASES = {
+    "lora_groups4_top2": (mistral4(), 51),
+    # q_proj (no low-rank query); one group; raw weights times 2.5; rotate-half RoPE; no dense layer
+    "q_proj_group1_scaled": (mistral4(q_lora_rank=None, n_group=1, topk_group=1, norm_topk_prob=False,
+                                      routed_scaling_factor=2.5, rope_interleave=False, first_k_dense_replace=0), 52),
+    # YaRN's mscale ratio on cos/sin and mscale_all_dim^2 on the softmax; biases; 2 dense layers of 4;
+    # 2 shared experts; top-3 of one group of 4; rms_norm_eps 1e-3 (the latent norms keep 1e-6)
+    "mscale_bias_dense2": (mistral4(num_hidden_layers=4, first_k_dense_replace=2, attention_bias=True,
+                                    n_shared_experts=2, n_group=2, topk_group=1, num_experts_per_tok=3,
+                                    rms_norm_eps=1e-3, max_position_embeddings=128,
+                                    rope_parameters=yarn_rope(factor=8.0, mscale=0.707, rope_theta=10000.0)), 55),
+}
+
+
+# ---------------------------------------------------------------- Codestral Mamba (Mamba-2)
+def mamba2(**overrides) -> dict:
+    """A tiny Mamba-2 (Codestral Mamba) config.json: 2 layers, d = 32, d_inner 64 = 8 heads x 8."""
+    config = {
+        "architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2",
+        "vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 8, "head_dim": 8,
+        "state_size": 16, "n_groups": 2, "expand": 2, "conv_kernel": 4, "chunk_size": 16, "hidden_act": "silu",
+        "layer_norm_epsilon": 1e-5, "use_bias": False, "use_conv_bias": True, "residual_in_fp32": True,
+        "tie_word_embeddings": False, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+# name -> (config, seed); 40-token prompts, so chunk 16 leaves a last chunk of 8 and chunk 8 divides.
+MAMBA2_CASES = {
+    "g2_chunk16": (mamba2(), 61),                                        # chunk does not divide the prompt
+    "g1_chunk8_tied": (mamba2(n_groups=1, chunk_size=8, tie_word_embeddings=True), 62),  # chunk divides it
+    # 4 groups of 2 heads; N 8; K 3; no conv bias, projection biases; dt clamped to [0.01, 0.05]
+    "g4_limit_bias": (mamba2(n_groups=4, state_size=8, conv_kernel=3, use_conv_bias=False, use_bias=True,
+                             num_hidden_layers=3, time_step_limit=[0.01, 0.05]), 63),
+}

@@ -15,10 +15,18 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 
+# model types transformers' AutoModelForCausalLM does not map (5.24), and the class that runs them
+NOT_IN_AUTO = {"mistral4": "Mistral4ForCausalLM"}
+
+
 def auto_class(config: dict):
     """The transformers Auto class that builds `config`: a multimodal one (a config with a
-    text_config, e.g. Mistral3ForConditionalGeneration) is not a causal LM to the Auto classes."""
-    return AutoModelForImageTextToText if "text_config" in config else AutoModelForCausalLM
+    text_config, e.g. Mistral3ForConditionalGeneration) is not a causal LM to the Auto classes;
+    a model type the causal-LM table lacks gets its own class."""
+    if "text_config" in config:
+        return AutoModelForImageTextToText
+    return getattr(transformers, NOT_IN_AUTO[config["model_type"]]) if config.get("model_type") in NOT_IN_AUTO \
+        else AutoModelForCausalLM
 
 
 def load_hf(path, dtype=torch.float32):
@@ -61,7 +69,9 @@ def hf_written(tmp_path, config: dict, seed: int, dtype=torch.float32, shard=Non
     cfg = {k: v for k, v in config.items() if k not in ("architectures",)}
     hf_config = transformers.AutoConfig.for_model(**cfg)
     torch.manual_seed(seed)
-    model = auto_class(cfg).from_config(hf_config, dtype=torch.float32)
+    model_class = auto_class(cfg)
+    build = model_class.from_config if hasattr(model_class, "from_config") else model_class._from_config
+    model = build(hf_config, dtype=torch.float32)
     randomize_(model, seed)
     path = tmp_path / f"hf-{seed}"
     kwargs = {"max_shard_size": shard} if shard else {}

@@ -60,7 +60,7 @@ def error_of(path) -> str:
 
 
 def test_missing_directory(tmp_path):
-    assert "not a directory" in error_of(tmp_path / "nope")
+    assert "no such directory" in error_of(tmp_path / "nope")
 
 
 def test_missing_weights_file(ckpt):

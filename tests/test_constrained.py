@@ -43,7 +43,7 @@ class RandomLogits:
     def _logits(self, state, rows: int) -> np.ndarray:
         return (3 * state["rng"].standard_normal((rows, self.config.vocab_size))).astype(np.float32)  # [T, V]
 
-    def forward(self, ids, state, last_only=False):
+    def forward(self, ids, state, last_only=False, progress=None):
         return self._logits(state, 1 if last_only else len(ids))
 
     def forward_batch(self, ids, states):

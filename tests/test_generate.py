@@ -177,8 +177,9 @@ def test_cli_chat_streams_the_greedy_answer_of_the_default_model(tmp_path):
 
 
 def test_cli_chat_errors_are_one_line(tmp_path):
-    proc = run_cli("chat", str(tmp_path / "missing"), "hi", check=False)
+    proc = run_cli("chat", "-m", str(tmp_path / "missing"), "hi", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "missing: no such directory" in proc.stderr
     proc = run_cli("chat", "hi", "--temperature", "5", check=False)
     assert proc.returncode == 2 and "--temperature" in proc.stderr
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cases import GENERATE, JAMBA_CASES, MINISTRAL_CASES, MISTRAL_CASES, MIXTRAL_CASES
+from cases import GENERATE, JAMBA_CASES, MINISTRAL_CASES, MISTRAL4_CASES, MISTRAL_CASES, MIXTRAL_CASES
 from conftest import assert_matches
 from engine.generate import greedy
 from engine.registry import load_model
@@ -17,7 +17,8 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 CASES = {f"{family}_{k}": v for family, cases in [("mistral", MISTRAL_CASES), ("mixtral", MIXTRAL_CASES),
-                                                  ("jamba", JAMBA_CASES), ("ministral", MINISTRAL_CASES)]
+                                                  ("jamba", JAMBA_CASES), ("ministral", MINISTRAL_CASES),
+                                                  ("mistral4", MISTRAL4_CASES)]
          for k, v in cases.items()}
 
 

@@ -118,7 +118,12 @@ def test_schedule_matches_transformers_rule():
 
 
 def test_config_defaults_and_dt_rank():
-    cfg = jamba_np.JambaConfig.from_hf({"model_type": "jamba"})  # transformers' defaults = Jamba-v0.1
+    sizes = {"vocab_size": 65536, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+             "num_attention_heads": 32}  # Jamba-v0.1's; required (a default would only show as a shape mismatch)
+    for missing in sizes:
+        with pytest.raises(ValueError, match=f"missing required field '{missing}'"):
+            jamba_np.JambaConfig.from_hf({"model_type": "jamba"} | {k: v for k, v in sizes.items() if k != missing})
+    cfg = jamba_np.JambaConfig.from_hf({"model_type": "jamba", **sizes})  # the rest: transformers' defaults = Jamba-v0.1
     assert (cfg.hidden_size, cfg.d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state) == (4096, 8192, 256, 16)
     assert cfg.num_experts == 16 and cfg.schedule[4] == "attn+mlp"
     assert jamba_np.JambaConfig.from_hf(jamba(hidden_size=40)).mamba_dt_rank == 3  # ceil(40 / 16)

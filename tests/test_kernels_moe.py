@@ -1,13 +1,18 @@
-"""The routing kernel: its Numba twin against the NumPy reference (hypothesis), and
-the reference against the definition (softmax over all experts, top-k, renormalise)."""
+"""The routing kernels: their Numba twins against the NumPy references (hypothesis), the
+references against the definitions (softmax over all experts, top-k, renormalise; and
+DeepSeek's group-limited top-k written out as loops), and the group-limited router
+against transformers' own Mistral4TopkRouter and DeepseekV3TopkRouter."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from kernels.moe import mixture, route_fast, route_ref
+from kernels.moe import mixture, route_fast, route_group_limited_fast, route_group_limited_ref, route_ref
 
 
 @st.composite
@@ -71,3 +76,115 @@ def test_mixture_runs_each_chosen_expert_once_over_its_tokens():
     expected = np.stack([sum(weights[t, j] * scale[experts[t, j]] * x[t] for j in range(2)) for t in range(6)])
     np.testing.assert_allclose(out, expected)
     assert sorted(calls) == [(0, 4), (1, 3), (2, 5)]
+
+
+# --------------------------------------------------------------------------- group-limited routing
+@st.composite
+def grouped_routing(draw, dtypes=(np.float32, np.float64)):
+    """(logits [T, E], k, n_group, topk_group, norm, scale, scoring, bias), ties common."""
+    n_group, size = draw(st.integers(1, 4)), draw(st.integers(2, 5))
+    E, T = n_group * size, draw(st.integers(1, 8))
+    topk_group = draw(st.integers(1, n_group))
+    k = draw(st.integers(1, topk_group * size))
+    dtype = draw(st.sampled_from(dtypes))
+    values = st.sampled_from([-3.0, -1.0, 0.0, 0.5, 2.0]) if draw(st.booleans()) else st.floats(-20, 20, width=32)
+    logits = draw(arrays(dtype, (T, E), elements=values))
+    scoring = draw(st.sampled_from(["softmax", "sigmoid"]))
+    bias = draw(st.none() | arrays(np.float32, E, elements=st.sampled_from([0.0, 0.25, 0.5, 1.0])))
+    return logits, k, n_group, topk_group, draw(st.booleans()), draw(st.sampled_from([1.0, 2.5])), scoring, bias
+
+
+@settings(max_examples=300, deadline=None)
+@given(grouped_routing())
+def test_numba_group_limited_route_matches_reference(case):
+    logits, *rest = case
+    w_ref, e_ref = route_group_limited_ref(logits, *rest)
+    w, e = route_group_limited_fast(logits, *rest)
+    np.testing.assert_array_equal(e, e_ref)  # same experts, same order, same tie-breaks
+    np.testing.assert_allclose(w, w_ref, rtol=2e-6 if logits.dtype == np.float32 else 1e-13, atol=0)
+    assert w.dtype == logits.dtype
+
+
+def group_limited_by_definition(logits, k, n_group, topk_group, norm, scale, scoring, bias):
+    """DeepSeek-V3's routing token by token in plain Python (float64): the group of experts
+    e // (E / n_group) scores the sum of its two best choice scores; ties to the lower index."""
+    out_w, out_e = [], []
+    for row in logits.astype(np.float64).tolist():
+        E, size = len(row), len(row) // n_group
+        if scoring == "softmax":
+            exps = [math.exp(v - max(row)) for v in row]
+            s = [v / sum(exps) for v in exps]
+        else:
+            s = [1 / (1 + math.exp(-v)) for v in row]
+        c = [s[e] + (0.0 if bias is None else float(bias[e])) for e in range(E)]
+        group_score = [sum(sorted(c[g * size:(g + 1) * size], reverse=True)[:2]) for g in range(n_group)]
+        kept = sorted(range(n_group), key=lambda g: (-group_score[g], g))[:topk_group]
+        chosen = sorted((e for e in range(E) if e // size in kept), key=lambda e: (-c[e], e))[:k]
+        weights = [s[e] for e in chosen]
+        if norm:
+            weights = [w / (sum(weights) + 1e-20) for w in weights]
+        out_w.append([w * scale for w in weights])
+        out_e.append(chosen)
+    return np.array(out_w), np.array(out_e)
+
+
+@settings(max_examples=200, deadline=None)
+@given(grouped_routing(dtypes=(np.float64,)))
+def test_group_limited_reference_is_the_definition(case):
+    weights, experts = route_group_limited_ref(*case)
+    w_def, e_def = group_limited_by_definition(*case)
+    np.testing.assert_array_equal(experts, e_def)
+    np.testing.assert_allclose(weights, w_def, rtol=1e-12)
+
+
+def test_group_limited_ties_and_dropped_groups():
+    """Four groups of two experts. Groups 1 and 2 hold the same scores, so they tie exactly
+    for best: with topk_group=1 the lower, group 1, is kept, and its two (tied) experts are
+    chosen, 2 before 3, although expert 6 (group 3, whose second expert is poor) has the
+    largest single score. With two groups kept, the k=3 experts are 2, 3, 4 (all tied)."""
+    logits = np.array([[0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.5, -5.0]])
+    p = np.exp(logits[0]) / np.exp(logits[0]).sum()
+    for route in (route_group_limited_ref, route_group_limited_fast):
+        w, e = route(logits, 2, 4, 1, True, 1.0)
+        assert e.tolist() == [[2, 3]] and np.allclose(w, 0.5)
+        w, e = route(logits, 3, 4, 2, False, 2.0)
+        assert e.tolist() == [[2, 3, 4]]
+        np.testing.assert_allclose(w[0], 2 * p[[2, 3, 4]], rtol=1e-12)
+        w, e = route(logits, 2, 1, 1, False, 1.0)  # one group: a plain top-k
+        assert e.tolist() == [[6, 2]]
+
+
+@pytest.mark.parametrize("router", ["mistral4", "deepseek_v3"])
+@pytest.mark.parametrize("n_group, topk_group, k, norm", [(1, 1, 4, True), (4, 2, 3, True), (8, 3, 2, False),
+                                                         (2, 1, 4, False)])
+def test_group_limited_matches_transformers(router, n_group, topk_group, k, norm):
+    """The same experts (as sets: torch.topk's order is unspecified) and weights as transformers'
+    Mistral4TopkRouter (softmax, no bias) and DeepseekV3TopkRouter (sigmoid, with
+    e_score_correction_bias), fed the logits through an identity router weight."""
+    import torch
+    from transformers import DeepseekV3Config, Mistral4Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+    from transformers.models.mistral4.modeling_mistral4 import Mistral4TopkRouter
+
+    E = 16
+    config_class, router_class = ((Mistral4Config, Mistral4TopkRouter) if router == "mistral4"
+                                  else (DeepseekV3Config, DeepseekV3TopkRouter))
+    config = config_class(hidden_size=E, n_routed_experts=E, num_experts_per_tok=k, n_group=n_group,
+                          topk_group=topk_group, norm_topk_prob=norm, routed_scaling_factor=2.5)
+    hf = router_class(config)
+    rng = np.random.default_rng(n_group * 10 + k)
+    bias = None if router == "mistral4" else rng.uniform(0, 0.5, E).astype(np.float32)
+    with torch.no_grad():
+        hf.weight.copy_(torch.eye(E))
+        if bias is not None:
+            hf.e_score_correction_bias.copy_(torch.from_numpy(bias))
+        logits = rng.standard_normal((64, E)).astype(np.float32) * 2
+        hf_logits, hf_weights, hf_experts = (t.numpy() for t in hf(torch.from_numpy(logits)))
+    np.testing.assert_array_equal(hf_logits, logits)
+    scoring = "softmax" if router == "mistral4" else "sigmoid"
+    for route in (route_group_limited_ref, route_group_limited_fast):
+        weights, experts = route(logits, k, n_group, topk_group, norm, 2.5, scoring, bias)
+        order, hf_order = np.argsort(experts, axis=-1), np.argsort(hf_experts, axis=-1)
+        np.testing.assert_array_equal(np.take_along_axis(experts, order, -1), np.take_along_axis(hf_experts, hf_order, -1))
+        np.testing.assert_allclose(np.take_along_axis(weights, order, -1), np.take_along_axis(hf_weights, hf_order, -1),
+                                   rtol=1e-6)

@@ -70,3 +70,29 @@ def test_fast_norm_reads_the_weight_as_stored(kind, monkeypatch):
         rms_norm_ref(x, w, 1e-5)  # the reference does widen (so the patch is in force)
     assert np.isfinite(rms_norm_fast(x, w, 1e-5)).all()
 
+
+
+# ---------------------------------------------------------------- Mamba-2's gated norm, per group
+@pytest.mark.parametrize("groups", [1, 2, 8])
+@pytest.mark.parametrize("kind", ["bf16", np.float32])
+def test_gated_norm_is_the_definition(groups, kind):
+    """transformers' MambaRMSNormGated: h = y * silu(z); each group of Di / G channels
+    divided by its own root mean square; times the weight. Written out per group, float64."""
+    from kernels.norm import gated_rms_norm_ref
+
+    rng = np.random.default_rng(groups)
+    y, z = rng.standard_normal((3, 48)), rng.standard_normal((3, 48))
+    w = as_weight(rng.standard_normal(48), kind)
+    w64 = bf16_to_float32(w).astype(np.float64) if kind == "bf16" else w.astype(np.float64)
+    size = 48 // groups
+    want = np.zeros((3, 48))
+    for t in range(3):
+        h = y[t] * z[t] / (1 + np.exp(-z[t]))
+        for g in range(groups):
+            part = h[g * size:(g + 1) * size]
+            want[t, g * size:(g + 1) * size] = part / np.sqrt(np.mean(part ** 2) + 1e-5) * w64[g * size:(g + 1) * size]
+    got = gated_rms_norm_ref(y, z, w, 1e-5, size)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)
+    if groups > 1:  # one norm over all channels would be another result
+        assert np.abs(gated_rms_norm_ref(y, z, w, 1e-5, 48) - want).max() > 1e-3
+    assert gated_rms_norm_ref(y.astype(np.float32), z.astype(np.float32), w, 1e-5, size).dtype == np.float32

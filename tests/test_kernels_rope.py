@@ -88,7 +88,8 @@ def test_llama4_query_scale_matches_transformers():
 
 @pytest.mark.parametrize("config, says", [
     ({"rope_parameters": {"rope_type": "linear", "factor": 2.0}}, "rope_type='linear' is not supported"),
-    ({"rope_scaling": "yarn"}, "'rope_parameters' must be an object"),
+    ({"rope_scaling": "yarn"}, "'rope_scaling' must be an object"),  # the field the file has, named
+    ({"rope_parameters": ["yarn"]}, "'rope_parameters' must be an object"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": "4"}}, "field 'factor' must be a number"),
     ({"rope_theta": "1e6"}, "field 'rope_theta' must be a number"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 0}},

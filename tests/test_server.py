@@ -314,9 +314,9 @@ class SlowModel:
     def new_state(self):
         return self.model.new_state()
 
-    def forward(self, ids, state, last_only=False):
+    def forward(self, ids, state, last_only=False, progress=None):
         time.sleep(0.02)
-        return self.model.forward(ids, state, last_only=last_only)
+        return self.model.forward(ids, state, last_only=last_only, progress=progress)
 
     def forward_batch(self, ids, states):
         time.sleep(0.02)

@@ -81,8 +81,8 @@ def test_bad_line_is_a_one_line_error_without_output():
         (("--chat", "mistral-v1"), '[{"role": "assistant", "content": "x"}]\n', "line 1"),
     ]:
         rc, out, err = cli(path, *args, stdin=stdin)
-        assert rc == 1 and out == ""
-        assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert rc == 2 and out == ""  # the status of every npinfer error
+        assert err.startswith("npinfer: error: ") and needle in err and err.count("\n") == 1, err
 
 
 def test_bad_tokenizer_or_format(tmp_path):

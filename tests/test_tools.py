@@ -127,9 +127,12 @@ ids = st.text("abcdefghijklmnopqrstuvwxyzABC0123456789", min_size=9, max_size=9)
 def tool_chats(draw):
     messages = [{"role": "system", "content": draw(text)}] if draw(st.booleans()) else []
     messages.append({"role": "user", "content": draw(text)})
+    used = set()  # a chat's tool call ids are distinct (the renderer refuses a repeated one)
     for _ in range(draw(st.integers(0, 2))):
-        calls = [call(draw(ids), draw(names), draw(st.one_of(text, json_values.map(json.dumps))))
-                 for _ in range(draw(st.integers(1, 2)))]
+        calls = []
+        for _ in range(draw(st.integers(1, 2))):
+            used.add(i := draw(ids.filter(lambda s: s not in used)))
+            calls.append(call(i, draw(names), draw(st.one_of(text, json_values.map(json.dumps)))))
         content = draw(st.one_of(st.none(), text.filter(bool)))
         messages.append({"role": "assistant", "content": content, "tool_calls": calls})
         messages += [{"role": "tool", "tool_call_id": c["id"], "content": draw(text)} for c in calls]
@@ -225,10 +228,10 @@ def test_tokenize_chat_object_lines_errors(files):
     path = files["spm-v3"][3]
     proc = run_cli("tokenize", path, "--chat", "auto", input=json.dumps({"messages": CHATS[0], "tool": []}) + "\n",
                    check=False)
-    assert proc.returncode == 1 and "line 1: unknown keys tool" in proc.stderr and not proc.stdout
+    assert proc.returncode == 2 and "line 1: unknown keys tool" in proc.stderr and not proc.stdout  # (every npinfer error: 2)
     bad = {"messages": CHATS[0], "tools": [{"type": "function", "function": {"name": "x y"}}]}
     proc = run_cli("tokenize", path, "--chat", "auto", input=json.dumps(bad) + "\n", check=False)
-    assert proc.returncode == 1 and "line 1: tools.0.function.name" in proc.stderr
+    assert proc.returncode == 2 and "line 1: tools.0.function.name" in proc.stderr
 
 
 # --------------------------------------------------------------------------- HF templates with tools

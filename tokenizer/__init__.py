@@ -6,6 +6,8 @@ file                        class                                   identical to
 ``tokenizer.model[.vN]``    :class:`SentencePieceTokenizer`         sentencepiece (C++)
 ``tokenizer.json``          :class:`HFJsonTokenizer`                HF ``tokenizers`` (Rust)
 ``tekken.json``             :class:`TekkenTokenizer`                mistral-common ``Tekkenizer``
+a GGUF's metadata           :func:`from_gguf` (``llama``: the       sentencepiece; tekken
+                            sentencepiece class; ``gpt2``)
 ==========================  ======================================  =============================
 
 All three share one BPE merge loop (:mod:`tokenizer.bpe`) and one streaming
@@ -39,6 +41,7 @@ from pathlib import Path
 
 from .base import Tokenizer, read_json
 from .errors import ChatFormatError, TokenizerError
+from .gguf_vocab import from_gguf
 from .hf_json import HFJsonTokenizer
 from .sentencepiece_bpe import SentencePieceTokenizer
 from .tekken import TekkenTokenizer
@@ -54,6 +57,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "find_tokenizer_file",
+    "from_gguf",
     "load",
 ]
 
@@ -83,8 +87,8 @@ def load(path: str | os.PathLike) -> Tokenizer:
     p = Path(path)
     if p.is_dir():
         p = Path(find_tokenizer_file(p))
-    if not p.is_file():
-        raise TokenizerError(f"{p}: no such tokenizer file")
+    if not p.is_file():  # (a FIFO or a device is refused here: reading one would block or never end)
+        raise TokenizerError(f"{p}: not a regular file" if p.exists() else f"{p}: no such tokenizer file")
     if p.suffix == ".json":
         head = read_json(p)
         if isinstance(head, dict) and isinstance(head.get("vocab"), list) and "config" in head:

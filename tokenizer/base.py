@@ -48,7 +48,10 @@ class Tokenizer:
       file says so (``.model.vN`` suffix, tekken ``config.version``), else None;
     - ``special_tokens``: ``{text: id}`` of the control/special tokens, which
       ``encode`` never produces from text except for kinds whose reference
-      does (tokenizers matches added tokens in text).
+      does (tokenizers matches added tokens in text);
+    - ``chat_template``: the Jinja chat template when the tokenizer came with one
+      (a GGUF's ``tokenizer.chat_template``), else None (`tokenizer.chat` looks
+      next to the file).
     """
 
     path: str
@@ -58,6 +61,8 @@ class Tokenizer:
     vocab_size: int
     version: str | None = None
     special_tokens: dict[str, int]
+    chat_template: str | None = None  # a template the tokenizer carries itself (a GGUF's), else read from files
+    add_bos: bool = True  # a raw prompt starts with BOS (a GGUF's tokenizer.ggml.add_bos_token can say no)
 
     # -- implemented by each kind ------------------------------------------------
     def encode(self, text: str) -> list[int]:

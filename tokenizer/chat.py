@@ -57,9 +57,10 @@ does (``utils/chat_template_utils.py``): keys whose value is None dropped from e
 are given; an ``ImmutableSandboxedEnvironment`` with ``trim_blocks``, ``lstrip_blocks`` and
 ``loopcontrols``, the ``tojson`` filter that does not escape HTML, ``raise_exception``,
 ``strftime_now``, and the tokenizer's special-token strings (``bos_token``, ...) as variables,
-which `template_kwargs` (e.g. ``enable_thinking``) override. The text is tokenized with
-``add_special_tokens=False``: special-token strings in it become their ids
-(:meth:`Tokenizer.encode_with_special_tokens`).
+which `template_kwargs` (e.g. ``enable_thinking``) override. A tokenizer that carries its own
+template (a GGUF's ``tokenizer.chat_template``) uses it, with its BOS and EOS pieces as
+variables. The text is tokenized with ``add_special_tokens=False``: special-token strings in it
+become their ids (:meth:`Tokenizer.encode_with_special_tokens`).
 
 Roles are checked first, for every format (:func:`validate_messages`): an optional ``system``
 message, then ``user`` and ``assistant`` turns alternating, where an assistant turn with tool
@@ -370,6 +371,12 @@ def _special_token_strings(directory: Path) -> dict[str, str]:
     return out
 
 
+def _own_token_strings(tok: Tokenizer) -> dict[str, str]:
+    """``bos_token`` and ``eos_token`` of a tokenizer that carries its own template."""
+    return {key: tok.id_to_piece(i) for key, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id))
+            if i is not None}
+
+
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # transformers' _REASONING_FIELDS
 
 
@@ -391,7 +398,7 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict] 
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    template = find_chat_template(tok.path, tools=bool(tools))
+    template = tok.chat_template or find_chat_template(tok.path, tools=bool(tools))
     if template is None:
         raise ChatFormatError(f"hf-template: no chat_template next to {tok.path}")
     if not isinstance(template_kwargs, dict):
@@ -407,7 +414,8 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict] 
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    variables = _special_token_strings(_model_dir(tok.path)) | template_kwargs
+    own = _own_token_strings(tok) if tok.chat_template else _special_token_strings(_model_dir(tok.path))
+    variables = own | template_kwargs
     try:
         text = env.from_string(template).render(
             messages=template_messages(messages), tools=tools, documents=None,
@@ -464,5 +472,19 @@ def chat_format_for(model_dir_or_tokenizer_path, fallback: str = "mistral-v1") -
 
 def chat_tool_syntax(tok: Tokenizer, fmt: str):
     """The :class:`tokenizer.tools.ToolSyntax` of chat format `fmt` (None: it has no tool calls)."""
-    template = find_chat_template(tok.path, tools=True) if fmt == "hf-template" else None
+    template = (tok.chat_template or find_chat_template(tok.path, tools=True)) if fmt == "hf-template" else None
     return tool_syntax(tok, fmt, template)
+
+
+def chat_format_of(tok: Tokenizer, fallback: str = "mistral-v1") -> str:
+    """The chat format of a tokenizer that carries its own metadata (a GGUF's, which has
+    no file version): ``hf-template`` if it has a template; else by its control tokens
+    (``[SYSTEM_PROMPT]``: ``mistral-v7``; ``[INST]``: ``mistral-v3``, whose rules a
+    plain chat shares with v2); else `fallback`."""
+    if tok.chat_template:
+        return "hf-template"
+    if "[SYSTEM_PROMPT]" in tok.special_tokens and "[INST]" in tok.special_tokens:
+        return "mistral-v7"
+    if "[INST]" in tok.special_tokens:
+        return "mistral-v3"
+    return fallback

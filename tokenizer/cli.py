@@ -12,8 +12,9 @@ Each non-blank input line is one JSON value, and gives one output line:
 
 TOKENIZER is a tokenizer file or a model directory (see :func:`tokenizer.load`).
 A bad line stops the run with a one-line error naming the line number on
-stderr and exit status 1, and nothing on stdout (no partial output); a bad
-tokenizer file exits with status 2.
+stderr (``npinfer: error: line 3: ...``) and nothing on stdout (no partial
+output); so does a bad tokenizer file. Either way the exit status is 2, as for
+every npinfer error.
 
 The engine mounts :func:`add_arguments`/:func:`run` as ``npinfer tokenize``;
 ``python -m tokenizer.cli`` runs the same thing on its own.
@@ -66,20 +67,22 @@ def _convert(tok, value, args, fmt):
     return tok.encode(value)
 
 
-def run(args: argparse.Namespace) -> int:
-    def fail(message: str, status: int) -> int:
-        print(f"npinfer tokenize: {message}", file=sys.stderr)
-        return status
+def run(args: argparse.Namespace, tok=None, auto_format: str | None = None) -> int:
+    """The command; `tok` (and `auto_format`, what ``--chat auto`` means for it) when the
+    caller built the tokenizer itself (the engine does, from a GGUF file's metadata)."""
+    def fail(message: str) -> int:
+        print(f"npinfer: error: {message}", file=sys.stderr)  # the prefix and status of every npinfer error
+        return 2
 
     try:
-        tok = load(args.tokenizer)
+        tok = load(args.tokenizer) if tok is None else tok
         fmt = args.chat
         if fmt == "auto":
-            fmt = chat_format_for(args.tokenizer)
+            fmt = auto_format or chat_format_for(args.tokenizer)
         elif fmt is not None and fmt not in FORMATS:
-            return fail(f"unknown chat format {fmt!r} (known: {', '.join(FORMATS)}, auto)", 2)
+            return fail(f"unknown chat format {fmt!r} (known: {', '.join(FORMATS)}, auto)")
     except (TokenizerError, ChatFormatError) as e:
-        return fail(str(e), 2)
+        return fail(str(e))
 
     out = []
     for lineno, raw in enumerate(sys.stdin.buffer, 1):
@@ -90,13 +93,13 @@ def run(args: argparse.Namespace) -> int:
             value = json.loads(line)
             result = _convert(tok, value, args, fmt)
         except UnicodeDecodeError:
-            return fail(f"line {lineno}: not valid UTF-8", 1)
+            return fail(f"line {lineno}: not valid UTF-8")
         except json.JSONDecodeError as e:
-            return fail(f"line {lineno}: invalid JSON ({e.msg} at column {e.colno})", 1)
+            return fail(f"line {lineno}: invalid JSON ({e.msg} at column {e.colno})")
         except UnicodeEncodeError:
-            return fail(f"line {lineno}: the text contains a lone surrogate, which is not encodable", 1)
+            return fail(f"line {lineno}: the text contains a lone surrogate, which is not encodable")
         except (_LineError, ChatFormatError) as e:
-            return fail(f"line {lineno}: {e}", 1)
+            return fail(f"line {lineno}: {e}")
         out.append(json.dumps(result, ensure_ascii=False))
     sys.stdout.buffer.write("".join(line + "\n" for line in out).encode("utf-8", "surrogatepass"))
     sys.stdout.flush()

@@ -45,6 +45,11 @@ from .stream import DecodeState, WholeRun
 SPACE = "\u2581"
 _BYTE_TOKEN_RE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # ByteFallback: len 6, "<0x" .. ">"
 
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 class HFDecodeState(DecodeState):
     byte_policy = WholeRun
 
@@ -124,9 +129,15 @@ class HFJsonTokenizer(Tokenizer):
         for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
             if model.get(key):
                 raise TokenizerError(f"{self.path}: BPE option {key}={model[key]!r} is not supported")
-        self.vocab: dict[str, int] = dict(model["vocab"])
+        vocab = model["vocab"]
+        if not isinstance(vocab, dict) or not vocab or not all(_is_id(i) for i in vocab.values()):
+            raise TokenizerError(f"{self.path}: model.vocab must be a non-empty object of piece -> id (an integer >= 0)")
+        self.vocab: dict[str, int] = dict(vocab)
         ranks: dict[tuple[str, str], int] = {}
         for rank, merge in enumerate(model["merges"]):
+            if not (isinstance(merge, str) and " " in merge or isinstance(merge, list) and len(merge) == 2
+                    and all(isinstance(m, str) for m in merge)):
+                raise TokenizerError(f"{self.path}: model.merges[{rank}] is {merge!r}, not \"a b\" or [\"a\", \"b\"]")
             a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
             ranks.setdefault((a, b), rank)  # tokenizers keeps the first rank of a duplicate
         self._priority = lambda a, b: ranks.get((a, b))
@@ -139,7 +150,13 @@ class HFJsonTokenizer(Tokenizer):
     def _init_added(self, added: list) -> None:
         self.added: dict[str, int] = {}
         self.special_tokens = {}
-        for tok in added:
+        if not isinstance(added, list):
+            raise TokenizerError(f"{self.path}: added_tokens must be a list, not {type(added).__name__}")
+        for k, tok in enumerate(added):
+            if not (isinstance(tok, dict) and isinstance(tok.get("content"), str) and tok["content"]
+                    and _is_id(tok.get("id"))):
+                raise TokenizerError(f"{self.path}: added_tokens[{k}] must be an object with a non-empty string "
+                                     f"'content' and an integer 'id' >= 0, not {str(tok)[:80]}")
             if tok.get("normalized") or tok.get("lstrip") or tok.get("rstrip") or tok.get("single_word"):
                 raise TokenizerError(
                     f"{self.path}: added token {tok['content']!r} uses normalized/lstrip/rstrip/single_word,"

@@ -51,7 +51,7 @@ import re
 from .base import Tokenizer
 from .bpe import WordCache, bpe_merge, no_piece_crosses_space
 from .errors import TokenizerError
-from .spm_proto import BYTE, CONTROL, MODEL_TYPE_BPE, UNKNOWN, UNUSED, parse_model_proto
+from .spm_proto import BYTE, CONTROL, MODEL_TYPE_BPE, UNKNOWN, UNUSED, ModelProto, parse_model_proto
 from .stream import DecodeState, PerByte
 
 SPACE = "\u2581"  # ▁ LOWER ONE EIGHTH BLOCK, sentencepiece's kSpaceSymbol
@@ -94,17 +94,20 @@ class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
     decode_state = SentencePieceDecodeState
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, model: ModelProto | None = None):
+        """Read the ``.model`` file at `path`, or take its parsed `model` (a GGUF's
+        vocabulary, see `tokenizer.gguf_vocab`; `path` then names where it came from)."""
         self.path = str(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise TokenizerError(f"{path}: cannot read sentencepiece model ({e.strerror})") from None
-        try:
-            model = parse_model_proto(data)
-        except ValueError as e:
-            raise TokenizerError(f"{path}: {e}") from None
+        if model is None:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise TokenizerError(f"{path}: cannot read sentencepiece model ({e.strerror})") from None
+            try:
+                model = parse_model_proto(data)
+            except ValueError as e:
+                raise TokenizerError(f"{path}: {e}") from None
         if not model.pieces:
             raise TokenizerError(f"{path}: not a sentencepiece model (no pieces)")
         self._check_supported(model)

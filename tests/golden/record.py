@@ -23,7 +23,8 @@ import transformers
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 
-from cases import GENERATE, JAMBA_CASES, MINISTRAL_CASES, MISTRAL_CASES, MIXTRAL_CASES, prompt  # noqa: E402
+from cases import (GENERATE, JAMBA_CASES, MAMBA2_CASES, MINISTRAL_CASES, MISTRAL4_CASES,  # noqa: E402
+                   MISTRAL_CASES, MIXTRAL_CASES, prompt)
 from engine.tiny import write_checkpoint  # noqa: E402
 from hf_oracle import hf_run, load_hf  # noqa: E402
 
@@ -40,7 +41,9 @@ def record(family: str, cases: dict) -> None:
 
 
 FAMILIES = {"mistral": MISTRAL_CASES, "mixtral": MIXTRAL_CASES, "jamba": JAMBA_CASES,
-            "ministral": MINISTRAL_CASES}  # ministral: Ministral, Ministral 3, Mistral 3 (HF draws its vision tower)
+            "ministral": MINISTRAL_CASES,  # ministral: Ministral, Ministral 3, Mistral 3 (HF draws its vision tower)
+            "mistral4": MISTRAL4_CASES,
+            "mamba2": MAMBA2_CASES}  # Codestral Mamba; checked without torch by tests/test_mamba2.py
 
 if __name__ == "__main__":  # `record.py [FAMILY ...]`: all families, or only those named
     for family in sys.argv[1:] or FAMILIES:

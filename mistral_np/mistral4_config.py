@@ -1,0 +1,173 @@
+"""The Mistral Small 4 configuration (transformers ``Mistral4Config``), one frozen dataclass.
+
+Read from ``config.json`` as transformers 5.x writes it; a missing key takes
+``Mistral4Config``'s default (the 119B model's shapes; ``rope_parameters`` absent means
+its YaRN default). Fields that transformers writes but the model does not read are
+ignored: ``head_dim`` and ``qk_head_dim`` (always qk_nope_head_dim + qk_rope_head_dim)
+and ``num_key_value_heads`` (latent attention expands keys and values for every one of
+the H heads from the shared latent; transformers' SDPA path ignores it too).
+
+Two details transformers leaves implicit, written out here: the latent norms
+(``q_a_layernorm``, ``kv_a_layernorm``) use eps 1e-6 whatever ``rms_norm_eps`` says
+(``Mistral4RMSNorm(q_lora_rank)`` keeps its default), and the softmax scale carries
+YaRN's mscale twice (`softmax_scale`).
+
+Two configs transformers 5.24 cannot run are run as DeepSeek-V2 defines them (and held
+against the tests' float64 reference only): ``rope_type: default`` is plain RoPE on the
+qk_rope_head_dim rotary dims (transformers' default table spans the whole head), and a
+missing ``llama_4_scaling_beta`` means no query scaling (transformers multiplies by None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernels.config_fields import (ConfigError, bool_field, decoder_fields, dict_field, float_field, int_field,
+                                   optional_int)
+from kernels.rope import RopeParams, read_rope, yarn_mscale
+
+LATENT_NORM_EPS = 1e-6  # q_a_layernorm and kv_a_layernorm: Mistral4RMSNorm's default eps
+
+# Mistral4Config.__post_init__ when config.json has no rope_parameters
+DEFAULT_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 128.0, "original_max_position_embeddings": 8192,
+                "beta_fast": 32.0, "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0,
+                "llama_4_scaling_beta": 0.1}
+
+
+@dataclass(frozen=True)
+class Mistral4Config:
+    vocab_size: int
+    hidden_size: int                # d
+    intermediate_size: int          # the dense layers' MLP width
+    num_hidden_layers: int
+    num_attention_heads: int        # H (n_h in DeepSeek-V2)
+    rms_norm_eps: float
+    rope: RopeParams                # theta, YaRN, llama-4 query scaling (kernels.rope)
+    q_lora_rank: int | None = 1024  # d_c': the compressed query's width; None = q_proj straight from h
+    kv_lora_rank: int = 256         # r = d_c: the compressed key-value latent's width
+    qk_nope_head_dim: int = 64      # Dn = d_h: each head's content (position-free) query/key dims
+    qk_rope_head_dim: int = 64      # d_R = d_h^R: the decoupled rotary dims, the key's shared by all heads
+    v_head_dim: int = 128           # Dv: each head's value dims
+    moe_intermediate_size: int = 2048  # each routed expert's width (the shared expert: times n_shared_experts)
+    n_routed_experts: int = 128     # E (N_r in DeepSeek-V3)
+    n_shared_experts: int = 1       # N_s, always used, added to the routed ones
+    num_experts_per_tok: int = 4    # k (K_r)
+    n_group: int = 1                # the experts form n_group groups of E / n_group consecutive ones
+    topk_group: int = 1             # a token's experts come from its topk_group best groups
+    norm_topk_prob: bool = True     # divide the k weights by their sum
+    routed_scaling_factor: float = 1.0
+    first_k_dense_replace: int = 0  # layers 0 .. first_k_dense_replace - 1 have a dense MLP
+    rope_interleave: bool = True    # rotary dims paired (2i, 2i + 1) instead of (i, i + d_R / 2)
+    attention_bias: bool = False    # biases on q_a_proj, kv_a_proj_with_mqa and o_proj
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 1048576
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+
+    def is_moe(self, layer: int) -> bool:
+        return layer >= self.first_k_dense_replace
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Dn + d_R: the width of a head's query and key."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def latent_width(self) -> int:
+        """r + d_R: the numbers a token leaves in each layer's cache."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def softmax_scale(self) -> float:
+        """1 / sqrt(Dn + d_R) (DeepSeek-V2 eq. 18), times m(s, mscale_all_dim)^2 under YaRN
+        (transformers' ``yarn_apply_mscale``; DeepSeek's mscale on both q and k). The cos
+        and sin tables carry YaRN's other factor, m(s, mscale) / m(s, mscale_all_dim), on
+        the rotary dims only (`kernels.rope.Yarn.attention_scale`)."""
+        yarn = self.rope.yarn
+        m = yarn_mscale(yarn.factor, yarn.mscale_all_dim) if yarn is not None and yarn.mscale_all_dim else 1.0
+        return self.qk_head_dim ** -0.5 * m * m
+
+    def __post_init__(self):
+        E, G = self.n_routed_experts, self.n_group
+        if E % G or E // G < 2:  # transformers takes each group's top two
+            raise ConfigError(f"n_routed_experts={E} must be a multiple of n_group={G} with at least 2 experts per group")
+        if not 1 <= self.topk_group <= G:
+            raise ConfigError(f"topk_group={self.topk_group} must be in 1..n_group={G}")
+        if not 1 <= self.num_experts_per_tok <= self.topk_group * (E // G):
+            raise ConfigError(f"num_experts_per_tok={self.num_experts_per_tok} must be in 1..{self.topk_group * (E // G)}"
+                              f" (the experts of topk_group={self.topk_group} groups)")
+        if self.qk_rope_head_dim % 2:
+            raise ConfigError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even for rotary embeddings")
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "Mistral4Config":
+        """From a transformers ``config.json`` (Mistral4Config)."""
+        fields = decoder_fields(d, "Mistral 4", vocab_size=131072, hidden_size=4096, intermediate_size=12288,
+                                num_hidden_layers=36, num_attention_heads=32, max_position_embeddings=1048576)
+        del fields["num_key_value_heads"], fields["head_dim"]  # not read by latent attention (module docstring)
+        nope, rope_dims = int_field(d, "qk_nope_head_dim", 64), int_field(d, "qk_rope_head_dim", 64, minimum=2)
+        has_rope = d.get("rope_parameters") or d.get("rope_scaling")
+        rope = read_rope(d if has_rope else {"rope_parameters": DEFAULT_ROPE}, fields["max_position_embeddings"], 1e4)
+        rope_parameters = dict_field(d, "rope_parameters")
+        if rope_parameters.get("partial_rotary_factor") is not None:  # transformers sizes its YaRN tables by it
+            partial = float_field(rope_parameters, "partial_rotary_factor")
+            if int((nope + rope_dims) * partial) != rope_dims:
+                raise ConfigError(f"rope_parameters.partial_rotary_factor={partial} does not make qk_rope_head_dim="
+                                  f"{rope_dims} rotary dims of the {nope + rope_dims} of a head")
+
+        def falsy_null(key, default):  # transformers tests these by truth: null means false
+            return False if key in d and d[key] is None else bool_field(d, key, default)
+
+        return cls(
+            **fields,
+            rope=rope,
+            # absent: the default 1024; null: no low-rank query
+            q_lora_rank=optional_int(d, "q_lora_rank") if "q_lora_rank" in d else 1024,
+            kv_lora_rank=int_field(d, "kv_lora_rank", 256, minimum=1),
+            qk_nope_head_dim=nope,
+            qk_rope_head_dim=rope_dims,
+            v_head_dim=int_field(d, "v_head_dim", 128, minimum=1),
+            moe_intermediate_size=int_field(d, "moe_intermediate_size", 2048, minimum=1),
+            n_routed_experts=int_field(d, "n_routed_experts", int_field(d, "num_local_experts", 128), minimum=1),
+            n_shared_experts=int_field(d, "n_shared_experts", 1),
+            num_experts_per_tok=int_field(d, "num_experts_per_tok", 4, minimum=1),
+            n_group=optional_int(d, "n_group", 1),
+            topk_group=optional_int(d, "topk_group", 1),
+            norm_topk_prob=falsy_null("norm_topk_prob", True),
+            routed_scaling_factor=float_field(d, "routed_scaling_factor", 1.0),
+            first_k_dense_replace=optional_int(d, "first_k_dense_replace", 0, minimum=0),
+            rope_interleave=falsy_null("rope_interleave", True),
+            attention_bias=bool_field(d, "attention_bias", False),
+        )
+
+    def describe(self) -> str:
+        """One line for a user: the layers, the attention and what the cache holds per token."""
+        L, k = self.num_hidden_layers, min(self.first_k_dense_replace, self.num_hidden_layers)
+        H, q = self.num_attention_heads, f"q rank {self.q_lora_rank}" if self.q_lora_rank else "full-rank q"
+        return (f"Mistral 4: {L} layers ({k} dense, {L - k} MoE: {self.n_routed_experts} experts, "
+                f"top-{self.num_experts_per_tok} within the best {self.topk_group} of {self.n_group} groups, "
+                f"+ {self.n_shared_experts} shared); latent attention: {H} heads, {q}, latent {self.kv_lora_rank} "
+                f"+ rotary {self.qk_rope_head_dim}; cache {self.latent_width} numbers per token and layer "
+                f"({self.latent_width * L * 4} bytes per token in float32; per-head K and V: "
+                f"{H * (self.qk_head_dim + self.v_head_dim)} numbers)")
+
+
+def _tiny(**overrides) -> dict:
+    config = {
+        "architectures": ["Mistral4ForCausalLM"], "model_type": "mistral4",
+        "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32,
+        "num_hidden_layers": 3, "first_k_dense_replace": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "q_lora_rank": 32, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+        "norm_topk_prob": True, "routed_scaling_factor": 1.0, "hidden_act": "silu", "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6, "rope_interleave": True, "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                            "original_max_position_embeddings": 1024, "beta_fast": 32.0, "beta_slow": 1.0,
+                            "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1},
+        "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return config | overrides
+
+
+# `npinfer tiny LAYOUT`: small config.json files of this family (engine.tiny draws the weights).
+TINY = {"mistral4": _tiny()}

@@ -1,0 +1,123 @@
+"""`npinfer chat`: the interactive session on a terminal (driven through a
+pseudo-terminal with pexpect), the one-shot forms, and the prefill progress bar.
+
+Every expected answer is computed here, in-process, by `engine.generate.complete`
+on the conversation the session should have sent (so a session that forgot its
+history, its system prompt or a /reset would print another answer).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+import tokenizer
+from engine.chat_model import load_chat_model
+from engine.generate import GenerationParams, complete
+from engine.registry import tiny_layout
+from engine.sampling import SamplingParams
+from engine.tiny import write_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("chat") / "m", tiny_layout("mistral")[1], seed=4,
+                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+
+
+@pytest.fixture(scope="module")
+def answer(model_dir):
+    """answer(messages) -> the greedy text the CLI must print for that conversation."""
+    chat = load_chat_model(str(model_dir))
+    params = GenerationParams(max_tokens=MAX_TOKENS, sampling=SamplingParams(temperature=0.0))
+    return lambda messages: complete(chat.model, chat.tok, chat.prompt(messages), params).choices[0].text
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+def spawn(*args) -> pexpect.spawn:
+    child = pexpect.spawn(sys.executable, ["-m", "engine.cli", "chat", *map(str, args)], cwd=str(ROOT),
+                          encoding="utf-8", timeout=120, dimensions=(24, 200))
+    child.expect_exact(">>> ")
+    return child
+
+
+def turn(child: pexpect.spawn, line: str) -> str:
+    """Send one line; what the session printed before its next prompt (the echo removed)."""
+    child.sendline(line)
+    child.expect_exact(">>> ")
+    shown = child.before.replace("\r\n", "\n")
+    assert shown.startswith(line + "\n"), shown  # the terminal's echo of the line
+    return shown[len(line) + 1:]
+
+
+def test_interactive_session_keeps_history_resets_and_takes_a_system_prompt(model_dir, answer):
+    child = spawn("-m", model_dir, "--max-tokens", MAX_TOKENS)
+    first, second = "Hello there", "And then?"
+    a1 = answer([user(first)])
+    assert a1 in turn(child, first)
+    with_history = answer([user(first), assistant(a1), user(second)])
+    assert with_history != answer([user(second)])  # (so the next check can tell the two apart)
+    assert with_history in turn(child, second)
+
+    assert "cleared" in turn(child, "/reset")
+    assert answer([user(second)]) in turn(child, second)  # the history is gone
+
+    assert "system prompt set" in turn(child, "/system Answer in French.")
+    with_system = answer([{"role": "system", "content": "Answer in French."}, user(first)])
+    assert with_system != a1 and with_system in turn(child, first)
+
+    assert "unknown command /nope" in turn(child, "/nope")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_system_option_and_end_of_input(model_dir, answer):
+    child = spawn("-m", model_dir, "--max-tokens", MAX_TOKENS, "--system", "Be brief.")
+    assert answer([{"role": "system", "content": "Be brief."}, user("Hi")]) in turn(child, "Hi")
+    child.sendeof()  # Ctrl-D quits
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_a_long_prompt_shows_a_prefill_bar_on_a_terminal_only(model_dir):
+    long = "hello world " * 400  # more than one 512-token prefill chunk
+    child = pexpect.spawn(sys.executable, ["-m", "engine.cli", "chat", "-m", str(model_dir), long, "--max-tokens", "2"],
+                          cwd=str(ROOT), encoding="utf-8", timeout=120, dimensions=(24, 200))
+    child.expect(pexpect.EOF)
+    assert "prefill" in child.before and "tok" in child.before
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "chat", "-m", str(model_dir), long, "--max-tokens", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and "prefill" not in proc.stderr and "\r" not in proc.stderr
+
+
+def test_one_shot_forms(model_dir, answer):
+    """A message as words (joined), or on stdin when it is not a terminal; the first word
+    being a checkpoint folder is the old `chat MODEL "message"` form, refused with a hint."""
+    def run(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "engine.cli", "chat", *map(str, args)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120, input=stdin)
+
+    expected = answer([user("Hello there")])
+    assert run("-m", model_dir, "Hello", "there", "--max-tokens", MAX_TOKENS).stdout == expected + "\n"
+    assert run("-m", model_dir, "--max-tokens", MAX_TOKENS, stdin="Hello there\n").stdout == expected + "\n"
+    old = run(model_dir, "Hello there")
+    assert old.returncode == 2 and "-m/--model" in old.stderr and old.stderr.count("\n") == 1
+    empty = run("-m", model_dir)
+    assert empty.returncode == 2 and "no message" in empty.stderr
