@@ -273,6 +273,7 @@ def cmd_serve(args) -> int:
 
     given = {"max_queue": args.max_queue, "requests_per_minute": args.requests_per_minute,
              "tokens_per_minute": args.tokens_per_minute, "max_body_bytes": args.max_body_bytes}
+    given |= _batching_limits(args)
     limits = Limits(**{k: v for k, v in given.items() if v is not None})
     if min(limits.max_queue - 1, limits.requests_per_minute, limits.tokens_per_minute, limits.max_body_bytes - 1) < 0:
         raise NpinferError("--max-queue and --max-body-bytes must be >= 1, the per-minute limits >= 0")
@@ -287,6 +288,22 @@ def cmd_serve(args) -> int:
           f"http://{args.host}:{sock.getsockname()[1]}" + (" (API key required)" if api_key else ""), file=sys.stderr)
     serve(Service(chat, limits), sock, api_key)
     return 0
+
+
+def _batching_limits(args) -> dict:
+    """The serve options of continuous batching, budgets and timeouts, as engine.server.Limits fields."""
+    from engine.scheduler import MAX_BATCH
+    from engine.schema import Budgets
+
+    if args.max_batch is not None and not 1 <= args.max_batch <= MAX_BATCH:
+        raise NpinferError(f"--max-batch must be in 1..{MAX_BATCH}")
+    for name in ("max_cache_mib", "deadline", "header_timeout", "body_timeout", "max_request_tokens"):
+        if (value := getattr(args, name)) is not None and value <= 0:
+            raise NpinferError(f"--{name.replace('_', '-')} must be > 0")
+    budgets = Budgets() if args.max_request_tokens is None else Budgets(max_total_tokens=args.max_request_tokens)
+    return {"max_batch": args.max_batch, "deadline_seconds": args.deadline, "header_timeout": args.header_timeout,
+            "body_timeout": args.body_timeout, "budgets": budgets,
+            "max_cache_bytes": None if args.max_cache_mib is None else int(args.max_cache_mib * 2**20)}
 
 
 def add_chat_parser(sub) -> None:
@@ -322,6 +339,15 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--requests-per-minute", type=int, help="0 = unlimited (default 1000, as hosted)")
     s.add_argument("--tokens-per-minute", type=int, help="0 = unlimited (default 200000, as hosted)")
     s.add_argument("--max-body-bytes", type=int, help="larger request bodies get 413 (default 1 MiB)")
+    s.add_argument("--max-batch", type=int, help="sequences decoded together (continuous batching; default 16, "
+                   "at most 32)")
+    s.add_argument("--max-cache-mib", type=float, help="KV/SSM cache memory of the running requests together; "
+                   "the rest wait (default 4096)")
+    s.add_argument("--max-request-tokens", type=int, help="n * max_tokens of one request, at most (default 32768)")
+    s.add_argument("--deadline", type=float, help="seconds per request: then cut short, finish_reason length "
+                   "(default 600)")
+    s.add_argument("--header-timeout", type=float, help="seconds for a request's headers (default 10)")
+    s.add_argument("--body-timeout", type=float, help="seconds for a request's body (default 30)")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     s.set_defaults(run=cmd_serve)
 

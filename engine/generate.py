@@ -1,44 +1,59 @@
-"""Generation: prefill once, decode n choices, turn tokens into text deltas.
+"""Generation: prefill in chunks, decode n choices, turn tokens into text deltas.
 
     for event in generate(model, tok, prompt_ids, GenerationParams(max_tokens=32)):
         ...  # Delta(index, text, logprobs) / Finish(index, reason) / Usage(...)
     completion = complete(model, tok, prompt_ids, params)   # the same events, collected
 
-One code path serves streaming and non-streaming answers: `complete` is
-`generate` collected, so the streamed deltas always join to the full text.
-`greedy` is the oracle's loop: the prompt's logits and a greedy continuation,
+One code path serves the CLI, streaming and non-streaming answers and the server:
+`Generation` is one request in flight, and both `generate` (one request alone) and
+`engine.scheduler` (many requests stepped together) drive it the same way::
+
+    g = Generation(model, tok, prompt_ids, params)
+    while not g.prefilled:
+        events = g.prefill()                    # the next PREFILL_CHUNK prompt tokens; after the
+                                                # last chunk, every choice samples its first token
+    while g.choices:                            # the live choices
+        z = model.forward_batch(g.tokens(), g.states())     # [B, V]: one decode step
+        events = g.decoded(z)                   # each choice samples from its row
+
+`complete` is `generate` collected, so the streamed deltas always join to the full
+text. `greedy` is the oracle's loop: the prompt's logits and a greedy continuation,
 with every intermediate visible to a trace.
 
-The loop, for n choices::
+Per choice, from one row of logits z (`_Choice`, `Generation._sample`)::
 
-    state = model.new_state(); z = model.forward(prompt, state)   # one prefill
-    states = [state, deepcopy(state), ...]                        # n copies of the cache
-    repeat:
-        for each live choice i:
-            t_i = choose(z_i)                   # engine.sampling
-            text = decoder_i.push(t_i)          # tokenizer stream decoder: whole characters only
-            emit the text the stop strings allow    # StopStrings: held back while a stop may match
-        z = model.forward_batch(t, states)      # one decode step for all live choices at once
+    t = choose(z)                               # engine.sampling (bias, penalties, grammar, temperature, top_p)
+    text = decoder.push(t)                      # tokenizer stream decoder: whole characters only
+    text = tool_call_parser.push(t, text)       # tool-call markup is taken out of the content
+    emit stops.push(text)                       # StopStrings: held back while a stop may match
 
-The prefill is shared by copying its state; the decode steps run as one batch, so
-each weight is read once per step for all n choices (decode is memory-bound:
-n choices cost little more than one).
+The prefill is shared by the n choices by copying its state; the decode steps run as
+one batch, so each weight is read once per step for all of them (decode is
+memory-bound: n choices cost little more than one).
 
 A choice ends at the first of: an EOS token (finish_reason "stop", the EOS
 itself produces no text), a stop string ("stop"; the string and anything after
 it are never emitted), its grammar complete (``params.grammar``: nothing but EOS
 could follow; "stop"), `max_tokens` generated tokens or the model's context
-(`max_position_embeddings`) full ("length"). A choice whose output holds valid
-tool calls (``params.tool_syntax``, `tokenizer.tools.ToolCallParser`) finishes
-with "tool_calls", the calls in its last Delta.
+(`max_position_embeddings`) full ("length"), or `Generation.cut` (a deadline:
+"length"). A choice whose output holds valid tool calls (``params.tool_syntax``,
+`tokenizer.tools.ToolCallParser`) finishes with "tool_calls", the calls in its last Delta.
 
 Everything one request asks of a choice lives in that choice (`_Choice`): its
 cache, generator, penalty counts, stream decoder, stop strings, grammar matcher
 and tool-call parser, so a scheduler can step many choices of many requests
 together.
 
-With ``params.prompt_logprobs`` (k), the prefill keeps every row of logits and the
-first event is `PromptLogprobs`: for each prompt token but the first, its
+**Batch invariance.** A request's tokens and logprobs do not depend on what runs
+beside it: the prompt is always cut into the same chunks (PREFILL_CHUNK tokens from
+its start, whatever else is running), each chunk runs alone, and a decode step's
+rows are computed each on its own (`kernels.linear` up to its SMALL_BATCH rows;
+attention, the Mamba conv and scan per sequence; norms, RoPE and routing per row;
+sampling per choice). So a request alone (`generate`, `npinfer chat`) and the same
+request in the server among others give the same bits.
+
+With ``params.prompt_logprobs`` (k), each prefill chunk keeps every row of logits and
+the first event is `PromptLogprobs`: for each prompt token but the first, its
 log-probability under the model given the tokens before it, with the k most
 likely alternatives (the first token has none: None).
 """
@@ -151,21 +166,40 @@ class StopStrings:
     held back, so an occurrence of a stop string always starts inside the held
     text and can be cut before anything of it was shown. Example, stop "\\n\\n":
     push("Hi\\n") -> "Hi" (holds "\\n"); push("\\nBye") -> "" and stopped.
+
+    Each stop string is matched by its Knuth-Morris-Pratt automaton (Knuth, Morris &
+    Pratt 1977): `matched[k]` is the length of the longest prefix of stop k that ends
+    the text so far, advanced one character at a time through the stop's failure
+    table, so a push costs O(characters pushed x stops), however long the stops are.
     """
 
     def __init__(self, stops: tuple[str, ...]):
         self.stops = stops
+        self.failure = [_failure_table(s) for s in stops]
+        self.matched = [0] * len(stops)
         self.pending = ""
         self.stopped = False
 
     def push(self, text: str) -> str:
+        new = len(self.pending)  # where the pushed text starts in `pending`
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            shown, self.pending, self.stopped = self.pending[:min(hits)], "", True
+        cut = None  # the earliest start of a stop string completed by this push
+        for k, (stop, failure) in enumerate(zip(self.stops, self.failure)):
+            m = self.matched[k]
+            for i in range(new, len(self.pending)):
+                c = self.pending[i]
+                while m and stop[m] != c:
+                    m = failure[m - 1]
+                m += stop[m] == c
+                if m == len(stop):
+                    cut = min(cut if cut is not None else i, i + 1 - m)
+                    break
+            self.matched[k] = m
+        if cut is not None:
+            shown, self.pending, self.stopped = self.pending[:cut], "", True
             return shown
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        shown, self.pending = self.pending[:len(self.pending) - hold], self.pending[len(self.pending) - hold:]
+        keep = len(self.pending) - max(self.matched, default=0)  # every partial match lies in the held text
+        shown, self.pending = self.pending[:keep], self.pending[keep:]
         return shown
 
     def flush(self) -> str:
@@ -173,12 +207,26 @@ class StopStrings:
         return shown
 
 
+def _failure_table(s: str) -> list[int]:
+    """KMP's prefix function: f[i] = the length of the longest proper prefix of s[:i + 1]
+    that is also its suffix (where matching resumes after a mismatch)."""
+    f, m = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while m and s[i] != s[m]:
+            m = f[m - 1]
+        m += s[i] == s[m]
+        f[i] = m
+    return f
+
+
 class _Choice:
     """The running state of one choice: its cache, sampler inputs, grammar and text pipeline
-    (token -> stream decoder -> tool-call parser -> stop strings -> shown text)."""
+    (token -> stream decoder -> tool-call parser -> stop strings -> shown text), and the token
+    it feeds to the next decode step."""
 
-    def __init__(self, index, state, logits, rng, tok, params: GenerationParams, vocab_size):
-        self.index, self.state, self.logits, self.rng = index, state, logits, rng
+    def __init__(self, index, state, rng, tok, params: GenerationParams, vocab_size):
+        self.index, self.state, self.rng = index, state, rng
+        self.token = None  # the last sampled token: the next decode step's input
         self.counts = np.zeros(vocab_size, dtype=np.int64)  # [V] generated-token counts (penalties)
         self.decoder = tok.stream_decoder()
         self.stops = StopStrings(params.stop)
@@ -233,65 +281,135 @@ def eos_ids(model, tok) -> set[int]:
     return {i for i in ids | {tok.eos_id} if i is not None}
 
 
-def prompt_logprobs(tok, prompt_ids, logits: np.ndarray, k: int) -> list[TokenLogprob | None]:
-    """Each prompt token's logprob given the tokens before it; logits [T, V] of the prefill."""
-    return [None] + [token_logprob(tok, int(t), log_softmax(row), k) for t, row in zip(prompt_ids[1:], logits)]
+PREFILL_CHUNK = 16  # prompt tokens per prefill pass (the same schedule alone or under load): one streamed pass
 
 
-def generate(model, tok, prompt_ids, params: GenerationParams,
-             progress=None) -> Iterator[PromptLogprobs | Delta | Finish | Usage]:
-    """Yield (PromptLogprobs, if asked,) Delta and Finish events for each choice, then one Usage.
+Event = PromptLogprobs | Delta | Finish | Usage
 
-    Closing the generator (or stopping to iterate) cancels the generation.
-    `progress` is the prefill's hook (`Decoder.forward`), e.g. a progress bar.
+
+class Generation:
+    """One request in flight: its prompt's prefill, in chunks, then its live choices.
+
+    See the module docstring for the loop that drives it; `generate` runs it alone,
+    `engine.scheduler` runs many at once. Every method returns the events it produced,
+    in order; the last one, once every choice has finished, is `Usage`.
     """
-    check_prompt(model, prompt_ids)
-    limit, eos = context_limit(model), eos_ids(model, tok)
-    state = model.new_state()
-    if params.prompt_logprobs is None:
-        z = model.forward(list(prompt_ids), state, last_only=True, progress=progress)[-1]  # [V], the prefill
-    else:
-        logits = model.forward(list(prompt_ids), state, progress=progress)  # [T, V]
-        yield PromptLogprobs(prompt_logprobs(tok, prompt_ids, logits, params.prompt_logprobs))
-        z = logits[-1]  # [V]
-    states = [state] + [copy.deepcopy(state) for _ in range(params.n - 1)]
-    choices = [_Choice(i, s, z, rng, tok, params, model.config.vocab_size)
-               for i, (s, rng) in enumerate(zip(states, choice_rngs(params.seed, params.n)))]
-    completion_tokens = 0
-    while choices:
-        continuing = []  # (choice, token) of the choices that decode another step
-        for c in list(choices):
-            t = choose(finite(c.logits), params.sampling, c.counts, c.rng, c.allowed())
+
+    def __init__(self, model, tok, prompt_ids, params: GenerationParams):
+        check_prompt(model, prompt_ids)
+        self.model, self.tok, self.params = model, tok, params
+        self.prompt = [int(t) for t in prompt_ids]
+        self.limit, self.eos = context_limit(model), eos_ids(model, tok)
+        self.state = model.new_state()  # the prompt's cache, copied to each choice after the prefill
+        self.done = 0  # prompt tokens prefilled so far
+        self.choices: list[_Choice] = []  # the live choices, once prefilled
+        self.completion_tokens = 0
+        self.prompt_entries: list[TokenLogprob | None] = [None]  # prompt logprobs (the first token: None)
+        self.finished = False  # Usage was emitted
+
+    @property
+    def prefilled(self) -> bool:
+        return self.done == len(self.prompt)
+
+    def prefill(self) -> list[Event]:
+        """Run the next PREFILL_CHUNK prompt tokens; after the last chunk the n choices
+        start from copies of the cache and sample their first tokens."""
+        s, k = self.done, self.params.prompt_logprobs
+        chunk = self.prompt[s:s + PREFILL_CHUNK]
+        logits = self.model.forward(chunk, self.state, last_only=k is None)  # [c, V] (or [1, V])
+        self.done += len(chunk)
+        if k is not None:  # row i predicts prompt token s + i + 1
+            self.prompt_entries += [token_logprob(self.tok, t, log_softmax(row), k)
+                                    for t, row in zip(self.prompt[s + 1:s + len(chunk) + 1], logits)]
+        if not self.prefilled:
+            return []
+        events = [] if k is None else [PromptLogprobs(self.prompt_entries)]
+        n, V = self.params.n, self.model.config.vocab_size
+        states = [self.state] + [copy.deepcopy(self.state) for _ in range(n - 1)]
+        self.choices = [_Choice(i, st, rng, self.tok, self.params, V)
+                        for i, (st, rng) in enumerate(zip(states, choice_rngs(self.params.seed, n)))]
+        return events + self._sample([logits[-1]] * n)
+
+    def tokens(self) -> list[int]:
+        """The next decode step's input: one token per live choice."""
+        return [c.token for c in self.choices]
+
+    def states(self) -> list:
+        return [c.state for c in self.choices]
+
+    def decoded(self, logits: np.ndarray) -> list[Event]:
+        """After a decode step: logits [B, V], row b for the choice of `tokens()[b]`."""
+        return self._sample(list(logits))
+
+    def _sample(self, rows: list[np.ndarray]) -> list[Event]:
+        """Each live choice samples its next token from its row of logits [V]."""
+        events, params = [], self.params
+        for c, z in zip(list(self.choices), rows):
+            t = choose(finite(z), params.sampling, c.counts, c.rng, c.allowed())
             c.counts[t] += 1
             c.generated += 1
-            completion_tokens += 1
+            self.completion_tokens += 1
             logprobs = []
-            if t in eos:
+            if t in self.eos:
                 (text, calls), ended = c.rest(), True
             else:
                 text, calls = c.take(t), ()
                 if params.logprobs:
-                    logprobs = [token_logprob(tok, t, log_softmax(c.logits), params.top_logprobs)]
+                    logprobs = [token_logprob(self.tok, t, log_softmax(z), params.top_logprobs)]
                 complete = c.matcher is not None and c.matcher.done
                 ended = (c.stops.stopped or complete or c.generated == params.max_tokens
-                         or len(prompt_ids) + c.generated >= limit)
+                         or len(self.prompt) + c.generated >= self.limit)
                 if ended:
                     more, calls = c.rest()
                     text += more
-            stopped = t in eos or c.stops.stopped or (c.matcher is not None and c.matcher.done)
+            stopped = t in self.eos or c.stops.stopped or (c.matcher is not None and c.matcher.done)
             reason = None if not ended else "tool_calls" if calls else "stop" if stopped else "length"
             if text or logprobs or calls:
-                yield Delta(c.index, text, logprobs, calls)
+                events.append(Delta(c.index, text, logprobs, calls))
             if reason:
-                yield Finish(c.index, reason)
-                choices.remove(c)
+                events += self._finish(c, reason)
             else:
-                continuing.append((c, t))
-        if continuing:
-            z = model.forward_batch([t for _, t in continuing], [c.state for c, _ in continuing])  # [B, V]
-            for (c, _), logits in zip(continuing, z):
-                c.logits = logits  # [V]
-    yield Usage(len(prompt_ids), completion_tokens)
+                c.token = t
+        return events
+
+    def _finish(self, c: _Choice, reason: str) -> list[Event]:
+        self.choices.remove(c)
+        events: list[Event] = [Finish(c.index, reason)]
+        if not self.choices:
+            self.finished = True
+            events.append(Usage(len(self.prompt), self.completion_tokens))
+        return events
+
+    def cut(self) -> list[Event]:
+        """End every live choice now, as if its max_tokens were reached ("length"), with the
+        text its pipeline holds (a deadline). Before the prefill ends: Usage alone."""
+        events: list[Event] = []
+        if not self.choices and not self.finished:
+            self.finished = True
+            return [Usage(len(self.prompt), self.completion_tokens)]
+        for c in list(self.choices):
+            text, calls = c.rest()
+            if text or calls:
+                events.append(Delta(c.index, text, [], calls))
+            events += self._finish(c, "tool_calls" if calls else "length")
+        return events
+
+
+def generate(model, tok, prompt_ids, params: GenerationParams, progress=None) -> Iterator[Event]:
+    """Yield (PromptLogprobs, if asked,) Delta and Finish events for each choice, then one Usage.
+
+    The request alone: `Generation` driven exactly as `engine.scheduler` drives many.
+    Closing the generator (or stopping to iterate) cancels the generation.
+    `progress(done, total)`, when given, is called after each prefill chunk (a progress bar).
+    """
+    g = Generation(model, tok, prompt_ids, params)
+    while not g.prefilled:
+        events = g.prefill()
+        if progress is not None:
+            progress(g.done, len(g.prompt))
+        yield from events
+    while g.choices:
+        yield from g.decoded(model.forward_batch(g.tokens(), g.states()))  # [B, V]
 
 
 @dataclass

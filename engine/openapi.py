@@ -144,10 +144,13 @@ class ChatCompletionChunk(BaseModel):
 
 
 REF = "#/components/schemas/{model}"
-ERRORS = {400: "bad JSON or header, or the prompt does not fit the context", 401: "missing or wrong API key",
-          404: "no such path", 405: "method not allowed", 413: "request body too large",
-          422: "invalid request (the message names the field)", 429: "rate limit or queue full (Retry-After)",
-          500: "internal error"}
+ERRORS = {400: "bad JSON or header, the prompt does not fit the context, or its cache does not fit the server",
+          401: "missing or wrong API key", 403: "a Host that is not a loopback name, on a loopback server",
+          404: "no such path", 405: "method not allowed", 408: "the headers or body came too slowly (closed)",
+          413: "request body too large", 415: "the body is not declared Content-Type: application/json",
+          422: "invalid request or over a budget (the message names the field)",
+          429: "rate limit, queue full, or the deadline passed while queued (Retry-After)",
+          500: "internal error", 503: "the checkpoint changed on disk while being served (restart the server)"}
 
 
 def _ref(model: type[BaseModel]) -> dict:
@@ -167,7 +170,7 @@ def openapi_document(api_key: bool) -> dict:
 
     def get(summary: str, model: type[BaseModel]) -> dict:
         return {"get": {"summary": summary, "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": _ref(model)}}}} | errors(401)}}
+            "200": {"description": "OK", "content": {"application/json": {"schema": _ref(model)}}}} | errors(401, 403)}}
 
     def chat(summary: str, body: type[BaseModel], description: str, parameters: list) -> dict:
         stream = {"type": "string", "description": "server-sent events: lines 'data: <ChatCompletionChunk JSON>', "
@@ -179,7 +182,7 @@ def openapi_document(api_key: bool) -> dict:
                                   "(each event a ChatCompletionChunk)",
                                   "content": {"application/json": {"schema": _ref(ChatCompletion)},
                                               "text/event-stream": {"schema": stream}}}}
-            | errors(400, 401, 413, 422, 429, 500)}}
+            | errors(400, 401, 403, 408, 413, 415, 422, 429, 500, 503)}}
 
     extra_header = {"name": "extra-parameters", "in": "header", "required": False,
                     "description": "what to do with fields that are not standard: error (default, 422), drop, "

@@ -34,6 +34,18 @@ null: nothing predicts it), the log-softmax of the raw model over the prompt wit
 likely alternatives; ``chat_template_kwargs: {...}`` are variables for an HF chat template
 (e.g. ``enable_thinking``).
 
+**Budgets** (`Budgets`; the server's defaults, each answered 422 naming the field):
+``max_tokens`` (and ``max_completion_tokens``) at most the model's context; ``n * max_tokens``
+at most ``max_total_tokens`` (32768; ``max_tokens`` not given counts as the context, so ``n: 16``
+without it is refused on a long-context model); at most ``max_stops`` (16) stop strings of at
+most ``max_stop_chars`` (1000) characters each; at most ``max_logit_bias`` (1024) ``logit_bias``
+entries, each key a token id written in canonical decimal (``"17"``, not ``"017"``, ``" 17"``
+or ``"١٧"``); ``seed`` any 64-bit integer, signed or not (a negative seed is taken modulo 2**64).
+
+**The body** (`parse_json`): a JSON object, UTF-8, nested at most MAX_DEPTH (64) deep (400
+otherwise, checked before parsing), without NaN or Infinity (400), and without lone
+surrogates (``"\\ud800"``; 422 naming the field), so every string can be tokenized.
+
 Both answer in the OpenAI shape (`completion_body`, `chunk_body`). Every error, whatever
 raised it, is ``{"error": {"code", "message", "status"}}`` (`ApiError`). Types are strict:
 ``"0.5"`` is not a number and ``"true"`` not a boolean.
@@ -42,9 +54,11 @@ raised it, is ``{"error": {"code", "message", "status"}}`` (`ApiError`). Types a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.generate import Completion, GenerationParams, TokenLogprob, Usage
@@ -63,6 +77,9 @@ class ApiError(Exception):
 
 
 def error_body(status: int, code: str, message: str) -> dict:
+    """The error shape; a lone surrogate the message quotes from a request is written escaped
+    (the body must be UTF-8)."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"code": code, "message": message, "status": status}}
 
 
@@ -188,6 +205,7 @@ TopLogprobs = Field(None, ge=0, le=20)
 PromptLogprobs = Field(None, ge=0, le=20, description="engine extension: logprobs of the prompt tokens, "
                        "with this many alternatives each")
 TemplateKwargs = Field(None, description="engine extension: variables for an HF chat template")
+Seed = Field(None, ge=-2**63, le=2**64 - 1, description="any 64-bit integer (a negative one is taken modulo 2**64)")
 
 
 class AzureChatRequest(Strict):
@@ -203,7 +221,7 @@ class AzureChatRequest(Strict):
     stream: bool = False
     presence_penalty: float = Penalty
     frequency_penalty: float = Penalty
-    seed: int | None = None
+    seed: int | None = Seed
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
@@ -237,7 +255,7 @@ class V1ChatRequest(Strict):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: int | None = Seed
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
@@ -272,14 +290,63 @@ class ChatRequest:
     model: str | None
 
 
+MAX_DEPTH = 64  # JSON nesting a request body may have (a chat request needs about 10)
+_STRINGS = re.compile(rb'"(?:[^"\\\\]|\\\\.)*"')  # JSON string literals (escapes included)
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, without parsing it (strings,
+    which may hold brackets, are blanked out first): 0 for a scalar."""
+    structure = np.frombuffer(_STRINGS.sub(b'""', body), np.uint8)  # [N]
+    step = (np.isin(structure, (ord("["), ord("{"))).astype(np.int64)
+            - np.isin(structure, (ord("]"), ord("}"))))  # [N]: +1 opens, -1 closes
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _constant(name: str):
+    raise ApiError(400, "invalid_json", f"the request body is not valid JSON ({name} is not a JSON number)")
+
+
 def parse_json(body: bytes) -> dict:
+    """The body as a dict: valid UTF-8 JSON, an object, at most MAX_DEPTH deep, no NaN or
+    Infinity, no lone surrogates in its strings (400 or 422, never an exception)."""
+    if (depth := json_depth(body)) > MAX_DEPTH:
+        raise ApiError(400, "invalid_json", f"the request body nests {depth} levels deep; at most {MAX_DEPTH}")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_constant)
     except (UnicodeDecodeError, ValueError) as e:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # fast: fails on a lone surrogate
+    except UnicodeEncodeError:
+        where, text = _lone_surrogate(data)
+        at = next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
+        raise invalid(f"{where}: a lone surrogate (\\u{ord(text[at]):04x} at character {at}) is not "
+                      "valid Unicode text") from None
     return data
+
+
+def _lone_surrogate(value, where: str = "body") -> tuple[str, str] | None:
+    """(the field, the string) of the first string holding a lone surrogate, or None."""
+    def bad(text: str) -> bool:
+        try:
+            text.encode("utf-8")
+            return False
+        except UnicodeEncodeError:
+            return True
+
+    if isinstance(value, str):
+        return (where, value) if bad(value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        path = str(key) if where == "body" else f"{where}.{key}"
+        if isinstance(key, str) and bad(key):
+            return path, key
+        if (found := _lone_surrogate(item, path)) is not None:
+            return found
+    return None
 
 
 def _validate(cls: type[BaseModel], data: dict):
@@ -305,22 +372,64 @@ def invalid(message: str) -> ApiError:
     return ApiError(422, "invalid_request", message)
 
 
-def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class Budgets:
+    """What one request may ask for (see the module docstring); `context` is the model's."""
+
+    context: int | None = None  # max_tokens at most this (None: no cap)
+    max_total_tokens: int = 32768  # n * max_tokens, max_tokens not given counting as the context
+    max_stops: int = 16
+    max_stop_chars: int = 1000
+    max_logit_bias: int = 1024
+
+
+def _stops(stop: str | list[str] | None, budgets: Budgets) -> tuple[str, ...]:
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not s for s in stops):
-        raise invalid("stop: stop strings must not be empty")
+    if len(stops) > budgets.max_stops:
+        raise invalid(f"stop: at most {budgets.max_stops} stop strings (got {len(stops)})")
+    for k, s in enumerate(stops):
+        where = "stop" if isinstance(stop, str) else f"stop.{k}"
+        if not s:
+            raise invalid("stop: stop strings must not be empty")
+        if len(s) > budgets.max_stop_chars:
+            raise invalid(f"{where}: a stop string has at most {budgets.max_stop_chars} characters (got {len(s)})")
     return stops
 
 
-def _logit_bias(bias: dict[str, float] | None, vocab_size: int) -> tuple[tuple[int, float], ...]:
+_TOKEN_ID = re.compile(r"0|[1-9][0-9]{0,9}")  # a token id in canonical decimal
+
+
+def _logit_bias(bias: dict[str, float] | None, vocab_size: int, budgets: Budgets) -> tuple[tuple[int, float], ...]:
+    if bias and len(bias) > budgets.max_logit_bias:
+        raise invalid(f"logit_bias: at most {budgets.max_logit_bias} entries (got {len(bias)})")
     pairs = []
     for key, value in (bias or {}).items():
-        if not key.strip().isdigit() or not 0 <= int(key) < vocab_size:
-            raise invalid(f"logit_bias: key {key!r} is not a token id in 0..{vocab_size - 1}")
+        if not _TOKEN_ID.fullmatch(key) or not int(key) < vocab_size:
+            shown = repr(key) if len(key) <= 20 else repr(key[:20]) + "..."
+            raise invalid(f"logit_bias: key {shown} is not a token id in 0..{vocab_size - 1} "
+                          "(written in decimal, no sign, spaces or leading zeros)")
         if not -100 <= value <= 100:
             raise invalid(f"logit_bias: bias {value} of token {key} is outside -100..100")
         pairs.append((int(key), float(value)))
     return tuple(pairs)
+
+
+def _max_tokens(max_tokens: int | None, n: int, field: str, budgets: Budgets, default: str | None = None) -> None:
+    """max_tokens at most the context, n * max_tokens at most the budget; `default` names where a
+    max_tokens the request did not give came from."""
+    context = budgets.context
+    if default is None and max_tokens is not None and context is not None and max_tokens > context:
+        raise invalid(f"{field}: at most {context}, this model's context (got {max_tokens})")
+    most, note = (max_tokens, default) if max_tokens is not None else (context, "the context")
+    if most is not None and n * most > budgets.max_total_tokens:
+        why = f" ({field} not given: {note})" if note else ""
+        raise invalid(f"n * {field}: {n} choices x {most} tokens{why} is more than the "
+                      f"{budgets.max_total_tokens} tokens one request may generate; ask for fewer choices or tokens")
+
+
+def _seed(seed: int | None) -> int | None:
+    """Any 64-bit seed, as the unsigned 64-bit integer with its bits."""
+    return None if seed is None else seed % 2**64
 
 
 def _logprobs(logprobs: bool, top: int | None) -> None:
@@ -331,7 +440,8 @@ def _logprobs(logprobs: bool, top: int | None) -> None:
 EXTRA_MODES = ("error", "drop", "pass-through")
 
 
-def azure_request(data: dict, extra_parameters: str | None, vocab_size: int) -> ChatRequest:
+def azure_request(data: dict, extra_parameters: str | None, vocab_size: int,
+                  budgets: Budgets = Budgets()) -> ChatRequest:
     mode = (extra_parameters or "error").strip().lower()
     if mode not in EXTRA_MODES:
         raise ApiError(400, "invalid_header", f"extra-parameters header must be one of {', '.join(EXTRA_MODES)}, "
@@ -344,14 +454,15 @@ def azure_request(data: dict, extra_parameters: str | None, vocab_size: int) -> 
                        "'extra-parameters: pass-through' to use them or 'extra-parameters: drop' to ignore them")
     extra = _validate(ExtraParameters, req.model_extra if mode == "pass-through" else {})
     _logprobs(extra.logprobs, extra.top_logprobs)
+    _max_tokens(req.max_tokens, extra.n, "max_tokens", budgets)
     sampling = SamplingParams(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty,
-                              _logit_bias(extra.logit_bias, vocab_size))
-    params = GenerationParams(req.max_tokens, extra.n, _stops(req.stop), req.seed, extra.logprobs,
+                              _logit_bias(extra.logit_bias, vocab_size, budgets))
+    params = GenerationParams(req.max_tokens, extra.n, _stops(req.stop, budgets), _seed(req.seed), extra.logprobs,
                               extra.top_logprobs or 0, sampling, prompt_logprobs=extra.prompt_logprobs)
     return _chat_request(req, params, extra.parallel_tool_calls, extra.chat_template_kwargs, None)
 
 
-def v1_request(data: dict, vocab_size: int) -> ChatRequest:
+def v1_request(data: dict, vocab_size: int, budgets: Budgets = Budgets()) -> ChatRequest:
     req = _validate(V1ChatRequest, data)
     if req.stream and req.n != 1:
         raise invalid(f"n: must be 1 when stream is true (got {req.n})")
@@ -360,11 +471,14 @@ def v1_request(data: dict, vocab_size: int) -> ChatRequest:
         raise invalid(f"max_tokens ({req.max_tokens}) and max_completion_tokens ({req.max_completion_tokens}) "
                       "disagree: send one of them")
     _logprobs(req.logprobs, req.top_logprobs)
-    max_tokens = req.max_completion_tokens or req.max_tokens or AI21_MAX_TOKENS
+    given = req.max_completion_tokens or req.max_tokens
+    field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+    max_tokens = given or min(AI21_MAX_TOKENS, budgets.context or AI21_MAX_TOKENS)  # AI21's default, in the context
+    _max_tokens(max_tokens, req.n, field, budgets, None if given else "AI21's default")
     sampling = SamplingParams(req.temperature, req.top_p, req.presence_penalty, req.frequency_penalty,
-                              _logit_bias(req.logit_bias, vocab_size))
-    params = GenerationParams(max_tokens, req.n, _stops(req.stop), req.seed, req.logprobs, req.top_logprobs or 0,
-                              sampling, prompt_logprobs=req.prompt_logprobs)
+                              _logit_bias(req.logit_bias, vocab_size, budgets))
+    params = GenerationParams(max_tokens, req.n, _stops(req.stop, budgets), _seed(req.seed), req.logprobs,
+                              req.top_logprobs or 0, sampling, prompt_logprobs=req.prompt_logprobs)
     include_usage = req.stream_options.include_usage if req.stream_options else None
     return _chat_request(req, params, req.parallel_tool_calls, req.chat_template_kwargs, include_usage)
 

@@ -7,22 +7,41 @@
     GET  /models, /v1/models    the OpenAI model list (one model)
     GET  /openapi.json          the OpenAPI document (engine.openapi)
 
-How a request flows (one model, one worker thread)::
+How a request flows (one model, one worker thread doing continuous batching)::
 
-    event loop (FastAPI/uvicorn)                    worker thread
-    ----------------------------                    -------------
-    auth (401), body size (413), JSON (400),
-    schema (422), chat format -> prompt ids,
-    grammar (422), context (400), rate limits (429)
-    Job -> bounded queue (full: 429) ----------->   job = queue.get()
-    await job.events  <----- call_soon_threadsafe   for event in generate(...): emit(event)
-    JSON answer, or SSE chunks                      (stops early when job.cancelled is set)
+    event loop (FastAPI/uvicorn)                       worker thread (engine.scheduler)
+    ----------------------------                       --------------------------------
+    headers within header_timeout (408, closed),
+    Host on a loopback server (403), API key (401),
+    Content-Type application/json (415),
+    body within body_timeout (408) and max_body_bytes (413),
+    JSON: depth, NaN, lone surrogates (400/422),
+    schema and budgets (422), then in a thread:
+    chat format -> prompt ids, grammar (422),
+    context (400), rate limits (429)
+    Job -> Scheduler.submit (queue full: 429,  ----->  each turn: admit, one prefill chunk,
+      checkpoint changed: 503, cache: 400)            one decode step over every live choice
+    await job.events  <------ call_soon_threadsafe    of every request (forward_batch)
+    JSON answer, or SSE chunks
 
-The model runs only in the worker thread, so the event loop keeps answering
-(/info, errors, queueing) while a generation runs, and requests are served
-one after another in arrival order. A client that disconnects sets
-`job.cancelled`: the worker drops the job if it is still queued, or stops its
-generation at the next token.
+The model runs only in the worker thread, so the event loop keeps answering (/info,
+errors, queueing) while generations run; requests run together, each joining the
+batch once its prompt is prefilled (see `engine.scheduler` for the loop, the limits
+and the batch invariance: an answer is the same alone or among others). A client that
+disconnects sets `job.cancelled`: the worker drops the request at its next turn,
+queued or running.
+
+No request gets a 500 or breaks its connection: every answer above is a JSON error
+body with the connection kept open (except the 408s, which close it, and 500s, which
+remain for engine bugs alone and are answered the same way, `ErrorsAnswered`).
+Timeouts (`Limits`): the request line and headers must arrive within header_timeout
+seconds of the connection opening or of the previous answer (a slow or idle client is
+answered 408 and disconnected: it cannot hold a connection open), the body within
+body_timeout; a request is cut short at deadline_seconds ("length"; still waiting
+then: 429). A server bound to a loopback address answers only requests whose Host is
+a loopback name (localhost, 127.x.x.x, [::1]), so a web page cannot reach it through
+DNS rebinding; and only JSON bodies, which a page cannot post across origins without
+the server's consent (a CORS preflight this server never grants).
 
 Server-sent events, for one choice (n > 1: every choice gets its role chunk,
 content chunks and finish chunk, tagged with its index; the usage rides on
@@ -44,19 +63,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
-import queue
 import socket
 import sys
 import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import tokenizer
 from engine import NpinferError, constrained
@@ -70,12 +90,14 @@ from engine.generate import (
     Usage,
     check_prompt,
     collect,
+    context_limit,
     eos_ids,
-    generate,
 )
 from engine.openapi import openapi_document
+from engine.scheduler import DONE, BatchLimits, Job, Scheduler
 from engine.schema import (
     ApiError,
+    Budgets,
     ChatRequest,
     azure_request,
     chunk_body,
@@ -91,27 +113,33 @@ from engine.schema import (
 from engine.text_completions import completion_request, prompt_ids, text_completion_body
 from tokenizer.tools import schema_problem, tool_names
 
-DONE = object()  # end of a job's events
-
 
 @dataclass(frozen=True)
 class Limits:
-    max_queue: int = 64  # requests waiting behind the running one
-    requests_per_minute: int = 1000  # the hosted defaults; 0 = no limit
+    """The server's limits; the defaults are the hosted service's where it has them."""
+
+    max_queue: int = BatchLimits.max_queue  # requests waiting to be admitted; more get 429
+    requests_per_minute: int = 1000  # 0 = no limit
     tokens_per_minute: int = 200_000
     max_body_bytes: int = 1 << 20
+    max_batch: int = BatchLimits.max_batch  # live sequences decoded together (engine.scheduler)
+    max_cache_bytes: int = BatchLimits.max_cache_bytes  # caches of the admitted requests together
+    deadline_seconds: float = BatchLimits.deadline_seconds  # per request, from submission
+    header_timeout: float = 10.0  # seconds for the request line and headers
+    body_timeout: float = 30.0  # seconds for the body
+    budgets: Budgets = Budgets()  # per request (engine.schema); the context comes from the model
+
+    def batch(self) -> BatchLimits:
+        return BatchLimits(self.max_batch, self.max_cache_bytes, self.max_queue, self.deadline_seconds)
 
 
-@dataclass
-class Job:
-    prompt_ids: list[int]
-    params: GenerationParams
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
+class ServerJob(Job):
+    """A scheduler job whose events go to an asyncio queue of the event loop."""
 
-    def emit(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+    def __init__(self, prompt_ids, params, loop: asyncio.AbstractEventLoop, deadline: float):
+        self.events: asyncio.Queue = asyncio.Queue()
+        super().__init__(prompt_ids, params, lambda item: loop.call_soon_threadsafe(self.events.put_nowait, item),
+                         deadline=deadline)
 
 
 class RateLimiter:
@@ -152,28 +180,28 @@ class RateLimiter:
 
 
 class Service:
-    """One loaded model, its tokenizer and chat format, and the worker that runs it."""
+    """One loaded model, its tokenizer and chat format, and the scheduler that runs it."""
 
     def __init__(self, chat: ChatModel, limits: Limits = Limits()):
         self.chat, self.model, self.tok, self.name, self.limits = chat, chat.model, chat.tok, chat.name, limits
         self.limiter = RateLimiter(limits.requests_per_minute, limits.tokens_per_minute)
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=limits.max_queue)
-        self.cancelled_jobs = 0  # generations stopped early because the client left
-        self.worker = threading.Thread(target=self._work, name="npinfer-model", daemon=True)
-        self.worker.start()
+        self.budgets = replace(limits.budgets, context=context_limit(self.model))
+        self.scheduler = Scheduler(self.model, self.tok, limits.batch(),
+                                   on_usage=lambda usage: self.limiter.spend(usage.completion_tokens))
+
+    @property
+    def cancelled_jobs(self) -> int:
+        """Requests dropped because their client left (queued or generating)."""
+        return self.scheduler.cancelled
 
     def close(self) -> None:
-        while True:
-            try:
-                self.jobs.put(None, timeout=0.1)
-                break
-            except queue.Full:
-                continue
-        self.worker.join(timeout=5)
+        self.scheduler.close()
 
     # -- the event loop side
     def prepare(self, chat: ChatRequest) -> tuple[list[int], GenerationParams]:
-        """The prompt ids and the complete generation parameters (grammar, tool-call parsing)."""
+        """The prompt ids and the complete generation parameters (grammar, tool-call parsing).
+        Runs in a thread of its own (`answer`): tokenizing a long prompt or compiling a large
+        grammar does not hold up the event loop."""
         if chat.response_format not in self.chat.family.response_formats:
             raise ApiError(422, "unsupported_response_format",
                            f"response_format: {chat.response_format} is not supported by {self.chat.family.name}-family "
@@ -200,40 +228,14 @@ class Service:
         return ids, replace(chat.params, grammar=grammar, banned=banned, tool_syntax=parse,
                             tool_names=tool_names(chat.tools))
 
-    def submit(self, prompt_ids: list[int], params: GenerationParams) -> Job:
+    def submit(self, prompt_ids: list[int], params: GenerationParams) -> ServerJob:
         self.limiter.admit(len(prompt_ids))
-        job = Job(prompt_ids, params, asyncio.get_running_loop())
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise ApiError(429, "queue_full", f"the server is busy ({self.limits.max_queue} requests waiting); "
-                           "retry later", {"Retry-After": "1"}) from None
+        job = ServerJob(prompt_ids, params, asyncio.get_running_loop(), time.monotonic() + self.limits.deadline_seconds)
+        self.scheduler.submit(job)
         return job
 
-    # -- the worker thread
-    def _work(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            if job.cancelled.is_set():
-                self.cancelled_jobs += 1
-                continue
-            events = generate(self.model, self.tok, job.prompt_ids, job.params)
-            try:
-                for event in events:
-                    if job.cancelled.is_set():
-                        self.cancelled_jobs += 1
-                        break
-                    if isinstance(event, Usage):
-                        self.limiter.spend(event.completion_tokens)
-                    job.emit(event)
-            except Exception as e:  # noqa: BLE001 -- reported to the client as a 500, logged in one line
-                print(f"npinfer: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
-                job.emit(ApiError(500, "internal_error", "generation failed inside the engine"))
-            finally:
-                events.close()
-                job.emit(DONE)
 
-
-async def job_events(job: Job, request: Request | None = None):
+async def job_events(job: ServerJob, request: Request | None = None):
     """A job's events as they come; with `request`, a disconnect cancels the job.
 
     (Streaming responses are cancelled by Starlette itself when the client
@@ -256,7 +258,8 @@ async def job_events(job: Job, request: Request | None = None):
                 return
             if isinstance(item, ApiError):
                 raise item
-            yield item
+            for event in item:
+                yield event
     finally:
         job.cancelled.set()  # harmless once the job is done
 
@@ -294,20 +297,85 @@ async def sse(job: Job, model: str, n: int, logprobs: bool, include_usage: bool 
     yield "data: [DONE]\n\n"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, at most `limit` bytes (413), all of it within `timeout` seconds (408, and the
+    connection is closed: the rest of a slow body is never read)."""
     too_large = ApiError(413, "payload_too_large", f"the request body is larger than {limit} bytes")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise too_large
+    try:
+        async with asyncio.timeout(timeout):
+            async for part in request.stream():
+                body += part
+                if len(body) > limit:
+                    raise too_large
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {timeout:g} s",
+                       {"Connection": "close"}) from None
     return bytes(body)
 
 
-def create_app(service: Service, api_key: str | None = None) -> FastAPI:
+def require_json(request: Request) -> None:
+    """Bodies are JSON, declared so (415 otherwise): a web page cannot send that to another
+    origin without a CORS preflight, which this server never answers with consent."""
+    given = request.headers.get("content-type")
+    if given is None or given.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "unsupported_media_type", "the request body must be JSON, sent with "
+                       f"'Content-Type: application/json' (got {'no Content-Type' if given is None else repr(given)})")
+
+
+def is_loopback(host: str) -> bool:
+    """A loopback name or address: localhost (and *.localhost), 127.0.0.0/8, ::1."""
+    host = host.strip().lower().removeprefix("[").removesuffix("]")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_of(header: str) -> str:
+    """The host part of a Host header: "[::1]:8000" -> "::1", "localhost:8000" -> "localhost"."""
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class ErrorsAnswered:
+    """The outermost ASGI layer: the Host check of a loopback server (403), and no exception
+    ever reaching uvicorn (which would close the client's connection after its 500)."""
+
+    def __init__(self, app, loopback_only: bool):
+        self.app, self.loopback_only = app, loopback_only
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if self.loopback_only and host and not is_loopback(host_of(host)):
+            body = error_body(403, "forbidden_host", f"Host {host!r} is not a loopback name; this server, bound to "
+                              "a loopback address, answers only localhost, 127.0.0.1 or [::1]")
+            return await JSONResponse(body, status_code=403)(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:  # noqa: BLE001 -- already answered 500 (and logged) by the app's handler
+            if not started:
+                await JSONResponse(error_body(500, "internal_error", "internal server error"),
+                                   status_code=500)(scope, receive, send)
+
+
+def create_app(service: Service, api_key: str | None = None, loopback_only: bool = False):
+    """The ASGI application; `loopback_only`: answer only requests whose Host is a loopback name."""
     app = FastAPI(title="npinfer", version="0.1.0", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.service = service
     started = int(time.time())
@@ -355,8 +423,13 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
         authorize(request)
         return models_body(service.name, service.chat.family.provider, started)
 
+    async def body_of(request: Request) -> dict:
+        authorize(request)
+        require_json(request)
+        return parse_json(await read_body(request, service.limits.max_body_bytes, service.limits.body_timeout))
+
     async def answer(request: Request, chat: ChatRequest):
-        ids, params = service.prepare(chat)
+        ids, params = await asyncio.to_thread(service.prepare, chat)
         job = service.submit(ids, params)
         if chat.stream:
             return StreamingResponse(sse(job, service.name, params.n, params.logprobs, chat.include_usage),
@@ -370,22 +443,20 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
 
     @app.post("/chat/completions")
     async def azure_chat(request: Request):
-        authorize(request)
-        data = parse_json(await read_body(request, service.limits.max_body_bytes))
-        chat = azure_request(data, request.headers.get("extra-parameters"), service.model.config.vocab_size)
+        data = await body_of(request)
+        chat = azure_request(data, request.headers.get("extra-parameters"), service.model.config.vocab_size,
+                             service.budgets)
         return await answer(request, chat)
 
     @app.post("/v1/chat/completions")
     async def v1_chat(request: Request):
-        authorize(request)
-        data = parse_json(await read_body(request, service.limits.max_body_bytes))
-        return await answer(request, v1_request(data, service.model.config.vocab_size))
+        data = await body_of(request)
+        return await answer(request, v1_request(data, service.model.config.vocab_size, service.budgets))
 
     @app.post("/v1/completions")  # OpenAI text completions: a raw prompt or token ids, no chat format
     async def text_completions(request: Request):
-        authorize(request)
-        data = parse_json(await read_body(request, service.limits.max_body_bytes))
-        req = completion_request(data, service.model.config.vocab_size)
+        data = await body_of(request)
+        req = completion_request(data, service.model.config.vocab_size, service.budgets)
         ids = prompt_ids(service.tok, req.prompt)
         try:
             check_prompt(service.model, ids)
@@ -399,7 +470,72 @@ def create_app(service: Service, api_key: str | None = None) -> FastAPI:
         return text_completion_body(f"cmpl-{uuid.uuid4().hex}", int(time.time()), service.name,
                                     collect(events, 1), req.params.logprobs)
 
-    return app
+    return ErrorsAnswered(app, loopback_only)
+
+
+# --------------------------------------------------------------------------- the connection
+class GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's line and headers.
+
+    The clock starts when the connection opens and again after each answer; a request whose
+    headers are not all in by then is answered 408 and the connection closed, so a client
+    trickling bytes (or a pile of idle connections) cannot hold the server's sockets. uvicorn's
+    own keep-alive timer does not do this: any byte received restarts it.
+    """
+
+    header_timeout = 10.0  # seconds; `server_config` sets it from Limits
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._await_headers()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's headers came in
+            self._stop_clock()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.cycle.response_complete:
+            self._await_headers()
+
+    def connection_lost(self, exc) -> None:
+        self._stop_clock()
+        super().connection_lost(exc)
+
+    def _await_headers(self) -> None:
+        self._stop_clock()
+        self.header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _stop_clock(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _headers_late(self) -> None:
+        self.header_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # a request is being answered
+        body = json.dumps(error_body(408, "request_timeout", "the request line and headers did not arrive within "
+                                     f"{self.header_timeout:g} s")).encode()
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+
+def server_config(service: Service, host: str, port: int, api_key: str | None, log_level: str = "info"):
+    """The uvicorn configuration `serve` runs (the tests run the same one): the app, with the
+    Host check when `host` is a loopback address, and the guarded protocol."""
+    import uvicorn
+
+    protocol = type("GuardedH11", (GuardedH11,), {"header_timeout": service.limits.header_timeout})
+    return uvicorn.Config(create_app(service, api_key, loopback_only=is_loopback(host)), host=host, port=port,
+                          http=protocol, log_level=log_level)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -420,5 +556,4 @@ def serve(service: Service, sock: socket.socket, api_key: str | None) -> None:
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(create_app(service, api_key), host=host, port=port, log_level="info")
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(service, host, port, api_key)).run(sockets=[sock])

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from engine.generate import Completion, GenerationParams
 from engine.sampling import SamplingParams
-from engine.schema import ApiError, Strict, _stops, _validate, usage_body
+from engine.schema import ApiError, Budgets, Seed, Strict, _max_tokens, _seed, _stops, _validate, usage_body
 
 
 class CompletionRequest(Strict):
@@ -32,7 +32,7 @@ class CompletionRequest(Strict):
     max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Seed
     stop: str | list[str] | None = None
     logprobs: int | None = Field(None, ge=0, le=20)
 
@@ -43,11 +43,12 @@ class TextRequest:
     params: GenerationParams
 
 
-def completion_request(data: dict, vocab_size: int) -> TextRequest:
+def completion_request(data: dict, vocab_size: int, budgets: Budgets = Budgets()) -> TextRequest:
     req = _validate(CompletionRequest, data)
+    _max_tokens(req.max_tokens, 1, "max_tokens", budgets)
     if isinstance(req.prompt, list) and not all(0 <= i < vocab_size for i in req.prompt):
         raise ApiError(422, "invalid_request", f"prompt: token ids must be in 0..{vocab_size - 1}")
-    params = GenerationParams(max_tokens=req.max_tokens, stop=_stops(req.stop), seed=req.seed,
+    params = GenerationParams(max_tokens=req.max_tokens, stop=_stops(req.stop, budgets), seed=_seed(req.seed),
                               logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0,
                               sampling=SamplingParams(temperature=req.temperature, top_p=req.top_p))
     return TextRequest(req.prompt, params)

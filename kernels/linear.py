@@ -5,23 +5,38 @@ of shape [out, in]; checkpoints store ``W`` that way and so do we.
 
 Two regimes, two fast paths (the reference widens the whole matrix and calls BLAS):
 
-* decode (a few rows of x): memory-bound. Every weight byte is read once per
-  token, so the kernel must stream the weights at memory bandwidth. For bf16 and
-  f16 the Numba kernel widens each weight in registers (`kernels.intrinsics`) and
-  accumulates in the compute dtype, parallel over output rows, prefetching ahead
-  of the stream. No float32 copy is made.
-* prefill (many rows): compute-bound. One tile of weight rows at a time is widened
-  to the compute dtype (a few MB, cache-resident) and handed to BLAS, so the
-  rate is BLAS's and the extra memory is one tile, never the whole matrix.
+* decode (up to SMALL_BATCH rows of x): memory-bound. Every weight byte is read once
+  per step, so the kernel must stream the weights at memory bandwidth. The Numba
+  kernel `_stream` reads each weight in its file dtype (bf16 and f16 widened in
+  registers, `kernels.intrinsics`; f32 and f64 as they are), accumulates in the
+  compute dtype, parallel over output rows, prefetching ahead of the stream. No
+  float copy of the matrix is made.
+* prefill (more rows): compute-bound. For 16-bit weights one tile of weight rows at
+  a time is widened to the compute dtype (a few MB, cache-resident) and handed to
+  BLAS, so the rate is BLAS's and the extra memory is one tile, never the whole
+  matrix; f32 weights in float32 mode (f64 in float64 mode) go straight to BLAS.
 
-f32 weights in float32 mode go straight to BLAS. ggml's block-quantized weights
-(`kernels.quant.QuantizedTensor`) take the same two regimes in `kernels.quant`.
+**Batch invariance.** Up to SMALL_BATCH rows, row t of the result depends on x[t]
+and w alone, bit for bit: every y[t, r] is the same sequence of operations (the row
+in chunks of CHUNK weights, each chunk's dot product vectorised by the same loop,
+the chunks added in order), whatever the number of rows and whichever thread runs
+output row r. So one sequence's decode step gives the same logits alone or batched
+with others (`engine.scheduler`, up to this many rows). BLAS gives no such
+promise: it picks its kernels and blocking by the matrix shapes (gemv for one row,
+gemm panels for more), so above SMALL_BATCH a row's rounding may change with the
+number of rows. Those are prefill chunks, whose sizes `engine.generate` fixes by
+the prompt alone.
+
+ggml's block-quantized weights (`kernels.quant.QuantizedTensor`) take the same two
+regimes in `kernels.quant` (not batch-invariant: they are for comparing files, not for serving).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from kernels.backend import dispatch
 from kernels.activations import silu
@@ -29,7 +44,7 @@ from kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
 from kernels.dtypes import widen
 from kernels.quant import QuantizedTensor, quantized_matmul_fast
 
-SMALL_BATCH = 8  # rows of x up to which the weight-streaming kernel beats widen + BLAS
+SMALL_BATCH = 32  # rows of x up to which weights are streamed (faster than BLAS here), each row alone
 TILE_BYTES = 64 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights
 
 
@@ -45,56 +60,85 @@ def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> 
     return y
 
 
-@numba.njit(inline="always", fastmath=True)
-def _dot_16bit(w, x, is_f16):
-    """sum_j w[j] * x[j], w given as the uint16 bits of bf16 (or of f16 if is_f16),
-    accumulated in x's dtype.
+def _widened(w, like):
+    """One weight as a number of the compute dtype (that of the number `like`): bf16 bits
+    (uint16) and f16 bits (int16, see `linear_fast`) widened in registers, f32 and f64 rounded
+    as `widen` rounds them (f64 weights in float32 mode). Numba only."""
 
-    LLVM vectorises each loop: a zero-extending load of 16 weights, a shift (bf16)
-    or a half-to-float conversion (f16), and an FMA per vector; no float copy of w
-    is made.
+
+@overload(_widened, inline="always")
+def _widened_numba(w, like):
+    cast = (lambda v: np.float32(v)) if like == types.float32 else (lambda v: np.float64(v))
+    cast = numba.njit(inline="always")(cast)
+    if w == types.uint16:
+        return lambda w, like: cast(bf16_to_f32(w))
+    if w == types.int16:
+        return lambda w, like: cast(f16_to_f32(np.uint16(w)))
+    return lambda w, like: cast(w)
+
+
+ROWS = 4  # rows of x that share each load of a weight (x is padded to a multiple of ROWS)
+
+
+@numba.njit(inline="always", fastmath=True)
+def _dot_rows(w, x, t, c0, c1):
+    """sum_j w[j] * x[t + s, j] over j in c0..c1 for the ROWS rows s = 0..3, in x's dtype.
+
+    Each weight is loaded and widened once for the four rows. LLVM vectorises the loop (8
+    weights per vector for float32) with one set of partial sums per row, the four sets
+    built alike, so a row's sum does not depend on which of the four slots it is in.
     """
-    acc = x[0] * np.float32(0)  # the compute dtype's zero (x * 0 would promote float32 to float64)
-    if is_f16:
-        for j in range(w.shape[0]):
-            acc += f16_to_f32(w[j]) * x[j]
-    else:
-        for j in range(w.shape[0]):
-            acc += bf16_to_f32(w[j]) * x[j]
-    return acc
+    zero = x[0, 0] * np.float32(0)  # the compute dtype's zero (x * 0 would promote float32 to float64)
+    a0, a1, a2, a3 = zero, zero, zero, zero
+    for j in range(c0, c1):
+        wj = _widened(w[j], zero)
+        a0 += wj * x[t, j]
+        a1 += wj * x[t + 1, j]
+        a2 += wj * x[t + 2, j]
+        a3 += wj * x[t + 3, j]
+    return a0, a1, a2, a3
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _stream_16bit(w, x, y, is_f16):
+def _stream(w, x, y):
     """y[t, r] = sum_i w[r, i] * x[t, i] for a few rows t, reading each weight once.
 
-    w [O, I] holds the uint16 bits of bf16 weights (of f16 ones if is_f16); x [T, I]
-    is contiguous. Output rows run in parallel, one row per iteration, so each
-    thread reads its half of the matrix front to back as one stream. A row goes in
-    chunks of CHUNK weights (256 bytes, four cache lines); before a chunk is
-    multiplied, the four lines AHEAD bytes (16 KB) further down the stream are
-    prefetched. (A prefetch never faults, so the last rows may ask for lines past
-    the end of the matrix.)
+    w [O, I] holds f32 or f64 weights, or the bits of bf16 (uint16) or f16 (int16) weights;
+    x [T, I] is contiguous with T a multiple of ROWS. Output rows run in parallel, one row
+    per iteration, so each thread reads its share of the matrix front to back as one
+    stream. A row goes in chunks of CHUNK weights; before a chunk is multiplied, the cache
+    lines AHEAD bytes (16 KB) further down the stream are prefetched (a prefetch never
+    faults, so the last rows may ask for lines past the end of the matrix); then the chunk
+    meets the rows of x four at a time (`_dot_rows`).
 
-    Measured here on Mistral-7B matrices, against a plain parallel read of the same
-    bytes: 90-100% with both cores. Blocks of 16 rows sharing each load of x, with
-    the hardware prefetcher alone, reached about 70% (many short streams at once;
-    see benchmarks/bench_speed.py for the whole model).
+    Row invariance: y[t, r] is built the same way for every t (the chunks in order, each
+    by the same vectorised loop in one of its four identical slots), whatever T is and
+    whichever thread runs row r: each row of y is what x[t] alone would give, bit for bit.
+
+    Measured here on a Mistral-7B MLP matrix (bf16, 14336 x 4096, float32): one row of x
+    reads at the bandwidth of a plain parallel read; 8 rows take about twice as long as
+    one, 16 rows about four times (one row per pass over each chunk, with the widening
+    repeated per row, took five and ten times as long).
     """
     O, I = w.shape
     T = x.shape[0]
-    CHUNK, AHEAD = 128, 16384
-    base, row_bytes = w.ctypes.data, w.strides[0]
+    CHUNK, AHEAD = 512, 16384
+    base, row_bytes, item = w.ctypes.data, w.strides[0], w.itemsize
     for r in numba.prange(O):
         for t in range(T):
             y[t, r] = 0
+        row = w[r]
         for c0 in range(0, I, CHUNK):
             c1 = min(I, c0 + CHUNK)
-            ahead = base + r * row_bytes + c0 * 2 + AHEAD
-            for line in range(0, CHUNK * 2, 64):
+            ahead = base + r * row_bytes + c0 * item + AHEAD
+            for line in range(0, CHUNK * item, 64):
                 prefetch(ahead + line)
-            for t in range(T):
-                y[t, r] += _dot_16bit(w[r, c0:c1], x[t, c0:c1], is_f16)
+            for t in range(0, T, ROWS):
+                a0, a1, a2, a3 = _dot_rows(row, x, t, c0, c1)
+                y[t, r] += a0
+                y[t + 1, r] += a1
+                y[t + 2, r] += a2
+                y[t + 3, r] += a3
 
 
 @numba.njit(cache=True)
@@ -127,14 +171,20 @@ def _tiled_blas(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """`linear_ref` without a whole-matrix float copy, at bandwidth (decode) or BLAS rate (prefill)."""
+    """`linear_ref` without a whole-matrix float copy, at bandwidth (decode) or BLAS rate (prefill);
+    batch-invariant up to SMALL_BATCH rows (see the module docstring)."""
     if isinstance(w, QuantizedTensor):
         y = quantized_matmul_fast(x, w, SMALL_BATCH, TILE_BYTES)  # [T, out]
+    elif x.shape[0] <= SMALL_BATCH:
+        T = x.shape[0]
+        padded = np.zeros((-(-T // ROWS) * ROWS, x.shape[1]), x.dtype)  # [T', in], T' a multiple of ROWS
+        padded[:T] = x
+        y = np.empty((len(padded), w.shape[0]), x.dtype)  # [T', out]
+        bits = w.view(np.int16) if w.dtype == np.float16 else w  # Numba has no float16: its bits, as int16
+        _stream(bits, padded, y)
+        y = y[:T]  # [T, out]
     elif w.dtype == x.dtype:
         y = x @ w.T  # [T, out]
-    elif w.dtype in (np.uint16, np.float16) and x.shape[0] <= SMALL_BATCH:
-        y = np.empty((x.shape[0], w.shape[0]), x.dtype)  # [T, out]
-        _stream_16bit(w.view(np.uint16), np.ascontiguousarray(x), y, w.dtype == np.float16)
     else:
         y = _tiled_blas(x, w)  # [T, out]
     if bias is not None:

@@ -1,5 +1,6 @@
 """The linear kernels: every fast path (bf16 streamed in registers, bf16 small batch,
-tiled widen + BLAS, f16, f32) against the NumPy reference, by hypothesis."""
+tiled widen + BLAS, f16, f32) against the NumPy reference, by hypothesis; and the streamed
+path's batch invariance (a row's bits do not depend on the rows beside it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import kernels
 from kernels.dtypes import bf16_to_float32, float32_to_bf16
-from kernels.linear import linear_fast, linear_ref
+from kernels.linear import SMALL_BATCH, linear_fast, linear_ref
 
 linear_module = importlib.import_module("kernels.linear")  # the module (kernels.linear is the op)
 
@@ -26,7 +27,7 @@ def weight(rng, shape, kind):
 
 @settings(max_examples=150, deadline=None)
 # I up to 300 columns: the decode kernel's 128-weight chunks then come whole, partial and several per row
-@given(T=st.integers(1, 20), O=st.integers(1, 70), I=st.integers(1, 300), kind=st.sampled_from(WEIGHT_DTYPES),
+@given(T=st.integers(1, SMALL_BATCH + 8), O=st.integers(1, 70), I=st.integers(1, 300), kind=st.sampled_from(WEIGHT_DTYPES),
        dtype=st.sampled_from([np.float32, np.float64]), bias=st.booleans(), tile=st.sampled_from([64, 4 << 20]),
        seed=st.integers(0, 2**32 - 1))
 def test_fast_linear_matches_reference(T, O, I, kind, dtype, bias, tile, seed):
@@ -44,6 +45,25 @@ def test_fast_linear_matches_reference(T, O, I, kind, dtype, bias, tile, seed):
     # float32 accumulation in another order: error grows like sqrt(I) * eps * |x||w|
     scale = np.sqrt(I) * (np.abs(x).max() + 1) * (np.abs(ref).max() + 1)
     np.testing.assert_allclose(fast, ref, rtol=0, atol=(2e-6 if dtype == np.float32 else 1e-13) * scale)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, SMALL_BATCH), O=st.integers(1, 40), I=st.integers(1, 1100),
+       kind=st.sampled_from(WEIGHT_DTYPES), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**32 - 1))
+def test_each_row_of_a_small_batch_is_the_row_alone_bit_for_bit(T, O, I, kind, dtype, seed):
+    """Up to SMALL_BATCH rows (decode steps of that many sequences), row t of the result has exactly
+    the bits x[t] alone gives, and the same in any order of the rows: for every weight dtype and both
+    compute dtypes, I past several 512-weight chunks."""
+    rng = np.random.default_rng(seed)
+    w = weight(rng, (O, I), kind)
+    x = rng.standard_normal((T, I)).astype(dtype)
+    batched = linear_fast(x, w)
+    order = rng.permutation(T)
+    shuffled = linear_fast(x[order], w)
+    for t in range(T):
+        alone = linear_fast(x[t:t + 1], w)[0]
+        assert batched[t].tobytes() == alone.tobytes() == shuffled[list(order).index(t)].tobytes()
 
 
 @pytest.mark.parametrize("kind", ["bf16", "f16"])

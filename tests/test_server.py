@@ -28,7 +28,7 @@ from openai import OpenAI
 import tokenizer
 from engine.generate import greedy
 from engine.chat_model import load_chat_model
-from engine.server import Limits, Service, create_app
+from engine.server import Limits, Service, server_config
 from engine.tiny import family_config, write_checkpoint
 
 KEY = "test-key-123"
@@ -44,8 +44,7 @@ def running(chat, limits: Limits | None = None, api_key=KEY):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     service = Service(chat, limits or Limits())
-    server = uvicorn.Server(uvicorn.Config(create_app(service, api_key), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(server_config(service, "127.0.0.1", port, api_key, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -88,7 +87,8 @@ def engine_greedy_ids(chat, messages, n):
 
 
 def post(http, body, path="/chat/completions", **headers):
-    return http.post(path, content=body if isinstance(body, (bytes, str)) else json.dumps(body), headers=headers)
+    return http.post(path, content=body if isinstance(body, (bytes, str)) else json.dumps(body),
+                     headers={"Content-Type": "application/json"} | headers)
 
 
 def sse_events(response) -> list:
@@ -331,7 +331,7 @@ def slow(chat):
 
 def test_full_queue_answers_429_and_a_disconnect_cancels_the_generation(chat):
     long = {"messages": MESSAGES, "max_tokens": 2000, "stream": True, "logit_bias": {"2": -100}}  # no EOS
-    with running(slow(chat), Limits(max_queue=1), api_key=None) as (url, service):
+    with running(slow(chat), Limits(max_batch=1, max_queue=1), api_key=None) as (url, service):
         with httpx.Client(base_url=url, timeout=30, headers=PASS) as a, \
                 httpx.Client(base_url=url, timeout=30, headers=PASS) as b, \
                 a.stream("POST", "/chat/completions", json=long) as running_stream:
@@ -381,6 +381,69 @@ def test_rate_limits_and_body_size(chat):
         assert httpx.post(f"{url}/chat/completions", json=body).status_code == 200  # prompt + 1 or 2 tokens
         r = httpx.post(f"{url}/chat/completions", json=body)
         assert r.status_code == 429 and "tokens per minute" in r.json()["error"]["message"]
+
+
+def test_a_short_request_is_answered_while_a_long_one_streams(chat):
+    """Continuous batching: a 4-token request sent while a 200-token one streams joins the batch
+    and is answered at once, long before the long one ends."""
+    long = {"messages": MESSAGES, "max_tokens": 200, "stream": True, "logit_bias": {"2": -100}}  # no EOS
+    with running(slow(chat), api_key=None) as (url, _):
+        with httpx.Client(base_url=url, timeout=60, headers=PASS) as a, \
+                a.stream("POST", "/chat/completions", json=long) as streaming:
+            lines = (line for line in streaming.iter_lines() if line)
+            next(lines), next(lines)  # the long one is generating
+            started = time.time()
+            r = httpx.post(f"{url}/chat/completions", json={"messages": MESSAGES, "max_tokens": 4}, timeout=60)
+            took = time.time() - started
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
+            assert took < 3, took  # a few 20 ms steps, not 200 of them
+            rest = list(lines)
+            assert rest[-1] == "data: [DONE]" and len(rest) > 150  # the long one was still streaming
+
+
+def test_64_clients_at_once_all_get_their_answer(server, chat):
+    """A bounded load test: 64 requests at once (16 live, the rest queued), none lost, each with
+    the text the request gets alone."""
+    from engine.generate import GenerationParams, complete
+    from engine.sampling import SamplingParams
+
+    questions = [f"Question {i}: how are you?" for i in range(8)]
+    expected = {q: complete(chat.model, chat.tok, chat.prompt([{"role": "user", "content": q}]),
+                            GenerationParams(max_tokens=5, sampling=SamplingParams(temperature=0))).choices[0].text
+                for q in questions}
+
+    def ask(i):
+        q = questions[i % 8]
+        body = {"messages": [{"role": "user", "content": q}], "max_tokens": 5, "temperature": 0}
+        with httpx.Client(base_url=server, headers={"api-key": KEY}, timeout=120) as c:
+            if i % 2:
+                with c.stream("POST", "/chat/completions", json=body | {"stream": True}) as r:
+                    return q, "".join(e["choices"][0]["delta"].get("content", "") for e in sse_events(r)
+                                      if e["choices"])
+            r = c.post("/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            return q, r.json()["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(ask, range(64)))
+    assert len(answers) == 64 and all(text == expected[q] for q, text in answers)
+
+
+def test_a_checkpoint_truncated_while_serving_is_refused_with_a_clear_error(tmp_path):
+    path = write_checkpoint(tmp_path / "victim", family_config("mistral"), seed=5,
+                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    victim = load_chat_model(str(path))
+    body = {"messages": MESSAGES, "max_tokens": 3}
+    with running(victim, api_key=None) as (url, _):
+        assert httpx.post(f"{url}/chat/completions", json=body).status_code == 200
+        shard = path / "model.safetensors"
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 3)
+        for stream in (False, True):
+            r = httpx.post(f"{url}/chat/completions", json=body | {"stream": stream})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "checkpoint_changed"
+            assert f"{shard} is now" in r.json()["error"]["message"] and "restart" in r.json()["error"]["message"]
+        assert httpx.get(f"{url}/info").status_code == 200  # the process is alive and answering
 
 
 # --------------------------------------------------------------------------- done when: HF transformers

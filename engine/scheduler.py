@@ -1,0 +1,321 @@
+"""Continuous batching: the one worker thread that runs every request of the server.
+
+The worker keeps the requests admitted so far (`Running`, each an `engine.generate.Generation`)
+and loops; each turn of the loop::
+
+    1. the checkpoint's files unchanged on disk?     (else every request ends with 503)
+    2. cancelled requests leave; those past their deadline are cut ("length")
+    3. admit waiting requests, oldest first, while their choices fit in max_batch live
+       sequences and their caches in max_cache_bytes (the rest wait; a full queue is 429)
+    4. one prefill chunk of the oldest request still prefilling   (PREFILL_CHUNK tokens)
+    5. one decode step over every live choice of every request:
+           z = model.forward_batch(tokens, states)    # [B, V], each weight read once
+       and each request samples from its rows         (Generation.decoded)
+    6. finished requests leave at once
+
+So a new request starts generating after its prefill, while the others keep streaming:
+between two of their tokens the worker runs at most one prefill chunk, which bounds their
+inter-token latency (a decode step plus one chunk), and a long prompt is prefilled over
+several turns. Cancellation (the client left) takes effect within one turn.
+
+**Batch invariance.** A request's tokens and logprobs are the same, bit for bit, alone
+(`engine.generate.generate`, `npinfer chat`) or among any others here: its prompt is cut
+into the same chunks and each chunk runs alone, and every op of a decode step computes
+each row on its own as long as the batch has at most `kernels.linear.SMALL_BATCH` rows,
+which caps max_batch (see `engine.generate` and `kernels.linear`).
+
+**Memory.** A request's cache is counted when it is admitted: for each choice, the state
+the model makes (`model.new_state`) grown to the positions it may reach (prompt +
+max_tokens, at most the context): ring buffers and recurrent states as allocated,
+growing KV caches at the size their doubling reaches (`state_bytes`).
+
+**The checkpoint changed on disk.** The weights are memory maps of the checkpoint's
+files; a file truncated under them would kill the process with SIGBUS at the next read
+of a page past its new end. Before every turn (so before each request is admitted, and
+between steps) the worker compares each mapped file's size, modification time and inode
+with those at load (`MappedFiles`); on any change every request ends with a 503 naming
+the file, and every later one is refused so, until the server is restarted. (A change
+that lands in the middle of a step is not caught before that step reads the file.)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
+
+import numpy as np
+
+from engine import NpinferError
+from engine.generate import Generation, GenerationParams, Usage, context_limit
+from engine.schema import ApiError
+from kernels.cache import KVCache
+from kernels.linear import SMALL_BATCH
+
+MAX_BATCH = SMALL_BATCH  # live sequences per decode step, at most: batch-invariant up to here
+DONE = object()  # the last item a job receives
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch: int = 16  # live sequences (choices) decoded together; at most MAX_BATCH
+    max_cache_bytes: int = 4 << 30  # the caches of the admitted requests, together
+    max_queue: int = 64  # requests waiting to be admitted; more get 429
+    deadline_seconds: float = 600.0  # from submission; then cut short ("length"), or 429 if still waiting
+
+
+@dataclass
+class Job:
+    """One request as the scheduler sees it. `sink` receives, in order, lists of events
+    (engine.generate), possibly an ApiError, and DONE; it is called from the worker thread."""
+
+    prompt_ids: list[int]
+    params: GenerationParams
+    sink: Callable[[object], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    deadline: float = math.inf  # time.monotonic() after which the request is cut short
+    cache_bytes: int = 0  # per choice (set by Scheduler.submit)
+
+
+@dataclass
+class Running:
+    job: Job
+    generation: Generation
+
+    @property
+    def sequences(self) -> int:
+        """Live sequences it holds: its n choices until they exist, then those still running."""
+        g = self.generation
+        return g.params.n if not g.prefilled else len(g.choices)
+
+
+# --------------------------------------------------------------------------- the checkpoint's files
+class MappedFiles:
+    """The files a model's weights are memory maps of, and their size, mtime and inode at load."""
+
+    def __init__(self, paths):
+        self.seen = {p: self._identity(p) for p in sorted(set(paths))}
+
+    @classmethod
+    def of(cls, model) -> "MappedFiles":
+        paths = []
+        for array in getattr(model, "weights", {}).values():
+            base = getattr(array, "blocks", array)  # (a kernels.quant.QuantizedTensor: its ggml blocks)
+            while base is not None and not isinstance(base, np.memmap):
+                base = base.base
+            if base is not None and base.filename:
+                paths.append(str(base.filename))
+        return cls(paths)
+
+    @staticmethod
+    def _identity(path) -> tuple | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
+    def changed(self) -> str | None:
+        """A one-line description of the first file that changed since load, or None."""
+        for path, was in self.seen.items():
+            now = self._identity(path)
+            if now != was:
+                what = "is gone" if now is None else \
+                    f"is now {now[0]} bytes (was {was[0]})" if now[0] != was[0] else "was rewritten"
+                return (f"the checkpoint changed on disk while being served: {path} {what}; "
+                        "restart the server to load it")
+        return None
+
+
+# --------------------------------------------------------------------------- cache memory
+def state_bytes(state, positions: int) -> int:
+    """Bytes `state` (a model's state, e.g. MistralState) holds once `positions` tokens are in it:
+    every array it holds as allocated, and each growing KV cache (no window) at the capacity its
+    doubling reaches (`kernels.cache.KVCache._grow`)."""
+    if isinstance(state, KVCache):
+        slots = len(state.pos)
+        if state.window is None:
+            while slots < positions:
+                slots *= 2
+        per_slot = state.k[0].nbytes + state.v[0].nbytes + state.pos.itemsize
+        return slots * per_slot
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(s, positions) for s in state)
+    if is_dataclass(state):
+        return sum(state_bytes(getattr(state, f.name), positions) for f in fields(state))
+    return 0
+
+
+# --------------------------------------------------------------------------- the worker
+class Scheduler:
+    """The continuous-batching worker thread (see the module docstring)."""
+
+    def __init__(self, model, tok, limits: BatchLimits = BatchLimits(),
+                 on_usage: Callable[[Usage], None] = lambda usage: None):
+        if not 1 <= limits.max_batch <= MAX_BATCH:
+            raise NpinferError(f"max_batch must be in 1..{MAX_BATCH} (the batch-invariant batch size)")
+        self.model, self.tok, self.limits, self.on_usage = model, tok, limits, on_usage
+        self.files = MappedFiles.of(model)
+        self.template = model.new_state()  # measured by state_bytes, never run
+        self.waiting: deque[Job] = deque()
+        self.running: list[Running] = []
+        self.cond = threading.Condition()
+        self.closing = False
+        self.broken: str | None = None  # set when the checkpoint changed on disk
+        self.cancelled = 0  # requests dropped because their client left
+        self.steps = 0  # decode steps run (tests read it)
+        self.thread = threading.Thread(target=self._loop, name="npinfer-scheduler", daemon=True)
+        self.thread.start()
+
+    # -- the event loop side
+    def cache_bytes(self, prompt_tokens: int, params: GenerationParams) -> int:
+        """Bytes of one choice's cache at the most positions it can reach."""
+        limit = context_limit(self.model)
+        positions = min(limit, prompt_tokens + (params.max_tokens or limit))
+        return state_bytes(self.template, positions)
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`, or raise the ApiError that answers it at once."""
+        n = job.params.n
+        if n > self.limits.max_batch:
+            raise ApiError(422, "invalid_request", f"n: at most {self.limits.max_batch} choices on this server "
+                           f"(got {n})")
+        job.cache_bytes = self.cache_bytes(len(job.prompt_ids), job.params)
+        if n * job.cache_bytes > self.limits.max_cache_bytes:
+            raise ApiError(400, "request_too_large", f"this request's cache needs {n * job.cache_bytes >> 20} MiB "
+                           f"(n {n} x {job.cache_bytes >> 20} MiB for prompt + max_tokens positions); the "
+                           f"server allows {self.limits.max_cache_bytes >> 20} MiB: ask for fewer choices or "
+                           "tokens")
+        with self.cond:
+            self.broken = self.broken or self.files.changed()
+            if self.broken:
+                raise ApiError(503, "checkpoint_changed", self.broken)
+            if len(self.waiting) >= self.limits.max_queue:
+                raise ApiError(429, "queue_full", f"the server is busy ({self.limits.max_queue} requests "
+                               "waiting); retry later", {"Retry-After": "1"})
+            self.waiting.append(job)
+            self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+        self.thread.join(timeout=10)
+
+    # -- the worker thread
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not (self.closing or self.waiting or self.running):
+                    self.cond.wait()
+                if self.closing:
+                    return
+            try:
+                self._turn()
+            except Exception as e:  # noqa: BLE001 -- a bug in a step: every request in it answers 500
+                print(f"npinfer: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
+                for r in self.running:
+                    self._end(r.job, ApiError(500, "internal_error", "generation failed inside the engine"))
+                self.running = []
+
+    def _turn(self) -> None:
+        # 1. the checkpoint
+        if problem := self.broken or self.files.changed():
+            self.broken = problem
+            with self.cond:
+                waiting, self.waiting = list(self.waiting), deque()
+            for job in [r.job for r in self.running] + waiting:
+                self._end(job, ApiError(503, "checkpoint_changed", problem))
+            self.running = []
+            return
+        # 2. cancelled and late requests
+        now = time.monotonic()
+        for r in list(self.running):
+            if r.job.cancelled.is_set():
+                self.cancelled += 1
+                self.running.remove(r)
+            elif now > r.job.deadline:
+                self.running.remove(r)
+                self._emit(r.job, r.generation.cut())
+                self._end(r.job)
+        with self.cond:
+            for job in list(self.waiting):
+                if job.cancelled.is_set():
+                    self.cancelled += 1
+                    self.waiting.remove(job)
+                elif now > job.deadline:
+                    self.waiting.remove(job)
+                    self._end(job, ApiError(429, "deadline_exceeded", "the request waited in the queue past its "
+                                            f"deadline ({self.limits.deadline_seconds:g} s); retry later",
+                                            {"Retry-After": "1"}))
+        # 3. admission, oldest first
+        while (job := self._admissible()) is not None:
+            try:
+                self.running.append(Running(job, Generation(self.model, self.tok, job.prompt_ids, job.params)))
+            except NpinferError as e:  # (the server checks prompts before; a direct caller may not)
+                self._end(job, ApiError(400, "invalid_request", str(e)))
+        # 4. one prefill chunk
+        prefilling = next((r for r in self.running if not r.generation.prefilled), None)
+        if prefilling is not None:
+            self._guarded(prefilling, prefilling.generation.prefill)
+        # 5. one decode step over every live choice
+        decoding = [r for r in self.running if r.generation.prefilled and r.generation.choices]
+        if decoding:
+            tokens = [t for r in decoding for t in r.generation.tokens()]
+            states = [s for r in decoding for s in r.generation.states()]
+            z = self.model.forward_batch(tokens, states)  # [B, V]
+            self.steps += 1
+            start = 0
+            for r in decoding:
+                rows = z[start:start + len(r.generation.choices)]  # [b, V]
+                start += len(rows)
+                self._guarded(r, lambda: r.generation.decoded(rows))
+        # 6. finished requests leave
+        for r in [r for r in self.running if r.generation.finished]:
+            self.running.remove(r)
+            self._end(r.job)
+
+    def _admissible(self) -> Job | None:
+        """The oldest waiting job, popped, if its choices and cache fit beside the running ones."""
+        with self.cond:
+            if not self.waiting:
+                return None
+            job = self.waiting[0]
+            sequences = sum(r.sequences for r in self.running)
+            cache = sum(r.sequences * r.job.cache_bytes for r in self.running)
+            n = job.params.n
+            if sequences + n > self.limits.max_batch or cache + n * job.cache_bytes > self.limits.max_cache_bytes:
+                return None
+            return self.waiting.popleft()
+
+    def _guarded(self, r: Running, step: Callable[[], list]) -> None:
+        """Run one request's part of a turn and send its events; if it fails, only it ends (500)."""
+        try:
+            events = step()
+        except Exception as e:  # noqa: BLE001 -- a bug met by one request: it answers 500, the rest go on
+            print(f"npinfer: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
+            self.running.remove(r)
+            self._end(r.job, ApiError(500, "internal_error", "generation failed inside the engine"))
+            return
+        self._emit(r.job, events)
+
+    def _emit(self, job: Job, events: list) -> None:
+        if events:
+            for e in events:
+                if isinstance(e, Usage):
+                    self.on_usage(e)
+            job.sink(events)
+
+    @staticmethod
+    def _end(job: Job, error: ApiError | None = None) -> None:
+        if error is not None:
+            job.sink(error)
+        job.sink(DONE)
+

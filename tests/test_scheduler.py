@@ -1,0 +1,235 @@
+"""Continuous batching (engine.scheduler) and batch invariance: a request gets the same tokens and
+logprobs, bit for bit, alone or among others joining and leaving the batch.
+
+Two levels: the model's decode step (row b of forward_batch over any batch == that sequence
+stepped alone, for every family, weight dtype and compute dtype), and whole requests (the
+events `engine.generate.complete` gives alone == those the scheduler gives with many requests
+of every kind at once: n > 1, seeds, stops, penalties, logit_bias, constrained decoding, prompt
+logprobs, prompts longer than a prefill chunk)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tokenizer
+from engine import constrained
+from engine.chat_model import load_chat_model
+from engine.generate import PREFILL_CHUNK, Finish, GenerationParams, Usage, eos_ids, generate
+from engine.registry import load_model
+from engine.sampling import SamplingParams
+from engine.scheduler import DONE, MAX_BATCH, BatchLimits, Job, MappedFiles, Scheduler, state_bytes
+from engine.schema import ApiError
+from engine.tiny import family_config, write_checkpoint
+
+LAYOUTS = ["mistral", "mixtral", "ministral", "ministral3", "jamba"]
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+# --------------------------------------------------------------------------- the decode step
+@pytest.mark.parametrize("layout,weights,compute", [(layout, w, c) for layout in LAYOUTS
+                                                    for w, c in [("float32", "float32"), ("bfloat16", "float32"),
+                                                                 ("float16", "float64"), ("float32", "float64")]])
+def test_each_row_of_a_batched_decode_step_is_the_sequence_stepped_alone(tmp_path, layout, weights, compute):
+    """MAX_BATCH sequences at different positions (one past a sliding window, prompts prefilled in
+    several chunks), stepped in batches of every size from 1 to MAX_BATCH in shuffled order: each
+    row of logits has exactly the bits of that sequence's own one-row step."""
+    config = family_config(layout)
+    if layout == "mistral":
+        config = config | {"sliding_window": 8}  # the ring wraps during the test
+    model = load_model(write_checkpoint(tmp_path / layout, config, seed=1, dtype=weights), compute)
+    rng = np.random.default_rng(0)
+    states = []
+    for b in range(MAX_BATCH):
+        state = model.new_state()
+        prompt = rng.integers(3, config.get("vocab_size", 1024), 1 + 3 * b)
+        for s in range(0, len(prompt), 16):  # a fixed chunking, as engine.generate does
+            model.forward(prompt[s:s + 16], state, last_only=True)
+        states.append(state)
+    for size in [MAX_BATCH, 1, 7, 3, MAX_BATCH - 1, 12, 2]:
+        members = sorted(rng.choice(MAX_BATCH, size, replace=False), key=lambda _: rng.random())
+        tokens = rng.integers(3, 1000, size)
+        alone = [model.forward_batch([t], [copy.deepcopy(states[m])])[0] for t, m in zip(tokens, members)]
+        batched = model.forward_batch(tokens, [states[m] for m in members])  # [size, V]
+        assert batched.dtype == np.dtype(compute)
+        for row, expected in zip(batched, alone):
+            assert same_bits(row, expected)
+
+
+# --------------------------------------------------------------------------- whole requests
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sched")
+    return {layout: load_chat_model(str(write_checkpoint(root / layout, family_config(layout), seed=4,
+                                                         tokenizer=tokenizer.TINY_TOKENIZER_PATH)))
+            for layout in ("mistral", "mixtral", "jamba")}
+
+
+def requests(chat) -> list[tuple[list[int], GenerationParams]]:
+    """Requests of every kind, each (prompt ids, params)."""
+    def ask(text):
+        return chat.prompt([{"role": "user", "content": text}])
+
+    sampled = SamplingParams(temperature=0.9, top_p=0.95)
+    grammar, _ = constrained.plan(chat.tok, chat.model.config.vocab_size,
+                                  tuple(sorted(eos_ids(chat.model, chat.tok))), None, [], "none", True,
+                                  "json_object", None)
+    long_prompt = ask("tell me a story about " + "a red fox and a brown dog, " * 30)
+    assert len(long_prompt) > 2 * PREFILL_CHUNK  # prefilled over three turns
+    return [
+        (ask("What is two plus two?"), GenerationParams(max_tokens=20, logprobs=True, top_logprobs=2,
+                                                         sampling=SamplingParams(temperature=0))),
+        (ask("Name a colour."), GenerationParams(max_tokens=12, n=3, seed=7, logprobs=True, sampling=sampled)),
+        (ask("Count to ten."), GenerationParams(max_tokens=30, stop=("e", "th"), seed=2, sampling=sampled)),
+        (ask("JSON please."), GenerationParams(max_tokens=40, seed=5, grammar=grammar, sampling=sampled)),
+        (long_prompt, GenerationParams(max_tokens=8, prompt_logprobs=2, seed=1, sampling=sampled)),
+        (ask("Repeat after me."), GenerationParams(max_tokens=16, seed=3, sampling=SamplingParams(
+            temperature=1.1, presence_penalty=1.0, frequency_penalty=-0.5, logit_bias=((5, 3.0), (9, -100.0))))),
+        (ask("Hello"), GenerationParams(max_tokens=3, n=2, seed=2**64 - 1, sampling=sampled)),
+        (ask("One more question, a longer one: why is the sky blue?"),
+         GenerationParams(max_tokens=25, n=2, seed=11, logprobs=True, top_logprobs=3, sampling=sampled)),
+    ]
+
+
+class Collector:
+    """A job's sink: its events in order, and when it ended."""
+
+    def __init__(self):
+        self.events, self.errors, self.done = [], [], threading.Event()
+
+    def __call__(self, item):
+        if item is DONE:
+            self.done.set()
+        elif isinstance(item, ApiError):
+            self.errors.append(item)
+        else:
+            self.events += item
+
+
+def run_together(chat, reqs, limits=BatchLimits(), stagger=(0, 0, 0, 2, 2, 4, 6, 6)):
+    """Submit request i once the scheduler has run stagger[i] decode steps; their events."""
+    scheduler = Scheduler(chat.model, chat.tok, limits)
+    sinks = [Collector() for _ in reqs]
+    try:
+        for (ids, params), sink, steps in zip(reqs, sinks, stagger):
+            deadline = time.time() + 60
+            while scheduler.steps < steps:
+                assert time.time() < deadline
+                time.sleep(0.001)
+            scheduler.submit(Job(ids, params, sink))
+        for sink in sinks:
+            assert sink.done.wait(120) and not sink.errors
+    finally:
+        scheduler.close()
+    return [sink.events for sink in sinks]
+
+
+@pytest.mark.parametrize("layout", ["mistral", "mixtral", "jamba"])
+def test_requests_batched_together_get_the_events_they_get_alone(chats, layout):
+    chat = chats[layout]
+    reqs = requests(chat)
+    alone = [list(generate(chat.model, chat.tok, ids, params)) for ids, params in reqs]
+    together = run_together(chat, reqs)
+    for events, expected in zip(together, alone):
+        assert events == expected  # texts, token logprobs (floats compared exactly), finishes, usage
+    # the requests really overlapped and left at different times
+    lengths = [e[-1].completion_tokens for e in alone]
+    assert len(set(lengths)) > 3 and isinstance(alone[3][-1], Usage)
+    # and with room for only 5 live sequences, the rest waiting their turn: the same again
+    assert run_together(chat, reqs, BatchLimits(max_batch=5)) == alone
+
+
+def test_a_request_that_does_not_fit_waits_then_runs(chats):
+    """max_batch 2: a request of n 2 waits for a running one to finish, and is then answered."""
+    chat = chats["mistral"]
+    ids = chat.prompt([{"role": "user", "content": "Hi"}])
+    greedy = SamplingParams(temperature=0)
+    scheduler = Scheduler(chat.model, chat.tok, BatchLimits(max_batch=2))
+    first, second = Collector(), Collector()
+    try:
+        scheduler.submit(Job(ids, GenerationParams(max_tokens=30, sampling=greedy, banned=(2,)), first))
+        scheduler.submit(Job(ids, GenerationParams(max_tokens=2, n=2, sampling=greedy), second))
+        assert second.done.wait(60) and first.done.is_set()  # FIFO: it waited for the first to leave
+        assert [e.index for e in second.events if isinstance(e, Finish)] == [0, 1]
+        with pytest.raises(ApiError, match="n: at most 2 choices"):
+            scheduler.submit(Job(ids, GenerationParams(n=3), Collector()))
+    finally:
+        scheduler.close()
+
+
+def test_cancelled_and_late_requests_leave_within_a_step(chats):
+    chat = chats["mistral"]
+    ids = chat.prompt([{"role": "user", "content": "Hi"}])
+    endless = GenerationParams(max_tokens=4000, sampling=SamplingParams(temperature=0), banned=(2,))
+    scheduler = Scheduler(chat.model, chat.tok)
+    gone, late, other = Collector(), Collector(), Collector()
+    try:
+        job = Job(ids, endless, gone)
+        scheduler.submit(job)
+        scheduler.submit(Job(ids, endless, late, deadline=time.monotonic() + 0.3))
+        scheduler.submit(Job(ids, GenerationParams(max_tokens=3, sampling=SamplingParams(temperature=0)), other))
+        assert other.done.wait(30)
+        job.cancelled.set()
+        steps = scheduler.steps
+        deadline = time.time() + 10
+        while scheduler.cancelled < 1:
+            assert time.time() < deadline
+            time.sleep(0.001)
+        assert scheduler.steps <= steps + 2  # dropped at the next turn
+        assert late.done.wait(10)  # cut at its deadline
+        assert isinstance(late.events[-1], Usage) and late.events[-2] == Finish(0, "length")
+        assert late.events[-1].completion_tokens < 4000
+        assert not gone.done.is_set() and not scheduler.running
+    finally:
+        scheduler.close()
+
+
+def test_cache_memory_is_counted_and_limited(chats):
+    chat = chats["mistral"]  # sliding window 64: the ring is allocated whole
+    state = chat.model.new_state()
+    ring = sum(c.k.nbytes + c.v.nbytes + c.pos.nbytes for c in state.caches)
+    assert state_bytes(state, 10) == state_bytes(state, 5000) == ring
+    full = chats["mixtral"].model.new_state()  # no window: caches double from 256 slots
+    per_slot = sum(c.k[0].nbytes + c.v[0].nbytes + 8 for c in full.caches)
+    assert state_bytes(full, 100) == 256 * per_slot and state_bytes(full, 300) == 512 * per_slot
+    assert state_bytes(full, 1025) == 2048 * per_slot
+    ids = chat.prompt([{"role": "user", "content": "Hi"}])
+    scheduler = Scheduler(chat.model, chat.tok, BatchLimits(max_cache_bytes=3 * ring))
+    try:
+        with pytest.raises(ApiError, match="cache needs"):
+            scheduler.submit(Job(ids, GenerationParams(max_tokens=4, n=4), Collector()))
+        sinks = [Collector() for _ in range(3)]
+        for sink in sinks:  # 2 + 2 choices do not fit at once: the second waits for the first
+            scheduler.submit(Job(ids, GenerationParams(max_tokens=4, n=2, seed=1), sink))
+        for sink in sinks:
+            assert sink.done.wait(30) and not sink.errors
+    finally:
+        scheduler.close()
+
+
+def test_a_changed_checkpoint_is_refused_before_it_is_read(tmp_path):
+    path = write_checkpoint(tmp_path / "m", family_config("mistral"), seed=0, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    chat = load_chat_model(str(path))
+    files = MappedFiles.of(chat.model)
+    assert list(files.seen) == [str(path / "model.safetensors")] and files.changed() is None
+    scheduler = Scheduler(chat.model, chat.tok)
+    ids = chat.prompt([{"role": "user", "content": "Hi"}])
+    try:
+        ok = Collector()
+        scheduler.submit(Job(ids, GenerationParams(max_tokens=2), ok))
+        assert ok.done.wait(30) and not ok.errors
+        size = (path / "model.safetensors").stat().st_size
+        with open(path / "model.safetensors", "r+b") as f:
+            f.truncate(size // 2)  # reading the map past here would be SIGBUS
+        with pytest.raises(ApiError, match=f"model.safetensors is now {size // 2} bytes") as e:
+            scheduler.submit(Job(ids, GenerationParams(max_tokens=2), Collector()))
+        assert e.value.status == 503 and "restart the server" in e.value.message
+    finally:
+        scheduler.close()

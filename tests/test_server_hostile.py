@@ -1,0 +1,226 @@
+"""Requests meant to break the server, sent over raw sockets so that the connection itself is
+watched: each is answered 4xx within a second with the error body, and the next request on the
+same connection is answered normally; slow clients are timed out and cannot hold sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from engine.server import Limits
+from test_server import chat, running  # noqa: F401  (chat: the tiny model fixture)
+
+MESSAGES = [{"role": "user", "content": "Hi there"}]
+PASS = {"extra-parameters": "pass-through"}
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; `request` sends one request and reads its whole answer."""
+
+    def __init__(self, url: str, timeout: float = 10):
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.host, self.buffer = f"{host}:{port}", b""
+
+    def close(self):
+        self.sock.close()
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def request(self, body, path="/v1/chat/completions", headers=None, method="POST") -> tuple[int, dict, dict]:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        head = {"Host": self.host, "Content-Type": "application/json", "Content-Length": str(len(raw))}
+        head |= headers or {}
+        lines = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in head.items() if v is not None]
+        self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + raw)
+        return self.answer()
+
+    def answer(self) -> tuple[int, dict, dict]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._read()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in header_lines)}
+        length = int(headers["content-length"])
+        while len(self.buffer) < length:
+            self._read()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(status_line.split()[1]), headers, json.loads(body)
+
+    def _read(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.buffer += data
+
+    def closed_by_server(self, within: float) -> bool:
+        """Whether the server closes the connection within `within` seconds (what it sends first,
+        such as a 408, is read and dropped)."""
+        deadline = time.monotonic() + within
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if self.sock.recv(65536) == b"":
+                    return True
+        except (TimeoutError, socket.timeout):
+            return False
+        except ConnectionResetError:
+            return True
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(chat):  # noqa: F811  (the imported fixture)
+    with running(chat, Limits(header_timeout=1.0, body_timeout=1.0), api_key=None) as (url, _):
+        yield url
+
+
+SURROGATE = b'{"messages": [{"role": "user", "content": "a \\ud800 b"}], "max_tokens": 2}'
+HOSTILE = [  # (what, body, path, extra headers, status, words in the message)
+    ("a 1M-character stop string", {"messages": MESSAGES, "stop": "x" * 1_000_000}, "/v1/chat/completions", {}, 422,
+     "stop: a stop string has at most 1000 characters"),
+    ("10k stop strings", {"messages": MESSAGES, "stop": [f"s{i}" for i in range(10_000)]}, "/v1/chat/completions",
+     {}, 422, "stop: at most 16 stop strings"),
+    ("n 16 without max_tokens (v1)", {"messages": MESSAGES, "n": 16}, "/v1/chat/completions", {}, 422,
+     "n * max_tokens: 16 choices x 4096 tokens (max_tokens not given: AI21's default)"),
+    ("n 16 without max_tokens (Azure)", {"messages": MESSAGES, "n": 16}, "/chat/completions", PASS, 422,
+     "(max_tokens not given: the context)"),
+    ("max_tokens past the context", {"messages": MESSAGES, "max_tokens": 10**30}, "/chat/completions", {}, 422,
+     "max_tokens: at most 4096, this model's context"),
+    ("a lone surrogate", SURROGATE, "/v1/chat/completions", {}, 422,
+     "messages.0.content: a lone surrogate (\\ud800 at character 2)"),
+    ("a lone surrogate in a key", b'{"messages": [], "\\udfff": 1}', "/v1/chat/completions", {}, 422,
+     "a lone surrogate"),
+    ("invalid UTF-8", b'{"messages": "\xff\xfe"}', "/v1/chat/completions", {}, 400, "not valid JSON"),
+    ("100k-deep nesting", b"[" * 100_000 + b"]" * 100_000, "/v1/chat/completions", {}, 400,
+     "nests 100000 levels deep; at most 64"),
+    ("deep nesting inside a string is fine, a deep tool schema is not",
+     json.dumps({"messages": MESSAGES, "user": "[" * 5000,
+                 "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                     "type": "array", "items": json.loads("[" * 70 + "]" * 70)}}}}).encode(),
+     "/v1/chat/completions", {}, 400, "nests 74 levels deep"),
+    ("NaN", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "/v1/chat/completions", {},
+     400, "NaN is not a JSON number"),
+    ("seed 2**64", {"messages": MESSAGES, "seed": 2**64}, "/v1/chat/completions", {}, 422,
+     "seed: Input should be less than or equal to 18446744073709551615"),
+    ("seed below -2**63", {"messages": MESSAGES, "seed": -2**63 - 1}, "/chat/completions", {}, 422, "seed"),
+    ("a logit_bias key with a leading zero", {"messages": MESSAGES, "logit_bias": {"05": 1}}, "/v1/chat/completions",
+     {}, 422, "logit_bias: key '05' is not a token id"),
+    ("a logit_bias key in Arabic-Indic digits", {"messages": MESSAGES, "logit_bias": {"\u0665": 1}},
+     "/v1/chat/completions", {}, 422, "is not a token id"),
+    ("a 5000-digit logit_bias key", {"messages": MESSAGES, "logit_bias": {"9" * 5000: 1}}, "/v1/chat/completions",
+     {}, 422, "logit_bias: key '99999999999999999999'... is not a token id"),
+    ("2000 logit_bias entries", {"messages": MESSAGES, "logit_bias": {str(i): 1 for i in range(2000)}},
+     "/v1/chat/completions", {}, 422, "logit_bias: at most 1024 entries"),
+    ("a non-JSON Content-Type", {"messages": MESSAGES}, "/v1/chat/completions", {"Content-Type": "text/plain"}, 415,
+     "'Content-Type: application/json' (got 'text/plain')"),
+    ("no Content-Type", {"messages": MESSAGES}, "/chat/completions", {"Content-Type": None}, 415,
+     "got no Content-Type"),
+    ("a form post", b"messages=hi", "/chat/completions", {"Content-Type": "application/x-www-form-urlencoded"}, 415,
+     "must be JSON"),
+    ("a foreign Host on a loopback server", {"messages": MESSAGES}, "/v1/chat/completions",
+     {"Host": "attacker.example:8000"}, 403, "Host 'attacker.example:8000' is not a loopback name"),
+]
+
+
+@pytest.mark.parametrize("what,body,path,headers,status,words", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_request_is_answered_4xx_fast_and_the_connection_stays_usable(server, what, body, path, headers,
+                                                                              status, words):
+    conn = Connection(server)
+    try:
+        started = time.perf_counter()
+        got, answer_headers, answer = conn.request(body, path, headers)
+        took = time.perf_counter() - started
+        assert (got, answer["error"]["status"]) == (status, status), answer
+        assert words in answer["error"]["message"], answer["error"]["message"]
+        assert took < 1.0, f"{what}: {took:.2f} s"
+        assert answer_headers.get("connection") != "close"
+        ok, _, answer = conn.request({"messages": MESSAGES, "max_tokens": 2})  # the same connection
+        assert ok == 200 and answer["usage"]["completion_tokens"] <= 2
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("seed", [-1, -2**63, 0, 2**63, 2**64 - 1])
+def test_any_64_bit_seed_is_accepted_and_reproducible(server, seed):
+    conn = Connection(server)
+    try:
+        body = {"messages": MESSAGES, "max_tokens": 6, "seed": seed, "temperature": 1.0}
+        (s1, _, a), (s2, _, b) = conn.request(body), conn.request(body)
+        assert s1 == s2 == 200 and a["choices"][0]["message"] == b["choices"][0]["message"]
+    finally:
+        conn.close()
+    if seed == -1:  # taken modulo 2**64: the same generator as 2**64 - 1
+        conn = Connection(server)
+        try:
+            _, _, c = conn.request(body | {"seed": 2**64 - 1})
+            assert c["choices"][0]["message"] == a["choices"][0]["message"]
+        finally:
+            conn.close()
+
+
+def test_slow_headers_are_timed_out_and_cannot_hold_connections(server):
+    """A client trickling its headers, and a crowd of idle connections: each is answered 408 and
+    closed after the header timeout (1 s here), while a well-behaved client is served meanwhile."""
+    slow = Connection(server)
+    idle = [Connection(server) for _ in range(100)]
+    try:
+        started = time.perf_counter()
+        slow.send(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        for _ in range(3):  # a byte every 0.3 s keeps uvicorn's own keep-alive timer from firing
+            time.sleep(0.3)
+            slow.send(b"X")
+        good = Connection(server)
+        status, _, _ = good.request({"messages": MESSAGES, "max_tokens": 2})
+        assert status == 200
+        status, headers, answer = slow.answer()
+        assert status == 408 and answer["error"]["code"] == "request_timeout" and headers["connection"] == "close"
+        assert 0.9 < time.perf_counter() - started < 3
+        assert slow.closed_by_server(within=2)
+        assert all(c.closed_by_server(within=3) for c in idle)
+        status, _, _ = good.request({"messages": MESSAGES, "max_tokens": 2})  # served after a response: fine
+        assert status == 200
+        good.close()
+    finally:
+        for c in [slow, *idle]:
+            c.close()
+
+
+def test_a_slow_body_is_timed_out(server):
+    conn = Connection(server)
+    try:
+        started = time.perf_counter()
+        conn.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + conn.host.encode() +
+                  b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"messages\": ")
+        for _ in range(4):
+            time.sleep(0.3)
+            conn.send(b" ")
+        status, headers, answer = conn.answer()
+        assert status == 408 and "body did not arrive within 1 s" in answer["error"]["message"]
+        assert headers["connection"] == "close" and time.perf_counter() - started < 3
+        assert conn.closed_by_server(within=2)
+    finally:
+        conn.close()
+    again = Connection(server)
+    try:
+        assert again.request({"messages": MESSAGES, "max_tokens": 1})[0] == 200
+    finally:
+        again.close()
+
+
+def test_a_loopback_server_answers_loopback_hosts(server):
+    conn = Connection(server)
+    port = conn.host.split(":")[1]
+    try:
+        for host in ["localhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "127.1.2.3"]:
+            status, _, _ = conn.request(b"", "/info", {"Host": host, "Content-Type": None}, method="GET")
+            assert status == 200, host
+        for host in ["example.com", f"evil.com:{port}", "127.0.0.1.evil.com", "[2001:db8::1]:80", "0.0.0.0"]:
+            status, _, answer = conn.request(b"", "/info", {"Host": host, "Content-Type": None}, method="GET")
+            assert status == 403 and answer["error"]["code"] == "forbidden_host", host
+    finally:
+        conn.close()
