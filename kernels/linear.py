@@ -99,12 +99,29 @@ def _dot_rows(w, x, t, c0, c1):
     return a0, a1, a2, a3
 
 
+@numba.njit(inline="always", fastmath=True)
+def _dot_row(w, x, c0, c1):
+    """sum_j w[j] * x[0, j] over j in c0..c1: `_dot_rows` for one row (decode of one sequence).
+
+    The same loop with one slot: the four rows' weight sharing costs three wasted
+    multiply-adds per weight at one row, which makes the stream compute-bound on a core
+    without AVX-512 (measured on a 2-core AMD EPYC, AVX2: 17 GB/s padded to four rows, 32 GB/s
+    alone, at a bandwidth of 34). LLVM vectorises it as each slot of `_dot_rows`, so a row
+    alone still gets the bits it gets in a batch (tests/test_kernels_linear.py holds that,
+    for every weight dtype, on the machine the tests run on).
+    """
+    a = x[0, 0] * np.float32(0)
+    for j in range(c0, c1):
+        a += _widened(w[j], a) * x[0, j]
+    return a
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _stream(w, x, y):
     """y[t, r] = sum_i w[r, i] * x[t, i] for a few rows t, reading each weight once.
 
     w [O, I] holds f32 or f64 weights, or the bits of bf16 (uint16) or f16 (int16) weights;
-    x [T, I] is contiguous with T a multiple of ROWS. Output rows run in parallel, one row
+    x [T, I] is contiguous with T = 1 or a multiple of ROWS. Output rows run in parallel, one row
     per iteration, so each thread reads its share of the matrix front to back as one
     stream. A row goes in chunks of CHUNK weights; before a chunk is multiplied, the cache
     lines AHEAD bytes (16 KB) further down the stream are prefetched (a prefetch never
@@ -133,6 +150,9 @@ def _stream(w, x, y):
             ahead = base + r * row_bytes + c0 * item + AHEAD
             for line in range(0, CHUNK * item, 64):
                 prefetch(ahead + line)
+            if T == 1:  # one row: no padding, one multiply-add per weight
+                y[0, r] += _dot_row(row, x, c0, c1)
+                continue
             for t in range(0, T, ROWS):
                 a0, a1, a2, a3 = _dot_rows(row, x, t, c0, c1)
                 y[t, r] += a0
@@ -177,7 +197,7 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
         y = quantized_matmul_fast(x, w, SMALL_BATCH, TILE_BYTES)  # [T, out]
     elif x.shape[0] <= SMALL_BATCH:
         T = x.shape[0]
-        padded = np.zeros((-(-T // ROWS) * ROWS, x.shape[1]), x.dtype)  # [T', in], T' a multiple of ROWS
+        padded = np.zeros((1 if T == 1 else -(-T // ROWS) * ROWS, x.shape[1]), x.dtype)  # [T', in], T' = 1 or a multiple of ROWS
         padded[:T] = x
         y = np.empty((len(padded), w.shape[0]), x.dtype)  # [T', out]
         bits = w.view(np.int16) if w.dtype == np.float16 else w  # Numba has no float16: its bits, as int16
