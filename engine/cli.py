@@ -386,12 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dump-activations", metavar="PATH",
                    help="also write every named intermediate (Hugging Face module names) of the run to PATH "
                    "(.npz or .safetensors; format in engine/oracle.py)")
-    q.add_argument("--last-only", action="store_true",
-                   help="write the logits of the last prompt position only ([1, V]), what a chat's prefill "
-                   "computes (the head runs on that row alone)")
-    q.add_argument("--timing", action="store_true",
-                   help="print on stderr: 'npinfer: timing: prefill T tokens in X s (R tokens/s); decode N tokens "
-                   "in Y ms/token' (N = --generate - 1 decode steps, each with its argmax; no loading or writing)")
+    for flag, text in (("--last-only", "write the logits of the last prompt position only ([1, V]), what a chat's "
+                        "prefill computes (the head runs on that row alone)"),
+                       ("--timing", "print on stderr: 'npinfer: timing: prefill T tokens in X s (R tokens/s); decode N "
+                        "tokens in Y ms/token' (N = --generate - 1 decode steps, each with its argmax; no loading "
+                        "or writing)")):
+        q.add_argument(flag, action="store_true", help=text)
     q.add_argument("--out", required=True, help="output .npz file")
     q.set_defaults(run=cmd_logits)
 
