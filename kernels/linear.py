@@ -174,10 +174,10 @@ def _widen_bf16_into(w, out):
             out[r, i] = bf16_to_f32(w[r, i])
 
 
-def _tile_rows(O: int, I: int, itemsize: int, matrices: int = 1) -> int:
-    """Weight rows per widened tile: at most TILE_BYTES for `matrices` tiles side by side,
-    the O rows cut into tiles of equal size (no small last tile)."""
-    rows = max(1, TILE_BYTES // (I * itemsize * matrices))
+def _tile_rows(O: int, I: int, itemsize: int) -> int:
+    """Weight rows per widened tile: at most TILE_BYTES, the O rows cut into tiles of equal
+    size (no small last tile)."""
+    rows = max(1, TILE_BYTES // (I * itemsize))
     tiles = -(-O // rows)
     return -(-O // tiles)
 
@@ -246,30 +246,6 @@ def swiglu_ref(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray
     return linear(h, down)  # [T, d]
 
 
-def swiglu_fast(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
-    """`swiglu_ref`, for a prefill of 16-bit weights with gate and up as one product per tile.
-
-    A tile of gate rows and the same rows of up are widened side by side into one buffer
-    and meet x in one GEMM ([2n, d] @ [d, T]); silu(gate) * up is formed on that tile's
-    [n, T] halves while they are in cache. Decode (up to SMALL_BATCH rows), weights already
-    in the compute dtype and quantized weights take `swiglu_ref` (on `linear_fast`).
-    """
-    if (x.shape[0] <= SMALL_BATCH or isinstance(gate, QuantizedTensor) or isinstance(up, QuantizedTensor)
-            or gate.dtype != up.dtype or gate.dtype == x.dtype or gate.shape != up.shape):
-        return swiglu_ref(x, gate, up, down)
-    inner, d = gate.shape
-    h_t = np.empty((inner, x.shape[0]), x.dtype)  # [I, T]
-    rows = _tile_rows(inner, d, x.dtype.itemsize, matrices=2)
-    tile = np.empty((2 * min(rows, inner), d), x.dtype)  # [2 rows, d]: gate rows, then the same rows of up
-    for r in range(0, inner, rows):
-        n = min(rows, inner - r)
-        _widen_into(gate[r:r + n], tile[:n])
-        _widen_into(up[r:r + n], tile[n:2 * n])
-        both = tile[:2 * n] @ x.T  # [2n, T]
-        h_t[r:r + n] = silu(both[:n]) * both[n:]  # [n, T]
-    return linear(np.ascontiguousarray(h_t.T), down)  # [T, d]
-
-
 linear = dispatch(linear_ref, linear_fast)
 embed = embed_ref
-swiglu = dispatch(swiglu_ref, swiglu_fast)
+swiglu = swiglu_ref

@@ -118,24 +118,3 @@ def test_register_widening_matches_numpy_for_every_16bit_value(kind):
     assert np.isnan(out[nan]).all()
     np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
 
-
-@settings(max_examples=40, deadline=None)
-@given(T=st.integers(SMALL_BATCH - 2, SMALL_BATCH + 40), d=st.integers(1, 90), inner=st.integers(1, 90),
-       kind=st.sampled_from(WEIGHT_DTYPES), dtype=st.sampled_from([np.float32, np.float64]),
-       tile=st.sampled_from([64, 2000, 4 << 20]), seed=st.integers(0, 2**32 - 1))
-def test_fast_swiglu_matches_reference(T, d, inner, kind, dtype, tile, seed):
-    """The prefill's fused gate/up tiles (one GEMM per tile, silu * up on it) against the
-    reference's two products, for every weight dtype, tiles of one row to the whole matrix."""
-    rng = np.random.default_rng(seed)
-    gate, up, down = weight(rng, (inner, d), kind), weight(rng, (inner, d), kind), weight(rng, (d, inner), kind)
-    x = rng.standard_normal((T, d)).astype(dtype)
-    old, linear_module.TILE_BYTES = linear_module.TILE_BYTES, tile
-    try:
-        fast = linear_module.swiglu_fast(x, gate, up, down)
-    finally:
-        linear_module.TILE_BYTES = old
-    with kernels.using("ref"):
-        ref = linear_module.swiglu_ref(x, gate, up, down)
-    assert fast.dtype == ref.dtype == dtype and fast.shape == (T, d)
-    scale = np.sqrt(d * inner) * (np.abs(x).max() + 1) * (np.abs(ref).max() + 1)
-    np.testing.assert_allclose(fast, ref, rtol=0, atol=(2e-6 if dtype == np.float32 else 1e-13) * scale)
