@@ -100,16 +100,31 @@ def _dot_rows(w, x, t, c0, c1):
 
 
 @numba.njit(inline="always", fastmath=True)
-def _dot_row(w, x, c0, c1):
-    """sum_j w[j] * x[0, j] over j in c0..c1: `_dot_rows` for one row (decode of one sequence).
+def _dot_weight_rows(w, r, x, c0, c1):
+    """sum_j w[r + s, j] * x[0, j] over j in c0..c1 for the four weight rows s = 0..3, in x's dtype.
 
-    The same loop with one slot: the four rows' weight sharing costs three wasted
-    multiply-adds per weight at one row, which makes the stream compute-bound on a core
-    without AVX-512 (measured on a 2-core AMD EPYC, AVX2: 17 GB/s padded to four rows, 32 GB/s
-    alone, at a bandwidth of 34). LLVM vectorises it as each slot of `_dot_rows`, so a row
-    alone still gets the bits it gets in a batch (tests/test_kernels_linear.py holds that,
-    for every weight dtype, on the machine the tests run on).
+    The one-row twin of `_dot_rows` (decode of one sequence): four rows of w meet the one
+    row of x, so four independent sums hide the latency of the multiply-adds (a single sum
+    waits on each one: here, on a 2-core AMD EPYC with AVX2, that ran at about 18 GB/s,
+    padding x to four rows at 17, against a bandwidth of 26 to 34). Each sum is the loop of
+    one slot of `_dot_rows`, so a row alone gets the bits it gets in a batch
+    (tests/test_kernels_linear.py holds that, for every weight dtype, on the machine the
+    tests run on).
     """
+    zero = x[0, 0] * np.float32(0)
+    a0, a1, a2, a3 = zero, zero, zero, zero
+    for j in range(c0, c1):
+        xj = x[0, j]
+        a0 += _widened(w[r, j], zero) * xj
+        a1 += _widened(w[r + 1, j], zero) * xj
+        a2 += _widened(w[r + 2, j], zero) * xj
+        a3 += _widened(w[r + 3, j], zero) * xj
+    return a0, a1, a2, a3
+
+
+@numba.njit(inline="always", fastmath=True)
+def _dot_row(w, x, c0, c1):
+    """sum_j w[j] * x[0, j] over j in c0..c1: one slot of `_dot_weight_rows` (the matrix's last rows)."""
     a = x[0, 0] * np.float32(0)
     for j in range(c0, c1):
         a += _widened(w[j], a) * x[0, j]
@@ -117,11 +132,40 @@ def _dot_row(w, x, c0, c1):
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
+def _stream_one(w, x, y):
+    """y[0, r] = sum_i w[r, i] * x[0, i]: `_stream` for one row of x, four weight rows per iteration.
+
+    Groups of ROWS output rows run in parallel (each thread still reads its share of the
+    matrix front to back, as four streams side by side), in chunks of CHUNK weights, the
+    O % ROWS last rows one by one. No software prefetch: with four streams per thread the
+    hardware prefetcher keeps up; `_stream`'s prefetch here measured 20-23 GB/s against
+    25-30 without it, at bandwidths of 26-33 GB/s.
+    """
+    O, I = w.shape
+    CHUNK = 512
+    for g in numba.prange((O + ROWS - 1) // ROWS):
+        r = g * ROWS
+        for s in range(r, min(O, r + ROWS)):
+            y[0, s] = 0
+        for c0 in range(0, I, CHUNK):
+            c1 = min(I, c0 + CHUNK)
+            if r + ROWS <= O:
+                a0, a1, a2, a3 = _dot_weight_rows(w, r, x, c0, c1)
+                y[0, r] += a0
+                y[0, r + 1] += a1
+                y[0, r + 2] += a2
+                y[0, r + 3] += a3
+            else:
+                for s in range(r, O):
+                    y[0, s] += _dot_row(w[s], x, c0, c1)
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
 def _stream(w, x, y):
     """y[t, r] = sum_i w[r, i] * x[t, i] for a few rows t, reading each weight once.
 
     w [O, I] holds f32 or f64 weights, or the bits of bf16 (uint16) or f16 (int16) weights;
-    x [T, I] is contiguous with T = 1 or a multiple of ROWS. Output rows run in parallel, one row
+    x [T, I] is contiguous with T a multiple of ROWS (one row: `_stream_one`). Output rows run in parallel, one row
     per iteration, so each thread reads its share of the matrix front to back as one
     stream. A row goes in chunks of CHUNK weights; before a chunk is multiplied, the cache
     lines AHEAD bytes (16 KB) further down the stream are prefetched (a prefetch never
@@ -150,9 +194,6 @@ def _stream(w, x, y):
             ahead = base + r * row_bytes + c0 * item + AHEAD
             for line in range(0, CHUNK * item, 64):
                 prefetch(ahead + line)
-            if T == 1:  # one row: no padding, one multiply-add per weight
-                y[0, r] += _dot_row(row, x, c0, c1)
-                continue
             for t in range(0, T, ROWS):
                 a0, a1, a2, a3 = _dot_rows(row, x, t, c0, c1)
                 y[t, r] += a0
@@ -220,7 +261,7 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
         padded[:T] = x
         y = np.empty((len(padded), w.shape[0]), x.dtype)  # [T', out]
         bits = w.view(np.int16) if w.dtype == np.float16 else w  # Numba has no float16: its bits, as int16
-        _stream(bits, padded, y)
+        (_stream_one if T == 1 else _stream)(bits, padded, y)
         y = y[:T]  # [T, out]
     elif w.dtype == x.dtype:
         y = x @ w.T  # [T, out]
