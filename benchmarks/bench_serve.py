@@ -21,7 +21,10 @@ machine falls on both.
 Also measured, in the same rounds:
 * the CLI's decode, `npinfer logits --generate 33` minus `--generate 1`, / 32 (bench_speed's
   method), against the server's one-client inter-token latency (the single-stream overhead);
-* batch invariance: each client's text with c clients is compared with the text it gets alone.
+* batch invariance: each client's text with c clients is compared with the text it gets alone;
+* fairness: a --long-tokens (200) greedy stream runs, and after its 5th token a 4-token
+  request is sent; the time until that request is answered (a server that runs requests one
+  after another answers it only after the long stream ends).
 
 Prints a markdown table; writes benchmarks/results/serve.json and serve.png.
 """
@@ -154,6 +157,36 @@ def measure(server: Server, clients: int, tokens: int) -> dict:
             "texts": [out[i]["text"] for i in range(clients)], "tokens": [out[i]["tokens"] for i in range(clients)]}
 
 
+def short_during_long(server: Server, long_tokens: int) -> dict:
+    """A 4-token request sent once a long_tokens stream has given 5 tokens: its answer time,
+    and whether the long stream was still running when the answer came."""
+    started, out = threading.Event(), {}
+
+    def long_stream():
+        body = {"messages": prompt(100), "max_tokens": long_tokens, "temperature": 0, "stream": True,
+                "logit_bias": {str(EOS): -100}} | ({"ignore_eos": True} if server.name == "llama-server" else {})
+        chunks = 0
+        with httpx.Client(timeout=600) as client, client.stream("POST", server.url + "/v1/chat/completions",
+                                                               json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    chunks += 1
+                    if chunks == 5:
+                        started.set()
+        out["long_end"] = time.perf_counter()
+
+    thread = threading.Thread(target=long_stream)
+    thread.start()
+    started.wait(timeout=600)
+    sent = time.perf_counter()
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=600,
+                   json={"messages": prompt(101), "max_tokens": 4, "temperature": 0})
+    answered = time.perf_counter()
+    thread.join()
+    return {"short_s": answered - sent, "long_still_running": answered < out["long_end"],
+            "status": r.status_code, "tokens": r.json()["usage"]["completion_tokens"]}
+
+
 def cli_decode_s_per_token(path: Path, root: Path) -> float:
     """bench_speed's CLI line: `npinfer logits --generate 33` minus `--generate 1`, / 32."""
     ids = root / "serve-prompt.npy"
@@ -177,6 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--clients", default="1,2,4,8,16")
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--long-tokens", type=int, default=200, help="the long stream of the fairness check")
     p.add_argument("--dir", type=Path, default=Path("/tmp/npinfer-bench"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--llama-server", type=Path, default=None, help="llama.cpp's llama-server binary")
@@ -206,6 +240,7 @@ def main(argv=None) -> int:
                                                str(per_slot * max(clients)), "-t", str(args.threads), "-cb",
                                                "--no-webui"], port, "/health"))
     results: dict = {"machine": machine(), "load_before": load_before, "tokens": args.tokens,
+                     "long_tokens": args.long_tokens,
                      "runs": {s.name: {c: [] for c in clients} for s in servers}, "cli_s_per_token": []}
     try:
         for s in servers:
@@ -220,6 +255,7 @@ def main(argv=None) -> int:
                         run["same_as_alone"] = sum(t == alone[i] for i, t in enumerate(run["texts"]))
                     results["runs"][s.name][c].append(run)
                     print(f"round {r + 1}: {s.name} x{c}: {run['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+        results["fairness"] = {s.name: short_during_long(s, args.long_tokens) for s in servers}
         for s in servers:
             results[f"{s.name}_peak_rss_MiB"] = s.peak_rss_mib()
     finally:
@@ -260,6 +296,10 @@ def report(results: dict, clients: list[int], out: Path) -> None:
     print(f"\nsingle stream: server inter-token p50 {server_one * 1e3:.0f} ms; CLI decode (`logits --generate 33` - "
           f"`--generate 1`, / 32) {cli * 1e3:.0f} ms/token; server / CLI = {server_one / cli:.2f}")
     results["cli_vs_server_one_client"] = server_one / cli
+    for name, f in results.get("fairness", {}).items():
+        print(f"fairness, {name}: a 4-token request sent while a {results['long_tokens']}-token stream runs is "
+              f"answered in {f['short_s']:.2f} s (HTTP {f['status']}, {f['tokens']} tokens; the long stream "
+              f"{'still running' if f['long_still_running'] else 'already over'} then)")
     for by_c in results["runs"].values():
         for runs in by_c.values():
             for run in runs:

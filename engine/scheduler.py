@@ -105,7 +105,7 @@ class MappedFiles:
     def of(cls, model) -> "MappedFiles":
         paths = []
         for array in getattr(model, "weights", {}).values():
-            base = array
+            base = getattr(array, "blocks", array)  # (a kernels.quant.QuantizedTensor: its ggml blocks)
             while base is not None and not isinstance(base, np.memmap):
                 base = base.base
             if base is not None and base.filename:

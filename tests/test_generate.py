@@ -60,11 +60,12 @@ def test_greedy_text_is_the_greedy_decode_and_logprobs_are_the_model_distributio
     assert [e.bytes for e in choice.logprobs] == [list(chat.tok.token_bytes(i)) for i in ids]
     assert choice.finish_reason == ("length" if len(ids) == 24 else "stop")
     assert out.usage.prompt_tokens == len(prompt)
-    # logprobs: log-softmax of the raw logits at each step; greedy picks the top alternative
+    # logprobs: log-softmax of the raw logits at each step; greedy picks the top alternative.
+    # (generate prefills in PREFILL_CHUNK-token chunks, greedy in one pass: float32 rounding differs a little.)
     _, _, gen_logits = greedy(chat.model, np.array(prompt), len(ids))
     for entry, token_id, z in zip(choice.logprobs, ids, gen_logits):
         lp = log_softmax(z)
-        assert entry.logprob == pytest.approx(lp[token_id], abs=1e-6)
+        assert entry.logprob == pytest.approx(lp[token_id], abs=1e-5)
         assert entry.top[0][1] == entry.bytes and entry.top[0][2] == pytest.approx(entry.logprob)
         assert [t[2] for t in entry.top] == sorted((t[2] for t in entry.top), reverse=True)
 
