@@ -200,10 +200,11 @@ def decode_bytes(path: Path, full_layers: int = 32) -> tuple[int, int | None]:
     weights = model.weights
     here = sum(w.nbytes for k, w in weights.items() if k != "model.embed_tokens.weight")
     here += weights["model.embed_tokens.weight"][0].nbytes
-    if getattr(model.config, "schedule", None) is not None:
+    layers = [sum(w.nbytes for k, w in weights.items() if k.startswith(f"model.layers.{i}."))
+              for i in range(model.config.num_hidden_layers)]
+    if len(set(layers)) > 1:  # layers of several kinds: no one layer stands for the others
         return here, None
-    layer = sum(w.nbytes for k, w in weights.items() if k.startswith("model.layers.0."))
-    return here, here + (full_layers - model.config.num_hidden_layers) * layer
+    return here, here + (full_layers - len(layers)) * layers[0]
 
 
 # ------------------------------------------------------------------------- HF

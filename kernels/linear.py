@@ -9,10 +9,11 @@ Two regimes, two fast paths (the reference widens the whole matrix and calls BLA
   per step, so the kernel must stream the weights at memory bandwidth. The Numba
   kernel `_stream` reads each weight in its file dtype (bf16 and f16 widened in
   registers, `kernels.intrinsics`; f32 and f64 as they are), accumulates in the
-  compute dtype, parallel over output rows, prefetching ahead of the stream. No
-  float copy of the matrix is made.
+  compute dtype, parallel over output rows, prefetching ahead of the stream; one row
+  of x (one sequence's decode) takes its twin `_stream_one`, four weight rows at a
+  time. No float copy of the matrix is made.
 * prefill (more rows): compute-bound. For 16-bit weights one tile of weight rows at
-  a time is widened to the compute dtype (a few MB, cache-resident) and handed to
+  a time is widened to the compute dtype (at most TILE_BYTES) and handed to
   BLAS, so the rate is BLAS's and the extra memory is one tile, never the whole
   matrix; f32 weights in float32 mode (f64 in float64 mode) go straight to BLAS.
 
