@@ -1,6 +1,7 @@
-"""Decode and prefill speed at real layer shapes, against the roofline and HF transformers.
+"""Decode and prefill speed of the `npinfer` CLI against llama.cpp and HF transformers, in interleaved rounds.
 
-    python benchmarks/bench_speed.py [--only mistral,mixtral,jamba] [--steps 8] [--cli-runs 5] [--no-hf]
+    python benchmarks/bench_speed.py [--only mistral,mixtral,jamba] [--rounds 5] [--no-hf]
+        [--llama-bench /work/llamacpp/build/bin/llama-bench --convert .../convert_hf_to_gguf.py]
 
 For each architecture a bf16 checkpoint with a few layers at the real shapes and
 the full vocabulary is written once (under --dir):
@@ -11,33 +12,51 @@ the full vocabulary is written once (under --dir):
 | mixtral | Mixtral-8x7B, experts cut to the 2 active ones (same work)  | 2 (MoE, top-2 of 2)  |
 | jamba   | Jamba-v0.1: d_inner 8192, N 16, dt_rank 256, experts cut to 2, vocab 65536 | 3: mamba+mlp, mamba+moe, attn+mlp |
 
-Every layer's time is measured in the run (npinfer: `trace` timestamps; HF:
-forward hooks on each decoder layer) and the whole 32-layer model is extrapolated
-from the times of its layer kinds plus the rest (embedding, final norm, head).
-The roofline is the bytes of weights a token reads (every layer's weights, the
-head; one embedding row) divided by the memory bandwidth measured here, in the
-same run. Prefill compares npinfer's time per layer with the time NumPy's float32
-matmul (BLAS) takes for the same layer's matrices, the work a prefill cannot avoid.
-Peak RSS and time to first token come from running the CLI in a subprocess. The
-CLI line times `npinfer logits --generate 33` minus `--generate 1` (/ 32), each run
---cli-runs times, taking the fastest: one process start and prefill varies by up
-to a second on this VM. Its roofline uses the highest bandwidth sampled between
-those runs, so a fast run in a fast moment cannot flatter the fraction.
+With --llama-bench and --convert, the same files are converted once to GGUF BF16 by
+llama.cpp's converter (beside them, under --dir, with Mistral-7B's sentencepiece
+tokenizer from mistral-common, which the converter needs; it pads the vocabulary to
+the checkpoint's) and llama.cpp's `llama-bench` runs on them; without them that part
+is skipped with a note.
 
-Prints a markdown table; writes the results as JSON to --out (default
-benchmarks/results/speed.json) and the plot next to it (the same name, .png).
-The machine is a shared VM: decode times and bandwidths are medians of several
-samples, prefill and CLI times the fastest of a few runs, and ratios are taken
-between numbers measured in this one run.
+This VM's memory bandwidth swings by tens of percent from minute to minute, so every
+contender runs in every round, one after the other, between two bandwidth samples:
+
+1. a bandwidth sample (a parallel read of 1 GiB);
+2. npinfer decode: `npinfer logits MODEL --ids-file (--prompt ids) --generate 33 --last-only
+   --timing`, the 32 decode steps (each with its argmax over the vocabulary) timed inside
+   the process by `--timing` (no process start, loading or writing in it);
+3. npinfer prefill: `npinfer logits MODEL --ids-file (512 ids) --last-only --timing`: the
+   logits of the last position, as llama-bench's pp512 measures (a fresh process, so the
+   first touch of the memory-mapped weights is inside it);
+4. HF transformers bf16 (loaded once per model, in this process, `torch.set_num_threads`
+   --threads): 32 decode steps after the same prompt, and a 512-token prefill with
+   `logits_to_keep=1`;
+5. `llama-bench -p 512 -n 0` and `-p 0 -n 32` (-t --threads, -r --llama-reps): pp512 and tg32;
+6. another bandwidth sample.
+
+Ratios are taken within a round and the median over rounds is reported; a round's
+roofline is the bytes a decode step reads (every weight but the embedding, one
+embedding row) over the higher of its two bandwidth samples, so a slow moment can
+only lower npinfer's fraction of it. The numbers are those of the whole checkpoint
+(2 or 3 layers and the head), nothing extrapolated.
+
+Prints the machine, the load average before and after, and a table per model; writes
+the rounds as JSON to --out (default benchmarks/results/speed.json) and a plot next
+to it (the same name, .png).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numba  # noqa: E402
-from benchmarks.common import machine, run_measured, table  # noqa: E402
+from benchmarks.common import machine, table  # noqa: E402
 
 COMMON = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
               num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, max_position_embeddings=32768,
@@ -63,22 +82,7 @@ CONFIGS = {
                        "mamba_conv_bias": True, "mamba_proj_bias": False, "use_mamba_kernels": False,
                        "pad_token_id": 0, "rms_norm_eps": 1e-6},
 }
-FULL_LAYERS = 32
-
-
-def full_schedule(name: str) -> list[str]:
-    """The layer kinds of the whole real model, in order."""
-    if name == "jamba":  # Jamba-v0.1: attention at i % 8 == 4, MoE at i % 2 == 1
-        return [("attn" if i % 8 == 4 else "mamba") + ("+moe" if i % 2 == 1 else "+mlp") for i in range(FULL_LAYERS)]
-    return ["layer"] * FULL_LAYERS
-
-
-def kinds_here(name: str, config: dict) -> list[str]:
-    if name == "jamba":
-        import jamba_np
-
-        return list(jamba_np.JambaConfig.from_hf(config).schedule)
-    return ["layer"] * config["num_hidden_layers"]
+DECODE_STEPS = 32  # --generate 33: the prompt's last row picks the first token, then 32 decode steps
 
 
 def ensure_checkpoint(root: Path, name: str) -> Path:
@@ -123,121 +127,214 @@ class Bandwidth:
         return statistics.median(self.samples[start:])
 
 
+
+
+# ------------------------------------------------------------------------- llama.cpp
+def gguf_file(root: Path, name: str, convert: Path) -> Path:
+    """The checkpoint `name` as GGUF BF16, written once by llama.cpp's converter under `root`.
+
+    The converter needs a tokenizer: a sibling directory `NAME-chat` links the weights and
+    holds Mistral-7B's sentencepiece model (32000 pieces; the converter pads the vocabulary
+    to the checkpoint's). bench_serve.py's `mistral-chat` directory is the same one.
+    """
+    import mistral_common
+
+    source, out = root / f"{name}-chat", root / f"{name}-chat-bf16.gguf"
+    if out.exists():
+        return out
+    weights = ensure_checkpoint(root, name)
+    source.mkdir(exist_ok=True)
+    for file in ("model.safetensors", "config.json"):
+        if not (source / file).exists():
+            os.symlink(weights / file, source / file)
+    if not (source / "tokenizer.model").exists():
+        shutil.copy(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1", source / "tokenizer.model")
+    env = os.environ | {"PYTHONPATH": str(convert.parent / "gguf-py")}
+    part = out.with_suffix(".part")
+    proc = subprocess.run([sys.executable, str(convert), str(source), "--outfile", str(part), "--outtype", "bf16"],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{convert} failed on {source}:\n{proc.stderr[-2000:]}")
+    part.rename(out)
+    return out
+
+
+def llama_bench(binary: Path, gguf: Path, threads: int, reps: int) -> dict:
+    """llama-bench's pp512 and tg32 (tokens/s, the mean of its `reps` repetitions after its warm-up)."""
+    out = {}
+    for test, flags in (("pp512", ["-p", "512", "-n", "0"]), ("tg32", ["-p", "0", "-n", str(DECODE_STEPS)])):
+        proc = subprocess.run([str(binary), "-m", str(gguf), *flags, "-t", str(threads), "-r", str(reps), "-o", "json"],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"llama-bench failed on {gguf}:\n{proc.stderr[-2000:]}")
+        out[test] = json.loads(proc.stdout)[0]["avg_ts"]
+    return out
+
+
 # ------------------------------------------------------------------------- npinfer
-def npinfer_layer_times(model, prompt, steps: int, bw: "Bandwidth"):
-    """Median per-layer decode times (s) and median total per token, after a prefill;
-    a bandwidth sample is taken between steps."""
-    marks = []
-
-    def trace(name, value):
-        if name == "model.embed_tokens" or (name.startswith("model.layers.") and name.count(".") == 2):
-            marks.append(time.perf_counter())
-
-    state = model.new_state()
-    logits = model.forward(prompt, state, last_only=True)
-    tok = int(np.argmax(logits[-1]))
-    per_layer, totals = [], []
-    for _ in range(steps):
-        bw.sample()
-        marks.clear()
-        t0 = time.perf_counter()
-        logits = model.forward([tok], state, trace=trace, last_only=True)
-        totals.append(time.perf_counter() - t0)
-        per_layer.append(np.diff(marks))
-        tok = int(np.argmax(logits[-1]))
-    return np.median(per_layer, axis=0), statistics.median(totals)
+TIMING = re.compile(r"npinfer: timing: prefill (\d+) tokens in ([0-9.]+) s \([0-9.]+ tokens/s\)"
+                    r"(?:; decode (\d+) tokens in ([0-9.]+) ms/token)?")
 
 
-def npinfer_prefill_times(model, prompt):
-    marks = []
+def npinfer_cli(path: Path, ids_file: Path, out: Path, generate: int = 0) -> dict:
+    """Run `npinfer logits --last-only --timing` in a fresh process; its timing line, parsed."""
+    cmd = [sys.executable, "-m", "engine.cli", "logits", str(path), "--ids-file", str(ids_file), "--last-only",
+           "--timing", "--out", str(out)] + (["--generate", str(generate)] if generate else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    match = TIMING.search(proc.stderr)
+    if proc.returncode or not match:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    r = {"prefill_tokens_per_s": int(match[1]) / float(match[2])}
+    if match[4]:
+        r["decode_s_per_token"] = float(match[4]) / 1e3
+    return r
 
-    def trace(name, value):
-        if name == "model.embed_tokens" or (name.startswith("model.layers.") and name.count(".") == 2):
-            marks.append(time.perf_counter())
 
-    runs = []
-    for _ in range(2):
-        marks.clear()
-        model.forward(prompt, model.new_state(), trace=trace, last_only=True)
-        runs.append(np.diff(marks))
-    return np.min(runs, axis=0)
+def decode_bytes(path: Path, full_layers: int = 32) -> tuple[int, int | None]:
+    """Bytes of weights one decode step reads (every tensor but the embedding, and one embedding
+    row): for this checkpoint, and for the real model's `full_layers` layers when all layers
+    here are alike (Mistral, Mixtral; None for Jamba's mix of kinds)."""
+    from engine.registry import load_model
 
-
-def numpy_matmul_time(weights: dict, T: int) -> float:
-    """Time NumPy's float32 matmul takes for x [T, in] @ W.T over every matrix of a layer."""
-    from kernels.dtypes import widen
-
-    total = 0.0
-    rng = np.random.default_rng(0)
-    for w in weights.values():
-        if w.ndim != 2 or w.shape[0] * w.shape[1] < 1 << 16:
-            continue
-        wf = widen(w, np.float32)
-        x = rng.standard_normal((T, w.shape[1]), dtype=np.float32)
-        x @ wf.T
-        times = []
-        for _ in range(2):
-            t = time.perf_counter()
-            x @ wf.T
-            times.append(time.perf_counter() - t)
-        total += min(times)
-    return total
+    model = load_model(path)
+    weights = model.weights
+    here = sum(w.nbytes for k, w in weights.items() if k != "model.embed_tokens.weight")
+    here += weights["model.embed_tokens.weight"][0].nbytes
+    layers = [sum(w.nbytes for k, w in weights.items() if k.startswith(f"model.layers.{i}."))
+              for i in range(model.config.num_hidden_layers)]
+    if len(set(layers)) > 1:  # layers of several kinds: no one layer stands for the others
+        return here, None
+    return here, here + (full_layers - len(layers)) * layers[0]
 
 
 # ------------------------------------------------------------------------- HF
-def hf_layer_times(path: Path, dtype_name: str, prompt, steps: int):
-    import torch
-    from transformers import AutoModelForCausalLM
+class HF:
+    """A transformers model loaded once (bf16), timed in each round like the others."""
 
-    torch.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype_name]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    model.eval()
-    layers = model.model.layers
-    starts, durations = {}, {}
-    for i, layer in enumerate(layers):
-        layer.register_forward_pre_hook(lambda m, a, i=i: starts.__setitem__(i, time.perf_counter()))
-        layer.register_forward_hook(lambda m, a, o, i=i: durations.__setitem__(i, time.perf_counter() - starts[i]))
-    per_layer, totals = [], []
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor(prompt)[None], use_cache=True)
-        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            out = model(input_ids=tok, past_key_values=past, use_cache=True)
-            totals.append(time.perf_counter() - t0)
+    def __init__(self, path: Path, threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+
+    def measure(self, prompt, long_prompt) -> dict:
+        torch = self.torch
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # transformers 5's deprecation of past_key_values
+            t = time.perf_counter()
+            self.model(input_ids=torch.tensor(long_prompt)[None], logits_to_keep=1)
+            prefill = time.perf_counter() - t
+            out = self.model(input_ids=torch.tensor(prompt)[None], use_cache=True, logits_to_keep=1)
             past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
-            per_layer.append([durations[i] for i in range(len(layers))])
-    del model
-    return np.median(per_layer, axis=0), statistics.median(totals)
+            t = time.perf_counter()
+            for _ in range(DECODE_STEPS):
+                out = self.model(input_ids=tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            decode = (time.perf_counter() - t) / DECODE_STEPS
+        return {"prefill_tokens_per_s": len(long_prompt) / prefill, "decode_s_per_token": decode}
 
 
-def extrapolate(name, config, per_layer, total):
-    """Seconds per token for the whole model from this checkpoint's layer times."""
-    kinds = kinds_here(name, config)
-    by_kind = {k: float(np.mean([t for t, kk in zip(per_layer, kinds) if kk == k])) for k in set(kinds)}
-    rest = total - float(np.sum(per_layer))
-    return rest + sum(by_kind[k] for k in full_schedule(name)), by_kind
+# ------------------------------------------------------------------------- rounds
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def bytes_per_token(name, config, weights) -> tuple[float, dict]:
-    """Weight bytes a decode step reads, for the whole model, and per layer kind here."""
-    kinds = kinds_here(name, config)
-    per_kind: dict[str, float] = {}
-    for i, kind in enumerate(kinds):
-        n = sum(w.nbytes for k, w in weights.items() if k.startswith(f"model.layers.{i}."))
-        per_kind[kind] = n
-    head = weights["lm_head.weight"].nbytes + config["hidden_size"] * 2 * 2  # head, final norm, one embedding row
-    return head + sum(per_kind[k] for k in full_schedule(name)), per_kind
+def run_model(name: str, args, bandwidth: Bandwidth, rng) -> dict:
+    path = ensure_checkpoint(args.dir, name)
+    V = CONFIGS[name]["vocab_size"]
+    prompt, long_prompt = rng.integers(3, V, args.prompt), rng.integers(3, V, args.prefill)
+    np.save(ids := args.dir / f"{name}-prompt.npy", prompt)
+    np.save(long_ids := args.dir / f"{name}-prefill.npy", long_prompt)
+    out = args.dir / "bench-out.npz"
+    gguf = gguf_file(args.dir, name, args.convert) if args.llama_bench else None
+    hf = None if args.no_hf else HF(path, args.threads)
+    npinfer_cli(path, ids, out, generate=2)  # warm-up: Numba's cache loaded, the files in the page cache
+    here, full = decode_bytes(path)
+    r = {"decode_bytes": here, "full_model_decode_bytes": full, "rounds": []}
+    for i in range(args.rounds):
+        row = {"bandwidth_before": bandwidth.sample()}
+        row["npinfer"] = npinfer_cli(path, ids, out, generate=DECODE_STEPS + 1)
+        row["npinfer"]["prefill_tokens_per_s"] = npinfer_cli(path, long_ids, out)["prefill_tokens_per_s"]
+        if hf is not None:
+            row["hf_bf16"] = hf.measure(prompt, long_prompt)
+        if gguf is not None:
+            lb = llama_bench(args.llama_bench, gguf, args.threads, args.llama_reps)
+            row["llama_cpp_bf16"] = {"prefill_tokens_per_s": lb["pp512"], "decode_s_per_token": 1 / lb["tg32"]}
+        row["bandwidth_after"] = bandwidth.sample()
+        row["roofline_s_per_token"] = r["decode_bytes"] / max(row["bandwidth_before"], row["bandwidth_after"])
+        r["rounds"].append(row)
+        print(f"{name} round {i + 1}: " + ", ".join(
+            f"{k} {v['decode_s_per_token'] * 1e3:.1f} ms/token, {v['prefill_tokens_per_s']:.0f} tok/s"
+            for k, v in row.items() if isinstance(v, dict)), file=sys.stderr)
+    return r
+
+
+def medians(r: dict) -> dict:
+    """Median over rounds of each contender's numbers and of the within-round ratios."""
+    rounds, m = r["rounds"], {}
+    for who in [k for k, v in rounds[0].items() if isinstance(v, dict)]:
+        for key in ("decode_s_per_token", "prefill_tokens_per_s"):
+            m[f"{who}.{key}"] = statistics.median(row[who][key] for row in rounds)
+    m["roofline_s_per_token"] = statistics.median(row["roofline_s_per_token"] for row in rounds)
+    m["npinfer_of_roofline"] = statistics.median(row["roofline_s_per_token"] / row["npinfer"]["decode_s_per_token"]
+                                                 for row in rounds)
+    for who in ("llama_cpp_bf16", "hf_bf16"):
+        if who in rounds[0]:  # speeds: > 1 is npinfer faster
+            m[f"decode_vs_{who}"] = statistics.median(row[who]["decode_s_per_token"] / row["npinfer"]["decode_s_per_token"]
+                                                      for row in rounds)
+            m[f"prefill_vs_{who}"] = statistics.median(row["npinfer"]["prefill_tokens_per_s"] / row[who]["prefill_tokens_per_s"]
+                                                       for row in rounds)
+    m["bandwidth_GBps"] = [b / 1e9 for row in rounds for b in (row["bandwidth_before"], row["bandwidth_after"])]
+    return m
+
+
+LABELS = {"npinfer": "npinfer CLI (bf16 weights, float32)", "llama_cpp_bf16": "llama.cpp BF16 (llama-bench)",
+          "hf_bf16": "HF transformers bf16"}
+
+
+def report(results: dict, args) -> None:
+    print(f"\nmachine: {results['machine']}; Numba threading layer {results['threading_layer']}; "
+          f"{args.threads} threads everywhere; load average before {results['load_before']}, after {results['load_after']}")
+    for name, r in results["models"].items():
+        m = r["medians"]
+        bw = m["bandwidth_GBps"]
+        print(f"\n{name}: {'; '.join(f'{k} {CONFIGS[name][k]}' for k in ('num_hidden_layers', 'hidden_size', 'intermediate_size', 'vocab_size'))}; "
+              f"{r['decode_bytes'] / 1e9:.2f} GB read per decode step; medians of {len(r['rounds'])} interleaved rounds "
+              f"(bandwidth {min(bw):.0f}-{max(bw):.0f} GB/s)\n")
+        rows = [["roofline (bytes / the round's higher bandwidth)", f"{m['roofline_s_per_token'] * 1e3:.1f}",
+                 f"{1 / m['roofline_s_per_token']:.1f}", "-", "-"]]
+        for who, label in LABELS.items():
+            if f"{who}.decode_s_per_token" not in m:
+                continue
+            ratio = "-" if who == "npinfer" else (f"{m[f'decode_vs_{who}']:.2f}x / {m[f'prefill_vs_{who}']:.2f}x")
+            rows.append([label, f"{m[f'{who}.decode_s_per_token'] * 1e3:.1f}", f"{1 / m[f'{who}.decode_s_per_token']:.1f}",
+                         f"{m[f'{who}.prefill_tokens_per_s']:.1f}", ratio])
+        print(table(["", "decode ms/token", "decode tok/s", f"prefill {args.prefill} tok/s (last logits)",
+                     "npinfer's speed / this (decode / prefill)"], rows))
+        line = f"\nnpinfer decode at {m['npinfer_of_roofline']:.0%} of the roofline"
+        if "decode_vs_llama_cpp_bf16" in m:
+            line += (f"; vs llama.cpp BF16: decode {m['decode_vs_llama_cpp_bf16']:.2f}x (target >= 1.25x), "
+                     f"prefill {m['prefill_vs_llama_cpp_bf16']:.2f}x (target >= 0.9x)")
+        print(line + " (each ratio the median of the rounds' ratios)")
+        if r["full_model_decode_bytes"]:  # npinfer's bytes/s here applied to the real model's 32 layers
+            rate = r["decode_bytes"] / m["npinfer.decode_s_per_token"]
+            print(f"the whole 32-layer model ({r['full_model_decode_bytes'] / 1e9:.1f} GB a token) at npinfer's rate "
+                  f"here: {rate / r['full_model_decode_bytes']:.2f} tok/s (roofline "
+                  f"{r['decode_bytes'] / m['roofline_s_per_token'] / r['full_model_decode_bytes']:.2f})")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="mistral,mixtral,jamba")
-    p.add_argument("--steps", type=int, default=8, help="decode steps measured (median)")
-    p.add_argument("--prompt", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--prompt", type=int, default=30, help="prompt tokens before the decode steps")
     p.add_argument("--prefill", type=int, default=512)
-    p.add_argument("--cli-runs", type=int, default=5, help="times each CLI run (--generate 1, --generate 33) is timed; the fastest counts")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for torch and llama-bench")
+    p.add_argument("--llama-bench", type=Path, help="llama.cpp's llama-bench binary (with --convert)")
+    p.add_argument("--convert", type=Path, help="llama.cpp's convert_hf_to_gguf.py (gguf-py beside it)")
+    p.add_argument("--llama-reps", type=int, default=2, help="llama-bench -r: repetitions per test and round")
     p.add_argument("--no-hf", action="store_true", help="skip HF transformers (no oracle extra)")
     p.add_argument("--dir", type=Path, default=Path("/tmp/npinfer-bench"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json",
@@ -245,103 +342,23 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.out.is_dir():
         p.error(f"--out {args.out}: is a directory; give the JSON file to write")
-    from engine.generate import greedy  # noqa: F401  (imports the engine the CLI uses)
-    from engine.registry import load_model
-
+    if bool(args.llama_bench) != bool(args.convert):
+        p.error("--llama-bench and --convert go together (the GGUF is converted from the bench checkpoint)")
+    if not args.llama_bench:
+        print("note: no --llama-bench/--convert given: llama.cpp is not measured", file=sys.stderr)
     args.dir.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     bandwidth = Bandwidth()
-    results = {"machine": machine(), "models": {}}
     rng = np.random.default_rng(0)
+    results = {"machine": machine(), "threading_layer": None, "load_before": load_average(), "models": {}}
     for name in args.only.split(","):
-        config = CONFIGS[name]
-        path = ensure_checkpoint(args.dir, name)
-        model = load_model(path)
-        V = config["vocab_size"]
-        prompt = rng.integers(3, V, args.prompt)
-        long_prompt = rng.integers(3, V, args.prefill)
-        r: dict = {"layers_here": kinds_here(name, config)}
-        first = len(bandwidth.samples)
-        per_layer, total = npinfer_layer_times(model, prompt, args.steps, bandwidth)
-        bw = bandwidth.median_since(first)
-        r["bandwidth_GBps"] = bw / 1e9
-        r["npinfer_s_per_token"], r["npinfer_by_kind"] = extrapolate(name, config, per_layer, total)
-        bpt, r["bytes_by_kind"] = bytes_per_token(name, config, model.weights)
-        r["bytes_per_token"] = bpt
-        r["roofline_s_per_token"] = bpt / bw
-        r["npinfer_roofline_fraction"] = r["roofline_s_per_token"] / r["npinfer_s_per_token"]
-        # prefill: npinfer's layer time vs NumPy float32 matmul over the same matrices
-        prefill = npinfer_prefill_times(model, long_prompt)
-        kinds = kinds_here(name, config)
-        ratios = []
-        for i, kind in enumerate(kinds):
-            layer_weights = {k: w for k, w in model.weights.items() if k.startswith(f"model.layers.{i}.")}
-            ratios.append(numpy_matmul_time(layer_weights, args.prefill) / prefill[i])
-        r["prefill_layer_s"] = prefill.tolist()
-        r["prefill_vs_numpy_matmul"] = ratios
-        del model
-        # the CLI: peak RSS and time to first token (prompt of --prompt tokens, one token out)
-        np.save(args.dir / "prompt.npy", prompt)
-        cli = [sys.executable, "-m", "engine.cli", "logits", str(path), "--ids-file", str(args.dir / "prompt.npy"),
-               "--out", str(args.dir / "out.npz")]
-        # --generate 1 and --generate 33, alternated --cli-runs times. A process start and its
-        # 128-token prefill vary by up to a second here (BLAS on a shared VM), which is 30 ms/token
-        # in the difference; the fastest run of each is the one least disturbed.
-        first = len(bandwidth.samples)
-        runs: dict[int, list[float]] = {1: [], 33: []}
-        rss = 0.0
-        for _ in range(args.cli_runs):
-            for n in runs:
-                seconds, peak, proc = run_measured(cli + ["--generate", str(n)])
-                if proc.returncode:
-                    sys.exit(proc.stderr)
-                runs[n].append(seconds)
-                rss = max(rss, peak)
-                bandwidth.sample()
-        cli_bw = max(bandwidth.samples[first:])  # the fastest runs count, so the highest bandwidth: never flattering
-        r["cli_bandwidth_GBps"] = [b / 1e9 for b in bandwidth.samples[first:]]  # all of them, for the record
-        t1 = min(runs[1])
-        r["cli_ttft_s"], r["peak_rss_MiB"] = t1, rss
-        r["cli_decode_s_per_token"] = (min(runs[33]) - t1) / 32
-        file_bytes = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-        r["checkpoint_MiB"] = file_bytes / 2**20
-        r["cli_roofline_s_per_token"] = (sum(r["bytes_by_kind"][k] for k in kinds)
-                                         + bpt - sum(r["bytes_by_kind"][k] for k in full_schedule(name))) / cli_bw
-        if not args.no_hf:
-            for dt in ("bf16", "f32"):
-                hl, ht = hf_layer_times(path, dt, prompt, max(3, args.steps // 2))
-                r[f"hf_{dt}_s_per_token"], _ = extrapolate(name, config, hl, ht)
-                if dt == "bf16":
-                    r["hf_bf16_here_s_per_token"] = ht
-        results["models"][name] = r
-        print(f"{name}: done", file=sys.stderr)
-
-    rows = []
-    for name, r in results["models"].items():
-        hf = r.get("hf_bf16_s_per_token")
-        rows.append([name, f"{1 / r['npinfer_s_per_token']:.2f}", f"{1 / r['roofline_s_per_token']:.2f}",
-                     f"{r['npinfer_roofline_fraction']:.0%}",
-                     f"{1 / hf:.2f}" if hf else "-", f"{hf / r['npinfer_s_per_token']:.2f}x" if hf else "-",
-                     f"{1 / r['hf_f32_s_per_token']:.2f}" if hf else "-",
-                     " / ".join(f"{x:.0%}" for x in r["prefill_vs_numpy_matmul"]),
-                     f"{r['peak_rss_MiB']:,.0f} / {r['checkpoint_MiB']:,.0f}", f"{r['cli_ttft_s']:.1f}",
-                     f"{r['bandwidth_GBps']:.0f}"])
-    print(f"\nmachine: {results['machine']}; Numba threading layer {numba.threading_layer()}\n")
-    print("Decode, whole 32-layer model extrapolated from per-layer times; bf16 weights; tokens/s\n")
-    print(table(["model", "npinfer tok/s", "roofline tok/s", "of roofline", "HF bf16 tok/s", "npinfer / HF bf16",
-                 "HF f32 tok/s", f"prefill {args.prefill}: of NumPy f32 matmul (per layer)",
-                 "peak RSS / checkpoint MiB", "CLI TTFT s", "bandwidth GB/s (during decode)"], rows))
-    if "mistral" in results["models"]:
-        r = results["models"]["mistral"]
-        line = (f"\nCLI alone, 2-layer Mistral-7B-shape bf16 (`--generate 33` minus `--generate 1`, / 32): "
-                f"{r['cli_decode_s_per_token'] * 1e3:.0f} ms/token; roofline for these 2 layers + head "
-                f"{r['cli_roofline_s_per_token'] * 1e3:.0f} ms ({r['cli_roofline_s_per_token'] / r['cli_decode_s_per_token']:.0%}) "
-                f"at the highest of the bandwidths sampled between the CLI runs "
-                f"({min(r['cli_bandwidth_GBps']):.0f}-{max(r['cli_bandwidth_GBps']):.0f} GB/s)")
-        if "hf_bf16_here_s_per_token" in r:
-            line += (f"; HF bf16 on the same file {r['hf_bf16_here_s_per_token'] * 1e3:.0f} ms/token "
-                     f"({r['hf_bf16_here_s_per_token'] / r['cli_decode_s_per_token']:.2f}x)")
-        print(line)
+        if name not in CONFIGS:
+            p.error(f"--only: unknown model {name!r} (one of {', '.join(CONFIGS)})")
+        results["models"][name] = run_model(name, args, bandwidth, rng)
+        results["models"][name]["medians"] = medians(results["models"][name])
+    results["load_after"] = load_average()
+    results["threading_layer"] = numba.threading_layer()
+    report(results, args)
     args.out.write_text(json.dumps(results, indent=2, default=float))
     plot(results, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
@@ -358,17 +375,23 @@ def plot(results: dict, path: Path) -> None:
         print("matplotlib not installed: no plot", file=sys.stderr)
         return
     names = list(results["models"])
-    series = {"roofline": "roofline_s_per_token", "npinfer bf16": "npinfer_s_per_token",
-              "HF bf16": "hf_bf16_s_per_token", "HF float32": "hf_f32_s_per_token"}
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(series)
-    for j, (label, key) in enumerate(series.items()):
-        values = [1 / results["models"][n][key] if key in results["models"][n] else 0 for n in names]
-        ax.bar(np.arange(len(names)) + j * width, values, width, label=label)
-    ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names)
-    ax.set_ylabel("decode tokens/s (whole model)")
-    ax.set_title(f"Decode, whole model, on {results['machine'].split(',')[0]} ({results['machine'].split(',')[1].strip()})")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, ylabel in ((axes[0], "decode_s_per_token", "decode tokens/s"),
+                            (axes[1], "prefill_tokens_per_s", "prefill 512 tokens/s (last logits)")):
+        series = {label: [results["models"][n]["medians"].get(f"{who}.{key}") for n in names]
+                  for who, label in LABELS.items()}
+        if key == "decode_s_per_token":
+            series = {"roofline": [results["models"][n]["medians"]["roofline_s_per_token"] for n in names]} | series
+        series = {k: v for k, v in series.items() if all(x is not None for x in v)}
+        width = 0.8 / len(series)
+        for j, (label, values) in enumerate(series.items()):
+            values = [1 / v for v in values] if key == "decode_s_per_token" else values
+            ax.bar(np.arange(len(names)) + j * width, values, width, label=label)
+        ax.set_xticks(np.arange(len(names)) + width * (len(series) - 1) / 2, names)
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Whole bench checkpoints (2-3 layers + head), medians of interleaved rounds, on "
+                 f"{results['machine'].split(',')[0]}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -1,7 +1,7 @@
 """The `npinfer` command line.
 
     npinfer logits MODEL (--ids 1,2,3 | --ids-file ids.npy) [--generate N] [--dtype float32|float64]
-                   [--router] [--dump-activations PATH] --out out.npz
+                   [--router] [--dump-activations PATH] [--last-only] [--timing] --out out.npz
     npinfer diff REF OTHER [--atol A] [--rtol R] [--json]
     npinfer tiny LAYOUT OUT_DIR          (the families' tiny layouts: npinfer tiny --help)
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
@@ -61,6 +61,8 @@ def cmd_logits(args) -> int:
     ids = _parse_ids(args)
     if args.generate < 0:
         raise NpinferError("--generate must be >= 0")
+    if args.last_only and args.dump_activations:
+        raise NpinferError("--last-only: not with --dump-activations (a dump holds every position)")
     loaded = open_model(args.model)
     model = loaded.model(args.dtype)
     if (line := loaded.describe()) is not None:  # e.g. the layer schedule; what stays on disk
@@ -76,12 +78,21 @@ def cmd_logits(args) -> int:
             router[leaf].append(value)
 
     prompt_trace = collect_router if args.router else no_trace
+    times: dict = {}
     if args.dump_activations:
         logits, gen_ids, gen_logits = dump_activations(model, ids, args.dump_activations,
                                                        generate=args.generate, prompt_trace=prompt_trace)
     else:
         logits, gen_ids, gen_logits = greedy(model, ids, args.generate, trace=prompt_trace,
-                                             progress=prefill_progress(model, len(ids)))
+                                             progress=prefill_progress(model, len(ids)),
+                                             last_only=args.last_only, times=times)
+    if args.timing and times:  # one line a benchmark can parse: no process start, no loading, no writing
+        steps = max(args.generate - 1, 0)
+        line = (f"npinfer: timing: prefill {len(ids)} tokens in {times['prefill_s']:.4f} s "
+                f"({len(ids) / times['prefill_s']:.1f} tokens/s)")
+        if steps:
+            line += f"; decode {steps} tokens in {times['decode_s'] / steps * 1e3:.2f} ms/token"
+        print(line, file=sys.stderr)
     out = {"logits": logits, "input_ids": ids}
     if args.generate:
         out |= {"gen_ids": gen_ids, "gen_logits": gen_logits}
@@ -375,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dump-activations", metavar="PATH",
                    help="also write every named intermediate (Hugging Face module names) of the run to PATH "
                    "(.npz or .safetensors; format in engine/oracle.py)")
+    for flag, text in (("--last-only", "write the logits of the last prompt position only ([1, V]), what a chat's "
+                        "prefill computes (the head runs on that row alone)"),
+                       ("--timing", "print on stderr: 'npinfer: timing: prefill T tokens in X s (R tokens/s); decode N "
+                        "tokens in Y ms/token' (N = --generate - 1 decode steps, each with its argmax; no loading "
+                        "or writing)")):
+        q.add_argument(flag, action="store_true", help=text)
     q.add_argument("--out", required=True, help="output .npz file")
     q.set_defaults(run=cmd_logits)
 

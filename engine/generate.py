@@ -61,6 +61,7 @@ likely alternatives (the first token has none: None).
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -450,7 +451,7 @@ def collect(events, n: int) -> Completion:
 
 # --------------------------------------------------------------------------- greedy, for the oracle
 def greedy(model, prompt, n: int, trace: Trace = no_trace, step_trace: Trace = no_trace, state=None,
-           progress=None):
+           progress=None, last_only: bool = False, times: dict | None = None):
     """Prefill `prompt`, then pick n tokens greedily, feeding each back through the cache.
 
     Returns (prompt logits [T, V], gen_ids [n], gen_logits [n, V]); gen_logits[i]
@@ -458,15 +459,22 @@ def greedy(model, prompt, n: int, trace: Trace = no_trace, step_trace: Trace = n
     so gen_logits[0] is the prompt's last row and n tokens take n - 1 decode steps.
     `trace` sees the prompt's intermediates, `step_trace` each decode step's;
     `state` (a fresh one when None) is left after the last step, for its caller to read;
-    `progress` is the prefill's hook (`Decoder.forward`).
+    `progress` is the prefill's hook (`Decoder.forward`). With `last_only` the prompt
+    logits are those of its last position only ([1, V]: what a chat's prefill computes).
+    `times`, when given, receives ``prefill_s`` and ``decode_s`` (wall seconds of the
+    prefill and of the n - 1 decode steps, each step's argmax included).
     """
     state = model.new_state() if state is None else state
-    logits = model.forward(prompt, state, trace=trace, progress=progress)  # [T, V]
+    start = time.perf_counter()
+    logits = model.forward(prompt, state, trace=trace, progress=progress, last_only=last_only)  # [T, V] or [1, V]
+    prefilled = time.perf_counter()
     gen_ids, gen_logits, last = [], [], logits[-1]
     for i in range(n):
         gen_ids.append(int(np.argmax(last)))
         gen_logits.append(last)
         if i < n - 1:
             last = model.forward([gen_ids[-1]], state, trace=step_trace)[-1]  # [V]
+    if times is not None:
+        times |= {"prefill_s": prefilled - start, "decode_s": time.perf_counter() - prefilled}
     V = logits.shape[-1]
     return logits, np.array(gen_ids, dtype=np.int64), np.array(gen_logits, dtype=logits.dtype).reshape(n, V)

@@ -152,23 +152,30 @@ def _attention_numba(q, k, v, visible, scale, out):
 
 
 def _attention_blas(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
-    """`attention_ref` as batched BLAS matrix products, for a prompt (many queries).
+    """`attention_ref` as BLAS matrix products, for a prompt (many queries).
 
-    The einsums become transposes and ``@`` (one GEMM per kv head and group member),
-    the mask is added as a bias of 0 / -inf, and the softmax runs in place on the
-    one [H_kv, G, T, S] score buffer.
+    One kv head at a time: its G query heads are stacked into one [G * T, D] matrix, so
+    each kv head is one GEMM for the scores and one for the weighted values (two large
+    products instead of 2 G small ones), and the softmax runs in place on that head's
+    [G * T, S] scores while they are in cache. The scale is folded into q, the mask is
+    added as a bias of 0 / -inf, and the sum of the exponentials divides the [G * T, Dv]
+    output instead of the scores (the same numbers; Dv is smaller than S).
     """
     T, H, D = q.shape
-    H_kv = k.shape[1]
-    q = q.reshape(T, H_kv, H // H_kv, D).transpose(1, 2, 0, 3)  # [H_kv, G, T, D]
-    scores = q @ k.transpose(1, 2, 0)[:, None]  # [H_kv, G, T, S]  (k as [H_kv, 1, D, S])
-    scores *= scale
-    scores += np.where(attention_mask(q_pos, k_pos, window), 0.0, -np.inf).astype(q.dtype)  # [T, S] as a bias
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)  # [H_kv, G, T, S]  now the softmax weights p
-    out = scores @ v.transpose(1, 0, 2)[:, None]  # [H_kv, G, T, D]  (v as [H_kv, 1, S, D])
-    return out.transpose(2, 0, 1, 3).reshape(T, H, v.shape[-1])  # [T, H, Dv]
+    H_kv, Dv = k.shape[1], v.shape[-1]
+    G = H // H_kv
+    bias = np.where(attention_mask(q_pos, k_pos, window), 0.0, -np.inf).astype(q.dtype)  # [T, S]
+    q = (q * q.dtype.type(scale)).reshape(T, H_kv, G, D).transpose(1, 2, 0, 3).copy()  # [H_kv, G, T, D]
+    out = np.empty((T, H_kv, G, Dv), q.dtype)  # [T, H_kv, G, Dv]
+    for j in range(H_kv):
+        scores = q[j].reshape(G * T, D) @ k[:, j].T  # [G * T, S]  rows (g, t)
+        scores.reshape(G, T, -1)[...] += bias  # [G, T, S]
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)  # [G * T, S]  unnormalised softmax weights
+        head = scores @ v[:, j]  # [G * T, Dv]
+        head /= scores.sum(axis=-1, keepdims=True)
+        out[:, j] = head.reshape(G, T, Dv).transpose(1, 0, 2)  # [T, G, Dv]
+    return out.reshape(T, H, Dv)  # [T, H, Dv]
 
 
 def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:

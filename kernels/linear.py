@@ -9,10 +9,11 @@ Two regimes, two fast paths (the reference widens the whole matrix and calls BLA
   per step, so the kernel must stream the weights at memory bandwidth. The Numba
   kernel `_stream` reads each weight in its file dtype (bf16 and f16 widened in
   registers, `kernels.intrinsics`; f32 and f64 as they are), accumulates in the
-  compute dtype, parallel over output rows, prefetching ahead of the stream. No
-  float copy of the matrix is made.
+  compute dtype, parallel over output rows, prefetching ahead of the stream; one row
+  of x (one sequence's decode) takes its twin `_stream_one`, four weight rows at a
+  time. No float copy of the matrix is made.
 * prefill (more rows): compute-bound. For 16-bit weights one tile of weight rows at
-  a time is widened to the compute dtype (a few MB, cache-resident) and handed to
+  a time is widened to the compute dtype (at most TILE_BYTES) and handed to
   BLAS, so the rate is BLAS's and the extra memory is one tile, never the whole
   matrix; f32 weights in float32 mode (f64 in float64 mode) go straight to BLAS.
 
@@ -99,12 +100,73 @@ def _dot_rows(w, x, t, c0, c1):
     return a0, a1, a2, a3
 
 
+@numba.njit(inline="always", fastmath=True)
+def _dot_weight_rows(w, r, x, c0, c1):
+    """sum_j w[r + s, j] * x[0, j] over j in c0..c1 for the four weight rows s = 0..3, in x's dtype.
+
+    The one-row twin of `_dot_rows` (decode of one sequence): four rows of w meet the one
+    row of x, so four independent sums hide the latency of the multiply-adds (a single sum
+    waits on each one: here, on a 2-core AMD EPYC with AVX2, that ran at about 18 GB/s,
+    padding x to four rows at 17, against a bandwidth of 26 to 34). Each sum is the loop of
+    one slot of `_dot_rows`, so a row alone gets the bits it gets in a batch
+    (tests/test_kernels_linear.py holds that, for every weight dtype, on the machine the
+    tests run on).
+    """
+    zero = x[0, 0] * np.float32(0)
+    a0, a1, a2, a3 = zero, zero, zero, zero
+    for j in range(c0, c1):
+        xj = x[0, j]
+        a0 += _widened(w[r, j], zero) * xj
+        a1 += _widened(w[r + 1, j], zero) * xj
+        a2 += _widened(w[r + 2, j], zero) * xj
+        a3 += _widened(w[r + 3, j], zero) * xj
+    return a0, a1, a2, a3
+
+
+@numba.njit(inline="always", fastmath=True)
+def _dot_row(w, x, c0, c1):
+    """sum_j w[j] * x[0, j] over j in c0..c1: one slot of `_dot_weight_rows` (the matrix's last rows)."""
+    a = x[0, 0] * np.float32(0)
+    for j in range(c0, c1):
+        a += _widened(w[j], a) * x[0, j]
+    return a
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _stream_one(w, x, y):
+    """y[0, r] = sum_i w[r, i] * x[0, i]: `_stream` for one row of x, four weight rows per iteration.
+
+    Groups of ROWS output rows run in parallel (each thread still reads its share of the
+    matrix front to back, as four streams side by side), in chunks of CHUNK weights, the
+    O % ROWS last rows one by one. No software prefetch: with four streams per thread the
+    hardware prefetcher keeps up; `_stream`'s prefetch here measured 20-23 GB/s against
+    25-30 without it, at bandwidths of 26-33 GB/s.
+    """
+    O, I = w.shape
+    CHUNK = 512
+    for g in numba.prange((O + ROWS - 1) // ROWS):
+        r = g * ROWS
+        for s in range(r, min(O, r + ROWS)):
+            y[0, s] = 0
+        for c0 in range(0, I, CHUNK):
+            c1 = min(I, c0 + CHUNK)
+            if r + ROWS <= O:
+                a0, a1, a2, a3 = _dot_weight_rows(w, r, x, c0, c1)
+                y[0, r] += a0
+                y[0, r + 1] += a1
+                y[0, r + 2] += a2
+                y[0, r + 3] += a3
+            else:
+                for s in range(r, O):
+                    y[0, s] += _dot_row(w[s], x, c0, c1)
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _stream(w, x, y):
     """y[t, r] = sum_i w[r, i] * x[t, i] for a few rows t, reading each weight once.
 
     w [O, I] holds f32 or f64 weights, or the bits of bf16 (uint16) or f16 (int16) weights;
-    x [T, I] is contiguous with T a multiple of ROWS. Output rows run in parallel, one row
+    x [T, I] is contiguous with T a multiple of ROWS (one row: `_stream_one`). Output rows run in parallel, one row
     per iteration, so each thread reads its share of the matrix front to back as one
     stream. A row goes in chunks of CHUNK weights; before a chunk is multiplied, the cache
     lines AHEAD bytes (16 KB) further down the stream are prefetched (a prefetch never
@@ -154,20 +216,39 @@ def _widen_bf16_into(w, out):
             out[r, i] = bf16_to_f32(w[r, i])
 
 
+def _tile_rows(O: int, I: int, itemsize: int) -> int:
+    """Weight rows per widened tile: at most TILE_BYTES, the O rows cut into tiles of equal
+    size (no small last tile)."""
+    rows = max(1, TILE_BYTES // (I * itemsize))
+    tiles = -(-O // rows)
+    return -(-O // tiles)
+
+
+def _widen_into(w: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = w in out's dtype: bf16 bits by `_widen_bf16_into`, f16 / f32 / f64 by NumPy."""
+    if w.dtype == np.uint16:
+        _widen_bf16_into(w, out)
+    else:
+        out[...] = w
+
+
 def _tiled_blas(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x @ widen(w).T, widening `TILE_BYTES` of weight rows at a time into one buffer."""
+    """x @ widen(w).T, widening `TILE_BYTES` of weight rows at a time into one buffer.
+
+    Each tile's product goes straight into its rows of y.T ([out, T], BLAS writing in
+    place); y is then made contiguous in one transpose. Measured here on Mistral-7B's
+    down_proj at 512 rows, this ran at BLAS's rate on the plain float32 matrix, where
+    x @ tile.T copied into column slices of y ran 30-40% slower.
+    """
     O, I = w.shape
-    y = np.empty((x.shape[0], O), x.dtype)  # [T, out]
-    rows = max(1, TILE_BYTES // (I * x.dtype.itemsize))
+    y_t = np.empty((O, x.shape[0]), x.dtype)  # [out, T]
+    rows = _tile_rows(O, I, x.dtype.itemsize)
     tile = np.empty((min(rows, O), I), x.dtype)  # [rows, in], reused for every tile
     for r in range(0, O, rows):
         n = min(rows, O - r)
-        if w.dtype == np.uint16:
-            _widen_bf16_into(w[r:r + n], tile[:n])
-        else:
-            tile[:n] = w[r:r + n]  # f16 / f32 / f64 -> compute dtype
-        y[:, r:r + n] = x @ tile[:n].T  # [T, n] (BLAS; an `out=` slice would not be contiguous)
-    return y
+        _widen_into(w[r:r + n], tile[:n])
+        np.matmul(tile[:n], x.T, out=y_t[r:r + n])  # [n, T]
+    return np.ascontiguousarray(y_t.T)  # [T, out]
 
 
 def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -177,11 +258,11 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
         y = quantized_matmul_fast(x, w, SMALL_BATCH, TILE_BYTES)  # [T, out]
     elif x.shape[0] <= SMALL_BATCH:
         T = x.shape[0]
-        padded = np.zeros((-(-T // ROWS) * ROWS, x.shape[1]), x.dtype)  # [T', in], T' a multiple of ROWS
+        padded = np.zeros((1 if T == 1 else -(-T // ROWS) * ROWS, x.shape[1]), x.dtype)  # [T', in], T' = 1 or a multiple of ROWS
         padded[:T] = x
         y = np.empty((len(padded), w.shape[0]), x.dtype)  # [T', out]
         bits = w.view(np.int16) if w.dtype == np.float16 else w  # Numba has no float16: its bits, as int16
-        _stream(bits, padded, y)
+        (_stream_one if T == 1 else _stream)(bits, padded, y)
         y = y[:T]  # [T, out]
     elif w.dtype == x.dtype:
         y = x @ w.T  # [T, out]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -51,4 +52,27 @@ def test_help_lists_the_contract():
     out = run_cli("--help").stdout
     for command in ("logits", "tiny", "tokenize"):
         assert command in out
-    assert "--dtype" in run_cli("logits", "--help").stdout
+    help = run_cli("logits", "--help").stdout
+    assert "--dtype" in help and "--last-only" in help and "--timing" in help
+
+
+def test_last_only_is_the_last_row_and_timing_is_reported(make_checkpoint, tmp_path):
+    path = make_checkpoint(mistral(), seed=0)
+    ids = ",".join(map(str, prompt(1, 128, n=9)))
+    run_cli("logits", path, "--ids", ids, "--generate", 4, "--out", tmp_path / "full.npz")
+    proc = run_cli("logits", path, "--ids", ids, "--generate", 4, "--last-only", "--timing", "--out",
+                   tmp_path / "last.npz")
+    full, last = np.load(tmp_path / "full.npz"), np.load(tmp_path / "last.npz")
+    assert last["logits"].shape == (1, 128) and full["logits"].shape == (9, 128)
+    assert max_diff(last["logits"][0], full["logits"][-1]) <= 1e-6
+    assert max_diff(last["logits"][0], full["logits"][-2]) > 1e-3  # the last row, not any row
+    assert np.array_equal(last["gen_ids"], full["gen_ids"]) and max_diff(last["gen_logits"], full["gen_logits"]) <= 1e-6
+    line = [x for x in proc.stderr.splitlines() if x.startswith("npinfer: timing:")]
+    assert len(line) == 1, proc.stderr
+    m = re.fullmatch(r"npinfer: timing: prefill 9 tokens in ([0-9.]+) s \(([0-9.]+) tokens/s\); "
+                     r"decode 3 tokens in ([0-9.]+) ms/token", line[0])
+    assert m and float(m[1]) > 0 and abs(float(m[2]) - 9 / float(m[1])) <= 0.02 * float(m[2]) and float(m[3]) > 0
+    assert "timing" not in run_cli("logits", path, "--ids", ids, "--out", tmp_path / "o.npz").stderr
+    proc = run_cli("logits", path, "--ids", ids, "--last-only", "--dump-activations", tmp_path / "a.npz",
+                   "--out", tmp_path / "o.npz", check=False)
+    assert proc.returncode == 2 and "--last-only" in proc.stderr and "Traceback" not in proc.stderr

@@ -117,3 +117,4 @@ def test_register_widening_matches_numpy_for_every_16bit_value(kind):
     nan = np.isnan(expected) if kind == "f16" else np.zeros(2**16, bool)
     assert np.isnan(out[nan]).all()
     np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+
