@@ -111,15 +111,25 @@ def test_perturbed_server_diverges_where_expected(ggufs):
 
 
 def test_ray_sweep_is_the_serial_run(ggufs):
-    """A local Ray with two actors (each opening the GGUF itself) gives the serial results
-    exactly. Ray's start-up makes this the slow test here: about 20-30 s on this machine."""
+    """A local Ray with two actors (each opening the GGUF itself) gives the serial results:
+    the same tokens, positions, top-1 agreement and divergence, and the same numbers to float32
+    rounding (an actor's process and the driver, which runs the server beside it, may have their
+    BLAS products summed in another order: seen here as 3e-8 in a logprob, once in a few runs).
+    Ray's start-up makes this the slow test here: about 20-30 s on this machine."""
     same, _, prompts, _ = ggufs
     items = compare.read_prompts(prompts)
     with running(load_chat_model(str(same)), api_key=None) as (url, _):
         args = (str(same), compare.Backend(url), 6, 5, "float32")
         serial = compare.run_serial(args, items)
         ray = compare.run_ray(args, items, None, 2)
-    assert ray == serial and len(ray) == len(items)
+    assert len(ray) == len(serial) == len(items)
+    numbers = ("kl", "npinfer_logprob", "backend_logprob")
+    for r, s in zip(ray, serial):
+        assert {k: v for k, v in vars(r).items() if k not in numbers} == \
+            {k: v for k, v in vars(s).items() if k not in numbers}
+        assert r.kl == pytest.approx(s.kl, abs=1e-9)
+        assert r.npinfer_logprob == pytest.approx(s.npinfer_logprob, abs=1e-6)
+        assert r.backend_logprob == s.backend_logprob  # the same server's answers
 
 
 # ----------------------------------------------------------------------------- other backends' answers
