@@ -81,7 +81,7 @@ import numpy as np
 from engine import NpinferError
 from engine.generate import greedy
 from engine.safetensors_io import open_tensors, write_tensors
-from kernels.dtypes import bf16_to_float32
+from kernels.intrinsics import bf16_to_f32_ref
 from kernels.trace import Trace, no_trace
 
 FORMAT = {"format": "npinfer-activations", "version": "1"}
@@ -199,7 +199,7 @@ def read_dump(path) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 return {name: z[name] for name in z.files}
         # BF16 is the only safetensors dtype kept as uint16 bits (engine.safetensors_io): widen it
-        return {n: bf16_to_float32(a) if a.dtype == np.uint16 else a for n, a in open_tensors(path).items()}
+        return {n: bf16_to_f32_ref(a) if a.dtype == np.uint16 else a for n, a in open_tensors(path).items()}
     except OSError as e:
         raise NpinferError(f"{path}: cannot read ({e.strerror or e})") from None
     except (ValueError, EOFError, zipfile.BadZipFile):

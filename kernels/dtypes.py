@@ -3,7 +3,7 @@
 bfloat16 is the top half of a float32: same sign bit, same 8-bit exponent, the
 mantissa cut to 7 bits. NumPy has no bf16 type, so a bf16 tensor is kept as its
 raw ``uint16`` bits and widened exactly (no rounding can occur) by shifting the
-bits into the high half of a 32-bit word:
+bits into the high half of a 32-bit word (`kernels.intrinsics.bf16_to_f32_ref`):
 
     float32_bits = uint32(bf16_bits) << 16
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.intrinsics import bf16_to_f32_ref
 from kernels.quant import QuantizedTensor
 
 COMPUTE_DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -25,11 +26,6 @@ def compute_dtype(name: str | np.dtype | type) -> np.dtype:
     if dt not in (np.float32, np.float64):
         raise ValueError(f"compute dtype must be float32 or float64, not {dt}")
     return dt
-
-
-def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """Widen raw bf16 bits (uint16) to float32, exactly."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def float32_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -51,5 +47,5 @@ def widen(w: np.ndarray | QuantizedTensor, dtype: np.dtype) -> np.ndarray:
     if isinstance(w, QuantizedTensor):
         return w.dequantize(dtype)  # kernels.quant: exactly ggml's float32 values
     if w.dtype == np.uint16:
-        w = bf16_to_float32(w)
+        w = bf16_to_f32_ref(w)
     return w if w.dtype == dtype else w.astype(dtype)
