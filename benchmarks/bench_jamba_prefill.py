@@ -29,11 +29,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import kernels  # noqa: E402
 import numba  # noqa: E402
-from jamba_np import JambaConfig, mamba_mixer, new_mamba_cache, special_init  # noqa: E402
-from jamba_np.model import sparse_moe  # noqa: E402
-from kernels.weights import Prefixed  # noqa: E402
+
+from npinfer.jamba_np.config import JambaConfig
+from npinfer.jamba_np.mamba import mamba_mixer, new_mamba_cache
+from npinfer.jamba_np.model import sparse_moe  # noqa: E402
+from npinfer.jamba_np.weights import special_init  # noqa: E402
+from npinfer.kernels import ops
+from npinfer.kernels.weights import Prefixed  # noqa: E402
 
 V01 = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 2, "num_attention_heads": 32,
        "num_key_value_heads": 8, "num_experts": 16, "num_experts_per_tok": 2, "mamba_d_state": 16,
@@ -135,12 +138,12 @@ def main() -> None:
           f"E {cfg.num_experts} top-{cfg.num_experts_per_tok}, I {cfg.intermediate_size}; T = {T} tokens, float32\n")
 
     # Inputs each op sees inside the mixer (computed once, the mixer's way).
-    xz = kernels.linear(h, w["in_proj.weight"])  # [T, 2 Di]
+    xz = ops.linear(h, w["in_proj.weight"])  # [T, 2 Di]
     x = xz[:, :Di]  # [T, Di] (z, the gate half, is not needed to time the ops below)
     conv_w, cache = w["conv1d.weight"][:, 0, :], new_mamba_cache(cfg, np.float32)
-    xc = kernels.silu(kernels.causal_conv1d(x, conv_w, w["conv1d.bias"], cache.conv)[0])  # [T, Di]
-    dbc = kernels.linear(xc, w["x_proj.weight"])  # [T, R + 2N]
-    dt = kernels.softplus(kernels.linear(dbc[:, :R], w["dt_proj.weight"], w["dt_proj.bias"]))  # [T, Di]
+    xc = ops.silu(ops.causal_conv1d(x, conv_w, w["conv1d.bias"], cache.conv)[0])  # [T, Di]
+    dbc = ops.linear(xc, w["x_proj.weight"])  # [T, R + 2N]
+    dt = ops.softplus(ops.linear(dbc[:, :R], w["dt_proj.weight"], w["dt_proj.bias"]))  # [T, Di]
     B, C = dbc[:, R:R + N], dbc[:, R + N:]  # [T, N]
     A = -np.exp(w["A_log"])  # [Di, N]
     s0 = cache.ssm  # [Di, N]
@@ -149,12 +152,12 @@ def main() -> None:
     r = args.repeat
     t_mixer = best(lambda: mamba_mixer(cfg, w, h, [new_mamba_cache(cfg, np.float32)], [slice(0, len(h))]), r)
     rows = {
-        "in_proj   [T,d] -> [T,2Di]": best(lambda: kernels.linear(h, w["in_proj.weight"]), r),
-        "conv1d (Numba)": best(lambda: kernels.causal_conv1d(x, conv_w, w["conv1d.bias"], cache.conv), r),
-        "x_proj + dt_proj": best(lambda: kernels.linear(kernels.linear(xc, w["x_proj.weight"])[:, :R],
+        "in_proj   [T,d] -> [T,2Di]": best(lambda: ops.linear(h, w["in_proj.weight"]), r),
+        "conv1d (Numba)": best(lambda: ops.causal_conv1d(x, conv_w, w["conv1d.bias"], cache.conv), r),
+        "x_proj + dt_proj": best(lambda: ops.linear(ops.linear(xc, w["x_proj.weight"])[:, :R],
                                                         w["dt_proj.weight"], w["dt_proj.bias"]), r),
-        "selective scan (fast)": best(lambda: kernels.selective_scan(xc, dt, A, B, C, s0), r),
-        "out_proj  [T,Di] -> [T,d]": best(lambda: kernels.linear(xc, w["out_proj.weight"]), r),
+        "selective scan (fast)": best(lambda: ops.selective_scan(xc, dt, A, B, C, s0), r),
+        "out_proj  [T,Di] -> [T,d]": best(lambda: ops.linear(xc, w["out_proj.weight"]), r),
     }
     rows["elementwise + norms (rest)"] = max(t_mixer - sum(rows.values()), 0.0)
     t_moe = best(lambda: sparse_moe(cfg, wm, h, lambda n, v: None, "ff"), max(1, r - 1))
@@ -167,9 +170,9 @@ def main() -> None:
     print(f"{'layer = mixer + MoE':34s} {(t_mixer + t_moe) * 1e3:9.1f}   "
           f"({T / (t_mixer + t_moe):,.0f} tokens/s; the MoE is {t_moe / (t_mixer + t_moe):.0%})\n")
 
-    with kernels.using("ref"):
-        t_scan_ref = best(lambda: kernels.selective_scan(xc, dt, A, B, C, s0), max(1, r - 1))
-        t_conv_ref = best(lambda: kernels.causal_conv1d(x, conv_w, w["conv1d.bias"], cache.conv), r)
+    with ops.using("ref"):
+        t_scan_ref = best(lambda: ops.selective_scan(xc, dt, A, B, C, s0), max(1, r - 1))
+        t_conv_ref = best(lambda: ops.causal_conv1d(x, conv_w, w["conv1d.bias"], cache.conv), r)
         t_mixer_ref = best(lambda: mamba_mixer(cfg, w, h, [new_mamba_cache(cfg, np.float32)], [slice(0, len(h))]), max(1, r - 1))
     t_scan = rows["selective scan (fast)"]
     print(f"{'scan / conv / mixer':34s} {'ms':>9s} {'vs fast':>9s}")

@@ -38,12 +38,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import kernels  # noqa: E402
 from benchmarks.bench_jamba_prefill import best, machine  # noqa: E402
 from benchmarks.bench_speed import Bandwidth  # noqa: E402
 from benchmarks.common import table  # noqa: E402
-from kernels import ssd  # noqa: E402
-from kernels.weights import Prefixed  # noqa: E402
+from npinfer.kernels import (
+    ops,
+    ssd,  # noqa: E402
+)
+from npinfer.kernels.weights import Prefixed  # noqa: E402
 
 FULL_LAYERS = 64
 CODESTRAL = {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "vocab_size": 32768,
@@ -54,7 +56,7 @@ CODESTRAL = {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "vo
 
 
 def ensure_checkpoint(root: Path, layers: int) -> Path:
-    from engine.tiny import write_checkpoint
+    from npinfer.engine.tiny import write_checkpoint
 
     path = root / f"codestral-mamba-{layers}l"
     if not (path / "config.json").exists():
@@ -67,20 +69,20 @@ def ensure_checkpoint(root: Path, layers: int) -> Path:
 def scan_inputs(cfg, w, h):
     """What the scan sees inside layer 0's mixer for the input h [T, d], computed the mixer's way."""
     T, Di, H, P, G, N = len(h), cfg.d_inner, cfg.num_heads, cfg.head_dim, cfg.n_groups, cfg.state_size
-    zxbcdt = kernels.linear(h, w["in_proj.weight"])  # [T, Di + conv_dim + H]
+    zxbcdt = ops.linear(h, w["in_proj.weight"])  # [T, Di + conv_dim + H]
     xBC, dt_raw = zxbcdt[:, Di:Di + cfg.conv_dim], zxbcdt[:, Di + cfg.conv_dim:]  # [T, conv_dim], [T, H]
     state = np.zeros((cfg.conv_dim, cfg.conv_kernel), np.float32)  # [conv_dim, K]
-    xBC = kernels.silu(kernels.causal_conv1d(xBC, w["conv1d.weight"][:, 0, :], w["conv1d.bias"], state)[0])
+    xBC = ops.silu(ops.causal_conv1d(xBC, w["conv1d.weight"][:, 0, :], w["conv1d.bias"], state)[0])
     x = np.ascontiguousarray(xBC[:, :Di].reshape(T, H, P))  # [T, H, P]
     B = np.ascontiguousarray(xBC[:, Di:Di + G * N].reshape(T, G, N))  # [T, G, N]
     C = np.ascontiguousarray(xBC[:, Di + G * N:].reshape(T, G, N))  # [T, G, N]
-    dt = kernels.softplus(dt_raw + kernels.widen(w["dt_bias"], np.float32))  # [T, H]
-    A = -np.exp(kernels.widen(w["A_log"], np.float32))  # [H]
+    dt = ops.softplus(dt_raw + ops.widen(w["dt_bias"], np.float32))  # [T, H]
+    A = -np.exp(ops.widen(w["A_log"], np.float32))  # [H]
     return dict(x=x, dt=dt, A=A, B=B, C=C, s=np.zeros((H, P, N), np.float32)), dt_raw, xBC
 
 
 def prefill(args, model, hf) -> None:
-    from mistral_np.mamba2 import mixer, new_state
+    from npinfer.mistral_np.mamba2 import mixer, new_state
 
     cfg, r = model.config, args.repeat
     T, Di = args.tokens, cfg.d_inner
@@ -95,12 +97,12 @@ def prefill(args, model, hf) -> None:
     t_mixer = best(run_mixer, r)
     y = np.zeros((T, Di), np.float32)
     parts = {
-        "in_proj  [T,d] -> [T,2Di+2GN+H]": best(lambda: kernels.linear(h, w["in_proj.weight"]), r),
-        "conv1d (Numba)": best(lambda: kernels.causal_conv1d(xBC, w["conv1d.weight"][:, 0, :], w["conv1d.bias"],
+        "in_proj  [T,d] -> [T,2Di+2GN+H]": best(lambda: ops.linear(h, w["in_proj.weight"]), r),
+        "conv1d (Numba)": best(lambda: ops.causal_conv1d(xBC, w["conv1d.weight"][:, 0, :], w["conv1d.bias"],
                                                             np.zeros((cfg.conv_dim, 4), np.float32)), r),
-        "SSD scan (Numba recurrence)": best(lambda: kernels.ssd_scan(**inputs, chunk_size=cfg.chunk_size), r),
-        "gated norm (NumPy)": best(lambda: kernels.gated_rms_norm(y, y, w["norm.weight"], 1e-5, Di // cfg.n_groups), r),
-        "out_proj [T,Di] -> [T,d]": best(lambda: kernels.linear(y, w["out_proj.weight"]), r),
+        "SSD scan (Numba recurrence)": best(lambda: ops.ssd_scan(**inputs, chunk_size=cfg.chunk_size), r),
+        "gated norm (NumPy)": best(lambda: ops.gated_rms_norm(y, y, w["norm.weight"], 1e-5, Di // cfg.n_groups), r),
+        "out_proj [T,Di] -> [T,d]": best(lambda: ops.linear(y, w["out_proj.weight"]), r),
     }
     parts["elementwise (rest)"] = max(t_mixer - sum(parts.values()), 0.0)
     print(f"## Prefill, one layer, T = {T}, float32 on bf16 weights\n")
@@ -117,7 +119,7 @@ def prefill(args, model, hf) -> None:
             [f"chunked SSD, NumPy, Q={cfg.chunk_size} (npinfer ref)", f"{t_chunked * 1e3:.1f}",
              f"{t_chunked / t_rec:.2f}x"],
             [f"plain loop, NumPy (definition; {few} tokens, scaled)", f"{t_loop * 1e3:.1f}", f"{t_loop / t_rec:.2f}x"]]
-    with kernels.using("ref"):
+    with ops.using("ref"):
         run_mixer()
         t_mixer_ref = best(run_mixer, max(1, r - 1))
     mixers = [["npinfer, fast kernels", f"{t_mixer * 1e3:.1f}", "1.00x"],
@@ -153,7 +155,7 @@ def prefill(args, model, hf) -> None:
 
 
 def decode(args, model, path, bw: Bandwidth) -> None:
-    from engine.generate import greedy
+    from npinfer.engine.generate import greedy
 
     cfg, L = model.config, model.config.num_hidden_layers
     prompt = np.random.default_rng(1).integers(3, cfg.vocab_size, 32)
@@ -219,7 +221,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-hf", action="store_true", help="skip transformers (no oracle extra)")
     p.add_argument("--dir", type=Path, default=Path("/tmp/npinfer-bench"))
     args = p.parse_args(argv)
-    from engine.registry import load_model
+    from npinfer.engine.registry import load_model
 
     args.dir.mkdir(parents=True, exist_ok=True)
     path = ensure_checkpoint(args.dir, args.layers)

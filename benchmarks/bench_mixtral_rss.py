@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, run_measured, table  # noqa: E402
-from engine.safetensors_io import write_tensors  # noqa: E402
-from kernels.dtypes import float32_to_bf16  # noqa: E402
+from npinfer.engine.safetensors_io import write_tensors  # noqa: E402
+from npinfer.kernels.dtypes import float32_to_bf16  # noqa: E402
 
 SHAPES = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
               vocab_size=32000, num_local_experts=8, num_experts_per_tok=2)
@@ -37,7 +37,7 @@ SHAPES = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
 
 def write_mixtral(path: Path, layers: int, seed: int = 0) -> dict:
     import mistral_np
-    from engine.tiny import family_config
+    from npinfer.engine.tiny import family_config
 
     config = family_config("mixtral") | SHAPES | {"num_hidden_layers": layers, "head_dim": 128,
                                                   "max_position_embeddings": 32768}
@@ -71,13 +71,13 @@ def main() -> None:
         sizes = write_mixtral(ckpt, args.layers)
         print(f"wrote {ckpt} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     else:
-        from engine.checkpoint import open_checkpoint
+        from npinfer.engine.checkpoint import open_checkpoint
 
         sizes = {n: a.nbytes for n, a in open_checkpoint(ckpt).tensors.items()}
     ids = np.random.default_rng(1).integers(3, SHAPES["vocab_size"], args.tokens)
     np.save(args.dir / "ids.npy", ids)
     out = args.dir / "out.npz"
-    seconds, peak_mib, proc = run_measured([sys.executable, "-m", "engine.cli", "logits", str(ckpt),
+    seconds, peak_mib, proc = run_measured([sys.executable, "-m", "npinfer.engine.cli", "logits", str(ckpt),
                                             "--ids-file", str(args.dir / "ids.npy"), "--router", "--out", str(out)])
     if proc.returncode != 0:
         sys.exit(proc.stderr)

@@ -64,8 +64,8 @@ FULL_LAYERS = {"Mistral Small 4": 36, "Mistral-7B (GQA)": 32}
 
 def random_bf16_model(family_name: str, config: dict, layers: int):
     """The family's model on seeded random bf16 weights (N(0, 1/in) matrices, norms near 1)."""
-    from engine.registry import FAMILIES
-    from kernels.dtypes import float32_to_bf16
+    from npinfer.engine.registry import FAMILIES
+    from npinfer.kernels.dtypes import float32_to_bf16
 
     family = next(f for f in FAMILIES if f.name == family_name)
     cfg = family.read_config(config | {"num_hidden_layers": layers})
@@ -119,21 +119,24 @@ class NaiveDecode:
     every call, decode included, as an implementation without absorption would."""
 
     def __enter__(self):
-        import kernels
-        from kernels.attention import attention_fast
-        from kernels.latent_attention import latent_attention_naive
+        from npinfer.kernels import ops
+        from npinfer.kernels.attention import attention_fast
+        from npinfer.kernels.latent_attention import latent_attention_naive
 
-        self.kernels, self.saved = kernels, kernels.latent_attention
-        kernels.latent_attention = lambda *args: latent_attention_naive(*args, attend=attention_fast)
+        self.ops, self.saved = ops, ops.latent_attention
+        ops.latent_attention = lambda *args: latent_attention_naive(*args, attend=attention_fast)
 
     def __exit__(self, *exc):
-        self.kernels.latent_attention = self.saved
+        self.ops.latent_attention = self.saved
 
 
 def kernel_times(m4, m7, S: int, steps: int) -> dict[str, float]:
     """Median seconds of the attention kernels alone, one query, S cached tokens."""
-    from kernels.attention import attention_fast
-    from kernels.latent_attention import latent_attention_fast, latent_attention_naive
+    from npinfer.kernels.attention import attention_fast
+    from npinfer.kernels.latent_attention import (
+        latent_attention_fast,
+        latent_attention_naive,
+    )
 
     rng = np.random.default_rng(2)
     c4, c7 = m4.config, m7.config

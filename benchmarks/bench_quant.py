@@ -32,9 +32,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import gguf
 
-    import kernels
-    from kernels.dtypes import float32_to_bf16
-    from kernels.quant import LAYOUTS, TYPE_SIZE, QuantizedTensor, quantized_matmul_fast
+    from npinfer.kernels import ops
+    from npinfer.kernels.dtypes import float32_to_bf16
+    from npinfer.kernels.quant import (
+        LAYOUTS,
+        TYPE_SIZE,
+        QuantizedTensor,
+        quantized_matmul_fast,
+    )
 
     rng = np.random.default_rng(0)
     O, I = args.rows, args.cols
@@ -46,7 +51,7 @@ def main(argv=None) -> int:
     q4k = QuantizedTensor("Q4_K", raw.reshape(O, -1), I)
     x = rng.standard_normal((1, I), dtype=np.float32)
     cases = {
-        "f32, BLAS": (w, lambda: kernels.linear(x, w)),
+        "f32, BLAS": (w, lambda: ops.linear(x, w)),
         "bf16, Numba": (float32_to_bf16(w), None),
         "Q8_0, Numba": (q8, lambda: quantized_matmul_fast(x, q8, 8, 64 << 20)),
         "Q8_0, dequantize + BLAS": (q8, lambda: quantized_matmul_fast(x, q8, 0, 64 << 20)),
@@ -54,7 +59,7 @@ def main(argv=None) -> int:
         "Q4_K, dequantize + BLAS": (q4k, lambda: quantized_matmul_fast(x, q4k, 0, 64 << 20)),
     }
     bf16 = cases["bf16, Numba"][0]
-    cases["bf16, Numba"] = (bf16, lambda: kernels.linear(x, bf16))
+    cases["bf16, Numba"] = (bf16, lambda: ops.linear(x, bf16))
     best = {name: float("inf") for name in cases}
     for fn in (f for _, f in cases.values()):
         fn()  # compile, page in

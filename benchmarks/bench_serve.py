@@ -191,7 +191,7 @@ def cli_decode_s_per_token(path: Path, root: Path) -> float:
     """bench_speed's CLI line: `npinfer logits --generate 33` minus `--generate 1`, / 32."""
     ids = root / "serve-prompt.npy"
     np.save(ids, np.random.default_rng(0).integers(3, 32000, 30))
-    cli = [sys.executable, "-m", "engine.cli", "logits", str(path), "--ids-file", str(ids), "--out",
+    cli = [sys.executable, "-m", "npinfer.engine.cli", "logits", str(path), "--ids-file", str(ids), "--out",
            str(root / "serve-out.npz")]
     seconds = {}
     for n in (1, 33):
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
                             "--outtype", "bf16"], check=True, env=env, stdout=subprocess.DEVNULL)
     load_before = load_average()
 
-    servers = [Server("npinfer", [sys.executable, "-m", "engine.cli", "serve", str(path), "--port",
+    servers = [Server("npinfer", [sys.executable, "-m", "npinfer.engine.cli", "serve", str(path), "--port",
                                   str(port := free_port()), "--requests-per-minute", "0", "--tokens-per-minute", "0",
                                   "--max-batch", str(max(clients))], port, "/info")]
     if args.llama_server and args.gguf:

@@ -65,6 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numba  # noqa: E402
+
 from benchmarks.common import machine, table  # noqa: E402
 
 COMMON = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
@@ -86,7 +87,7 @@ DECODE_STEPS = 32  # --generate 33: the prompt's last row picks the first token,
 
 
 def ensure_checkpoint(root: Path, name: str) -> Path:
-    from engine.tiny import write_checkpoint
+    from npinfer.engine.tiny import write_checkpoint
 
     path = root / name
     if not (path / "config.json").exists():
@@ -178,7 +179,7 @@ TIMING = re.compile(r"npinfer: timing: prefill (\d+) tokens in ([0-9.]+) s \([0-
 
 def npinfer_cli(path: Path, ids_file: Path, out: Path, generate: int = 0) -> dict:
     """Run `npinfer logits --last-only --timing` in a fresh process; its timing line, parsed."""
-    cmd = [sys.executable, "-m", "engine.cli", "logits", str(path), "--ids-file", str(ids_file), "--last-only",
+    cmd = [sys.executable, "-m", "npinfer.engine.cli", "logits", str(path), "--ids-file", str(ids_file), "--last-only",
            "--timing", "--out", str(out)] + (["--generate", str(generate)] if generate else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     match = TIMING.search(proc.stderr)
@@ -194,7 +195,7 @@ def decode_bytes(path: Path, full_layers: int = 32) -> tuple[int, int | None]:
     """Bytes of weights one decode step reads (every tensor but the embedding, and one embedding
     row): for this checkpoint, and for the real model's `full_layers` layers when all layers
     here are alike (Mistral, Mixtral; None for Jamba's mix of kinds)."""
-    from engine.registry import load_model
+    from npinfer.engine.registry import load_model
 
     model = load_model(path)
     weights = model.weights

@@ -39,7 +39,7 @@ import sentencepiece as spm  # noqa: E402
 import tokenizers  # noqa: E402
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer  # noqa: E402
 
-import tokenizer  # noqa: E402
+from npinfer.tokenizer.files import load_tokenizer
 
 DATA = Path(mistral_common.__file__).parent / "data"
 
@@ -113,10 +113,10 @@ def main() -> None:
         hf_ref = tokenizers.Tokenizer.from_file(hf_json)
         tk_ref = Tekkenizer.from_file(tekken_path)
         pairs = [
-            ("sentencepiece v7 .model", tokenizer.load(spm_path), sp_ref.encode, "sentencepiece (C++)"),
-            ("tokenizer.json (v1 converted)", tokenizer.load(hf_json),
+            ("sentencepiece v7 .model", load_tokenizer(spm_path), sp_ref.encode, "sentencepiece (C++)"),
+            ("tokenizer.json (v1 converted)", load_tokenizer(hf_json),
              lambda t: hf_ref.encode(t, add_special_tokens=False).ids, "tokenizers (Rust)"),
-            ("tekken_240718.json", tokenizer.load(tekken_path),
+            ("tekken_240718.json", load_tokenizer(tekken_path),
              lambda t: tk_ref.encode(t, bos=False, eos=False), "tiktoken (Rust)"),
         ]  # fmt: skip
         rows = []

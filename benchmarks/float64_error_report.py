@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, table  # noqa: E402
-from engine.oracle import collect_activations, diff_arrays  # noqa: E402
-from engine.registry import load_model  # noqa: E402
-from engine.tiny import family_config, write_checkpoint  # noqa: E402
+from npinfer.engine.oracle import collect_activations, diff_arrays  # noqa: E402
+from npinfer.engine.registry import load_model  # noqa: E402
+from npinfer.engine.tiny import family_config, write_checkpoint  # noqa: E402
 
 FAMILIES = ("mistral", "mixtral", "jamba")
 

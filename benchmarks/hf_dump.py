@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine import NpinferError  # noqa: E402
-from engine.oracle import write_dump  # noqa: E402
+from npinfer.engine.errors import NpinferError  # noqa: E402
+from npinfer.engine.oracle import write_dump  # noqa: E402
 
 # HF module name (after model.layers.N.) -> dump name; None: a router (logits and experts).
 LAYER_MODULES = {
@@ -150,7 +150,7 @@ def load(path, dtype: str = "float32"):
 
 
 def main(argv=None) -> int:
-    from engine.cli import _parse_ids
+    from npinfer.engine.cli import _parse_ids
 
     p = argparse.ArgumentParser(description="Dump a transformers model's activations under npinfer's names.")
     p.add_argument("model", metavar="MODEL", help="checkpoint directory or Hugging Face repo id")

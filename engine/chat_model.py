@@ -14,14 +14,20 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import tokenizer
-from engine import NpinferError
-from engine.checkpoint import open_checkpoint, resolve
-from engine.default_model import NAME, default_model_dir
-from engine.gguf_checkpoint import gguf_tokenizer
-from engine.generate import check_prompt
-from engine.registry import Family, identify
-from tokenizer.chat import chat_format_for, chat_format_of, chat_tool_syntax, render_chat
+from npinfer.engine.checkpoint import open_checkpoint, resolve
+from npinfer.engine.default_model import NAME, default_model_dir
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.generate import check_prompt
+from npinfer.engine.gguf_checkpoint import gguf_tokenizer
+from npinfer.engine.registry import Family, identify
+from npinfer.tokenizer.chat import (
+    chat_format_for,
+    chat_format_of,
+    chat_tool_syntax,
+    render_chat,
+)
+from npinfer.tokenizer.errors import TokenizerError
+from npinfer.tokenizer.files import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class ChatModel:
 
     def prompt(self, messages: list[dict], tools: list[dict] | None = None,
                template_kwargs: dict | None = None) -> list[int]:
-        """The chat-formatted prompt ids; tokenizer.ChatFormatError or PromptTooLong if unusable."""
+        """The chat-formatted prompt ids; ChatFormatError or PromptTooLong if unusable."""
         ids = render_chat(self.tok, messages, self.chat_format, tools, template_kwargs)
         check_prompt(self.model, ids)
         return ids
@@ -61,9 +67,9 @@ def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
             tok = gguf_tokenizer(path, ckpt.config)
             fmt = chat_format_of(tok, fallback=loaded.family.chat_format)
         else:
-            tok = tokenizer.load(path)
+            tok = load_tokenizer(path)
             fmt = chat_format_for(path, fallback=loaded.family.chat_format)
-    except tokenizer.TokenizerError as e:
+    except TokenizerError as e:
         raise NpinferError(str(e)) from None
     V = loaded.config.vocab_size
     if tok.vocab_size > V:  # the ids past V would have no embedding row

@@ -24,10 +24,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from engine import CheckpointError
-from engine.gguf_checkpoint import is_gguf, open_gguf
-from engine.safetensors_io import open_tensors, regular_file
-from kernels.quant import QuantizedTensor
+from npinfer.engine.errors import CheckpointError
+from npinfer.engine.gguf_checkpoint import is_gguf, open_gguf
+from npinfer.engine.safetensors_io import open_tensors, regular_file
+from npinfer.kernels.quant import QuantizedTensor
 
 CONFIG, PARAMS = "config.json", "params.json"
 SINGLE, INDEX, NATIVE = "model.safetensors", "model.safetensors.index.json", "consolidated.safetensors"
@@ -164,8 +164,17 @@ def fetch_repo(repo: str) -> Path:
     seconds, not a retry per file. huggingface-hub draws its download bars (tqdm) on a
     terminal only.
     """
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub import (
+        constants,
+        get_hf_file_metadata,
+        hf_hub_download,
+        hf_hub_url,
+    )
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+    )
 
     def refused(e: Exception) -> CheckpointError:
         if isinstance(e, GatedRepoError):

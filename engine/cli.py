@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import NpinferError
+from npinfer.engine.errors import NpinferError
 
 
 def _parse_ids(args) -> np.ndarray:
@@ -52,11 +52,11 @@ def _parse_ids(args) -> np.ndarray:
 
 
 def cmd_logits(args) -> int:
-    from engine.generate import NOT_FINITE, greedy
-    from engine.oracle import dump_activations, write_arrays
-    from engine.progress import prefill_progress
-    from engine.registry import open_model
-    from kernels.trace import no_trace
+    from npinfer.engine.generate import NOT_FINITE, greedy
+    from npinfer.engine.oracle import dump_activations, write_arrays
+    from npinfer.engine.progress import prefill_progress
+    from npinfer.engine.registry import open_model
+    from npinfer.kernels.trace import no_trace
 
     ids = _parse_ids(args)
     if args.generate < 0:
@@ -110,12 +110,12 @@ def cmd_logits(args) -> int:
 
 
 def cmd_tiny(args) -> int:
-    import tokenizer
-    from engine.tiny import family_config, write_checkpoint
+    from npinfer.engine.tiny import family_config, write_checkpoint
+    from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
     try:  # with the tiny model's own byte-fallback BPE tokenizer (1024 pieces)
         out = write_checkpoint(args.out_dir, family_config(args.layout), seed=args.seed, dtype=args.dtype,
-                               tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                               tokenizer=TINY_TOKENIZER_PATH)
     except (FileExistsError, ValueError) as e:
         raise NpinferError(str(e)) from None
     except OSError as e:  # an unwritable or missing parent folder, a full disk, ...
@@ -125,17 +125,16 @@ def cmd_tiny(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from tokenizer import cli as tokenizer_cli
-
-    from engine.gguf_checkpoint import gguf_tokenizer, is_gguf
+    from npinfer.engine.gguf_checkpoint import gguf_tokenizer, is_gguf
+    from npinfer.tokenizer import cli as tokenizer_cli
 
     if is_gguf(args.tokenizer):  # the tokenizer package reads no GGUF: hand it the metadata's tokenizer
-        import tokenizer
-        from tokenizer.chat import chat_format_of
+        from npinfer.tokenizer.chat import chat_format_of
+        from npinfer.tokenizer.errors import TokenizerError
 
         try:
             tok = gguf_tokenizer(args.tokenizer)
-        except tokenizer.TokenizerError as e:
+        except TokenizerError as e:
             raise NpinferError(str(e)) from None
         return tokenizer_cli.run(args, tok, chat_format_of(tok))
     return tokenizer_cli.run(args)
@@ -174,7 +173,7 @@ def cmd_chat(args) -> int:
         message = sys.stdin.read().strip()
         if not message:
             raise NpinferError("no message: give one, pipe one on stdin, or run on a terminal for a session")
-    from engine.chat_model import load_chat_model
+    from npinfer.engine.chat_model import load_chat_model
 
     chat = load_chat_model(args.model, dtype=args.dtype)  # headers only: the weights page in during the first token
     if chat.load_line:
@@ -197,8 +196,8 @@ class _ChatSession:
     HELP = "/reset  forget the conversation | /system TEXT  set the system prompt (and reset) | /exit  quit"
 
     def __init__(self, chat, args, loading: _LoadProgress):
-        from engine.generate import GenerationParams
-        from engine.sampling import SamplingParams
+        from npinfer.engine.generate import GenerationParams
+        from npinfer.engine.sampling import SamplingParams
 
         self.chat, self.system, self.turns, self.loading = chat, args.system, [], loading
         self.params = GenerationParams(max_tokens=args.max_tokens, seed=args.seed,
@@ -210,13 +209,13 @@ class _ChatSession:
 
     def say(self, user: str) -> str:
         """Stream the answer to `user` after the turns so far to stdout; keep the turn."""
-        import tokenizer
-        from engine.generate import Delta, Finish, PromptTooLong, generate
-        from engine.progress import prefill_progress
+        from npinfer.engine.generate import Delta, Finish, PromptTooLong, generate
+        from npinfer.engine.progress import prefill_progress
+        from npinfer.tokenizer.errors import ChatFormatError
 
         try:
             ids = self.chat.prompt(self.messages(user))
-        except (tokenizer.ChatFormatError, PromptTooLong) as e:
+        except (ChatFormatError, PromptTooLong) as e:
             raise NpinferError(str(e)) from None
         text, cut = [], False
         for event in generate(self.chat.model, self.chat.tok, ids, self.params,
@@ -279,8 +278,8 @@ class _ChatSession:
 
 
 def cmd_serve(args) -> int:
-    from engine.chat_model import load_chat_model
-    from engine.server import Limits, Service, listen, serve
+    from npinfer.engine.chat_model import load_chat_model
+    from npinfer.engine.server import Limits, Service, listen, serve
 
     given = {"max_queue": args.max_queue, "requests_per_minute": args.requests_per_minute,
              "tokens_per_minute": args.tokens_per_minute, "max_body_bytes": args.max_body_bytes}
@@ -303,8 +302,8 @@ def cmd_serve(args) -> int:
 
 def _batching_limits(args) -> dict:
     """The serve options of continuous batching, budgets and timeouts, as engine.server.Limits fields."""
-    from engine.scheduler import MAX_BATCH
-    from engine.schema import Budgets
+    from npinfer.engine.scheduler import MAX_BATCH
+    from npinfer.engine.schema import Budgets
 
     if args.max_batch is not None and not 1 <= args.max_batch <= MAX_BATCH:
         raise NpinferError(f"--max-batch must be in 1..{MAX_BATCH}")
@@ -395,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output .npz file")
     q.set_defaults(run=cmd_logits)
 
-    from engine import oracle
+    from npinfer.engine import oracle
 
     d = sub.add_parser("diff", help="compare two activation dumps; name the first divergence",
                        description="For each name both dumps hold, in model order: max abs and relative error, "
@@ -406,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tiny", help="write a small seeded random checkpoint",
                        description="Write a small random-weight checkpoint in Hugging Face layout.")
-    from engine.registry import TINY_LAYOUTS
+    from npinfer.engine.registry import TINY_LAYOUTS
 
     t.add_argument("layout", metavar="LAYOUT", choices=list(TINY_LAYOUTS), help=", ".join(TINY_LAYOUTS))
     t.add_argument("out_dir", metavar="OUT_DIR")
@@ -416,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("tokenize", help="JSON lines of text -> token ids (or back with --decode)",
                        description="Read JSON lines on stdin, write JSON lines on stdout.")
-    from tokenizer import cli as tokenizer_cli
+    from npinfer.tokenizer import cli as tokenizer_cli
 
     tokenizer_cli.add_arguments(k)
     k.set_defaults(run=cmd_tokenize)
@@ -424,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_parser(sub)
     add_serve_parser(sub)
 
-    from engine import compare
+    from npinfer.engine import compare
 
     c = sub.add_parser("compare", help="score an OpenAI-compatible backend's output with npinfer's exact "
                        "distributions", description="Send each prompt to the backend (greedy, with top-K logprobs), "

@@ -51,7 +51,9 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -59,9 +61,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import NpinferError
-from engine.sampling import log_softmax
-from engine.text_completions import prompt_ids
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.sampling import log_softmax
+from npinfer.engine.text_completions import prompt_ids
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "compare_prompts.jsonl"
 DEFAULT_MAX_KL = 0.01
@@ -312,14 +314,14 @@ class Scorer:
     """MODEL loaded once, its backend, and the scoring of one prompt (serially, or on a Ray actor)."""
 
     def __init__(self, model: str, backend: Backend, max_tokens: int, top_k: int, dtype: str = "float32"):
-        from engine.chat_model import load_chat_model
+        from npinfer.engine.chat_model import load_chat_model
 
         self.chat = load_chat_model(model, dtype=dtype)
         self.vocab = Vocabulary(self.chat.tok)
         self.backend, self.max_tokens, self.top_k = backend, max_tokens, top_k
 
     def run(self, p: Prompt) -> PromptResult:
-        import tokenizer
+        from npinfer.tokenizer.errors import ChatFormatError
 
         chat, n = self.chat, p.max_tokens or self.max_tokens
         note = ""
@@ -330,7 +332,7 @@ class Scorer:
         else:
             try:
                 ids = chat.prompt(p.messages)
-            except (tokenizer.ChatFormatError, NpinferError) as e:
+            except (ChatFormatError, NpinferError) as e:
                 raise NpinferError(f"prompt {p.id}: {e}") from None
             tokens, used = self.backend.chat(p.messages, n, self.top_k)
             kind = "chat"
@@ -356,22 +358,15 @@ def run_ray(scorer_args: tuple, prompts: list[Prompt], address: str | None, work
         from ray.util import ActorPool
     except ImportError:
         raise NpinferError("--ray needs Ray: pip install 'npinfer[sweep]'") from None
-    import jamba_np
-    import kernels
-    import mistral_np
-    import tokenizer
-
-    import engine
-
     # the driver's code on every worker; and the driver's BLAS thread count (Ray would set OMP_NUM_THREADS to an
     # actor's one CPU, and OpenBLAS then sums some products in another order: the last bits would differ)
     threads = {k: os.environ.get(k, str(os.cpu_count())) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    code = {"py_modules": [engine, kernels, tokenizer, mistral_np, jamba_np], "excludes": ["__pycache__"],
-            "env_vars": threads}
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, runtime_env=code, include_dashboard=False, log_to_driver=False,
-                 **({"num_cpus": workers or os.cpu_count()} if address is None else {}))
+        with tempfile.TemporaryDirectory(prefix="npinfer-ray-") as tmp:  # Ray uploads it at init
+            code = {"py_modules": [_npinfer_source(tmp)], "excludes": ["__pycache__"], "env_vars": threads}
+            ray.init(address=address, runtime_env=code, include_dashboard=False, log_to_driver=False,
+                     **({"num_cpus": workers or os.cpu_count()} if address is None else {}))
     try:
         n = max(1, min(len(prompts), workers or int(ray.available_resources().get("CPU", 1))))
         actor = ray.remote(num_cpus=1)(_RayScorer)
@@ -382,6 +377,16 @@ def run_ray(scorer_args: tuple, prompts: list[Prompt], address: str | None, work
     finally:
         if started:
             ray.shutdown()
+
+
+def _npinfer_source(into: str) -> str:
+    """A folder `into/npinfer` holding this process's npinfer packages (what Ray ships to its workers as
+    the module `npinfer`: the five package folders are portions of that one namespace)."""
+    here = Path(__file__).resolve().parents[1]  # the folder that holds kernels/, tokenizer/, ..., engine/
+    target = Path(into) / "npinfer"
+    for package in ("kernels", "tokenizer", "mistral_np", "jamba_np", "engine"):
+        shutil.copytree(here / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return str(target)
 
 
 class _RayScorer:
@@ -524,8 +529,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.compare MODEL --backend URL ...`, the same command as `npinfer compare`."""
-    p = argparse.ArgumentParser(prog="python -m engine.compare", description=__doc__.split("\n\n")[0])
+    """`python -m npinfer.engine.compare MODEL --backend URL ...`, the same command as `npinfer compare`."""
+    p = argparse.ArgumentParser(prog="python -m npinfer.engine.compare", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     try:
         return run(p.parse_args(argv))

@@ -44,7 +44,7 @@ import json
 
 import numpy as np
 
-from engine import NpinferError
+from npinfer.engine.errors import NpinferError
 
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # json.dumps
 NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}  # `parameters` omitted

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from engine import NpinferError
+from npinfer.engine.errors import NpinferError
 
 LAYOUT, SEED = "mistral", 0  # `npinfer tiny mistral`, seed 0
 NAME = f"tiny-{LAYOUT}-seed{SEED}"
@@ -34,8 +34,8 @@ def default_model_dir() -> Path:
     final = cache_dir() / NAME
     if (final / "config.json").is_file():
         return final
-    import tokenizer
-    from engine.tiny import family_config, write_checkpoint
+    from npinfer.engine.tiny import family_config, write_checkpoint
+    from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,7 @@ def default_model_dir() -> Path:
         raise NpinferError(f"{final.parent}: cannot create the default model here ({e.strerror})") from None
     try:
         built = write_checkpoint(scratch / NAME, family_config(LAYOUT), seed=SEED,
-                                 tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                                 tokenizer=TINY_TOKENIZER_PATH)
         try:
             os.rename(built, final)
         except OSError:

@@ -67,10 +67,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import NpinferError
-from engine.sampling import SamplingParams, choice_rngs, choose, log_softmax, top_logprobs
-from kernels.trace import Trace, no_trace
-from tokenizer.tools import ParsedCall, ToolCallParser, ToolSyntax
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.sampling import (
+    SamplingParams,
+    choice_rngs,
+    choose,
+    log_softmax,
+    top_logprobs,
+)
+from npinfer.kernels.trace import Trace, no_trace
+from npinfer.tokenizer.tools import ParsedCall, ToolCallParser, ToolSyntax
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import CheckpointError
+from npinfer.engine.errors import CheckpointError
 
 MAGIC = b"GGUF"
 ARRAY_TYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
@@ -132,7 +132,8 @@ class GGUFFile:
 
     def __init__(self, path):
         from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-        from kernels.quant import LAYOUTS, QuantizedTensor
+
+        from npinfer.kernels.quant import LAYOUTS, QuantizedTensor
 
         self.path = Path(path)
         try:
@@ -196,11 +197,11 @@ def open_gguf(path) -> GGUFFile:
 
 def gguf_tokenizer(path, metadata: Mapping | None = None):
     """The tokenizer of a GGUF file, from its ``tokenizer.*`` metadata (`tokenizer.from_gguf`);
-    raises tokenizer.TokenizerError, or CheckpointError for an unreadable file."""
-    import tokenizer
+    raises TokenizerError, or CheckpointError for an unreadable file."""
+    from npinfer.tokenizer.gguf_vocab import from_gguf
 
     metadata = open_gguf(path).metadata if metadata is None else metadata
-    return tokenizer.from_gguf(str(path), {k: v for k, v in metadata.items() if k.startswith("tokenizer.")})
+    return from_gguf(str(path), {k: v for k, v in metadata.items() if k.startswith("tokenizer.")})
 
 
 class Reads(Mapping):

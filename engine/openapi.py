@@ -18,7 +18,12 @@ from typing import Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from engine.schema import EXTRA_MODES, AzureChatRequest, ExtraParameters, V1ChatRequest
+from npinfer.engine.schema import (
+    EXTRA_MODES,
+    AzureChatRequest,
+    ExtraParameters,
+    V1ChatRequest,
+)
 
 
 class ErrorDetail(BaseModel):

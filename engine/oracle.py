@@ -78,11 +78,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import NpinferError
-from engine.generate import greedy
-from engine.safetensors_io import open_tensors, write_tensors
-from kernels.intrinsics import bf16_to_f32_ref
-from kernels.trace import Trace, no_trace
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.generate import greedy
+from npinfer.engine.safetensors_io import open_tensors, write_tensors
+from npinfer.kernels.intrinsics import bf16_to_f32_ref
+from npinfer.kernels.trace import Trace, no_trace
 
 FORMAT = {"format": "npinfer-activations", "version": "1"}
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
@@ -332,8 +332,8 @@ def run_diff(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.oracle diff REF OTHER ...`, the same command as `npinfer diff`."""
-    p = argparse.ArgumentParser(prog="python -m engine.oracle")
+    """`python -m npinfer.engine.oracle diff REF OTHER ...`, the same command as `npinfer diff`."""
+    p = argparse.ArgumentParser(prog="python -m npinfer.engine.oracle")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_arguments_diff(sub.add_parser("diff", help="compare two activation dumps; name the first divergence"))
     args = p.parse_args(argv)

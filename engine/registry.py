@@ -35,14 +35,32 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import kernels
-from engine import CheckpointError
-from engine.checkpoint import CONFIG, PARAMS, Checkpoint, open_checkpoint, resolve
-from engine.gguf_checkpoint import hf_view
-from jamba_np import config as jamba_config, gguf as jamba_gguf, model as jamba_model, weights as jamba_weights
-from mistral_np import config as mistral_config, gguf as mistral_gguf, model as mistral_model
-from mistral_np import weights as mistral_weights
-from mistral_np import mamba2, mamba2_config, mamba2_weights, mistral4, mistral4_config, mistral4_weights
+from npinfer.engine.checkpoint import (
+    CONFIG,
+    PARAMS,
+    Checkpoint,
+    open_checkpoint,
+    resolve,
+)
+from npinfer.engine.errors import CheckpointError
+from npinfer.engine.gguf_checkpoint import hf_view
+from npinfer.jamba_np import config as jamba_config
+from npinfer.jamba_np import gguf as jamba_gguf
+from npinfer.jamba_np import model as jamba_model
+from npinfer.jamba_np import weights as jamba_weights
+from npinfer.kernels import ops
+from npinfer.mistral_np import config as mistral_config
+from npinfer.mistral_np import gguf as mistral_gguf
+from npinfer.mistral_np import (
+    mamba2,
+    mamba2_config,
+    mamba2_weights,
+    mistral4,
+    mistral4_config,
+    mistral4_weights,
+)
+from npinfer.mistral_np import model as mistral_model
+from npinfer.mistral_np import weights as mistral_weights
 
 
 def _same_name(name: str) -> str:
@@ -254,7 +272,7 @@ class Loaded:
     unread: Mapping[str, int] = field(default_factory=dict)  # tensors in the file the model never reads -> bytes
 
     def model(self, dtype: str = "float32"):
-        return self.family.model(self.config, self.weights, kernels.compute_dtype(dtype))
+        return self.family.model(self.config, self.weights, ops.compute_dtype(dtype))
 
     def describe(self) -> str | None:
         """The line printed on load: the family's own (e.g. its layer schedule), and what

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import CheckpointError
+from npinfer.engine.errors import CheckpointError
 
 # safetensors dtype code -> the NumPy dtype its bytes are kept as.
 DTYPES = {

@@ -51,11 +51,11 @@ from dataclasses import dataclass, field, fields, is_dataclass
 
 import numpy as np
 
-from engine import NpinferError
-from engine.generate import Generation, GenerationParams, Usage, context_limit
-from engine.schema import ApiError
-from kernels.cache import KVCache
-from kernels.linear import SMALL_BATCH
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.generate import Generation, GenerationParams, Usage, context_limit
+from npinfer.engine.schema import ApiError
+from npinfer.kernels.cache import KVCache
+from npinfer.kernels.linear import SMALL_BATCH
 
 MAX_BATCH = SMALL_BATCH  # live sequences per decode step, at most: batch-invariant up to here
 DONE = object()  # the last item a job receives

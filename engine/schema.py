@@ -61,8 +61,8 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.generate import Completion, GenerationParams, TokenLogprob, Usage
-from engine.sampling import SamplingParams
+from npinfer.engine.generate import Completion, GenerationParams, TokenLogprob, Usage
+from npinfer.engine.sampling import SamplingParams
 
 
 class ApiError(Exception):

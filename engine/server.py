@@ -78,10 +78,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-import tokenizer
-from engine import NpinferError, constrained
-from engine.chat_model import ChatModel
-from engine.generate import (
+from npinfer.engine import constrained
+from npinfer.engine.chat_model import ChatModel
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.generate import (
     Delta,
     Finish,
     GenerationParams,
@@ -93,9 +93,9 @@ from engine.generate import (
     context_limit,
     eos_ids,
 )
-from engine.openapi import openapi_document
-from engine.scheduler import DONE, BatchLimits, Job, Scheduler
-from engine.schema import (
+from npinfer.engine.openapi import openapi_document
+from npinfer.engine.scheduler import DONE, BatchLimits, Job, Scheduler
+from npinfer.engine.schema import (
     ApiError,
     Budgets,
     ChatRequest,
@@ -110,8 +110,13 @@ from engine.schema import (
     tool_call_deltas,
     v1_request,
 )
-from engine.text_completions import completion_request, prompt_ids, text_completion_body
-from tokenizer.tools import schema_problem, tool_names
+from npinfer.engine.text_completions import (
+    completion_request,
+    prompt_ids,
+    text_completion_body,
+)
+from npinfer.tokenizer.errors import ChatFormatError
+from npinfer.tokenizer.tools import schema_problem, tool_names
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,7 @@ class Service:
                            f"({problem})")
         try:
             ids = self.chat.prompt(chat.messages, chat.tools, chat.template_kwargs)
-        except tokenizer.ChatFormatError as e:
+        except ChatFormatError as e:
             where = "" if str(e).startswith("tools") else "messages: "
             raise ApiError(422, "invalid_request", f"{where}{e}") from None
         except PromptTooLong as e:

@@ -21,9 +21,19 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from engine.generate import Completion, GenerationParams
-from engine.sampling import SamplingParams
-from engine.schema import ApiError, Budgets, Seed, Strict, _max_tokens, _seed, _stops, _validate, usage_body
+from npinfer.engine.generate import Completion, GenerationParams
+from npinfer.engine.sampling import SamplingParams
+from npinfer.engine.schema import (
+    ApiError,
+    Budgets,
+    Seed,
+    Strict,
+    _max_tokens,
+    _seed,
+    _stops,
+    _validate,
+    usage_body,
+)
 
 
 class CompletionRequest(Strict):

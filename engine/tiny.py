@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.registry import family_of, tiny_layout
-from engine.safetensors_io import write_tensors
-from kernels.dtypes import float32_to_bf16
+from npinfer.engine.registry import family_of, tiny_layout
+from npinfer.engine.safetensors_io import write_tensors
+from npinfer.kernels.dtypes import float32_to_bf16
+
 
 def family_config(layout: str) -> dict:
     """The config.json of `npinfer tiny LAYOUT` (each family lists its layouts in the registry)."""

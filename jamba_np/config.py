@@ -22,7 +22,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kernels.config_fields import ConfigError, bool_field, check_multiple, decoder_fields, int_field, token_id
+from npinfer.kernels.config_fields import (
+    ConfigError,
+    bool_field,
+    check_multiple,
+    decoder_fields,
+    int_field,
+    token_id,
+)
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,8 @@ from typing import Mapping
 
 import numpy as np
 
-import kernels
-from jamba_np.config import JambaConfig
+from npinfer.jamba_np.config import JambaConfig
+from npinfer.kernels import ops
 
 
 @dataclass
@@ -86,7 +86,7 @@ def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaC
     proj_bias = cfg.mamba_proj_bias
 
     # 1. Input projection, split into the SSM branch x and the gate z ([1] fig. 3).
-    xz = kernels.linear(h, w["in_proj.weight"], w["in_proj.bias"] if proj_bias else None)  # [T, 2 Di]
+    xz = ops.linear(h, w["in_proj.weight"], w["in_proj.bias"] if proj_bias else None)  # [T, 2 Di]
     x, z = xz[:, :Di], xz[:, Di:]  # [T, Di], [T, Di]
 
     # 2. Causal depthwise conv over time (nn.Conv1d(groups=Di, padding=K-1)[..., :T]), then SiLU.
@@ -94,28 +94,28 @@ def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaC
     conv_b = w["conv1d.bias"] if cfg.mamba_conv_bias else None  # [Di]
     xc = np.empty_like(x)  # [T, Di]
     for cache, rows in zip(caches, segments):
-        xc[rows], cache.conv = kernels.causal_conv1d(x[rows], conv_w, conv_b, cache.conv)  # [t, Di], [Di, K]
-    x = kernels.silu(xc)  # [T, Di]
+        xc[rows], cache.conv = ops.causal_conv1d(x[rows], conv_w, conv_b, cache.conv)  # [t, Di], [Di, K]
+    x = ops.silu(xc)  # [T, Di]
 
     # 3. The selection: dt, B, C are functions of the input ([1] section 3.2, Algorithm 2 lines 2-4).
-    dbc = kernels.linear(x, w["x_proj.weight"])  # [T, R + 2N]
+    dbc = ops.linear(x, w["x_proj.weight"])  # [T, R + 2N]
     dt, B, C = dbc[:, :R], dbc[:, R:R + N], dbc[:, R + N:]  # [T, R], [T, N], [T, N]
     # Jamba's addition ([2]; transformers: "Additional norms on B, C, and dt"):
     # RMSNorm on each, eps = rms_norm_eps, before dt_proj. Plain Mamba has none of these.
-    dt = kernels.rms_norm(dt, w["dt_layernorm.weight"], eps)  # [T, R]
-    B = kernels.rms_norm(B, w["b_layernorm.weight"], eps)  # [T, N]
-    C = kernels.rms_norm(C, w["c_layernorm.weight"], eps)  # [T, N]
+    dt = ops.rms_norm(dt, w["dt_layernorm.weight"], eps)  # [T, R]
+    B = ops.rms_norm(B, w["b_layernorm.weight"], eps)  # [T, N]
+    C = ops.rms_norm(C, w["c_layernorm.weight"], eps)  # [T, N]
 
     # 4. Step size: Delta = softplus(dt_proj(dt) + bias) ([1] section 3.6; no clamp, as transformers).
-    dt = kernels.softplus(kernels.linear(dt, w["dt_proj.weight"], w["dt_proj.bias"]))  # [T, Di]
+    dt = ops.softplus(ops.linear(dt, w["dt_proj.weight"], w["dt_proj.bias"]))  # [T, Di]
 
     # 5. The scan ([1] Algorithm 2 lines 5-6; eq. 4 discretisation inside the kernel).
-    A = -np.exp(kernels.widen(w["A_log"], dtype))  # [Di, N]  negative, so exp(dt A) < 1: a decaying memory
+    A = -np.exp(ops.widen(w["A_log"], dtype))  # [Di, N]  negative, so exp(dt A) < 1: a decaying memory
     y = np.empty_like(x)  # [T, Di]
     for cache, rows in zip(caches, segments):
-        y[rows], cache.ssm = kernels.selective_scan(x[rows], dt[rows], A, B[rows], C[rows], cache.ssm)  # [t, Di]
+        y[rows], cache.ssm = ops.selective_scan(x[rows], dt[rows], A, B[rows], C[rows], cache.ssm)  # [t, Di]
 
     # 6. Skip connection D, the SiLU gate ([1] fig. 3: the multiplicative branch), output projection.
-    y = y + x * kernels.widen(w["D"], dtype)  # [T, Di]
-    y = y * kernels.silu(z)  # [T, Di]
-    return kernels.linear(y, w["out_proj.weight"], w["out_proj.bias"] if proj_bias else None)  # [T, d]
+    y = y + x * ops.widen(w["D"], dtype)  # [T, Di]
+    y = y * ops.silu(z)  # [T, Di]
+    return ops.linear(y, w["out_proj.weight"], w["out_proj.bias"] if proj_bias else None)  # [T, d]

@@ -30,13 +30,13 @@ from typing import Mapping
 
 import numpy as np
 
-import kernels
-from jamba_np.config import JambaConfig
-from jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
-from kernels.cache import KVCache, new_kv_cache
-from kernels.decoder import Decoder, final_logits, rows_of
-from kernels.trace import Trace, no_trace
-from kernels.weights import Prefixed
+from npinfer.jamba_np.config import JambaConfig
+from npinfer.jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
+from npinfer.kernels import ops
+from npinfer.kernels.cache import KVCache, new_kv_cache
+from npinfer.kernels.decoder import Decoder, final_logits, rows_of
+from npinfer.kernels.trace import Trace, no_trace
+from npinfer.kernels.weights import Prefixed
 
 
 # --------------------------------------------------------------------------- state
@@ -66,19 +66,19 @@ def attention(cfg: JambaConfig, w: Mapping, x, positions, caches: list[KVCache],
     """
     T = x.shape[0]
     H, H_kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q = kernels.linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, D)  # [T, H, D]
-    k = kernels.linear(x, w["self_attn.k_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
-    v = kernels.linear(x, w["self_attn.v_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
+    q = ops.linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, D)  # [T, H, D]
+    k = ops.linear(x, w["self_attn.k_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
+    v = ops.linear(x, w["self_attn.v_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
     out = np.empty_like(q)  # [T, H, D]
     for cache, rows in zip(caches, segments):  # each sequence attends to its own cache
         k_ctx, v_ctx, pos_ctx = cache.update(k[rows], v[rows], positions[rows])  # [S, H_kv, D] x2, [S]
-        out[rows] = kernels.attention(q[rows], k_ctx, v_ctx, positions[rows], pos_ctx, None, D ** -0.5)  # [t, H, D]
-    return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
+        out[rows] = ops.attention(q[rows], k_ctx, v_ctx, positions[rows], pos_ctx, None, D ** -0.5)  # [t, H, D]
+    return ops.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
 
 
 def mlp(w: Mapping, x):
     """The dense feed-forward (JambaMLP): down_proj(silu(gate_proj(x)) * up_proj(x))."""
-    return kernels.swiglu(x, w["feed_forward.gate_proj.weight"], w["feed_forward.up_proj.weight"],
+    return ops.swiglu(x, w["feed_forward.gate_proj.weight"], w["feed_forward.up_proj.weight"],
                           w["feed_forward.down_proj.weight"])  # [T, d]
 
 
@@ -89,15 +89,15 @@ def sparse_moe(cfg: JambaConfig, w: Mapping, x, trace: Trace, name: str):
     -> the top k probabilities, **not** renormalised (unlike Mixtral): a token's
     output is sum_j p_j * SwiGLU_{e_j}(x) with sum_j p_j < 1.
     """
-    router_logits = trace(f"{name}.router_logits", kernels.linear(x, w["feed_forward.router.weight"]))  # [T, E]
-    weights, experts = kernels.route(router_logits, cfg.num_experts_per_tok, renormalize=False)  # [T, k], [T, k]
+    router_logits = trace(f"{name}.router_logits", ops.linear(x, w["feed_forward.router.weight"]))  # [T, E]
+    weights, experts = ops.route(router_logits, cfg.num_experts_per_tok, renormalize=False)  # [T, k], [T, k]
     trace(f"{name}.experts", experts)
 
     def expert(e, xe):  # in PyTorch (JambaExperts): down(silu(gate(x)) * up(x)) on the rows routed to e
         p = f"feed_forward.experts.{e}."
-        return kernels.swiglu(xe, w[p + "gate_proj.weight"], w[p + "up_proj.weight"], w[p + "down_proj.weight"])
+        return ops.swiglu(xe, w[p + "gate_proj.weight"], w[p + "up_proj.weight"], w[p + "down_proj.weight"])
 
-    return kernels.mixture(x, weights, experts, expert)  # [T, d]
+    return ops.mixture(x, weights, experts, expert)  # [T, d]
 
 
 # --------------------------------------------------------------------------- model
@@ -113,17 +113,17 @@ def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, states: list[JambaSta
     """
     T, eps = len(ids), cfg.rms_norm_eps
     positions, segments = rows_of(states, T)  # [T] (attention's causal mask only), the rows of each state
-    x = trace("model.embed_tokens", kernels.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
+    x = trace("model.embed_tokens", ops.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
     for i in range(cfg.num_hidden_layers):
         name = f"model.layers.{i}"
         w = Prefixed(weights, name + ".")
         caches = [s.caches[i] for s in states]
-        h = trace(f"{name}.input_layernorm", kernels.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
+        h = trace(f"{name}.input_layernorm", ops.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
         if cfg.is_attention(i):
             x = x + trace(f"{name}.self_attn", attention(cfg, w, h, positions, caches, segments))  # [T, d]
         else:
             x = x + trace(f"{name}.mamba", mamba_mixer(cfg, Prefixed(w, "mamba."), h, caches, segments))  # [T, d]
-        h = trace(f"{name}.pre_ff_layernorm", kernels.rms_norm(x, w["pre_ff_layernorm.weight"], eps))  # [T, d]
+        h = trace(f"{name}.pre_ff_layernorm", ops.rms_norm(x, w["pre_ff_layernorm.weight"], eps))  # [T, d]
         ff = f"{name}.feed_forward"
         x = x + trace(ff, sparse_moe(cfg, w, h, trace, ff) if cfg.is_moe(i) else mlp(w, h))  # [T, d]
         x = trace(name, x)  # [T, d]  the residual stream after layer i

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from jamba_np.config import JambaConfig
-from kernels.weights import attention_shapes, embedding_shapes, swiglu_shapes
+from npinfer.jamba_np.config import JambaConfig
+from npinfer.kernels.weights import attention_shapes, embedding_shapes, swiglu_shapes
 
 
 def expected_shapes(cfg: JambaConfig) -> dict[str, tuple[int, ...]]:

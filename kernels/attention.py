@@ -25,8 +25,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.backend import dispatch
-from kernels.intrinsics import prefetch
+from npinfer.kernels.backend import dispatch
+from npinfer.kernels.intrinsics import prefetch
 
 
 def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, window: int | None) -> np.ndarray:

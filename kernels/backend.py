@@ -4,10 +4,10 @@ Each op in `kernels` is a readable NumPy reference (``*_ref``) and, where it is 
 hot loop, a fast twin beside it (``*_fast``). `dispatch` makes the public op out of
 the pair; `use` (or the scoped `using`) picks the side for the whole process:
 
-    import kernels
-    kernels.use("ref")          # every op runs its NumPy reference
-    kernels.use("fast")         # the default: the fast twin where there is one
-    with kernels.using("ref"):  # the same, for one block
+    from npinfer.kernels import ops
+    ops.use("ref")          # every op runs its NumPy reference
+    ops.use("fast")         # the default: the fast twin where there is one
+    with ops.using("ref"):  # the same, for one block
         ...
 """
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.backend import dispatch
-from kernels.dtypes import widen
+from npinfer.kernels.backend import dispatch
+from npinfer.kernels.dtypes import widen
 
 
 # --------------------------------------------------------------------------- reference

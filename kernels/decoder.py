@@ -20,8 +20,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-import kernels
-from kernels.trace import Trace, no_trace, passing
+from npinfer.kernels import ops
+from npinfer.kernels.trace import Trace, no_trace, passing
 
 
 def check_ids(ids, vocab_size: int) -> np.ndarray:
@@ -58,9 +58,9 @@ def final_logits(cfg, weights: Mapping, x: np.ndarray, norm: str, trace: Trace, 
     """
     if last_only:
         x = x[-1:]  # [1, d]
-    x = trace(norm, kernels.rms_norm(x, weights[norm + ".weight"], cfg.rms_norm_eps))  # [T, d]
+    x = trace(norm, ops.rms_norm(x, weights[norm + ".weight"], cfg.rms_norm_eps))  # [T, d]
     head = weights[embeddings if cfg.tie_word_embeddings else "lm_head.weight"]  # [V, d]
-    return trace("lm_head", kernels.linear(x, head))  # [T, V]
+    return trace("lm_head", ops.linear(x, head))  # [T, V]
 
 
 @dataclass

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.intrinsics import bf16_to_f32_ref
-from kernels.quant import QuantizedTensor
+from npinfer.kernels.intrinsics import bf16_to_f32_ref
+from npinfer.kernels.quant import QuantizedTensor
 
 COMPUTE_DTYPES = {"float32": np.float32, "float64": np.float64}
 

@@ -50,10 +50,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.attention import SMALL_BATCH, attention_fast, attention_ref
-from kernels.backend import dispatch
-from kernels.dtypes import widen
-from kernels.linear import linear
+from npinfer.kernels.attention import SMALL_BATCH, attention_fast, attention_ref
+from npinfer.kernels.backend import dispatch
+from npinfer.kernels.dtypes import widen
+from npinfer.kernels.linear import linear
 
 
 def _sizes(q, latent, kv_b):

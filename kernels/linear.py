@@ -39,11 +39,11 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from kernels.backend import dispatch
-from kernels.activations import silu
-from kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
-from kernels.dtypes import widen
-from kernels.quant import QuantizedTensor, quantized_matmul_fast
+from npinfer.kernels.activations import silu
+from npinfer.kernels.backend import dispatch
+from npinfer.kernels.dtypes import widen
+from npinfer.kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
+from npinfer.kernels.quant import QuantizedTensor, quantized_matmul_fast
 
 SMALL_BATCH = 32  # rows of x up to which weights are streamed (faster than BLAS here), each row alone
 TILE_BYTES = 64 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights

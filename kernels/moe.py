@@ -43,8 +43,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.backend import dispatch
-from kernels.activations import softmax
+from npinfer.kernels.activations import softmax
+from npinfer.kernels.backend import dispatch
 
 
 def route_ref(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -21,10 +21,10 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from kernels.activations import silu
-from kernels.backend import dispatch
-from kernels.dtypes import widen
-from kernels.intrinsics import bf16_to_f32
+from npinfer.kernels.activations import silu
+from npinfer.kernels.backend import dispatch
+from npinfer.kernels.dtypes import widen
+from npinfer.kernels.intrinsics import bf16_to_f32
 
 
 def rms_norm_ref(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

@@ -46,7 +46,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.intrinsics import f16_to_f32
+from npinfer.kernels.intrinsics import f16_to_f32
 
 QK = 32  # weights per block of the simple types
 QK_K = 256  # weights per super-block of the K types

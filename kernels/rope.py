@@ -49,7 +49,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.config_fields import ConfigError, bool_field, dict_field, float_field, optional_int
+from npinfer.kernels.config_fields import (
+    ConfigError,
+    bool_field,
+    dict_field,
+    float_field,
+    optional_int,
+)
 
 
 @dataclass(frozen=True)

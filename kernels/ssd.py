@@ -70,7 +70,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.backend import dispatch
+from npinfer.kernels.backend import dispatch
 
 
 def per_head(BC: np.ndarray, H: int) -> np.ndarray:

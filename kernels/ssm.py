@@ -38,7 +38,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.backend import dispatch
+from npinfer.kernels.backend import dispatch
 
 
 # --------------------------------------------------------------------------- reference

@@ -41,9 +41,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from kernels.config_fields import (ConfigError, bool_field, check_multiple, decoder_fields, dict_field, float_field,
-                                   int_field, optional_int)
-from kernels.rope import RopeParams, read_rope
+from npinfer.kernels.config_fields import (
+    ConfigError,
+    bool_field,
+    check_multiple,
+    decoder_fields,
+    dict_field,
+    float_field,
+    int_field,
+    optional_int,
+)
+from npinfer.kernels.rope import RopeParams, read_rope
 
 # transformers' defaults, per config class, for the keys a config.json may leave out (not the sizes)
 _DEFAULTS = {

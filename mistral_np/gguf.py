@@ -21,8 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kernels.weights import GGUF_ATTENTION, gguf_embeddings, gguf_experts, gguf_layer
-from mistral_np.config import MistralConfig
+from npinfer.kernels.weights import (
+    GGUF_ATTENTION,
+    gguf_embeddings,
+    gguf_experts,
+    gguf_layer,
+)
+from npinfer.mistral_np.config import MistralConfig
 
 # GGUF key (after "llama.") -> config.json key
 KEYS = {

@@ -53,9 +53,9 @@ from typing import Mapping
 
 import numpy as np
 
-import kernels
-from kernels.cache import LatentCache
-from mistral_np.mistral4_config import LATENT_NORM_EPS, Mistral4Config
+from npinfer.kernels import ops
+from npinfer.kernels.cache import LatentCache
+from npinfer.mistral_np.mistral4_config import LATENT_NORM_EPS, Mistral4Config
 
 
 def deinterleave(x: np.ndarray) -> np.ndarray:
@@ -77,23 +77,23 @@ def latent_attention(cfg: Mistral4Config, w: Mapping, h: np.ndarray, positions: 
 
     # 1. queries (eq. 12-14)
     if cfg.q_lora_rank:
-        c_q = kernels.linear(h, w["self_attn.q_a_proj.weight"], bias("q_a_proj"))  # [T, d_c']  W^DQ h   (eq. 12)
-        c_q = kernels.rms_norm(c_q, w["self_attn.q_a_layernorm.weight"], LATENT_NORM_EPS)  # [T, d_c']
-        q = kernels.linear(c_q, w["self_attn.q_b_proj.weight"])  # [T, H (Dn + d_R)]  [W^UQ; W^QR] c_q  (eq. 13, 14)
+        c_q = ops.linear(h, w["self_attn.q_a_proj.weight"], bias("q_a_proj"))  # [T, d_c']  W^DQ h   (eq. 12)
+        c_q = ops.rms_norm(c_q, w["self_attn.q_a_layernorm.weight"], LATENT_NORM_EPS)  # [T, d_c']
+        q = ops.linear(c_q, w["self_attn.q_b_proj.weight"])  # [T, H (Dn + d_R)]  [W^UQ; W^QR] c_q  (eq. 13, 14)
     else:
-        q = kernels.linear(h, w["self_attn.q_proj.weight"])  # [T, H (Dn + d_R)]
+        q = ops.linear(h, w["self_attn.q_proj.weight"])  # [T, H (Dn + d_R)]
     q = q.reshape(T, H, Dn + d_R)  # [T, H, Dn + d_R]  per head: q^C_{t,i}, then q^R_{t,i}
 
     # 2. the latent (eq. 9, 15)
-    kv = kernels.linear(h, w["self_attn.kv_a_proj_with_mqa.weight"], bias("kv_a_proj_with_mqa"))  # [T, r + d_R]
-    c_kv = kernels.rms_norm(kv[:, :r], w["self_attn.kv_a_layernorm.weight"], LATENT_NORM_EPS)  # [T, r]  c^KV
+    kv = ops.linear(h, w["self_attn.kv_a_proj_with_mqa.weight"], bias("kv_a_proj_with_mqa"))  # [T, r + d_R]
+    c_kv = ops.rms_norm(kv[:, :r], w["self_attn.kv_a_layernorm.weight"], LATENT_NORM_EPS)  # [T, r]  c^KV
     k_rot = kv[:, None, r:]  # [T, 1, d_R]  W^KR h, one "head" shared by all
 
     # 3. decoupled RoPE, on the rotary dims only (eq. 14, 15)
     q_rot = q[..., Dn:]  # [T, H, d_R]
     if cfg.rope_interleave:
         q_rot, k_rot = deinterleave(q_rot), deinterleave(k_rot)  # [T, H, d_R], [T, 1, d_R]
-    q_rot, k_rot = kernels.apply_rope(q_rot, cos, sin), kernels.apply_rope(k_rot, cos, sin)
+    q_rot, k_rot = ops.apply_rope(q_rot, cos, sin), ops.apply_rope(k_rot, cos, sin)
     q = np.concatenate([q[..., :Dn], q_rot], axis=-1)  # [T, H, Dn + d_R]  q_{t,i} = [q^C; q^R]  (eq. 16)
 
     # 4. llama-4 query scaling (Mistral4Attention: after RoPE, the whole query)
@@ -107,8 +107,8 @@ def latent_attention(cfg: Mistral4Config, w: Mapping, h: np.ndarray, positions: 
         context, pos_context = cache.update(latent[rows], positions[rows])  # [S, r + d_R], [S]
 
         # 6. attention over the cached latents (eq. 16-18), naive or absorbed
-        out[rows] = kernels.latent_attention(q[rows], context, w["self_attn.kv_b_proj.weight"], positions[rows],
+        out[rows] = ops.latent_attention(q[rows], context, w["self_attn.kv_b_proj.weight"], positions[rows],
                                              pos_context, cfg.softmax_scale)  # [t, H, Dv]
 
     # 7. the output projection (eq. 19)
-    return kernels.linear(out.reshape(T, H * cfg.v_head_dim), w["self_attn.o_proj.weight"], bias("o_proj"))  # [T, d]
+    return ops.linear(out.reshape(T, H * cfg.v_head_dim), w["self_attn.o_proj.weight"], bias("o_proj"))  # [T, d]

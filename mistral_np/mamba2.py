@@ -74,12 +74,12 @@ from typing import Mapping
 
 import numpy as np
 
-import kernels
-from kernels.decoder import Decoder, final_logits, rows_of
-from kernels.trace import Trace, no_trace
-from kernels.weights import Prefixed
-from mistral_np.mamba2_config import Mamba2Config
-from mistral_np.mamba2_weights import EMBEDDINGS
+from npinfer.kernels import ops
+from npinfer.kernels.decoder import Decoder, final_logits, rows_of
+from npinfer.kernels.trace import Trace, no_trace
+from npinfer.kernels.weights import Prefixed
+from npinfer.mistral_np.mamba2_config import Mamba2Config
+from npinfer.mistral_np.mamba2_weights import EMBEDDINGS
 
 
 # --------------------------------------------------------------------------- state
@@ -121,7 +121,7 @@ def mixer(cfg: Mamba2Config, w: Mapping, h: np.ndarray, caches: list[Mamba2Cache
     dtype, bias = h.dtype, cfg.use_bias
 
     # 1. One input projection, split into the gate z, the conv's input xBC and dt ([1] section 7.1).
-    zxbcdt = kernels.linear(h, w["in_proj.weight"], w["in_proj.bias"] if bias else None)  # [T, Di + conv_dim + H]
+    zxbcdt = ops.linear(h, w["in_proj.weight"], w["in_proj.bias"] if bias else None)  # [T, Di + conv_dim + H]
     z, xBC, dt = np.split(zxbcdt, [Di, Di + cfg.conv_dim], axis=1)  # [T, Di], [T, Di + 2GN], [T, H]
 
     # 2. Causal depthwise conv over time (nn.Conv1d(groups=conv_dim, padding=K-1)[..., :T]), then SiLU.
@@ -129,8 +129,8 @@ def mixer(cfg: Mamba2Config, w: Mapping, h: np.ndarray, caches: list[Mamba2Cache
     conv_b = w["conv1d.bias"] if cfg.use_conv_bias else None  # [conv_dim]
     xBC_conv = np.empty_like(xBC)  # [T, conv_dim]
     for cache, rows in zip(caches, segments):
-        xBC_conv[rows], cache.conv = kernels.causal_conv1d(xBC[rows], conv_w, conv_b, cache.conv)  # [t, conv_dim]
-    xBC = kernels.silu(xBC_conv)  # [T, conv_dim]
+        xBC_conv[rows], cache.conv = ops.causal_conv1d(xBC[rows], conv_w, conv_b, cache.conv)  # [t, conv_dim]
+    xBC = ops.silu(xBC_conv)  # [T, conv_dim]
 
     # 3. Heads and groups: x as H heads of P channels, B and C as G groups of N.
     x = xBC[:, :Di].reshape(T, H, P)  # [T, H, P]
@@ -138,8 +138,8 @@ def mixer(cfg: Mamba2Config, w: Mapping, h: np.ndarray, caches: list[Mamba2Cache
     C = xBC[:, Di + G * N:].reshape(T, G, N)  # [T, G, N]
 
     # 4. Step size per head, Delta = softplus(dt + dt_bias) ([2] section 3.6), and the scalar decay rate.
-    dt = kernels.softplus(dt + kernels.widen(w["dt_bias"], dtype))  # [T, H]
-    A = -np.exp(kernels.widen(w["A_log"], dtype))  # [H]  negative, so exp(dt A) < 1: a decaying memory
+    dt = ops.softplus(dt + ops.widen(w["dt_bias"], dtype))  # [T, H]
+    A = -np.exp(ops.widen(w["A_log"], dtype))  # [H]  negative, so exp(dt A) < 1: a decaying memory
     lo, hi = cfg.time_step_limit
 
     # 5. The SSD scan, per sequence from its state (kernels/ssd.py). A decode step is the
@@ -148,19 +148,19 @@ def mixer(cfg: Mamba2Config, w: Mapping, h: np.ndarray, caches: list[Mamba2Cache
     for cache, rows in zip(caches, segments):
         t = rows.start
         if rows.stop - t == 1 and positions[t] > 0:  # transformers: seq_len == 1 with a cache -> the recurrent form
-            y[t], cache.ssm = kernels.ssd_step(x[t], dt[t], A, B[t], C[t], cache.ssm)  # [H, P], [H, P, N]
+            y[t], cache.ssm = ops.ssd_step(x[t], dt[t], A, B[t], C[t], cache.ssm)  # [H, P], [H, P, N]
         else:
-            y[rows], cache.ssm = kernels.ssd_scan(x[rows], np.clip(dt[rows], lo, hi), A, B[rows], C[rows], cache.ssm,
+            y[rows], cache.ssm = ops.ssd_scan(x[rows], np.clip(dt[rows], lo, hi), A, B[rows], C[rows], cache.ssm,
                                                   cfg.chunk_size)  # [t, H, P], [H, P, N]
 
     # 6. The skip connection D, one scalar per head.
-    y = y + x * kernels.widen(w["D"], dtype)[:, None]  # [T, H, P]
+    y = y + x * ops.widen(w["D"], dtype)[:, None]  # [T, H, P]
 
     # 7. The gated RMSNorm, per group of Di / G channels: rms_norm(y * silu(z)) (MambaRMSNormGated).
-    y = kernels.gated_rms_norm(y.reshape(T, Di), z, w["norm.weight"], cfg.rms_norm_eps, Di // G)  # [T, Di]
+    y = ops.gated_rms_norm(y.reshape(T, Di), z, w["norm.weight"], cfg.rms_norm_eps, Di // G)  # [T, Di]
 
     # 8. Output projection.
-    return kernels.linear(y, w["out_proj.weight"], w["out_proj.bias"] if bias else None)  # [T, d]
+    return ops.linear(y, w["out_proj.weight"], w["out_proj.bias"] if bias else None)  # [T, d]
 
 
 # --------------------------------------------------------------------------- the model
@@ -175,12 +175,12 @@ def forward_chunk(cfg: Mamba2Config, weights: Mapping, ids, states: list[Mamba2S
     produces it.
     """
     positions, segments = rows_of(states, len(ids))  # [T], the rows of each state
-    x = trace("backbone.embeddings", kernels.embed(weights[EMBEDDINGS], ids, dtype))  # [T, d]
+    x = trace("backbone.embeddings", ops.embed(weights[EMBEDDINGS], ids, dtype))  # [T, d]
     for i in range(cfg.num_hidden_layers):
         name = f"backbone.layers.{i}"
         w = Prefixed(weights, name + ".")
         caches = [s.caches[i] for s in states]
-        h = trace(f"{name}.norm", kernels.rms_norm(x, w["norm.weight"], cfg.rms_norm_eps))  # [T, d]
+        h = trace(f"{name}.norm", ops.rms_norm(x, w["norm.weight"], cfg.rms_norm_eps))  # [T, d]
         x = x + trace(f"{name}.mixer", mixer(cfg, Prefixed(w, "mixer."), h, caches, segments, positions))  # [T, d]
         x = trace(name, x)  # [T, d]  the residual stream after layer i
     return final_logits(cfg, weights, x, "backbone.norm_f", trace, last_only, embeddings=EMBEDDINGS)  # [T, V]

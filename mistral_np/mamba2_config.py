@@ -19,8 +19,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from kernels.config_fields import (ConfigError, bool_field, check_activation, check_multiple, float_field, int_field,
-                                   token_id)
+from npinfer.kernels.config_fields import (
+    ConfigError,
+    bool_field,
+    check_activation,
+    check_multiple,
+    float_field,
+    int_field,
+    token_id,
+)
 
 
 def time_step_limit(d: dict) -> tuple[float, float]:

@@ -28,14 +28,14 @@ from typing import Mapping
 
 import numpy as np
 
-import kernels
-from kernels.cache import LatentCache, new_latent_cache
-from kernels.decoder import Decoder, final_logits, rows_of
-from kernels.rope import llama4_query_scale
-from kernels.trace import Trace, no_trace
-from kernels.weights import Prefixed
-from mistral_np.latent_attention import latent_attention
-from mistral_np.mistral4_config import Mistral4Config
+from npinfer.kernels import ops
+from npinfer.kernels.cache import LatentCache, new_latent_cache
+from npinfer.kernels.decoder import Decoder, final_logits, rows_of
+from npinfer.kernels.rope import llama4_query_scale
+from npinfer.kernels.trace import Trace, no_trace
+from npinfer.kernels.weights import Prefixed
+from npinfer.mistral_np.latent_attention import latent_attention
+from npinfer.mistral_np.mistral4_config import Mistral4Config
 
 
 # --------------------------------------------------------------------------- state
@@ -55,7 +55,7 @@ def new_state(config: Mistral4Config, dtype=np.float32) -> Mistral4State:
 # --------------------------------------------------------------------------- feed-forward
 def dense_mlp(w: Mapping, x):
     """The first_k_dense_replace layers' MLP. In PyTorch: down_proj(act_fn(gate_proj(x)) * up_proj(x))."""
-    return kernels.swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
+    return ops.swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
 
 
 def moe(cfg: Mistral4Config, w: Mapping, x, trace: Trace, name: str):
@@ -65,21 +65,21 @@ def moe(cfg: Mistral4Config, w: Mapping, x, trace: Trace, name: str):
     In PyTorch (Mistral4MoE): experts(x, *gate(x)[1:]) + shared_experts(x). The fused
     ``gate_up_proj[e]`` [2I, d] holds expert e's gate rows, then its up rows.
     """
-    router_logits = trace(f"{name}.router_logits", kernels.linear(x, w["mlp.gate.weight"]))  # [T, E]
-    weights, experts = kernels.route_group_limited(router_logits, cfg.num_experts_per_tok, cfg.n_group,
+    router_logits = trace(f"{name}.router_logits", ops.linear(x, w["mlp.gate.weight"]))  # [T, E]
+    weights, experts = ops.route_group_limited(router_logits, cfg.num_experts_per_tok, cfg.n_group,
                                                    cfg.topk_group, cfg.norm_topk_prob,
                                                    cfg.routed_scaling_factor)  # [T, k], [T, k]
     trace(f"{name}.experts", experts)
     gate_up, down, I = w["mlp.experts.gate_up_proj"], w["mlp.experts.down_proj"], cfg.moe_intermediate_size
 
     def expert(e, xe):  # the rows routed to expert e: [n_e, d] -> [n_e, d]; only its slices are read
-        return kernels.swiglu(xe, gate_up[e, :I], gate_up[e, I:], down[e])
+        return ops.swiglu(xe, gate_up[e, :I], gate_up[e, I:], down[e])
 
-    routed = kernels.mixture(x, weights, experts, expert)  # [T, d]
+    routed = ops.mixture(x, weights, experts, expert)  # [T, d]
     if not cfg.n_shared_experts:
         return routed
     p = "mlp.shared_experts."
-    return routed + kernels.swiglu(x, w[p + "gate_proj.weight"], w[p + "up_proj.weight"], w[p + "down_proj.weight"])
+    return routed + ops.swiglu(x, w[p + "gate_proj.weight"], w[p + "up_proj.weight"], w[p + "down_proj.weight"])
 
 
 # --------------------------------------------------------------------------- model
@@ -95,18 +95,18 @@ def forward_chunk(cfg: Mistral4Config, weights: Mapping, ids, states: list[Mistr
     """
     T, eps, rope = len(ids), cfg.rms_norm_eps, cfg.rope
     positions, segments = rows_of(states, T)  # [T], the rows of each state
-    cos, sin = kernels.rope_tables(positions, cfg.qk_rope_head_dim, rope.theta, dtype, rope.yarn)  # [T, d_R] x2
+    cos, sin = ops.rope_tables(positions, cfg.qk_rope_head_dim, rope.theta, dtype, rope.yarn)  # [T, d_R] x2
     q_scale = None if rope.llama_4_scaling_beta is None else llama4_query_scale(
         positions, rope.llama_4_scaling_beta, rope.original_max_position_embeddings, dtype)  # [T]
-    x = trace("model.embed_tokens", kernels.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
+    x = trace("model.embed_tokens", ops.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
     for i in range(cfg.num_hidden_layers):
         name = f"model.layers.{i}"
         w = Prefixed(weights, name + ".")
-        h = trace(f"{name}.input_layernorm", kernels.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
+        h = trace(f"{name}.input_layernorm", ops.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
         attn = latent_attention(cfg, w, h, positions, cos, sin, q_scale, [s.caches[i] for s in states],
                                 segments)  # [T, d]  each sequence's layer-i cache
         x = x + trace(f"{name}.self_attn", attn)  # [T, d]
-        h = trace(f"{name}.post_attention_layernorm", kernels.rms_norm(x, w["post_attention_layernorm.weight"], eps))
+        h = trace(f"{name}.post_attention_layernorm", ops.rms_norm(x, w["post_attention_layernorm.weight"], eps))
         ff = moe(cfg, w, h, trace, f"{name}.mlp") if cfg.is_moe(i) else dense_mlp(w, h)  # [T, d]
         x = x + trace(f"{name}.mlp", ff)  # [T, d]
         x = trace(name, x)  # [T, d]  the residual stream after layer i

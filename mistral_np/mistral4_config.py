@@ -22,9 +22,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kernels.config_fields import (ConfigError, bool_field, decoder_fields, dict_field, float_field, int_field,
-                                   optional_int)
-from kernels.rope import RopeParams, read_rope, yarn_mscale
+from npinfer.kernels.config_fields import (
+    ConfigError,
+    bool_field,
+    decoder_fields,
+    dict_field,
+    float_field,
+    int_field,
+    optional_int,
+)
+from npinfer.kernels.rope import RopeParams, read_rope, yarn_mscale
 
 LATENT_NORM_EPS = 1e-6  # q_a_layernorm and kv_a_layernorm: Mistral4RMSNorm's default eps
 

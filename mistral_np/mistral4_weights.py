@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.weights import embedding_shapes, swiglu_shapes
-from mistral_np.mistral4_config import Mistral4Config
+from npinfer.kernels.weights import embedding_shapes, swiglu_shapes
+from npinfer.mistral_np.mistral4_config import Mistral4Config
 
 
 def expected_shapes(cfg: Mistral4Config) -> dict[str, tuple[int, ...]]:

@@ -45,13 +45,13 @@ from typing import Mapping
 
 import numpy as np
 
-import kernels
-from kernels.cache import KVCache, new_kv_cache
-from kernels.decoder import Decoder, final_logits, rows_of
-from kernels.rope import llama4_query_scale
-from kernels.trace import Trace, no_trace
-from kernels.weights import Prefixed
-from mistral_np.config import MistralConfig
+from npinfer.kernels import ops
+from npinfer.kernels.cache import KVCache, new_kv_cache
+from npinfer.kernels.decoder import Decoder, final_logits, rows_of
+from npinfer.kernels.rope import llama4_query_scale
+from npinfer.kernels.trace import Trace, no_trace
+from npinfer.kernels.weights import Prefixed
+from npinfer.mistral_np.config import MistralConfig
 
 
 # --------------------------------------------------------------------------- state
@@ -84,30 +84,30 @@ def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, q_scale, c
     """
     T = x.shape[0]
     H, H_kv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q = kernels.linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, D)  # [T, H, D]
-    k = kernels.linear(x, w["self_attn.k_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
-    v = kernels.linear(x, w["self_attn.v_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
+    q = ops.linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, D)  # [T, H, D]
+    k = ops.linear(x, w["self_attn.k_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
+    v = ops.linear(x, w["self_attn.v_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
     if cfg.rope_interleaved:
         # Native checkpoints pair dims (2i, 2i+1); HF's conversion script permutes the
         # rows of wq and wk so pairs become (i, i + D/2). Reordering the outputs is the
         # same permutation; q.k is unchanged by it, and v is never permuted.
         q = q.reshape(T, H, D // 2, 2).swapaxes(-1, -2).reshape(T, H, D)  # [T, H, D]
         k = k.reshape(T, H_kv, D // 2, 2).swapaxes(-1, -2).reshape(T, H_kv, D)  # [T, H_kv, D]
-    q = kernels.apply_rope(q, cos, sin)  # [T, H, D]
-    k = kernels.apply_rope(k, cos, sin)  # [T, H_kv, D]
+    q = ops.apply_rope(q, cos, sin)  # [T, H, D]
+    k = ops.apply_rope(k, cos, sin)  # [T, H_kv, D]
     if q_scale is not None:
         q = q * q_scale[:, None, None]  # [T, H, D]  1 inside the trained context, > 1 beyond it
     out = np.empty_like(q)  # [T, H, D]
     for cache, rows in zip(caches, segments):  # each sequence attends to its own cache
         k_ctx, v_ctx, pos_ctx = cache.update(k[rows], v[rows], positions[rows])  # [S, H_kv, D] x2, [S]
-        out[rows] = kernels.attention(q[rows], k_ctx, v_ctx, positions[rows], pos_ctx,
+        out[rows] = ops.attention(q[rows], k_ctx, v_ctx, positions[rows], pos_ctx,
                                       window, D ** -0.5)  # [t, H, D]
-    return kernels.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
+    return ops.linear(out.reshape(T, H * D), w["self_attn.o_proj.weight"])  # [T, d]
 
 
 def mlp(w: Mapping, x):
     """Mistral's dense MLP. In PyTorch: down_proj(act_fn(gate_proj(x)) * up_proj(x))."""
-    return kernels.swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
+    return ops.swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
 
 
 def sparse_moe(cfg: MistralConfig, w: Mapping, x, trace: Trace, name: str):
@@ -118,15 +118,15 @@ def sparse_moe(cfg: MistralConfig, w: Mapping, x, trace: Trace, name: str):
     expert, so each chosen expert runs one matrix product over its tokens; an expert
     nobody chose is never read (its memory-mapped weights stay on disk).
     """
-    router_logits = trace(f"{name}.router_logits", kernels.linear(x, w["block_sparse_moe.gate.weight"]))  # [T, E]
-    weights, experts = kernels.route(router_logits, cfg.num_experts_per_tok, renormalize=True)  # [T, k], [T, k]
+    router_logits = trace(f"{name}.router_logits", ops.linear(x, w["block_sparse_moe.gate.weight"]))  # [T, E]
+    weights, experts = ops.route(router_logits, cfg.num_experts_per_tok, renormalize=True)  # [T, k], [T, k]
     trace(f"{name}.experts", experts)
 
     def expert(e, xe):  # in mistral-inference moe.py: experts[e](x[rows])
         p = f"block_sparse_moe.experts.{e}."
-        return kernels.swiglu(xe, w[p + "w1.weight"], w[p + "w3.weight"], w[p + "w2.weight"])
+        return ops.swiglu(xe, w[p + "w1.weight"], w[p + "w3.weight"], w[p + "w2.weight"])
 
-    return kernels.mixture(x, weights, experts, expert)  # [T, d]
+    return ops.mixture(x, weights, experts, expert)  # [T, d]
 
 
 # --------------------------------------------------------------------------- model
@@ -144,18 +144,18 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[Mistra
     T, eps = len(ids), cfg.rms_norm_eps
     positions, segments = rows_of(states, T)  # [T], the rows of each state
     rope = cfg.rope
-    cos, sin = kernels.rope_tables(positions, cfg.head_dim, rope.theta, dtype, rope.yarn)  # [T, D], [T, D]
+    cos, sin = ops.rope_tables(positions, cfg.head_dim, rope.theta, dtype, rope.yarn)  # [T, D], [T, D]
     q_scale = None if rope.llama_4_scaling_beta is None else llama4_query_scale(  # Ministral 3 only
         positions, rope.llama_4_scaling_beta, rope.original_max_position_embeddings, dtype)  # [T]
-    x = trace("model.embed_tokens", kernels.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
+    x = trace("model.embed_tokens", ops.embed(weights["model.embed_tokens.weight"], ids, dtype))  # [T, d]
     for i in range(cfg.num_hidden_layers):
         name = f"model.layers.{i}"
         w = Prefixed(weights, name + ".")
         caches = [s.caches[i] for s in states]
-        h = trace(f"{name}.input_layernorm", kernels.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
+        h = trace(f"{name}.input_layernorm", ops.rms_norm(x, w["input_layernorm.weight"], eps))  # [T, d]
         attn = attention(cfg, w, h, positions, cos, sin, q_scale, caches, segments, cfg.window(i))  # [T, d]
         x = x + trace(f"{name}.self_attn", attn)  # [T, d]
-        h = kernels.rms_norm(x, w["post_attention_layernorm.weight"], eps)  # [T, d]
+        h = ops.rms_norm(x, w["post_attention_layernorm.weight"], eps)  # [T, d]
         h = trace(f"{name}.post_attention_layernorm", h)
         if cfg.is_moe:
             moe = f"{name}.block_sparse_moe"

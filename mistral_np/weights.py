@@ -10,8 +10,8 @@ A Mistral 3 checkpoint nests these names (``language_model.model.*``); the regis
 
 from __future__ import annotations
 
-from kernels.weights import attention_shapes, embedding_shapes, swiglu_shapes
-from mistral_np.config import MistralConfig
+from npinfer.kernels.weights import attention_shapes, embedding_shapes, swiglu_shapes
+from npinfer.mistral_np.config import MistralConfig
 
 
 def expected_shapes(cfg: MistralConfig) -> dict[str, tuple[int, ...]]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from engine.tiny import write_checkpoint
+from npinfer.engine.tiny import write_checkpoint
 
 # CI replays the same examples every run (a failure there is reproducible, never a
 # lucky draw); local runs explore new ones each time.
@@ -32,7 +32,7 @@ def make_checkpoint(tmp_path):
 
 def run_cli(*args, check=True, input=None):
     """Run `npinfer` in a subprocess, as a user would; returns CompletedProcess."""
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "npinfer.engine.cli", *map(str, args)], capture_output=True,
                           text=True, input=input, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"npinfer {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")

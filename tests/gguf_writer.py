@@ -67,7 +67,10 @@ def _tokenizer(writer: gguf.GGUFWriter, model_file, user_defined: bool = False) 
     Like the converter, it writes the file's USER_DEFINED pieces as NORMAL (it marks
     them USER_DEFINED only when tokenizer_config.json lists them): `user_defined` keeps them.
     """
-    from tokenizer.spm_proto import USER_DEFINED, parse_model_proto  # only to know which pieces are user-defined
+    from npinfer.tokenizer.spm_proto import (  # only to know which pieces are user-defined
+        USER_DEFINED,
+        parse_model_proto,
+    )
 
     user = {i for i, p in enumerate(parse_model_proto(Path(model_file).read_bytes()).pieces) if p.type == USER_DEFINED}
     sp = spm.SentencePieceProcessor(model_file=str(model_file))

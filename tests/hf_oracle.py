@@ -14,7 +14,6 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-
 # model types transformers' AutoModelForCausalLM does not map (5.24), and the class that runs them
 NOT_IN_AUTO = {"mistral4": "Mistral4ForCausalLM"}
 
@@ -92,8 +91,8 @@ def hf_to_native(hf_path: Path, out: Path) -> None:
     native names and every other tensor under ``vision_encoder.`` (never read).
     """
     import mistral_np
-    from engine.checkpoint import open_checkpoint
-    from engine.safetensors_io import write_tensors
+    from npinfer.engine.checkpoint import open_checkpoint
+    from npinfer.engine.safetensors_io import write_tensors
 
     ckpt = open_checkpoint(hf_path)
     c, tensors_in = ckpt.config, dict(ckpt.tensors)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import tokenizer
 from cases import jamba, mistral
-from engine.cli import main
-from engine.safetensors_io import open_tensors, write_tensors
-from engine.tiny import write_checkpoint
+
+from npinfer.engine.cli import main
+from npinfer.engine.safetensors_io import open_tensors, write_tensors
+from npinfer.engine.tiny import write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 SECONDS = 10  # "within seconds": a failure comes before any weight is used
 
@@ -35,7 +35,7 @@ SECONDS = 10  # "within seconds": a failure comes before any weight is used
 def base(tmp_path_factory):
     """A one-layer tiny Mistral with the tiny tokenizer, copied by each case."""
     return write_checkpoint(tmp_path_factory.mktemp("base") / "m", mistral(num_hidden_layers=1, vocab_size=1024),
-                            seed=0, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                            seed=0, tokenizer=TINY_TOKENIZER_PATH)
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def fails(capsys, *args, needles=()) -> str:
 def subprocess_fails(*args, needles=()) -> str:
     """`fails` in a subprocess (for inputs that would hang a broken reader)."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "npinfer.engine.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2, proc.stderr
     line = one_error_line(proc.stderr)
@@ -198,7 +198,7 @@ def test_a_fifo_as_ids_file(ckpt, tmp_path):
 # ------------------------------------------------------------------ tokenizers
 def test_tokenizer_larger_than_the_embedding(base, tmp_path, capsys):
     path = write_checkpoint(tmp_path / "small", mistral(vocab_size=512), seed=0,
-                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                            tokenizer=TINY_TOKENIZER_PATH)
     fails(capsys, "chat", "-m", path, "hi", needles=["tokenizer.model", "1024 tokens", "512 embedding rows"])
 
 
@@ -241,10 +241,10 @@ def test_well_formed_added_tokens_still_encode(ckpt, tmp_path, capsys, monkeypat
 
 
 @pytest.mark.parametrize("args, stdin, needle", [
-    ((tokenizer.TINY_TOKENIZER_PATH,), '"fine"\n{"not": "a string"}\n', "line 2: expected a JSON string"),
-    ((tokenizer.TINY_TOKENIZER_PATH, "--decode"), "[1, 2]\n[5000]\n", "line 2: token id 5000 out of range"),
+    ((TINY_TOKENIZER_PATH,), '"fine"\n{"not": "a string"}\n', "line 2: expected a JSON string"),
+    ((TINY_TOKENIZER_PATH, "--decode"), "[1, 2]\n[5000]\n", "line 2: token id 5000 out of range"),
     (("missing.model",), "", "missing.model"),
-    ((tokenizer.TINY_TOKENIZER_PATH, "--chat", "chatml"), "", "unknown chat format 'chatml'"),
+    ((TINY_TOKENIZER_PATH, "--chat", "chatml"), "", "unknown chat format 'chatml'"),
 ])
 def test_tokenize_errors_have_the_common_prefix_and_status(args, stdin, needle, capsys, monkeypatch):
     give_stdin(monkeypatch, stdin)

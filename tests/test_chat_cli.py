@@ -15,12 +15,12 @@ from pathlib import Path
 import pexpect
 import pytest
 
-import tokenizer
-from engine.chat_model import load_chat_model
-from engine.generate import GenerationParams, complete
-from engine.registry import tiny_layout
-from engine.sampling import SamplingParams
-from engine.tiny import write_checkpoint
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.generate import GenerationParams, complete
+from npinfer.engine.registry import tiny_layout
+from npinfer.engine.sampling import SamplingParams
+from npinfer.engine.tiny import write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 8
@@ -29,7 +29,7 @@ MAX_TOKENS = 8
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("chat") / "m", tiny_layout("mistral")[1], seed=4,
-                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                            tokenizer=TINY_TOKENIZER_PATH)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def assistant(text):
 
 
 def spawn(*args) -> pexpect.spawn:
-    child = pexpect.spawn(sys.executable, ["-m", "engine.cli", "chat", *map(str, args)], cwd=str(ROOT),
+    child = pexpect.spawn(sys.executable, ["-m", "npinfer.engine.cli", "chat", *map(str, args)], cwd=str(ROOT),
                           encoding="utf-8", timeout=120, dimensions=(24, 200))
     child.expect_exact(">>> ")
     return child
@@ -98,11 +98,11 @@ def test_system_option_and_end_of_input(model_dir, answer):
 
 def test_a_long_prompt_shows_a_prefill_bar_on_a_terminal_only(model_dir):
     long = "hello world " * 400  # more than one 512-token prefill chunk
-    child = pexpect.spawn(sys.executable, ["-m", "engine.cli", "chat", "-m", str(model_dir), long, "--max-tokens", "2"],
+    child = pexpect.spawn(sys.executable, ["-m", "npinfer.engine.cli", "chat", "-m", str(model_dir), long, "--max-tokens", "2"],
                           cwd=str(ROOT), encoding="utf-8", timeout=120, dimensions=(24, 200))
     child.expect(pexpect.EOF)
     assert "prefill" in child.before and "tok" in child.before
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "chat", "-m", str(model_dir), long, "--max-tokens", "2"],
+    proc = subprocess.run([sys.executable, "-m", "npinfer.engine.cli", "chat", "-m", str(model_dir), long, "--max-tokens", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0 and "prefill" not in proc.stderr and "\r" not in proc.stderr
 
@@ -111,7 +111,7 @@ def test_one_shot_forms(model_dir, answer):
     """A message as words (joined), or on stdin when it is not a terminal; the first word
     being a checkpoint folder is the old `chat MODEL "message"` form, refused with a hint."""
     def run(*args, stdin=""):
-        return subprocess.run([sys.executable, "-m", "engine.cli", "chat", *map(str, args)], cwd=ROOT,
+        return subprocess.run([sys.executable, "-m", "npinfer.engine.cli", "chat", *map(str, args)], cwd=ROOT,
                               capture_output=True, text=True, timeout=120, input=stdin)
 
     expected = answer([user("Hello there")])

@@ -9,15 +9,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-
 from cases import mistral
 from conftest import run_cli
-from engine.checkpoint import CheckpointError, open_checkpoint, resolve
-from engine.registry import load_model
-from engine.safetensors_io import open_tensors, write_tensors
-from kernels.dtypes import float32_to_bf16
-from kernels.intrinsics import bf16_to_f32_ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npinfer.engine.checkpoint import CheckpointError, open_checkpoint, resolve
+from npinfer.engine.registry import load_model
+from npinfer.engine.safetensors_io import open_tensors, write_tensors
+from npinfer.kernels.dtypes import float32_to_bf16
+from npinfer.kernels.intrinsics import bf16_to_f32_ref
 
 
 @settings(max_examples=200, deadline=None)
@@ -40,7 +41,9 @@ def test_safetensors_round_trip_is_memory_mapped(tmp_path):
     np.testing.assert_array_equal(back["a"], tensors["a"])
     np.testing.assert_array_equal(back["b"], tensors["b"])
     np.testing.assert_array_equal(bf16_to_f32_ref(back["c"]), [1.5, -2.0])
-    from safetensors.torch import load_file  # the reference reader agrees on every value
+    from safetensors.torch import (
+        load_file,  # the reference reader agrees on every value
+    )
 
     ref = load_file(tmp_path / "x.safetensors")
     assert ref["c"].dtype == torch.bfloat16 and ref["c"].float().tolist() == [1.5, -2.0]

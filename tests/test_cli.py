@@ -6,10 +6,10 @@ import json
 import re
 
 import numpy as np
-
 from cases import mistral, prompt
 from conftest import max_diff, run_cli
-from engine.registry import load_model
+
+from npinfer.engine.registry import load_model
 
 
 def test_tiny_then_logits_with_generation(tmp_path):

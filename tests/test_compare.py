@@ -9,15 +9,16 @@ import sys
 
 import numpy as np
 import pytest
-
-import tokenizer
-from engine import NpinferError, compare
-from engine.chat_model import load_chat_model
-from engine.registry import load_model
-from engine.tiny import family_config, write_checkpoint
 from gguf_writer import Q, write_gguf
 from test_gguf import in_process
 from test_server import running
+
+from npinfer.engine import compare
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.registry import load_model
+from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, load_tokenizer
 
 TEXTS = ["The capital of France is", "1, 2, 3,", "Once upon a time", "def f(x):"]
 N = 12  # tokens per prompt
@@ -29,14 +30,14 @@ def ggufs(tmp_path_factory):
     from safetensors.numpy import load_file, save_file
 
     tmp = tmp_path_factory.mktemp("compare")
-    path = write_checkpoint(tmp / "tiny", family_config("mistral"), seed=5, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
-    same = write_gguf(path, tmp / "tiny.gguf", qtype=Q.Q8_0, tokenizer_model=tokenizer.TINY_TOKENIZER_PATH)
+    path = write_checkpoint(tmp / "tiny", family_config("mistral"), seed=5, tokenizer=TINY_TOKENIZER_PATH)
+    same = write_gguf(path, tmp / "tiny.gguf", qtype=Q.Q8_0, tokenizer_model=TINY_TOKENIZER_PATH)
     weights = load_file(path / "model.safetensors")
     rng = np.random.default_rng(0)
     weights["lm_head.weight"] = weights["lm_head.weight"] + 0.02 * rng.standard_normal(weights["lm_head.weight"].shape,
                                                                                          dtype=np.float32)
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
-    other = write_gguf(path, tmp / "perturbed.gguf", qtype=Q.Q8_0, tokenizer_model=tokenizer.TINY_TOKENIZER_PATH)
+    other = write_gguf(path, tmp / "perturbed.gguf", qtype=Q.Q8_0, tokenizer_model=TINY_TOKENIZER_PATH)
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n" for i, t in enumerate(TEXTS)))
     chats = tmp / "chats.jsonl"  # chats go to /v1/chat/completions, which reports no token ids
@@ -152,7 +153,7 @@ def test_answer_formats_and_the_vocabulary():
     assert tokens == [compare.Token(None, b" a", -0.25, ((None, b" a", -0.25), (None, b" b", -2.0)))]
     with pytest.raises(NpinferError, match="no usable logprobs"):
         compare.parse_tokens({"choices": [{"text": "x", "logprobs": None}]}, "/v1/completions")
-    tok = tokenizer.load(tokenizer.TINY_TOKENIZER_PATH)
+    tok = load_tokenizer(TINY_TOKENIZER_PATH)
     vocab = compare.Vocabulary(tok)
     byte_a = tok.special_tokens.get("<0x41>") or next(i for i in range(tok.vocab_size) if tok.id_to_piece(i) == "<0x41>")
     normal_a = vocab.id_of(None, b"A", "x")
@@ -178,7 +179,7 @@ def test_chat_prompts_go_to_the_chat_route_and_prompt_length_is_checked(ggufs, m
     chat = load_chat_model(str(same))
     messages = [{"role": "user", "content": "Hello"}]
     ids = chat.prompt(messages)
-    from engine.generate import greedy
+    from npinfer.engine.generate import greedy
 
     _, gen, _ = greedy(chat.model, ids, 3)
     content = [{"id": int(t), "token": "", "bytes": list(chat.tok.token_bytes(int(t))), "logprob": -1.0,
@@ -237,7 +238,7 @@ def test_own_completions_route(ggufs):
     assert a["choices"][0]["text"] == b["choices"][0]["text"] and b["choices"][0]["logprobs"] is None
     assert a["usage"]["prompt_tokens"] == len(ids) and len(lp["tokens"]) == len(lp["content"]) == 3
     assert [len(e["top_logprobs"]) for e in lp["content"]] == [2, 2, 2]
-    _, gen, _ = __import__("engine.generate", fromlist=["greedy"]).greedy(chat.model, ids, 3)
+    _, gen, _ = __import__("npinfer.engine.generate", fromlist=["greedy"]).greedy(chat.model, ids, 3)
     assert [e["id"] for e in lp["content"]] == gen.tolist()
     assert lp["content"][0]["top_logprobs"][0]["id"] == gen[0]
 

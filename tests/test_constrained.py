@@ -14,14 +14,22 @@ import mistral_common
 import numpy as np
 import pytest
 
-import tokenizer
-from engine.chat_model import load_chat_model
-from engine.constrained import Grammar, GrammarError, json_grammar, lltokenizer, plan, tool_grammar
-from engine.generate import GenerationParams, complete, eos_ids
-from engine.sampling import SamplingParams, log_softmax
-from engine.tiny import family_config, write_checkpoint
-from tokenizer.chat import chat_tool_syntax
-from tokenizer.tools import ToolSyntax
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.constrained import (
+    Grammar,
+    GrammarError,
+    json_grammar,
+    lltokenizer,
+    plan,
+    tool_grammar,
+)
+from npinfer.engine.generate import GenerationParams, complete, eos_ids
+from npinfer.engine.sampling import SamplingParams, log_softmax
+from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.tokenizer.chat import chat_tool_syntax
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, load_tokenizer
+from npinfer.tokenizer.tekken import DEPRECATED_SPECIAL_TOKENS
+from npinfer.tokenizer.tools import ToolSyntax
 
 DATA = Path(mistral_common.__file__).parent / "data"
 V3 = DATA / "mistral_instruct_tokenizer_240323.model.v3"
@@ -70,7 +78,7 @@ SCHEMAS = [
 
 @pytest.fixture(scope="module")
 def spm():
-    return tokenizer.load(V3)
+    return load_tokenizer(V3)
 
 
 def run(model, tok, grammar, seed, n=8, max_tokens=120, **kw):
@@ -108,7 +116,7 @@ def test_any_json_object(spm):
 
 def test_random_weight_checkpoint_writes_schema_valid_json(tmp_path):
     """A real (random-weight) model through the whole pipeline, greedy and sampled."""
-    path = write_checkpoint(tmp_path / "m", family_config("mistral"), seed=4, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    path = write_checkpoint(tmp_path / "m", family_config("mistral"), seed=4, tokenizer=TINY_TOKENIZER_PATH)
     chat = load_chat_model(str(path))
     ids = chat.prompt([{"role": "user", "content": "Give me JSON."}])
     schema = SCHEMAS[0]
@@ -145,16 +153,16 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 def tool_cases(tmp_path):
     tekken = json.loads((DATA / "tekken_240911.json").read_text())
     tekken["config"]["version"] = "v13"
-    names = list(tokenizer.tekken.DEPRECATED_SPECIAL_TOKENS) + [f"<SPECIAL_{i}>" for i in range(20, 32)]
+    names = list(DEPRECATED_SPECIAL_TOKENS) + [f"<SPECIAL_{i}>" for i in range(20, 32)]
     tekken["special_tokens"] = [{"rank": i, "token_str": n, "is_control": True}
                                 for i, n in enumerate(names + ["[ARGS]", "[CALL_ID]", "[THINK]", "[/THINK]"])]
     (tmp_path / "tekken.json").write_text(json.dumps(tekken))
-    return [(tokenizer.load(V3), "mistral-v3"), (tokenizer.load(tmp_path / "tekken.json"), "mistral-v13")]
+    return [(load_tokenizer(V3), "mistral-v3"), (load_tokenizer(tmp_path / "tekken.json"), "mistral-v13")]
 
 
 @pytest.mark.parametrize("parallel", [True, False])
 def test_required_tool_calls_are_valid_calls(tmp_path, parallel):
-    from tokenizer.tools import ToolCallParser
+    from npinfer.tokenizer.tools import ToolCallParser
 
     for tok, fmt in tool_cases(tmp_path):
         syntax = chat_tool_syntax(tok, fmt)

@@ -1,4 +1,4 @@
-"""engine.generate on a tiny Mistral with the real tiny tokenizer, and the embedded default model."""
+"""npinfer.engine.generate on a tiny Mistral with the real tiny tokenizer, and the embedded default model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
-import tokenizer
-from engine.generate import greedy
-from engine.generate import (
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.generate import (
     Delta,
     Finish,
     GenerationParams,
@@ -21,11 +21,11 @@ from engine.generate import (
     collect,
     complete,
     generate,
+    greedy,
 )
-from engine.chat_model import load_chat_model
-from engine.sampling import SamplingParams, log_softmax
-from engine.tiny import family_config, write_checkpoint
-from conftest import run_cli
+from npinfer.engine.sampling import SamplingParams, log_softmax
+from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -33,7 +33,7 @@ GREEDY = SamplingParams(temperature=0.0)
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
     path = write_checkpoint(tmp_path_factory.mktemp("gen") / "tiny", family_config("mistral"), seed=3,
-                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                            tokenizer=TINY_TOKENIZER_PATH)
     return load_chat_model(str(path))
 
 
@@ -130,7 +130,7 @@ def test_eos_ends_a_choice_with_stop_and_no_text(chat, prompt):
 
 def test_the_context_limit_ends_with_length_and_a_full_prompt_is_refused(tmp_path, prompt):
     config = family_config("mistral") | {"max_position_embeddings": len(prompt) + 3}
-    path = write_checkpoint(tmp_path / "short", config, seed=3, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    path = write_checkpoint(tmp_path / "short", config, seed=3, tokenizer=TINY_TOKENIZER_PATH)
     short = load_chat_model(str(path))
     out = complete(short.model, short.tok, prompt, GenerationParams(max_tokens=100, sampling=GREEDY))
     assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 3
@@ -149,7 +149,7 @@ def test_prefill_state_copies_are_independent(chat, prompt):
 
 # --------------------------------------------------------------------------- the embedded default
 def test_default_model_is_written_once_atomically_and_deterministically(tmp_path, monkeypatch):
-    from engine import default_model
+    from npinfer.engine import default_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
     paths = []
@@ -189,12 +189,12 @@ def run_cli_env(args, env):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "npinfer.engine.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120, check=True)
 
 
 def load_chat_model_in(cache_home):
-    from engine.default_model import NAME
+    from npinfer.engine.default_model import NAME
 
     return load_chat_model(os.path.join(cache_home, "npinfer", NAME))
 

@@ -12,18 +12,18 @@ import mistral_common
 import numpy as np
 import pytest
 import sentencepiece as spm
-
-import kernels
-import tokenizer
 from cases import GENERATE, mistral, mixtral, prompt
 from conftest import assert_matches, max_diff, run_cli
-from engine import CheckpointError
-from engine.chat_model import load_chat_model
-from engine.generate import greedy
-from engine.registry import load_model
 from gguf_writer import Q, dequantized_hf, write_gguf
 from hf_oracle import hf_run, hf_written, load_hf
-from kernels.quant import QuantizedTensor
+
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.errors import CheckpointError
+from npinfer.engine.generate import greedy
+from npinfer.engine.registry import load_model
+from npinfer.kernels import ops
+from npinfer.kernels.quant import QuantizedTensor
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 DATA = Path(mistral_common.__file__).parent / "data"
 CORPUS = json.loads((Path(__file__).parent / "tokenizer_corpus" / "corpus.json").read_text())
@@ -51,7 +51,7 @@ LIVE = {  # name -> (config.json, the type its matrices are stored in); every ty
 def gguf_pair(tmp_path, config, qtype, seed=0, **kw):
     """(the GGUF, the HF checkpoint of its dequantized weights): what npinfer and transformers run."""
     hf = hf_written(tmp_path, config, seed=seed)
-    path = write_gguf(hf, tmp_path / "model.gguf", qtype=qtype, tokenizer_model=tokenizer.TINY_TOKENIZER_PATH,
+    path = write_gguf(hf, tmp_path / "model.gguf", qtype=qtype, tokenizer_model=TINY_TOKENIZER_PATH,
                       seed=seed, **kw)
     return path, dequantized_hf(hf, path, tmp_path / "dequantized")
 
@@ -124,9 +124,9 @@ def test_npinfer_tokenize_gguf_equals_sentencepiece(name, user_defined, tmp_path
     writes the .model's USER_DEFINED pieces (v3's 20 ``[REFERENCE_DOC_n]``-like pieces) as
     NORMAL, so a text spelling one tokenizes differently from the .model (as llama.cpp does
     too): with the converter's types those texts are left out, with the pieces kept all match."""
-    from tokenizer.spm_proto import USER_DEFINED, parse_model_proto
+    from npinfer.tokenizer.spm_proto import USER_DEFINED, parse_model_proto
 
-    model_file = tokenizer.TINY_TOKENIZER_PATH if name == "tiny" else DATA / name
+    model_file = TINY_TOKENIZER_PATH if name == "tiny" else DATA / name
     path = vocab_only(tmp_path, model_file, user_defined)
     sp = spm.SentencePieceProcessor(model_file=str(model_file))
     pieces = [p.piece for p in parse_model_proto(Path(model_file).read_bytes()).pieces if p.type == USER_DEFINED]
@@ -148,7 +148,7 @@ def in_process(*args, input="", check=True):
     import sys
     from types import SimpleNamespace
 
-    from engine.cli import main
+    from npinfer.engine.cli import main
 
     out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.StringIO()
     stdin = io.TextIOWrapper(io.BytesIO(input.encode("utf-8")), encoding="utf-8")
@@ -187,7 +187,7 @@ def test_gpt2_tekken_gguf_equals_mistral_common(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    from engine.gguf_checkpoint import gguf_tokenizer
+    from npinfer.engine.gguf_checkpoint import gguf_tokenizer
 
     ours, ref = gguf_tokenizer(tmp_path / "tekken.gguf"), Tekkenizer.from_file(DATA / "tekken_240911.json")
     assert (ours.bos_id, ours.eos_id, ours.vocab_size) == (ref.bos_id, ref.eos_id, ref.n_words)
@@ -201,7 +201,7 @@ def test_gpt2_tekken_gguf_equals_mistral_common(tmp_path):
 # --------------------------------------------------------------------------- refusals, by name
 def small_gguf(tmp_path, config=None, **kw) -> Path:
     hf = hf_written(tmp_path, config or mistral(vocab_size=1024, num_hidden_layers=1), seed=1)
-    return write_gguf(hf, tmp_path / "m.gguf", tokenizer_model=tokenizer.TINY_TOKENIZER_PATH, **kw)
+    return write_gguf(hf, tmp_path / "m.gguf", tokenizer_model=TINY_TOKENIZER_PATH, **kw)
 
 
 def test_unsupported_keys_tensors_and_types_are_named(tmp_path):
@@ -273,15 +273,15 @@ def test_quantized_weights_dequantize_only_when_used(tmp_path, monkeypatch):
     monkeypatch.setattr(QuantizedTensor, "dequantize", lambda self, *a: calls.append(self.shape) or real(self, *a))
     model.forward([4], state)
     assert calls == [(1, 64)]  # only the looked-up embedding row
-    with kernels.using("ref"):
+    with ops.using("ref"):
         model.forward([5], model.new_state())
     assert len(calls) > 1
 
 
 def test_header_reader_agrees_with_gguf_reader(tmp_path):
-    """engine.gguf_checkpoint's one-pass header parse gives gguf.GGUFReader's metadata, and
+    """npinfer.engine.gguf_checkpoint's one-pass header parse gives gguf.GGUFReader's metadata, and
     every tensor holds the reader's bytes and shape (experts stacked, quantized and not)."""
-    from engine.gguf_checkpoint import open_gguf
+    from npinfer.engine.gguf_checkpoint import open_gguf
 
     path = small_gguf(tmp_path, mixtral(vocab_size=1024, num_hidden_layers=1), qtype=Q.Q5_0,
                       chat_template="{{ messages[0]['content'] }}")

@@ -7,11 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cases import GENERATE, JAMBA_CASES, MINISTRAL_CASES, MISTRAL4_CASES, MISTRAL_CASES, MIXTRAL_CASES
+from cases import (
+    GENERATE,
+    JAMBA_CASES,
+    MINISTRAL_CASES,
+    MISTRAL4_CASES,
+    MISTRAL_CASES,
+    MIXTRAL_CASES,
+)
 from conftest import assert_matches
-from engine.generate import greedy
-from engine.registry import load_model
+
+from npinfer.engine.generate import greedy
+from npinfer.engine.registry import load_model
 
 GOLDEN = Path(__file__).parent / "golden"
 

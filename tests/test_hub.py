@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cases import mistral
-from engine.registry import load_model
 from fake_hub import FakeHub
+
+from npinfer.engine.registry import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,7 @@ def npinfer(tmp_path, *args, endpoint=None, offline=False, cwd=None, extra_env=N
         env["HF_HUB_OFFLINE"] = "1"
     env |= extra_env or {}
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "npinfer.engine.cli", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd or tmp_path, timeout=timeout)
     return proc.returncode, proc.stderr, time.monotonic() - start
 
@@ -81,7 +81,7 @@ def test_hub_downloads_show_a_bar_on_a_terminal(repo, tmp_path):
     hub = FakeHub({"someone/tiny": repo})
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url, "PYTHONPATH": str(ROOT)}
-    child = pexpect.spawn(sys.executable, ["-m", "engine.cli", *map(str, logits_args("someone/tiny", tmp_path))],
+    child = pexpect.spawn(sys.executable, ["-m", "npinfer.engine.cli", *map(str, logits_args("someone/tiny", tmp_path))],
                           env=env, encoding="utf-8", timeout=120)
     child.expect(pexpect.EOF)
     assert "model-00001" in child.before and "B/s" in child.before  # tqdm's download bar

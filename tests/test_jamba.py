@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import jamba_np
-import kernels
 from cases import JAMBA_CASES, jamba, prompt
 from conftest import max_diff, run_cli
-from engine.registry import load_model
-from engine.tiny import family_config, random_weights
 from reference_f64 import plain_jamba
+
+import jamba_np
+from npinfer.engine.registry import load_model
+from npinfer.engine.tiny import family_config, random_weights
+from npinfer.kernels import ops
+
 
 @pytest.mark.parametrize("case", ["attn3_moe3_top1", "bias_k3_gqa4"])
 @pytest.mark.parametrize("backend", ["ref", "fast"])
@@ -21,7 +22,7 @@ def test_float64_matches_independent_implementation(case, backend, make_checkpoi
     config = config | {"tie_word_embeddings": case == "bias_k3_gqa4"}
     model = load_model(make_checkpoint(config, seed), dtype="float64")
     ids = prompt(seed, config["vocab_size"], n=20)
-    with kernels.using(backend):
+    with ops.using(backend):
         ours = model.forward(ids, model.new_state())
     assert ours.dtype == np.float64
     assert max_diff(ours, plain_jamba(config, random_weights(config, seed), ids)) <= 1e-9
@@ -43,7 +44,7 @@ def test_float64_is_float64_throughout(make_checkpoint):
 # ---------------------------------------------------------------- the hybrid state
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from engine.tiny import write_checkpoint
+    from npinfer.engine.tiny import write_checkpoint
 
     return load_model(write_checkpoint(tmp_path_factory.mktemp("jamba") / "ckpt", family_config("jamba"), seed=3))
 
@@ -53,7 +54,7 @@ def tiny_model(tmp_path_factory):
 def test_prefill_equals_step_decode(tiny_model, backend, chunk):
     """A prompt in one pass (or in chunks) equals the same tokens fed one at a time."""
     ids = prompt(3, 1024, n=33)
-    with kernels.using(backend):
+    with ops.using(backend):
         stepped = np.concatenate([tiny_model.forward([i], s) for s in [tiny_model.new_state()] for i in ids])
         model = jamba_np.Jamba(tiny_model.config, tiny_model.weights, tiny_model.dtype, chunk_size=chunk)
         assert max_diff(model.forward(ids, model.new_state()), stepped) <= 1e-5
@@ -72,7 +73,7 @@ def test_continuation_from_state(tiny_model):
 
 def test_fast_and_ref_backends_agree(tiny_model):
     ids = prompt(6, 1024, n=25)
-    with kernels.using("ref"):
+    with ops.using("ref"):
         ref = tiny_model.forward(ids, tiny_model.new_state())
     assert max_diff(tiny_model.forward(ids, tiny_model.new_state()), ref) <= 1e-5
 

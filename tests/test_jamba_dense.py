@@ -6,14 +6,13 @@ float64 mode against the plain loops, on a checkpoint transformers wrote."""
 from __future__ import annotations
 
 import numpy as np
-
 from cases import prompt
 from conftest import max_diff
-from engine.checkpoint import open_checkpoint
-from engine.registry import load_model
 from test_jamba_hf import LIVE, hf_written
 
 import jamba_np
+from npinfer.engine.checkpoint import open_checkpoint
+from npinfer.engine.registry import load_model
 
 
 def test_dense_jamba_float64_and_schedule(tmp_path):

@@ -8,19 +8,16 @@ import json
 
 import numpy as np
 import pytest
-
-from cases import GENERATE, jamba, prompt
-from conftest import assert_matches, max_diff
-from engine.checkpoint import open_checkpoint
-from engine.generate import greedy
-from engine.registry import load_model
-
 import torch  # the oracle extra (the README's test command installs it)
 import transformers
-
+from cases import GENERATE, jamba, prompt
+from conftest import assert_matches, max_diff
 from hf_oracle import hf_run, load_hf, randomize_  # noqa: E402
 
 import jamba_np  # noqa: E402
+from npinfer.engine.checkpoint import open_checkpoint
+from npinfer.engine.generate import greedy
+from npinfer.engine.registry import load_model
 
 
 def hf_written(tmp_path, config: dict, seed: int, dtype=torch.float32, shard: str | None = None):

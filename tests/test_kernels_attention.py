@@ -8,11 +8,17 @@ import importlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kernels.attention import KEY_BLOCK, SMALL_BATCH, attention_fast, attention_ref
+from npinfer.kernels.attention import (
+    KEY_BLOCK,
+    SMALL_BATCH,
+    attention_fast,
+    attention_ref,
+)
 
-attention_module = importlib.import_module("kernels.attention")  # `kernels.attention` itself is the op
+attention_module = importlib.import_module("npinfer.kernels.attention")  # `kernels.attention` itself is the op
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 

@@ -8,14 +8,15 @@ import importlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import kernels
-from kernels.dtypes import float32_to_bf16
-from kernels.intrinsics import bf16_to_f32_ref
-from kernels.linear import SMALL_BATCH, linear_fast, linear_ref
+from npinfer.kernels import ops
+from npinfer.kernels.dtypes import float32_to_bf16
+from npinfer.kernels.intrinsics import bf16_to_f32_ref
+from npinfer.kernels.linear import SMALL_BATCH, linear_fast, linear_ref
 
-linear_module = importlib.import_module("kernels.linear")  # the module (kernels.linear is the op)
+linear_module = importlib.import_module("npinfer.kernels.linear")  # the module (ops.linear is the op)
 
 WEIGHT_DTYPES = ["bf16", "f16", "f32", "f64"]
 
@@ -86,13 +87,13 @@ def test_16bit_decode_kernel_never_widens_the_matrix(monkeypatch, kind):
 def test_switch_selects_the_implementation():
     rng = np.random.default_rng(1)
     w, x = weight(rng, (5, 7), "bf16"), rng.standard_normal((1, 7)).astype(np.float32)
-    with kernels.using("ref"):
-        assert kernels.backend() == "ref"
-        ref = kernels.linear(x, w)
-    assert kernels.backend() == "fast"
+    with ops.using("ref"):
+        assert ops.backend() == "ref"
+        ref = ops.linear(x, w)
+    assert ops.backend() == "fast"
     np.testing.assert_array_equal(ref, linear_ref(x, w))
     with pytest.raises(ValueError, match="unknown kernel backend"):
-        kernels.use("gpu")
+        ops.use("gpu")
 
 
 @pytest.mark.parametrize("kind", ["bf16", "f16"])
@@ -102,7 +103,7 @@ def test_register_widening_matches_numpy_for_every_16bit_value(kind):
     compared as NaNs (the hardware conversion may set the quiet bit)."""
     import numba
 
-    from kernels.intrinsics import bf16_to_f32, f16_to_f32, f16_to_f32_ref
+    from npinfer.kernels.intrinsics import bf16_to_f32, f16_to_f32, f16_to_f32_ref
 
     widen_one, reference = {"bf16": (bf16_to_f32, bf16_to_f32_ref), "f16": (f16_to_f32, f16_to_f32_ref)}[kind]
 

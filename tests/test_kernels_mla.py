@@ -7,13 +7,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kernels.attention import attention_fast, attention_ref
-from kernels.cache import new_latent_cache
-from kernels.dtypes import float32_to_bf16
-from kernels.latent_attention import (latent_attention_absorbed, latent_attention_fast, latent_attention_naive,
-                                      latent_attention_ref)
+from npinfer.kernels.attention import attention_fast, attention_ref
+from npinfer.kernels.cache import new_latent_cache
+from npinfer.kernels.dtypes import float32_to_bf16
+from npinfer.kernels.latent_attention import (
+    latent_attention_absorbed,
+    latent_attention_fast,
+    latent_attention_naive,
+    latent_attention_ref,
+)
 
 
 @st.composite
@@ -79,7 +84,7 @@ def test_naive_form_is_the_definition():
 @given(st.integers(1, 12), st.integers(1, 3), st.integers(1, 2), st.integers(1, 9), st.integers(1, 9),
        st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
 def test_attention_with_a_value_width_of_its_own(T, G, H_kv, D, Dv, dtype, seed):
-    """kernels.attention with values Dv wide and keys D wide: the Numba kernel (T <= 8) and
+    """npinfer.kernels.attention with values Dv wide and keys D wide: the Numba kernel (T <= 8) and
     BLAS (more) equal the reference, causal and windowed."""
     rng = np.random.default_rng(seed)
     S = T + 5

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import kernels.norm
-from kernels.dtypes import float32_to_bf16
-from kernels.intrinsics import bf16_to_f32_ref
-from kernels.norm import rms_norm_fast, rms_norm_ref
+from npinfer.kernels import norm as norm_module
+from npinfer.kernels.dtypes import float32_to_bf16
+from npinfer.kernels.intrinsics import bf16_to_f32_ref
+from npinfer.kernels.norm import rms_norm_fast, rms_norm_ref
 
 WEIGHT_DTYPES = ["bf16", np.float16, np.float32, np.float64]
 
@@ -64,7 +65,7 @@ def test_fast_norm_reads_the_weight_as_stored(kind, monkeypatch):
     def no_widen(*args):
         raise AssertionError("the fast norm widened its weight")
 
-    monkeypatch.setattr(kernels.norm, "widen", no_widen)
+    monkeypatch.setattr(norm_module, "widen", no_widen)
     x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
     w = as_weight(np.linspace(-2, 2, 64), kind)
     with pytest.raises(AssertionError):
@@ -79,7 +80,7 @@ def test_fast_norm_reads_the_weight_as_stored(kind, monkeypatch):
 def test_gated_norm_is_the_definition(groups, kind):
     """transformers' MambaRMSNormGated: h = y * silu(z); each group of Di / G channels
     divided by its own root mean square; times the weight. Written out per group, float64."""
-    from kernels.norm import gated_rms_norm_ref
+    from npinfer.kernels.norm import gated_rms_norm_ref
 
     rng = np.random.default_rng(groups)
     y, z = rng.standard_normal((3, 48)), rng.standard_normal((3, 48))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import kernels
-from kernels import quant
-from kernels.quant import BLOCK_SIZE, LAYOUTS, TYPE_SIZE, QuantizedTensor
+from npinfer.kernels import ops, quant
+from npinfer.kernels.quant import BLOCK_SIZE, LAYOUTS, TYPE_SIZE, QuantizedTensor
 
 KINDS = sorted(LAYOUTS)
 
@@ -77,7 +77,7 @@ def test_quantized_tensor_views():
     np.testing.assert_array_equal(t[1].dequantize(), full[1])
     ids = np.array([4, 0, 4])
     np.testing.assert_array_equal(t[2][ids].dequantize(), full[2][ids])
-    np.testing.assert_array_equal(kernels.embed(t[0], ids, np.float64), full[0][ids].astype(np.float64))
+    np.testing.assert_array_equal(ops.embed(t[0], ids, np.float64), full[0][ids].astype(np.float64))
     assert t.dequantize(np.float64).dtype == np.float64
     with pytest.raises(IndexError):
         t[0, 0, 0]
@@ -97,11 +97,11 @@ def test_fast_quantized_linear_matches_reference(kind, T, O, n_blocks, dtype, ti
     w = QuantizedTensor(kind, random_blocks(rng, kind, (O, n_blocks)), I)
     x = rng.standard_normal((T, I)).astype(dtype)
     fast = quant.quantized_matmul_fast(x, w, small_batch=8, tile_bytes=tile)
-    ref = kernels.linear.ref(x, w)
+    ref = ops.linear.ref(x, w)
     assert fast.dtype == ref.dtype == dtype and fast.shape == (T, O)
     scale = np.sqrt(I) * (np.abs(x).max() + 1) * (np.abs(w.dequantize()).max() + 1e-3)
     np.testing.assert_allclose(fast, ref, rtol=0, atol=(2e-6 if dtype == np.float32 else 1e-13) * scale)
-    np.testing.assert_array_equal(kernels.linear.ref(x, w), x @ w.dequantize(dtype).T)
+    np.testing.assert_array_equal(ops.linear.ref(x, w), x @ w.dequantize(dtype).T)
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_K"])
@@ -111,7 +111,7 @@ def test_decode_kernel_never_dequantizes_the_matrix(monkeypatch, kind):
     x = np.random.default_rng(6).standard_normal((1, w.shape[1])).astype(np.float32)
     ref = x @ w.dequantize().T
     monkeypatch.setattr(QuantizedTensor, "dequantize", lambda *a: pytest.fail("dequantized"))
-    np.testing.assert_allclose(kernels.linear(x, w), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(ops.linear(x, w), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("kind", ["Q8_0", "Q4_K"])

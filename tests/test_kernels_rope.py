@@ -9,13 +9,20 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import Ministral3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.ministral3.modeling_ministral3 import get_llama_4_attn_scale
 
-from kernels.config_fields import ConfigError
-from kernels.rope import Yarn, inv_frequencies, llama4_query_scale, read_rope, rope_tables
+from npinfer.kernels.config_fields import ConfigError
+from npinfer.kernels.rope import (
+    Yarn,
+    inv_frequencies,
+    llama4_query_scale,
+    read_rope,
+    rope_tables,
+)
 
 
 @st.composite

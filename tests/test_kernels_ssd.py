@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kernels import ssd
+from npinfer.kernels import ssd
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}  # the bars: recurrence == chunked
 

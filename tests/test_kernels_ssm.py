@@ -4,9 +4,10 @@ references against the definitions they implement (PyTorch's conv1d, the scan's 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from kernels import conv, ssm
+from npinfer.kernels import conv, ssm
 
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 dtypes = st.sampled_from([np.float32, np.float64])

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import kernels
 from cases import GENERATE, MAMBA2_CASES, mamba2, prompt
 from conftest import assert_matches, max_diff, run_cli
-from engine.generate import greedy
-from engine.registry import load_model
-from engine.tiny import family_config, random_weights, write_checkpoint
-from mistral_np.mamba2 import Mamba2
-from mistral_np.mamba2_config import Mamba2Config
-from mistral_np.mamba2_weights import expected_shapes, special_init
 from reference_mamba2 import plain_mamba2
+
+from npinfer.engine.generate import greedy
+from npinfer.engine.registry import load_model
+from npinfer.engine.tiny import family_config, random_weights, write_checkpoint
+from npinfer.kernels import ops
+from npinfer.mistral_np.mamba2 import Mamba2
+from npinfer.mistral_np.mamba2_config import Mamba2Config
+from npinfer.mistral_np.mamba2_weights import expected_shapes, special_init
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -51,7 +51,7 @@ def test_float64_matches_independent_implementation(case, backend, make_checkpoi
     seed = 70 + sorted(F64_CASES).index(case)
     model = load_model(make_checkpoint(config, seed), dtype="float64")
     ids = prompt(seed, config["vocab_size"], n=19)
-    with kernels.using(backend):
+    with ops.using(backend):
         ours = model.forward(ids, model.new_state())
     assert ours.dtype == np.float64
     assert max_diff(ours, plain_mamba2(config, random_weights(config, seed), ids)) <= 1e-9
@@ -83,7 +83,7 @@ def limited(model, limit):
 def test_prefill_equals_step_decode(tiny, backend, chunk):
     """A prompt in one pass (or in prefill chunks of 7) equals the same tokens fed one at a time."""
     ids = prompt(3, 1024, n=37)
-    with kernels.using(backend):
+    with ops.using(backend):
         state = tiny.new_state()
         stepped = np.concatenate([tiny.forward([i], state) for i in ids])
         model = Mamba2(tiny.config, tiny.weights, tiny.dtype, chunk_size=chunk)
@@ -124,7 +124,7 @@ def test_decode_step_is_not_clamped(tiny):
 def test_chunked_and_recurrence_agree_in_the_model(tiny):
     """kernels "ref" runs the chunked SSD form, "fast" the Numba recurrence: same logits."""
     ids = prompt(6, 1024, n=45)  # chunk 16: chunks of 16, 16, 13
-    with kernels.using("ref"):
+    with ops.using("ref"):
         ref = tiny.forward(ids, tiny.new_state())
     assert max_diff(tiny.forward(ids, tiny.new_state()), ref) <= 1e-5
 
@@ -219,7 +219,7 @@ def test_expected_shapes_tied_and_biases():
 
 def test_older_embedding_name_is_read(make_checkpoint, tmp_path):
     """`backbone.embedding.weight` (some Mamba-2 files) is read as transformers' load_hook renames it."""
-    from engine.safetensors_io import open_tensors, write_tensors
+    from npinfer.engine.safetensors_io import open_tensors, write_tensors
 
     config, seed = MAMBA2_CASES["g2_chunk16"]
     path = make_checkpoint(config, seed)
@@ -236,12 +236,12 @@ def test_older_embedding_name_is_read(make_checkpoint, tmp_path):
 def test_schema_constrained_chat(tmp_path):
     """Constrained decoding (engine.constrained) through a Mamba-2 chat model: n = 3 choices
     decode as one batch from copies of the prefill's state, each valid against the schema."""
-    import tokenizer
-    from engine.chat_model import load_chat_model
-    from engine.constrained import plan
-    from engine.generate import GenerationParams, complete, eos_ids
+    from npinfer.engine.chat_model import load_chat_model
+    from npinfer.engine.constrained import plan
+    from npinfer.engine.generate import GenerationParams, complete, eos_ids
+    from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
-    path = write_checkpoint(tmp_path / "m", family_config("mamba2"), seed=4, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    path = write_checkpoint(tmp_path / "m", family_config("mamba2"), seed=4, tokenizer=TINY_TOKENIZER_PATH)
     chat = load_chat_model(str(path))
     assert {"json_object", "json_schema"} <= chat.family.response_formats
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch  # the oracle extra (the README's test command installs it)
 import transformers
-
-import kernels
 from cases import GENERATE, mamba2, prompt
 from conftest import assert_matches, max_diff, run_cli
-from engine.checkpoint import open_checkpoint
-from engine.generate import greedy
-from engine.oracle import collect_activations, diff_arrays
-from engine.registry import load_model
 from hf_oracle import hf_run, load_hf, randomize_
-from mistral_np.mamba2_weights import expected_shapes
+
+from npinfer.engine.checkpoint import open_checkpoint
+from npinfer.engine.generate import greedy
+from npinfer.engine.oracle import collect_activations, diff_arrays
+from npinfer.engine.registry import load_model
+from npinfer.kernels import ops
+from npinfer.mistral_np.mamba2_weights import expected_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.hf_dump import hf_activations  # noqa: E402
@@ -96,7 +96,7 @@ def test_live_transformers(case, tmp_path):
     ref = hf_run(load_hf(path), ids, GENERATE)
     assert np.std(ref["logits"]) > 0.3  # a test with near-uniform logits would test little
     for backend in ("fast", "ref"):
-        with kernels.using(backend):
+        with ops.using(backend):
             assert_matches(greedy(model, ids, GENERATE), ref)
 
 

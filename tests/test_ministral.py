@@ -14,18 +14,18 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
-import tokenizer
 from cases import GENERATE, ministral, ministral3, mistral, mistral3, prompt, yarn_rope
 from conftest import assert_matches, max_diff, run_cli
-from engine import NpinferError
-from engine.chat_model import load_chat_model
-from engine.checkpoint import open_checkpoint
-from engine.generate import greedy
-from engine.registry import load_model, open_model
-from engine.tiny import family_config, write_checkpoint
 from hf_oracle import hf_run, hf_to_native, hf_written, load_hf
+from safetensors.torch import load_file, save_file
+
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.checkpoint import open_checkpoint
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.generate import greedy
+from npinfer.engine.registry import load_model, open_model
+from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 
 def without(config: dict, *keys) -> dict:
@@ -141,7 +141,7 @@ def test_missing_keys_take_the_writing_class_defaults(model_type):
     """A config.json that leaves keys out reads as transformers' config class fills them in."""
     import transformers
 
-    from mistral_np import MistralConfig
+    from npinfer.mistral_np.config import MistralConfig
 
     given = {"model_type": model_type, "hidden_size": 64, "num_attention_heads": 16, "num_hidden_layers": 2,
              "intermediate_size": 32, "vocab_size": 100}
@@ -330,7 +330,7 @@ def test_image_content_part_is_a_422_naming_the_field(tmp_path):
     naming the field (engine.schema accepts text parts only)."""
     from test_server import KEY, running
 
-    path = write_checkpoint(tmp_path / "m3", family_config("mistral3"), seed=4, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    path = write_checkpoint(tmp_path / "m3", family_config("mistral3"), seed=4, tokenizer=TINY_TOKENIZER_PATH)
     chat = load_chat_model(str(path))
     assert "the text decoder of a Mistral3ForConditionalGeneration" in chat.load_line
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}

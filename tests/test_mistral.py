@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from cases import GENERATE, MISTRAL_CASES, ministral, mistral, prompt
 from conftest import assert_matches, max_diff, run_cli
-from engine.generate import greedy
-from engine.registry import load_model
 from hf_oracle import hf_run, hf_to_native, hf_written, load_hf
+
+from npinfer.engine.generate import greedy
+from npinfer.engine.registry import load_model
 
 # ------------------------------------------------------------------ live transformers
 

@@ -13,14 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cases import GENERATE, MISTRAL4_CASES, PROMPT_LEN, mistral3, mistral4, prompt, yarn_rope
+from cases import (
+    GENERATE,
+    MISTRAL4_CASES,
+    PROMPT_LEN,
+    mistral3,
+    mistral4,
+    prompt,
+    yarn_rope,
+)
 from conftest import assert_matches, max_diff, run_cli
 from hf_oracle import hf_run, hf_written, load_hf
 from reference_f64 import load_f64
 
-from engine.generate import greedy
-from engine.oracle import collect_activations, diff_arrays
-from engine.registry import load_model
+from npinfer.engine.generate import greedy
+from npinfer.engine.oracle import collect_activations, diff_arrays
+from npinfer.engine.registry import load_model
 
 
 def random_config(rng) -> dict:

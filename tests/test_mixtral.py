@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from cases import GENERATE, MIXTRAL_CASES, mixtral, prompt
 from conftest import assert_matches, max_diff, run_cli
-from engine.generate import greedy
-from engine.registry import load_model
 from hf_oracle import hf_run, hf_to_native, hf_written, load_hf
+
+from npinfer.engine.generate import greedy
+from npinfer.engine.registry import load_model
 
 
 def random_config(rng) -> dict:

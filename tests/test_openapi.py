@@ -16,18 +16,18 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-import tokenizer
-from engine.chat_model import load_chat_model
-from engine.generate import GenerationParams, complete
-from engine.server import Service, create_app
-from engine.tiny import family_config, write_checkpoint
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.generate import GenerationParams, complete
+from npinfer.engine.server import Service, create_app
+from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     """The server on a tiny model (warmed up: its kernels compiled before the first request)."""
     path = write_checkpoint(tmp_path_factory.mktemp("openapi") / "tiny", family_config("mistral") |
-                            {"max_position_embeddings": 64}, seed=2, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                            {"max_position_embeddings": 64}, seed=2, tokenizer=TINY_TOKENIZER_PATH)
     chat = load_chat_model(str(path))
     complete(chat.model, chat.tok, chat.prompt([{"role": "user", "content": "hi"}]), GenerationParams(max_tokens=2))
     service = Service(chat)

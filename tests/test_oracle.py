@@ -15,15 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cases import jamba, mistral, mixtral, prompt
 from conftest import max_diff, run_cli
-from engine import NpinferError
-from engine.oracle import collect_activations, diff_arrays, diff_dumps, dump_activations, order_key, read_dump
-from engine.registry import load_model
-from engine.safetensors_io import open_tensors, write_tensors
-from engine.tiny import random_weights
 from reference_f64 import plain_jamba
+
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.oracle import (
+    collect_activations,
+    diff_arrays,
+    diff_dumps,
+    dump_activations,
+    order_key,
+    read_dump,
+)
+from npinfer.engine.registry import load_model
+from npinfer.engine.safetensors_io import open_tensors, write_tensors
+from npinfer.engine.tiny import random_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("hf_dump", ROOT / "benchmarks" / "hf_dump.py")
@@ -35,8 +42,8 @@ FAMILIES = {"mistral": mistral(num_hidden_layers=3), "mixtral": mixtral(num_hidd
 
 
 def run_diff(*args):
-    """`python -m engine.oracle diff ...` (the same code as `npinfer diff`) in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "engine.oracle", "diff", *map(str, args)], check=False,
+    """`python -m npinfer.engine.oracle diff ...` (the same code as `npinfer diff`) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "npinfer.engine.oracle", "diff", *map(str, args)], check=False,
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
@@ -124,7 +131,7 @@ def test_dump_layout(make_checkpoint, tmp_path):
 
 def test_bf16_safetensors_dump_is_widened(tmp_path):
     """Another backend's bf16 activations (stored as BF16) are compared as floats."""
-    from kernels.dtypes import float32_to_bf16
+    from npinfer.kernels.dtypes import float32_to_bf16
 
     x = np.array([[1.5, -2.25], [0.1, 3.0]], np.float32)
     write_tensors(tmp_path / "bf16.safetensors", {"input_ids": np.arange(2), "model.embed_tokens": float32_to_bf16(x)},

@@ -3,7 +3,7 @@
 Each command runs as written, one `bash -c` each, in order, in a scratch folder,
 with these stand-ins (nothing is downloaded):
 
-* ``npinfer`` and ``python`` are this checkout's (``python -m engine.cli``, this interpreter),
+* ``npinfer`` and ``python`` are this checkout's (``python -m npinfer.engine.cli``, this interpreter),
   and the scratch folder links the checkout's top-level folders (``benchmarks/``, ...);
 * ``MODEL`` is a tiny Mistral written by ``npinfer tiny mistral``;
 * a Hugging Face repo id is answered by a fake hub (`fake_hub.FakeHub`, ``HF_ENDPOINT``)
@@ -31,18 +31,17 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
-
-import tokenizer
-from engine.registry import tiny_layout
-from engine.tiny import write_checkpoint
 from fake_hub import FakeHub
 from gguf_writer import Q, write_gguf
+
+from npinfer.engine.registry import tiny_layout
+from npinfer.engine.tiny import write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -118,7 +117,7 @@ def sandbox(tmp_path_factory):
     """(cwd, env): the scratch folder, the stand-ins, and a fake hub serving them."""
     base = tmp_path_factory.mktemp("readme")
     tiny = {layout: write_checkpoint(base / "tiny" / layout, tiny_layout(layout)[1], seed=0,
-                                     tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                                     tokenizer=TINY_TOKENIZER_PATH)
             for layout in ("mistral", "mixtral", "jamba")}
     home, cwd, bin_dir = base / "home", base / "work", base / "bin"
     for d in (home / "models", cwd, bin_dir):
@@ -133,14 +132,14 @@ def sandbox(tmp_path_factory):
 
             hf_to_native(tiny["mistral"], home / "models" / name)
             # (as tokenizer.model: the tiny tokenizer has no [INST] tokens for a .v3 file's format)
-            shutil.copy(tokenizer.TINY_TOKENIZER_PATH, home / "models" / name / "tokenizer.model")
+            shutil.copy(TINY_TOKENIZER_PATH, home / "models" / name / "tokenizer.model")
         else:
             shutil.copytree(tiny["mistral"], home / "models" / name)
     for name in {g for c, _ in COMMANDS for g in re.findall(r"[\w.-]+\.gguf\b", c)}:
-        write_gguf(tiny["mistral"], cwd / name, qtype=Q.Q8_0, tokenizer_model=tokenizer.TINY_TOKENIZER_PATH)
+        write_gguf(tiny["mistral"], cwd / name, qtype=Q.Q8_0, tokenizer_model=TINY_TOKENIZER_PATH)
     llama_server = (f'while [ $# -gt 0 ]; do case "$1" in -m) m="$2"; shift;; --port) p="$2"; shift;; esac; shift; '
-                    f'done; exec "{sys.executable}" -m engine.cli serve "$m" --port "$p"')
-    for name, line in [("npinfer", f'exec "{sys.executable}" -m engine.cli "$@"'),
+                    f'done; exec "{sys.executable}" -m npinfer.engine.cli serve "$m" --port "$p"')
+    for name, line in [("npinfer", f'exec "{sys.executable}" -m npinfer.engine.cli "$@"'),
                        ("python", f'exec "{sys.executable}" "$@"'), ("llama-server", llama_server)]:
         (bin_dir / name).write_text(f"#!/bin/sh\n{line}\n")
         (bin_dir / name).chmod(0o755)

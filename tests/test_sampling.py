@@ -1,4 +1,4 @@
-"""engine.sampling and the stop-string matcher of engine.generate, on plain arrays and strings."""
+"""npinfer.engine.sampling and the stop-string matcher of engine.generate, on plain arrays and strings."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.generate import StopStrings
-from engine.sampling import SamplingParams, adjust_logits, choice_rngs, choose, log_softmax, nucleus, top_logprobs
+from npinfer.engine.generate import StopStrings
+from npinfer.engine.sampling import (
+    SamplingParams,
+    adjust_logits,
+    choice_rngs,
+    choose,
+    log_softmax,
+    nucleus,
+    top_logprobs,
+)
 
 
 def test_penalties_follow_the_openai_formula():

@@ -16,15 +16,30 @@ import time
 import numpy as np
 import pytest
 
-import tokenizer
-from engine import constrained
-from engine.chat_model import load_chat_model
-from engine.generate import PREFILL_CHUNK, Finish, GenerationParams, Usage, eos_ids, generate
-from engine.registry import load_model
-from engine.sampling import SamplingParams
-from engine.scheduler import DONE, MAX_BATCH, BatchLimits, Job, MappedFiles, Scheduler, state_bytes
-from engine.schema import ApiError
-from engine.tiny import family_config, write_checkpoint
+from npinfer.engine import constrained
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.generate import (
+    PREFILL_CHUNK,
+    Finish,
+    GenerationParams,
+    Usage,
+    eos_ids,
+    generate,
+)
+from npinfer.engine.registry import load_model
+from npinfer.engine.sampling import SamplingParams
+from npinfer.engine.scheduler import (
+    DONE,
+    MAX_BATCH,
+    BatchLimits,
+    Job,
+    MappedFiles,
+    Scheduler,
+    state_bytes,
+)
+from npinfer.engine.schema import ApiError
+from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 LAYOUTS = ["mistral", "mixtral", "ministral", "ministral3", "jamba"]
 
@@ -68,7 +83,7 @@ def test_each_row_of_a_batched_decode_step_is_the_sequence_stepped_alone(tmp_pat
 def chats(tmp_path_factory):
     root = tmp_path_factory.mktemp("sched")
     return {layout: load_chat_model(str(write_checkpoint(root / layout, family_config(layout), seed=4,
-                                                         tokenizer=tokenizer.TINY_TOKENIZER_PATH)))
+                                                         tokenizer=TINY_TOKENIZER_PATH)))
             for layout in ("mistral", "mixtral", "jamba")}
 
 
@@ -215,7 +230,7 @@ def test_cache_memory_is_counted_and_limited(chats):
 
 
 def test_a_changed_checkpoint_is_refused_before_it_is_read(tmp_path):
-    path = write_checkpoint(tmp_path / "m", family_config("mistral"), seed=0, tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+    path = write_checkpoint(tmp_path / "m", family_config("mistral"), seed=0, tokenizer=TINY_TOKENIZER_PATH)
     chat = load_chat_model(str(path))
     files = MappedFiles.of(chat.model)
     assert list(files.seen) == [str(path / "model.safetensors")] and files.changed() is None

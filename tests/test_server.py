@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-
 from pathlib import Path
 
 import httpx
@@ -25,11 +24,11 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 from openai import OpenAI
 
-import tokenizer
-from engine.generate import greedy
-from engine.chat_model import load_chat_model
-from engine.server import Limits, Service, server_config
-from engine.tiny import family_config, write_checkpoint
+from npinfer.engine.chat_model import load_chat_model
+from npinfer.engine.generate import greedy
+from npinfer.engine.server import Limits, Service, server_config
+from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 KEY = "test-key-123"
 SYSTEM, QUESTION = "You are a helpful assistant.", "How many languages are in the world?"
@@ -62,7 +61,7 @@ def running(chat, limits: Limits | None = None, api_key=KEY):
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory):
     path = write_checkpoint(tmp_path_factory.mktemp("srv") / "tiny-mistral", family_config("mistral"), seed=5,
-                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                            tokenizer=TINY_TOKENIZER_PATH)
     return load_chat_model(str(path))
 
 
@@ -404,8 +403,8 @@ def test_a_short_request_is_answered_while_a_long_one_streams(chat):
 def test_64_clients_at_once_all_get_their_answer(server, chat):
     """A bounded load test: 64 requests at once (16 live, the rest queued), none lost, each with
     the text the request gets alone."""
-    from engine.generate import GenerationParams, complete
-    from engine.sampling import SamplingParams
+    from npinfer.engine.generate import GenerationParams, complete
+    from npinfer.engine.sampling import SamplingParams
 
     questions = [f"Question {i}: how are you?" for i in range(8)]
     expected = {q: complete(chat.model, chat.tok, chat.prompt([{"role": "user", "content": q}]),
@@ -431,7 +430,7 @@ def test_64_clients_at_once_all_get_their_answer(server, chat):
 
 def test_a_checkpoint_truncated_while_serving_is_refused_with_a_clear_error(tmp_path):
     path = write_checkpoint(tmp_path / "victim", family_config("mistral"), seed=5,
-                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                            tokenizer=TINY_TOKENIZER_PATH)
     victim = load_chat_model(str(path))
     body = {"messages": MESSAGES, "max_tokens": 3}
     with running(victim, api_key=None) as (url, _):
@@ -470,7 +469,7 @@ def test_served_greedy_output_is_what_transformers_generates(server, chat, http)
 
 def test_jamba_is_served_as_ai21_with_its_greedy_decode(tmp_path):
     path = write_checkpoint(tmp_path / "tiny-jamba", family_config("jamba"), seed=1,
-                            tokenizer=tokenizer.TINY_TOKENIZER_PATH)
+                            tokenizer=TINY_TOKENIZER_PATH)
     jamba = load_chat_model(str(path))
     with running(jamba) as (url, _):
         client = ChatCompletionsClient(endpoint=url, credential=AzureKeyCredential(KEY))

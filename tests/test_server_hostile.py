@@ -9,9 +9,9 @@ import socket
 import time
 
 import pytest
-
-from engine.server import Limits
 from test_server import chat, running  # noqa: F401  (chat: the tiny model fixture)
+
+from npinfer.engine.server import Limits
 
 MESSAGES = [{"role": "user", "content": "Hi there"}]
 PASS = {"extra-parameters": "pass-through"}

@@ -9,12 +9,17 @@ import mistral_common
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+from mistral_common.protocol.instruct.messages import (
+    AssistantMessage,
+    SystemMessage,
+    UserMessage,
+)
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-import tokenizer
-from tokenizer.chat import chat_format_for, render_chat
+from npinfer.tokenizer.chat import chat_format_for, render_chat
+from npinfer.tokenizer.errors import ChatFormatError
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, load_tokenizer
 
 DATA = Path(mistral_common.__file__).parent / "data"
 CASES = {  # name: (file, format)
@@ -56,7 +61,7 @@ def files(tmp_path_factory):
     (d / "tekken.json").write_text(json.dumps(data))
     paths = {k: v[0] for k, v in CASES.items()}
     paths["tekken-v7"] = d / "tekken.json"
-    return {k: (tokenizer.load(p), MistralTokenizer.from_file(str(p))) for k, p in paths.items()}
+    return {k: (load_tokenizer(p), MistralTokenizer.from_file(str(p))) for k, p in paths.items()}
 
 
 def reference(ref, messages):
@@ -71,7 +76,7 @@ def test_mistral_formats_identical(files, case):
         try:
             expected = reference(ref, messages)
         except Exception as e:  # the reference refuses: so must we
-            with pytest.raises(tokenizer.ChatFormatError):
+            with pytest.raises(ChatFormatError):
                 render_chat(ours, messages, CASES[case][1])
             print(case, "reference refuses", messages, e)
             continue
@@ -93,7 +98,7 @@ def test_hypothesis_mistral_formats_identical(files, system, contents):
         try:
             expected = reference(ref, messages)
         except Exception:
-            with pytest.raises(tokenizer.ChatFormatError):
+            with pytest.raises(ChatFormatError):
                 render_chat(ours, messages, CASES[case][1])
             continue
         assert render_chat(ours, messages, CASES[case][1]) == expected
@@ -116,16 +121,16 @@ BAD = [
 @pytest.mark.parametrize("messages", BAD)
 def test_bad_roles_raise_one_line_error(files, messages):
     ours, _ = files["spm-v3"]
-    with pytest.raises(tokenizer.ChatFormatError) as e:
+    with pytest.raises(ChatFormatError) as e:
         render_chat(ours, messages, "mistral-v3")
     assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
 
 
 def test_format_needs_control_tokens(files):
     ours, _ = files["spm-v1"]
-    with pytest.raises(tokenizer.ChatFormatError, match=r"\[INST\]"):
+    with pytest.raises(ChatFormatError, match=r"\[INST\]"):
         render_chat(ours, CHATS[0], "mistral-v3")
-    with pytest.raises(tokenizer.ChatFormatError, match="unknown chat format"):
+    with pytest.raises(ChatFormatError, match="unknown chat format"):
         render_chat(ours, CHATS[0], "chatml")
 
 
@@ -177,7 +182,7 @@ def test_hf_template_identical(hf_dir):
     from transformers import AutoTokenizer
 
     ref = AutoTokenizer.from_pretrained(str(hf_dir))
-    ours = tokenizer.load(hf_dir / "tokenizer.json")
+    ours = load_tokenizer(hf_dir / "tokenizer.json")
     assert chat_format_for(hf_dir) == "hf-template"
     for messages in CHATS[:4]:
         expected = ref.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -185,19 +190,19 @@ def test_hf_template_identical(hf_dir):
 
 
 def test_hf_template_raise_exception_is_chat_format_error(hf_dir):
-    ours = tokenizer.load(hf_dir)  # directory: tokenizer.json is the only tokenizer file there
+    ours = load_tokenizer(hf_dir)  # directory: tokenizer.json is the only tokenizer file there
     assert ours.kind == "hf-json"
     messages = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
-    with pytest.raises(tokenizer.ChatFormatError):
+    with pytest.raises(ChatFormatError):
         render_chat(ours, messages, "hf-template")  # our role check comes first
-    with pytest.raises(tokenizer.ChatFormatError, match="hf-template"):
-        render_chat(tokenizer.load(tokenizer.TINY_TOKENIZER_PATH), CHATS[0], "hf-template")
+    with pytest.raises(ChatFormatError, match="hf-template"):
+        render_chat(load_tokenizer(TINY_TOKENIZER_PATH), CHATS[0], "hf-template")
 
 
 def test_chat_format_for(tmp_path):
     tiny = tmp_path / "tiny"
     tiny.mkdir()
-    shutil.copy(tokenizer.TINY_TOKENIZER_PATH, tiny / "tokenizer.model")
+    shutil.copy(TINY_TOKENIZER_PATH, tiny / "tokenizer.model")
     assert chat_format_for(tiny) == "mistral-v1"
     v7 = tmp_path / "v7"
     v7.mkdir()
@@ -226,7 +231,7 @@ def test_hf_template_with_sentencepiece_file_in_a_hub_style_directory(tmp_path, 
         {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}  # fmt: skip
     (tmp_path / "tokenizer.json").write_text(json.dumps(data))
     shutil.copy(DATA / "tokenizer.model.v1", tmp_path / "tokenizer.model")
-    ours = tokenizer.load(tmp_path)
+    ours = load_tokenizer(tmp_path)
     assert ours.kind == "sentencepiece" and chat_format_for(tmp_path) == "hf-template"
     ref = AutoTokenizer.from_pretrained(str(tmp_path))
     for messages in CHATS[:4]:

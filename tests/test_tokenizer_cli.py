@@ -1,4 +1,4 @@
-"""``python -m tokenizer.cli`` (``npinfer tokenize``): JSON lines against the references."""
+"""``python -m npinfer.tokenizer.cli`` (``npinfer tokenize``): JSON lines against the references."""
 
 import json
 import subprocess
@@ -7,20 +7,24 @@ from pathlib import Path
 
 import mistral_common
 import sentencepiece as spm
-from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+from mistral_common.protocol.instruct.messages import (
+    AssistantMessage,
+    SystemMessage,
+    UserMessage,
+)
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
-import tokenizer
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
-ROOT = Path(tokenizer.__file__).parent.parent
+ROOT = Path(TINY_TOKENIZER_PATH).parents[2]  # the folder that holds tokenizer/
 DATA = Path(mistral_common.__file__).parent / "data"
 CORPUS = json.loads((Path(__file__).parent / "tokenizer_corpus" / "corpus.json").read_text())
 
 
 def cli(*args, stdin: str):
-    p = subprocess.run([sys.executable, "-m", "tokenizer.cli", *map(str, args)], input=stdin.encode(),
+    p = subprocess.run([sys.executable, "-m", "npinfer.tokenizer.cli", *map(str, args)], input=stdin.encode(),
                        capture_output=True, cwd=ROOT, timeout=120)  # fmt: skip
     return p.returncode, p.stdout.decode(), p.stderr.decode()
 
@@ -44,7 +48,7 @@ def test_encode_and_decode_sentencepiece():
 
 def test_encode_tekken_directory(tmp_path):
     (tmp_path / "tekken.json").write_bytes((DATA / "tekken_240718.json").read_bytes())
-    (tmp_path / "tokenizer.model").write_bytes(Path(tokenizer.TINY_TOKENIZER_PATH).read_bytes())
+    (tmp_path / "tokenizer.model").write_bytes(Path(TINY_TOKENIZER_PATH).read_bytes())
     ref = Tekkenizer.from_file(str(DATA / "tekken_240718.json"))
     texts = list(CORPUS.values())
     rc, out, err = cli(tmp_path, stdin=lines(texts))  # the directory rule prefers tekken.json
@@ -72,7 +76,7 @@ def test_chat_matches_mistral_common():
 
 
 def test_bad_line_is_a_one_line_error_without_output():
-    path = tokenizer.TINY_TOKENIZER_PATH
+    path = TINY_TOKENIZER_PATH
     for args, stdin, needle in [
         ((), '"fine"\n{"not": "a string"}\n', "line 2"),
         ((), '"fine"\n\n"also fine"\n[1, 2\n', "line 4"),
@@ -88,5 +92,5 @@ def test_bad_line_is_a_one_line_error_without_output():
 def test_bad_tokenizer_or_format(tmp_path):
     rc, out, err = cli(tmp_path / "nope.model", stdin="")
     assert rc == 2 and "nope.model" in err and "Traceback" not in err
-    rc, out, err = cli(tokenizer.TINY_TOKENIZER_PATH, "--chat", "chatml", stdin="")
+    rc, out, err = cli(TINY_TOKENIZER_PATH, "--chat", "chatml", stdin="")
     assert rc == 2 and "chatml" in err and "Traceback" not in err

@@ -16,7 +16,8 @@ import tokenizers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tokenizer
+from npinfer.tokenizer.errors import TokenizerError
+from npinfer.tokenizer.files import load_tokenizer
 
 DATA = Path(mistral_common.__file__).parent / "data"
 CORPUS = json.loads((Path(__file__).parent / "tokenizer_corpus" / "corpus.json").read_text())
@@ -47,7 +48,7 @@ def converted(tmp_path_factory):
     }
     out["legacy"] = tmp_path_factory.mktemp("legacy")
     (out["legacy"] / "tokenizer.json").write_text(json.dumps(data))
-    return {k: (tokenizer.load(d / "tokenizer.json"), tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")))
+    return {k: (load_tokenizer(d / "tokenizer.json"), tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")))
             for k, d in out.items()}  # fmt: skip
 
 
@@ -104,5 +105,5 @@ def test_unsupported_component_is_a_clear_error(tmp_path, converted):
     data["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True}
     bad = tmp_path / "tokenizer.json"
     bad.write_text(json.dumps(data))
-    with pytest.raises(tokenizer.TokenizerError, match=r"tokenizer\.json.*ByteLevel"):
-        tokenizer.load(bad)
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json.*ByteLevel"):
+        load_tokenizer(bad)

@@ -15,7 +15,8 @@ import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tokenizer
+from npinfer.tokenizer.errors import TokenizerError
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, load_tokenizer
 
 DATA = Path(mistral_common.__file__).parent / "data"
 FILES = {
@@ -23,7 +24,7 @@ FILES = {
     "v2": DATA / "mistral_instruct_tokenizer_240216.model.v2",
     "v3": DATA / "mistral_instruct_tokenizer_240323.model.v3",
     "v7": DATA / "mistral_instruct_tokenizer_241114.model.v7",
-    "tiny": Path(tokenizer.TINY_TOKENIZER_PATH),
+    "tiny": Path(TINY_TOKENIZER_PATH),
 }
 CORPUS = json.loads((Path(__file__).parent / "tokenizer_corpus" / "corpus.json").read_text())
 
@@ -34,7 +35,7 @@ def pair(name):
     """(ours, reference) for one model file, loaded once."""
     if name not in _cache:
         path = str(FILES[name])
-        _cache[name] = (tokenizer.load(path), spm.SentencePieceProcessor(model_file=path))
+        _cache[name] = (load_tokenizer(path), spm.SentencePieceProcessor(model_file=path))
     return _cache[name]
 
 
@@ -129,7 +130,7 @@ def test_stream_holds_partial_characters():
 def _train(tmp_path, **kw):
     prefix = tmp_path / "m"
     spm.SentencePieceTrainer.train(
-        input=str(Path(tokenizer.__file__).parent / "data" / "tiny_corpus.txt"),
+        input=str(Path(TINY_TOKENIZER_PATH).parent / "tiny_corpus.txt"),
         model_prefix=str(prefix),
         model_type="bpe",
         normalization_rule_name="identity",
@@ -145,7 +146,7 @@ def test_without_byte_fallback_unk_identical(tmp_path):
     and decode to ' ⁇ ' -- here the reference does not round-trip, and neither do we."""
     path = _train(tmp_path, vocab_size=300, byte_fallback=False, character_coverage=0.99,
                   user_defined_symbols=["<tool>", "NPINFER"])  # fmt: skip
-    ours, ref = tokenizer.load(path), spm.SentencePieceProcessor(model_file=path)
+    ours, ref = load_tokenizer(path), spm.SentencePieceProcessor(model_file=path)
     texts = list(CORPUS.values()) + ["ж жж жжж", "x<tool>yNPINFERz <tool><tool>", "NPINFE NPINFERR"]
     for text in texts:
         ids = ours.encode(text)
@@ -157,14 +158,14 @@ def test_without_byte_fallback_unk_identical(tmp_path):
 def test_bad_files_raise_tokenizer_error(tmp_path):
     bad = tmp_path / "tokenizer.model"
     bad.write_bytes(b"\xff\xff\xff garbage")
-    with pytest.raises(tokenizer.TokenizerError, match="tokenizer.model"):
-        tokenizer.load(str(bad))
-    with pytest.raises(tokenizer.TokenizerError, match="missing.model"):
-        tokenizer.load(str(tmp_path / "missing.model"))
+    with pytest.raises(TokenizerError, match="tokenizer.model"):
+        load_tokenizer(str(bad))
+    with pytest.raises(TokenizerError, match="missing.model"):
+        load_tokenizer(str(tmp_path / "missing.model"))
     unigram = tmp_path / "u"
     spm.SentencePieceTrainer.train(
-        input=str(Path(tokenizer.__file__).parent / "data" / "tiny_corpus.txt"),
+        input=str(Path(TINY_TOKENIZER_PATH).parent / "tiny_corpus.txt"),
         model_prefix=str(unigram), model_type="unigram", vocab_size=300, minloglevel=2,
     )  # fmt: skip
-    with pytest.raises(tokenizer.TokenizerError, match="not BPE"):
-        tokenizer.load(str(unigram) + ".model")
+    with pytest.raises(TokenizerError, match="not BPE"):
+        load_tokenizer(str(unigram) + ".model")

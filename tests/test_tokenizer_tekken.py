@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
-import tokenizer
+from npinfer.tokenizer.errors import TokenizerError
+from npinfer.tokenizer.files import load_tokenizer
 
 DATA = Path(mistral_common.__file__).parent / "data"
 FILES = {"240718": DATA / "tekken_240718.json", "240911": DATA / "tekken_240911.json"}
@@ -20,7 +21,7 @@ _cache = {}
 
 def pair(name):
     if name not in _cache:
-        _cache[name] = (tokenizer.load(FILES[name]), Tekkenizer.from_file(FILES[name]))
+        _cache[name] = (load_tokenizer(FILES[name]), Tekkenizer.from_file(FILES[name]))
     return _cache[name]
 
 
@@ -94,8 +95,8 @@ def test_stream_holds_partial_characters():
 def test_bad_tekken_file(tmp_path):
     bad = tmp_path / "tekken.json"
     bad.write_text(json.dumps({"config": {"pattern": "x"}, "vocab": []}))
-    with pytest.raises(tokenizer.TokenizerError, match="tekken.json"):
-        tokenizer.load(bad)
+    with pytest.raises(TokenizerError, match="tekken.json"):
+        load_tokenizer(bad)
     bad.write_text("{not json")
-    with pytest.raises(tokenizer.TokenizerError, match="tekken.json"):
-        tokenizer.load(tmp_path)
+    with pytest.raises(TokenizerError, match="tekken.json"):
+        load_tokenizer(tmp_path)

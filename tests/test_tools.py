@@ -12,17 +12,18 @@ from pathlib import Path
 
 import mistral_common
 import pytest
+from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
-
-import tokenizer
-from conftest import run_cli
 from test_tokenizer_chat import hf_template_dir
-from tokenizer.chat import chat_format_for, chat_tool_syntax, render_chat
-from tokenizer.tekken import DEPRECATED_SPECIAL_TOKENS
-from tokenizer.tools import ToolCallParser, ToolSyntax
+
+from npinfer.tokenizer.chat import chat_format_for, chat_tool_syntax, render_chat
+from npinfer.tokenizer.errors import ChatFormatError
+from npinfer.tokenizer.files import load_tokenizer
+from npinfer.tokenizer.tekken import DEPRECATED_SPECIAL_TOKENS
+from npinfer.tokenizer.tools import ToolCallParser, ToolSyntax
 
 DATA = Path(mistral_common.__file__).parent / "data"
 SPM = {"spm-v2": ("mistral_instruct_tokenizer_240216.model.v2", "mistral-v2"),
@@ -52,7 +53,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("tekken")
     paths = {k: (DATA / f, fmt) for k, (f, fmt) in SPM.items()}
     paths |= {k: (tekken_file(d, v), fmt) for k, (v, fmt) in TEKKEN.items()}
-    return {k: (tokenizer.load(p), MistralTokenizer.from_file(str(p)), fmt, p) for k, (p, fmt) in paths.items()}
+    return {k: (load_tokenizer(p), MistralTokenizer.from_file(str(p)), fmt, p) for k, (p, fmt) in paths.items()}
 
 
 def reference(ref, messages, tools):
@@ -107,7 +108,7 @@ def test_tool_chats_identical_to_mistral_common(files, case):
             try:
                 expected = reference(ref, messages, tools)
             except Exception:  # the reference refuses: so must we
-                with pytest.raises(tokenizer.ChatFormatError):
+                with pytest.raises(ChatFormatError):
                     render_chat(ours, messages, fmt, tools)
                 agreed_errors += 1
                 continue
@@ -151,7 +152,7 @@ def test_hypothesis_tool_chats_identical(files, messages, with_tools):
         try:
             expected = reference(ref, messages, tools)
         except Exception:
-            with pytest.raises(tokenizer.ChatFormatError):
+            with pytest.raises(ChatFormatError):
                 render_chat(ours, messages, fmt, tools)
             continue
         assert render_chat(ours, messages, fmt, tools) == expected, case
@@ -175,7 +176,7 @@ BAD = [
 @pytest.mark.parametrize("messages, words", BAD)
 def test_bad_tool_chats_raise_one_line_errors(files, messages, words):
     ours, _, fmt, _ = files["tekken-v13"]
-    with pytest.raises(tokenizer.ChatFormatError, match=words) as e:
+    with pytest.raises(ChatFormatError, match=words) as e:
         render_chat(ours, messages, fmt, TOOLS)
     assert "\n" not in str(e.value)
 
@@ -189,20 +190,20 @@ def test_bad_tools_raise_one_line_errors(files, tools, words):
     ours, ref, fmt, _ = files["spm-v3"]
     with pytest.raises(Exception):  # the reference refuses these too
         reference(ref, CHATS[0], tools)
-    with pytest.raises(tokenizer.ChatFormatError, match=words):
+    with pytest.raises(ChatFormatError, match=words):
         render_chat(ours, CHATS[0], fmt, tools)
 
 
 def test_a_tool_defined_twice_is_refused(files):
     """mistral-common renders both; a call could not say which one it means, so this engine refuses."""
     ours, _, fmt, _ = files["spm-v3"]
-    with pytest.raises(tokenizer.ChatFormatError, match="defined twice"):
+    with pytest.raises(ChatFormatError, match="defined twice"):
         render_chat(ours, CHATS[0], fmt, [WEATHER, WEATHER])
 
 
 def test_v1_has_no_tools():
-    tok = tokenizer.load(DATA / "tokenizer.model.v1")
-    with pytest.raises(tokenizer.ChatFormatError, match="mistral-v1 has no tools"):
+    tok = load_tokenizer(DATA / "tokenizer.model.v1")
+    with pytest.raises(ChatFormatError, match="mistral-v1 has no tools"):
         render_chat(tok, CHATS[0], "mistral-v1", TOOLS)
 
 
@@ -264,7 +265,7 @@ def test_hf_template_with_tools_identical(hf_dir):
     from transformers import AutoTokenizer
 
     ref = AutoTokenizer.from_pretrained(str(hf_dir))
-    ours = tokenizer.load(hf_dir / "tokenizer.json")
+    ours = load_tokenizer(hf_dir / "tokenizer.json")
     assert chat_format_for(hf_dir) == "hf-template"
     for messages in CHATS[:5]:
         for tools, variables in ((TOOLS, {}), (None, {"enable_thinking": False})):
@@ -280,7 +281,7 @@ def test_hf_named_tool_use_template_is_chosen_with_tools(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "chat_template": [
         {"name": "default", "template": "{{ bos_token }}plain"},
         {"name": "tool_use", "template": "{{ bos_token }}tools: {{ tools | length }}"}]}))
-    tok = tokenizer.load(tmp_path)
+    tok = load_tokenizer(tmp_path)
     assert tok.decode(render_chat(tok, CHATS[0], "hf-template")) == "plain"
     assert tok.decode(render_chat(tok, CHATS[0], "hf-template", TOOLS)) == "tools: 3"
 
@@ -290,11 +291,11 @@ def test_tool_syntax_of_each_format(files, hf_dir, tmp_path):
     assert chat_tool_syntax(v3, "mistral-v3") == ToolSyntax("mistral-json", 5, lead=" ")
     assert chat_tool_syntax(files["tekken-v3"][0], "mistral-v3") == ToolSyntax("mistral-json", 9)
     assert chat_tool_syntax(v13, "mistral-v13") == ToolSyntax("mistral-args", 9, 32, 33)
-    assert chat_tool_syntax(tokenizer.load(hf_dir), "hf-template") == ToolSyntax("hermes")
-    assert chat_tool_syntax(tokenizer.load(DATA / "tokenizer.model.v1"), "mistral-v1") is None
+    assert chat_tool_syntax(load_tokenizer(hf_dir), "hf-template") == ToolSyntax("hermes")
+    assert chat_tool_syntax(load_tokenizer(DATA / "tokenizer.model.v1"), "mistral-v1") is None
     shutil.copy(DATA / SPM["spm-v3"][0], tmp_path / "tokenizer.model")
     (tmp_path / "chat_template.jinja").write_text("{{ bos_token }}[INST]{{ messages[0].content }}[/INST]")
-    assert chat_tool_syntax(tokenizer.load(tmp_path), "hf-template") is None
+    assert chat_tool_syntax(load_tokenizer(tmp_path), "hf-template") is None
 
 
 # --------------------------------------------------------------------------- parsing the model's calls

@@ -455,9 +455,9 @@ def chat_format_for(model_dir_or_tokenizer_path, fallback: str = "mistral-v1") -
     """
     if find_chat_template(model_dir_or_tokenizer_path) is not None:
         return "hf-template"
-    from . import load
+    from .files import load_tokenizer
 
-    tok = load(model_dir_or_tokenizer_path)
+    tok = load_tokenizer(model_dir_or_tokenizer_path)
     version = _version(model_dir_or_tokenizer_path, tok)
     if version is None:
         return fallback

@@ -17,7 +17,7 @@ output); so does a bad tokenizer file. Either way the exit status is 2, as for
 every npinfer error.
 
 The engine mounts :func:`add_arguments`/:func:`run` as ``npinfer tokenize``;
-``python -m tokenizer.cli`` runs the same thing on its own.
+``python -m npinfer.tokenizer.cli`` runs the same thing on its own.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 
-from . import load
+from .files import load_tokenizer
 from .chat import FORMATS, chat_format_for, render_chat
 from .errors import ChatFormatError, TokenizerError
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, tok=None, auto_format: str | None = None) -> i
         return 2
 
     try:
-        tok = load(args.tokenizer) if tok is None else tok
+        tok = load_tokenizer(args.tokenizer) if tok is None else tok
         fmt = args.chat
         if fmt == "auto":
             fmt = auto_format or chat_format_for(args.tokenizer)

@@ -47,7 +47,15 @@ from .base import Tokenizer
 from .bpe import WordCache, bpe_merge
 from .errors import TokenizerError
 from .sentencepiece_bpe import SentencePieceTokenizer
-from .spm_proto import BYTE, CONTROL, MODEL_TYPE_BPE, ModelProto, NormalizerSpec, Piece, TrainerSpec
+from .spm_proto import (
+    BYTE,
+    CONTROL,
+    MODEL_TYPE_BPE,
+    ModelProto,
+    NormalizerSpec,
+    Piece,
+    TrainerSpec,
+)
 from .stream import DecodeState, PyReplace
 
 # tekken.json's pre-split pattern (llama.cpp quotes it as "original regex from tokenizer.json")

@@ -51,7 +51,15 @@ import re
 from .base import Tokenizer
 from .bpe import WordCache, bpe_merge, no_piece_crosses_space
 from .errors import TokenizerError
-from .spm_proto import BYTE, CONTROL, MODEL_TYPE_BPE, UNKNOWN, UNUSED, ModelProto, parse_model_proto
+from .spm_proto import (
+    BYTE,
+    CONTROL,
+    MODEL_TYPE_BPE,
+    UNKNOWN,
+    UNUSED,
+    ModelProto,
+    parse_model_proto,
+)
 from .stream import DecodeState, PerByte
 
 SPACE = "\u2581"  # ▁ LOWER ONE EIGHTH BLOCK, sentencepiece's kSpaceSymbol

@@ -23,10 +23,19 @@ import transformers
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 
-from cases import (GENERATE, JAMBA_CASES, MAMBA2_CASES, MINISTRAL_CASES, MISTRAL4_CASES,  # noqa: E402
-                   MISTRAL_CASES, MIXTRAL_CASES, prompt)
-from engine.tiny import write_checkpoint  # noqa: E402
+from cases import (  # noqa: E402
+    GENERATE,
+    JAMBA_CASES,
+    MAMBA2_CASES,
+    MINISTRAL_CASES,
+    MISTRAL4_CASES,
+    MISTRAL_CASES,
+    MIXTRAL_CASES,
+    prompt,
+)
 from hf_oracle import hf_run, load_hf  # noqa: E402
+
+from npinfer.engine.tiny import write_checkpoint  # noqa: E402
 
 
 def record(family: str, cases: dict) -> None:

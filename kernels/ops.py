@@ -18,18 +18,18 @@ kept as their raw ``uint16`` bits and widened where they are used (see
 This module only re-exports.
 """
 
-from kernels.activations import silu, softmax, softplus
-from kernels.attention import attention
-from kernels.backend import backend, dispatch, use, using
-from kernels.conv import causal_conv1d, conv1d_step
-from kernels.dtypes import compute_dtype, widen
-from kernels.latent_attention import latent_attention
-from kernels.linear import embed, linear, swiglu
-from kernels.moe import mixture, route, route_group_limited
-from kernels.norm import gated_rms_norm, rms_norm
-from kernels.rope import apply_rope, rope_tables
-from kernels.ssd import ssd_scan, ssd_step
-from kernels.ssm import selective_scan, ssm_step
+from npinfer.kernels.activations import silu, softmax, softplus
+from npinfer.kernels.attention import attention
+from npinfer.kernels.backend import backend, dispatch, use, using
+from npinfer.kernels.conv import causal_conv1d, conv1d_step
+from npinfer.kernels.dtypes import compute_dtype, widen
+from npinfer.kernels.latent_attention import latent_attention
+from npinfer.kernels.linear import embed, linear, swiglu
+from npinfer.kernels.moe import mixture, route, route_group_limited
+from npinfer.kernels.norm import gated_rms_norm, rms_norm
+from npinfer.kernels.rope import apply_rope, rope_tables
+from npinfer.kernels.ssd import ssd_scan, ssd_step
+from npinfer.kernels.ssm import selective_scan, ssm_step
 
 __all__ = [
     "apply_rope", "attention", "backend", "causal_conv1d", "compute_dtype", "conv1d_step", "dispatch", "embed",

@@ -1,28 +1,31 @@
-"""npinfer tokenizers: token-for-token identical to the reference libraries.
+"""Which tokenizer file, read by which class: `load_tokenizer(path)`.
 
-==========================  ======================================  =============================
-file                        class                                   identical to
-==========================  ======================================  =============================
-``tokenizer.model[.vN]``    :class:`SentencePieceTokenizer`         sentencepiece (C++)
-``tokenizer.json``          :class:`HFJsonTokenizer`                HF ``tokenizers`` (Rust)
-``tekken.json``             :class:`TekkenTokenizer`                mistral-common ``Tekkenizer``
-a GGUF's metadata           :func:`from_gguf` (``llama``: the       sentencepiece; tekken
-                            sentencepiece class; ``gpt2``)
-==========================  ======================================  =============================
+npinfer's tokenizers are token-for-token identical to the reference libraries:
+
+==========================  ==============================  ==============================
+file                        class                           identical to
+==========================  ==============================  ==============================
+``tokenizer.model[.vN]``    :class:`SentencePieceTokenizer` sentencepiece (C++)
+``tokenizer.json``          :class:`HFJsonTokenizer`        HF ``tokenizers`` (Rust)
+``tekken.json``             :class:`TekkenTokenizer`        mistral-common ``Tekkenizer``
+a GGUF's metadata           ``gguf_vocab.from_gguf``        sentencepiece (``llama``);
+                                                            tekken (``gpt2``)
+==========================  ==============================  ==============================
 
 All three share one BPE merge loop (:mod:`tokenizer.bpe`) and one streaming
 decoder (:mod:`tokenizer.stream`); chat formats are in :mod:`tokenizer.chat`, tool
 definitions and the model's tool calls in :mod:`tokenizer.tools`.
-This package imports no other npinfer package.
+The ``tokenizer`` package imports no other npinfer package.
 
 Usage::
 
-    tok = tokenizer.load(path)       # a file or a model directory
+    from npinfer.tokenizer.files import load_tokenizer
+    tok = load_tokenizer(path)       # a file or a model directory
     ids = tok.encode("Hello")        # no BOS/EOS
     tok.decode(ids) == "Hello"
     dec = tok.stream_decoder(); text = "".join(dec.push(i) for i in ids) + dec.flush()
 
-Which file :func:`load` takes from a **directory** (first match wins):
+Which file :func:`load_tokenizer` takes from a **directory** (first match wins):
 
 1. ``tekken.json`` -- Mistral's own tokenizer for tekken models;
 2. ``tokenizer.model``, then ``tokenizer.model.vN`` (highest N) -- Mistral's
@@ -40,30 +43,15 @@ import re
 from pathlib import Path
 
 from .base import Tokenizer, read_json
-from .errors import ChatFormatError, TokenizerError
-from .gguf_vocab import from_gguf
+from .errors import TokenizerError
 from .hf_json import HFJsonTokenizer
 from .sentencepiece_bpe import SentencePieceTokenizer
 from .tekken import TekkenTokenizer
 
 TINY_TOKENIZER_PATH = str(Path(__file__).parent / "data" / "tiny_tokenizer.model")
 
-__all__ = [
-    "ChatFormatError",
-    "HFJsonTokenizer",
-    "SentencePieceTokenizer",
-    "TINY_TOKENIZER_PATH",
-    "TekkenTokenizer",
-    "Tokenizer",
-    "TokenizerError",
-    "find_tokenizer_file",
-    "from_gguf",
-    "load",
-]
-
-
 def find_tokenizer_file(directory: str | os.PathLike) -> str:
-    """The tokenizer file :func:`load` uses in ``directory`` (rule above)."""
+    """The tokenizer file :func:`load_tokenizer` uses in ``directory`` (rule above)."""
     d = Path(directory)
     if (d / "tekken.json").is_file():
         return str(d / "tekken.json")
@@ -77,7 +65,7 @@ def find_tokenizer_file(directory: str | os.PathLike) -> str:
     raise TokenizerError(f"{d}: no tokenizer file (looked for tekken.json, tokenizer.model[.vN], tokenizer.json)")
 
 
-def load(path: str | os.PathLike) -> Tokenizer:
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer from a file or a model directory.
 
     A ``.json`` file is tekken if it has a ``config`` and a ``vocab`` list
