@@ -57,7 +57,7 @@ def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np
 
 
 # --------------------------------------------------------------------------- Numba
-SMALL_BATCH = 8  # queries up to which the Numba kernel runs (decode); more go to BLAS (prefill)
+MAX_DECODE_QUERIES = 8  # queries up to which the Numba kernel runs (decode); more go to BLAS (prefill)
 KEY_BLOCK = 128  # at most this many keys per task in the weighted sum of values
 PREFETCH_ROWS = 2  # how far ahead, in cache rows [H_kv, D], the kernel prefetches
 
@@ -181,13 +181,13 @@ def _attention_blas(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> 
 def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
     """`attention_ref`: BLAS for a prompt, a Numba kernel reading the cache in place for decode.
 
-    T <= SMALL_BATCH: `_attention_numba`, with the mask from `attention_mask`, so one
+    T <= MAX_DECODE_QUERIES: `_attention_numba`, with the mask from `attention_mask`, so one
     rule serves every path. It shares Numba's thread pool with the projections that
     run just before and after; BLAS here, left at two threads, spun its workers after
     each small product and took the cores from them. More queries (prefill) are a
     real matrix product: `_attention_blas`.
     """
-    if q.shape[0] > SMALL_BATCH:
+    if q.shape[0] > MAX_DECODE_QUERIES:
         return _attention_blas(q, k, v, q_pos, k_pos, window, scale)
     q, k, v = (np.ascontiguousarray(a, dtype=q.dtype) for a in (q, k, v))  # no copy of the cache views
     visible = attention_mask(q_pos, k_pos, window)  # [T, S]

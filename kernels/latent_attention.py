@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npinfer.kernels.attention import SMALL_BATCH, attention_fast, attention_ref
+from npinfer.kernels.attention import MAX_DECODE_QUERIES, attention_fast, attention_ref
 from npinfer.kernels.backend import dispatch
 from npinfer.kernels.dtypes import widen
 from npinfer.kernels.linear import linear
@@ -103,7 +103,7 @@ def latent_attention_ref(q, latent, kv_b, q_pos, k_pos, scale: float) -> np.ndar
 def latent_attention_fast(q, latent, kv_b, q_pos, k_pos, scale: float) -> np.ndarray:
     """The absorbed form for a few queries (decode: the Numba kernel reads the cache in
     place), the naive form for more (prefill: BLAS); both through `attention_fast`."""
-    if q.shape[0] > SMALL_BATCH:
+    if q.shape[0] > MAX_DECODE_QUERIES:
         return latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale, attention_fast)
     return latent_attention_absorbed(q, latent, kv_b, q_pos, k_pos, scale, attention_fast)
 

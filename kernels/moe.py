@@ -36,15 +36,18 @@ softmax scores underflow to 0. Ties, in group scores and in expert scores, go to
 lower index, as in `route` (torch.topk leaves them unspecified).
 
 **`mixture`** runs each chosen expert once over the rows routed to it.
+
+Routing has no Numba twin: it is a [T, E] op beside matrix products of [T, d] x [d, I] per
+expert. Measured (2-core AMD EPYC, Zen 4), the NumPy reference costs 26-95 us per token at E = 8..128
+(a Numba loop: 2-6 us), under 0.1% of a decode step of the smallest MoE layer here, and 4 ms
+of a 512-token prefill of a 128-expert layer that takes about a second.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from npinfer.kernels.activations import softmax
-from npinfer.kernels.backend import dispatch
 
 
 def route_ref(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -57,38 +60,7 @@ def route_ref(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.
     return weights, experts
 
 
-@numba.njit(cache=True, error_model="numpy")  # NaN logits give NaN weights, never ZeroDivisionError
-def _route_numba(router_logits, k, renormalize):
-    """`route_ref` as loops: the softmax's sum and the weights in the logits' dtype."""
-    T, E = router_logits.shape
-    weights = np.empty((T, k), router_logits.dtype)  # [T, k]
-    experts = np.empty((T, k), np.int64)  # [T, k]
-    for t in range(T):
-        row = router_logits[t]  # [E]
-        m = row.max()
-        total = m - m  # zero in the logits' dtype (m * 0 or 0.0 would make Numba sum in float64)
-        for e in range(E):
-            total += np.exp(row[e] - m)
-        taken = np.zeros(E, np.bool_)
-        for j in range(k):  # k passes of "largest untaken logit, lowest index on ties"
-            best = -1
-            for e in range(E):
-                if not taken[e] and (best < 0 or row[e] > row[best]):
-                    best = e
-            taken[best] = True
-            experts[t, j] = best
-            weights[t, j] = np.exp(row[best] - m) / total
-        if renormalize:
-            weights[t] /= weights[t].sum()
-    return weights, experts
-
-
-def route_fast(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The Numba twin of `route_ref`: k passes per token over its E logits, no sort."""
-    return _route_numba(np.ascontiguousarray(router_logits), k, renormalize)
-
-
-route = dispatch(route_ref, route_fast)
+route = route_ref
 
 
 def mixture(x: np.ndarray, weights: np.ndarray, experts: np.ndarray, expert_fn) -> np.ndarray:
@@ -136,86 +108,4 @@ def route_group_limited_ref(router_logits: np.ndarray, k: int, n_group: int, top
     return weights * routed_scaling_factor, experts  # [T, k], [T, k]
 
 
-@numba.njit(cache=True)
-def _take_largest(values, taken, out):
-    """out[j] = the index of the largest value not yet taken, lowest index on ties, for
-    j = 0 .. len(out) - 1; each is marked in `taken`."""
-    for j in range(len(out)):
-        best = -1
-        for i in range(len(values)):
-            if not taken[i] and (best < 0 or values[i] > values[best]):
-                best = i
-        taken[best] = True
-        out[j] = best
-
-
-@numba.njit(cache=True)
-def _route_group_limited_numba(router_logits, k, n_group, topk_group, norm_topk_prob, routed_scaling_factor,
-                               sigmoid, bias):
-    """`route_group_limited_ref` as loops, token by token, every step in the logits' dtype
-    (the constants are made in it: a Python literal would promote float32 to float64)."""
-    T, E = router_logits.shape
-    size = E // n_group
-    one, tiny = np.ones(1, router_logits.dtype)[0], np.full(1, 1e-20, router_logits.dtype)[0]
-    lowest = np.full(1, -np.inf, router_logits.dtype)[0]
-    weights = np.empty((T, k), router_logits.dtype)  # [T, k]
-    experts = np.empty((T, k), np.int64)  # [T, k]
-    scores = np.empty(E, router_logits.dtype)  # [E]  s
-    choice = np.empty(E, router_logits.dtype)  # [E]  c
-    group_scores = np.empty(n_group, router_logits.dtype)  # [G]
-    kept = np.empty(topk_group, np.int64)  # the groups a token's experts come from
-    for t in range(T):
-        row = router_logits[t]  # [E]
-        if sigmoid:
-            for e in range(E):
-                scores[e] = one / (one + np.exp(-row[e]))
-        else:
-            m = row.max()
-            total = one - one
-            for e in range(E):
-                total += np.exp(row[e] - m)
-            for e in range(E):
-                scores[e] = np.exp(row[e] - m) / total
-        for e in range(E):
-            choice[e] = scores[e] + bias[e]
-        for g in range(n_group):  # each group's best two, summed
-            first, second = lowest, lowest
-            for e in range(g * size, (g + 1) * size):
-                if choice[e] > first:
-                    first, second = choice[e], first
-                elif choice[e] > second:
-                    second = choice[e]
-            group_scores[g] = second + first
-        allowed = np.zeros(n_group, np.bool_)
-        _take_largest(group_scores, allowed, kept)
-        for e in range(E):
-            if not allowed[e // size]:
-                choice[e] = lowest
-        _take_largest(choice, np.zeros(E, np.bool_), experts[t])
-        for j in range(k):
-            weights[t, j] = scores[experts[t, j]]
-        if norm_topk_prob:
-            total = one - one
-            for j in range(k):
-                total += weights[t, j]
-            total += tiny
-            for j in range(k):
-                weights[t, j] /= total
-        for j in range(k):
-            weights[t, j] *= routed_scaling_factor
-    return weights, experts
-
-
-def route_group_limited_fast(router_logits: np.ndarray, k: int, n_group: int, topk_group: int,
-                             norm_topk_prob: bool, routed_scaling_factor: float, scoring: str = "softmax",
-                             bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The Numba twin of `route_group_limited_ref`: passes over each token's E scores, no sort."""
-    if scoring not in ("softmax", "sigmoid"):
-        _scores(router_logits, scoring)  # the reference's error
-    logits = np.ascontiguousarray(router_logits)
-    bias = np.zeros(logits.shape[1], logits.dtype) if bias is None else np.ascontiguousarray(bias, logits.dtype)
-    return _route_group_limited_numba(logits, k, n_group, topk_group, norm_topk_prob,
-                                      logits.dtype.type(routed_scaling_factor), scoring == "sigmoid", bias)
-
-
-route_group_limited = dispatch(route_group_limited_ref, route_group_limited_fast)
+route_group_limited = route_group_limited_ref

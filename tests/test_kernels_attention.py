@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from npinfer.kernels.attention import (
     KEY_BLOCK,
-    SMALL_BATCH,
+    MAX_DECODE_QUERIES,
     attention_fast,
     attention_ref,
 )
@@ -33,7 +33,7 @@ def ring_positions(written: int, S: int) -> np.ndarray:
 
 
 @st.composite
-def decode_cases(draw, min_T=1, max_T=SMALL_BATCH):
+def decode_cases(draw, min_T=1, max_T=MAX_DECODE_QUERIES):
     """q [T, H, D], k and v [S, H_kv, D], q_pos [T], k_pos [S], window, scale."""
     T, H_kv, G = draw(st.integers(min_T, max_T)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
     D, S = draw(st.integers(1, 40)), draw(st.integers(1, 70))
@@ -71,9 +71,9 @@ def test_numba_decode_matches_reference(case):
 
 
 @settings(max_examples=100, deadline=None)
-@given(decode_cases(min_T=SMALL_BATCH + 1, max_T=4 * SMALL_BATCH))
+@given(decode_cases(min_T=MAX_DECODE_QUERIES + 1, max_T=4 * MAX_DECODE_QUERIES))
 def test_blas_prefill_matches_reference(case):
-    """More queries than SMALL_BATCH: the BLAS path (the same cases, several queries per position)."""
+    """More queries than MAX_DECODE_QUERIES: the BLAS path (the same cases, several queries per position)."""
     assert_close(attention_fast(*case), attention_ref(*case), case[2])
 
 
@@ -91,11 +91,11 @@ def test_long_contexts_sum_several_key_blocks(S, window, dtype):
 
 
 def test_decode_runs_the_numba_kernel(monkeypatch):
-    """For T <= SMALL_BATCH neither the reference nor BLAS runs: make the reference
+    """For T <= MAX_DECODE_QUERIES neither the reference nor BLAS runs: make the reference
     raise and the fast path still answers, with the reference's result."""
     rng = np.random.default_rng(0)
     cases = []
-    for T in (1, SMALL_BATCH):
+    for T in (1, MAX_DECODE_QUERIES):
         k_pos = ring_positions(100, 32)  # [32] wrapped: positions 68 .. 99
         q, k, v = rng.standard_normal((T, 8, 16)), *rng.standard_normal((2, 32, 2, 16))  # [T, 8, 16], [32, 2, 16] x2
         cases.append((q, k, v, np.arange(100 - T, 100), k_pos, 20, 0.25))
@@ -110,9 +110,9 @@ def test_decode_runs_the_numba_kernel(monkeypatch):
 
 
 def test_prefill_runs_blas():
-    """More than SMALL_BATCH queries go to the BLAS path, which is the reference's math."""
+    """More than MAX_DECODE_QUERIES queries go to the BLAS path, which is the reference's math."""
     rng = np.random.default_rng(1)
-    T = SMALL_BATCH + 1
+    T = MAX_DECODE_QUERIES + 1
     q, k, v = rng.standard_normal((T, 4, 8)), *rng.standard_normal((2, 40, 2, 8))  # [T, 4, 8], [40, 2, 8] x2
     case = (q, k, v, np.arange(40 - T, 40), np.arange(40), 16, 8 ** -0.5)
     assert_close(attention_fast(*case), attention_ref(*case), case[2])

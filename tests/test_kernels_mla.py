@@ -24,7 +24,7 @@ from npinfer.kernels.latent_attention import (
 @st.composite
 def mla_inputs(draw):
     """q [T, H, Dn + d_R], latent [S, r + d_R], kv_b [H (Dn + Dv), r] (f32 / f16 / bf16 / f64),
-    a chunk of T queries ending the S keys; T up to 12 reaches both sides of SMALL_BATCH."""
+    a chunk of T queries ending the S keys; T up to 12 reaches both sides of MAX_DECODE_QUERIES (8)."""
     T, H = draw(st.integers(1, 12)), draw(st.integers(1, 4))
     Dn, d_R, Dv, r = draw(st.integers(1, 8)), 2 * draw(st.integers(1, 4)), draw(st.integers(1, 9)), draw(st.integers(1, 12))
     S = T + draw(st.integers(0, 20))
