@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numba  # noqa: E402
 
 from npinfer.jamba_np.config import JambaConfig
-from npinfer.jamba_np.mamba import mamba_mixer, new_mamba_cache
-from npinfer.jamba_np.model import sparse_moe  # noqa: E402
+from npinfer.jamba_np.mamba import mixer as mamba_mixer
+from npinfer.jamba_np.mamba import new_mamba_cache
+from npinfer.jamba_np.model import moe  # noqa: E402
 from npinfer.jamba_np.weights import special_init  # noqa: E402
 from npinfer.kernels import ops
 from npinfer.kernels.weights import Prefixed  # noqa: E402
@@ -160,7 +161,7 @@ def main() -> None:
         "out_proj  [T,Di] -> [T,d]": best(lambda: ops.linear(xc, w["out_proj.weight"]), r),
     }
     rows["elementwise + norms (rest)"] = max(t_mixer - sum(rows.values()), 0.0)
-    t_moe = best(lambda: sparse_moe(cfg, wm, h, lambda n, v: None, "ff"), max(1, r - 1))
+    t_moe = best(lambda: moe(cfg, wm, h, lambda n, v: None, "ff"), max(1, r - 1))
 
     print(f"{'Mamba mixer, fast kernels':34s} {'ms':>9s} {'share':>7s}")
     for name, t in rows.items():

@@ -6,7 +6,7 @@ forms against transformers' PyTorch path) and decode against the bandwidth roofl
 A checkpoint of --layers Codestral Mamba 7B layers (d 4096, d_inner 8192 = 128 heads x 64,
 N 128, 8 groups, K 4, chunk 256) with the full vocabulary (32768) is written once under
 --dir, in bf16 as Codestral ships; weights are random, A_log / D / dt_bias drawn as
-trained ones (`mistral_np.mamba2_weights.special_init`), so the decays are realistic.
+trained ones (`mistral_np.mamba2.weights.special_init`), so the decays are realistic.
 Compute is float32. Times are the best of --repeat runs (prefill) or medians (decode).
 
 1. Prefill, one layer, T tokens. The mixer's parts with the fast kernels; then the scan
@@ -82,7 +82,7 @@ def scan_inputs(cfg, w, h):
 
 
 def prefill(args, model, hf) -> None:
-    from npinfer.mistral_np.mamba2 import mixer, new_state
+    from npinfer.mistral_np.mamba2.model import mixer, new_state
 
     cfg, r = model.config, args.repeat
     T, Di = args.tokens, cfg.d_inner

@@ -49,18 +49,16 @@ from npinfer.jamba_np import gguf as jamba_gguf
 from npinfer.jamba_np import model as jamba_model
 from npinfer.jamba_np import weights as jamba_weights
 from npinfer.kernels import ops
-from npinfer.mistral_np import config as mistral_config
-from npinfer.mistral_np import gguf as mistral_gguf
-from npinfer.mistral_np import (
-    mamba2,
-    mamba2_config,
-    mamba2_weights,
-    mistral4,
-    mistral4_config,
-    mistral4_weights,
-)
-from npinfer.mistral_np import model as mistral_model
-from npinfer.mistral_np import weights as mistral_weights
+from npinfer.mistral_np.mamba2 import config as mamba2_config
+from npinfer.mistral_np.mamba2 import model as mamba2_model
+from npinfer.mistral_np.mamba2 import weights as mamba2_weights
+from npinfer.mistral_np.mistral import config as mistral_config
+from npinfer.mistral_np.mistral import gguf as mistral_gguf
+from npinfer.mistral_np.mistral import model as mistral_model
+from npinfer.mistral_np.mistral import weights as mistral_weights
+from npinfer.mistral_np.mistral4 import config as mistral4_config
+from npinfer.mistral_np.mistral4 import model as mistral4_model
+from npinfer.mistral_np.mistral4 import weights as mistral4_weights
 
 
 def _same_name(name: str) -> str:
@@ -132,19 +130,19 @@ FAMILIES = (
         provider="AI21",
         gguf=GGUFLayout(("jamba",), jamba_gguf.config_json, jamba_gguf.weights, jamba_gguf.read_config),
     ),
-    Family(  # Mistral Small 4 (mistral_np/mistral4.py); also the text_config of a multimodal checkpoint
+    Family(  # Mistral Small 4 (mistral_np/mistral4/); also the text_config of a multimodal checkpoint
         name="mistral4",
         architectures=("Mistral4ForCausalLM",), model_types={"mistral4": "Mistral4ForCausalLM"},
         read_config=mistral4_config.Mistral4Config.from_hf,
-        model=mistral4.Mistral4, expected_shapes=mistral4_weights.expected_shapes,
+        model=mistral4_model.Mistral4, expected_shapes=mistral4_weights.expected_shapes,
         special_init=mistral4_weights.special_init, tiny=mistral4_config.TINY,
         describe=mistral4_config.Mistral4Config.describe,
     ),
-    Family(  # Codestral Mamba (mistral_np/mamba2.py)
+    Family(  # Codestral Mamba (mistral_np/mamba2/)
         name="mamba2",
         architectures=("Mamba2ForCausalLM",), model_types={"mamba2": "Mamba2ForCausalLM"},
         read_config=mamba2_config.Mamba2Config.from_hf, tensor_name=mamba2_weights.tensor_name,
-        model=mamba2.Mamba2, expected_shapes=mamba2_weights.expected_shapes,
+        model=mamba2_model.Mamba2, expected_shapes=mamba2_weights.expected_shapes,
         special_init=mamba2_weights.special_init, tiny=mamba2_config.TINY, describe=mamba2_config.Mamba2Config.describe,
     ),
 )

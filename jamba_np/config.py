@@ -18,7 +18,6 @@ Jamba-v0.1 (period 8 / offset 4, period 2 / offset 1) reads, for its first 8 lay
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -65,11 +64,6 @@ class JambaConfig:
     def d_inner(self) -> int:
         """Di: the Mamba mixer's channel count (Mamba section 3.4, `expand` E = 2)."""
         return self.mamba_expand * self.hidden_size
-
-    @property
-    def group_size(self) -> int:
-        """G: query heads per key/value head."""
-        return self.num_attention_heads // self.num_key_value_heads
 
     def is_attention(self, i: int) -> bool:
         return i % self.attn_layer_period == self.attn_layer_offset
@@ -132,9 +126,6 @@ class JambaConfig:
             mamba_proj_bias=bool_field(d, "mamba_proj_bias", False),
             pad_token_id=token_id(d, "pad_token_id", 0),
         )
-
-    def replace(self, **changes) -> "JambaConfig":
-        return dataclasses.replace(self, **changes)
 
 
 # `npinfer tiny LAYOUT`: a small config.json of this family (engine.tiny draws the weights).

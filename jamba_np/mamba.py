@@ -68,7 +68,7 @@ def new_mamba_cache(cfg: JambaConfig, dtype) -> MambaCache:
     return MambaCache(np.zeros((cfg.d_inner, cfg.mamba_d_conv), dtype), np.zeros((cfg.d_inner, cfg.mamba_d_state), dtype))
 
 
-def mamba_mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaCache],
+def mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaCache],
                 segments: list[slice]) -> np.ndarray:
     """The selective SSM block: h [T, d] -> [T, d]; each cache advances by its rows.
 

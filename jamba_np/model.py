@@ -30,8 +30,9 @@ from typing import Mapping
 
 import numpy as np
 
+from npinfer.jamba_np import mamba
 from npinfer.jamba_np.config import JambaConfig
-from npinfer.jamba_np.mamba import MambaCache, mamba_mixer, new_mamba_cache
+from npinfer.jamba_np.mamba import MambaCache, new_mamba_cache
 from npinfer.kernels import ops
 from npinfer.kernels.cache import KVCache, new_kv_cache
 from npinfer.kernels.decoder import Decoder, final_logits, rows_of
@@ -82,7 +83,7 @@ def mlp(w: Mapping, x):
                           w["feed_forward.down_proj.weight"])  # [T, d]
 
 
-def sparse_moe(cfg: JambaConfig, w: Mapping, x, trace: Trace, name: str):
+def moe(cfg: JambaConfig, w: Mapping, x, trace: Trace, name: str):
     """Jamba's MoE (JambaSparseMoeBlock): x [T, d] -> [T, d].
 
     router logits -> softmax over all E experts (float32; float64 in float64 mode)
@@ -122,10 +123,10 @@ def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, states: list[JambaSta
         if cfg.is_attention(i):
             x = x + trace(f"{name}.self_attn", attention(cfg, w, h, positions, caches, segments))  # [T, d]
         else:
-            x = x + trace(f"{name}.mamba", mamba_mixer(cfg, Prefixed(w, "mamba."), h, caches, segments))  # [T, d]
+            x = x + trace(f"{name}.mamba", mamba.mixer(cfg, Prefixed(w, "mamba."), h, caches, segments))  # [T, d]
         h = trace(f"{name}.pre_ff_layernorm", ops.rms_norm(x, w["pre_ff_layernorm.weight"], eps))  # [T, d]
         ff = f"{name}.feed_forward"
-        x = x + trace(ff, sparse_moe(cfg, w, h, trace, ff) if cfg.is_moe(i) else mlp(w, h))  # [T, d]
+        x = x + trace(ff, moe(cfg, w, h, trace, ff) if cfg.is_moe(i) else mlp(w, h))  # [T, d]
         x = trace(name, x)  # [T, d]  the residual stream after layer i
     return final_logits(cfg, weights, x, "model.final_layernorm", trace, last_only)  # [T, V] (or [1, V])
 

@@ -60,7 +60,7 @@ exception is `segsum`'s differences of running sums, taken in float64 and rounde
 1e-12 in float64). The Numba kernel may reassociate its sums over N (fast-math
 "reassoc" and "contract" only, as `kernels.attention`), which is what lets LLVM
 vectorise them. The D skip, the gate and the norm are not here: they are elementwise
-and live in `mistral_np/mamba2.py`.
+and live in `mistral_np/mamba2/model.py`.
 
 Shapes: T tokens, Q chunk length, H heads, P head dim, G groups, N state size.
 """

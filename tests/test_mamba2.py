@@ -4,6 +4,7 @@ weights and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,9 +19,9 @@ from npinfer.engine.generate import greedy
 from npinfer.engine.registry import load_model
 from npinfer.engine.tiny import family_config, random_weights, write_checkpoint
 from npinfer.kernels import ops
-from npinfer.mistral_np.mamba2 import Mamba2
-from npinfer.mistral_np.mamba2_config import Mamba2Config
-from npinfer.mistral_np.mamba2_weights import expected_shapes, special_init
+from npinfer.mistral_np.mamba2.config import Mamba2Config
+from npinfer.mistral_np.mamba2.model import Mamba2
+from npinfer.mistral_np.mamba2.weights import expected_shapes, special_init
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -75,7 +76,7 @@ def tiny(tmp_path_factory):
 
 def limited(model, limit):
     """The same weights under another time_step_limit."""
-    return Mamba2(model.config.replace(time_step_limit=limit), model.weights, model.dtype)
+    return Mamba2(dataclasses.replace(model.config, time_step_limit=limit), model.weights, model.dtype)
 
 
 @pytest.mark.parametrize("backend", ["ref", "fast"])
@@ -108,7 +109,7 @@ def test_continuation_from_state(tiny, limit):
 
 
 def test_decode_step_is_not_clamped(tiny):
-    """transformers' rule (mistral_np/mamba2.py): a binding limit clamps the prompt's pass
+    """transformers' rule (mistral_np/mamba2/model.py): a binding limit clamps the prompt's pass
     and not a decode step. So stepping differs from prefill with a limit, not without."""
     ids = prompt(5, 1024, n=12)
     model = limited(tiny, (0.01, 0.05))

@@ -23,7 +23,7 @@ from npinfer.engine.generate import greedy
 from npinfer.engine.oracle import collect_activations, diff_arrays
 from npinfer.engine.registry import load_model
 from npinfer.kernels import ops
-from npinfer.mistral_np.mamba2_weights import expected_shapes
+from npinfer.mistral_np.mamba2.weights import expected_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.hf_dump import hf_activations  # noqa: E402

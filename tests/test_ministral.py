@@ -141,7 +141,7 @@ def test_missing_keys_take_the_writing_class_defaults(model_type):
     """A config.json that leaves keys out reads as transformers' config class fills them in."""
     import transformers
 
-    from npinfer.mistral_np.config import MistralConfig
+    from npinfer.mistral_np.mistral.config import MistralConfig
 
     given = {"model_type": model_type, "hidden_size": 64, "num_attention_heads": 16, "num_hidden_layers": 2,
              "intermediate_size": 32, "vocab_size": 100}

@@ -26,9 +26,9 @@ import argparse
 import json
 import sys
 
-from .files import load_tokenizer
 from .chat import FORMATS, chat_format_for, render_chat
 from .errors import ChatFormatError, TokenizerError
+from .files import load_tokenizer
 
 
 class _LineError(Exception):

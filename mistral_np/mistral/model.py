@@ -51,7 +51,7 @@ from npinfer.kernels.decoder import Decoder, final_logits, rows_of
 from npinfer.kernels.rope import llama4_query_scale
 from npinfer.kernels.trace import Trace, no_trace
 from npinfer.kernels.weights import Prefixed
-from npinfer.mistral_np.config import MistralConfig
+from npinfer.mistral_np.mistral.config import MistralConfig
 
 
 # --------------------------------------------------------------------------- state
@@ -64,11 +64,11 @@ class MistralState:
     pos: int = 0
 
 
-def new_state(config: MistralConfig, dtype=np.float32) -> MistralState:
+def new_state(cfg: MistralConfig, dtype=np.float32) -> MistralState:
     """An empty state: one KV cache per layer, as its attention needs it (a ring of W
     slots for a sliding layer, a growing cache for a full one)."""
-    return MistralState([new_kv_cache(config.num_key_value_heads, config.head_dim, config.window(i), dtype)
-                         for i in range(config.num_hidden_layers)])
+    return MistralState([new_kv_cache(cfg.num_key_value_heads, cfg.head_dim, cfg.window(i), dtype)
+                         for i in range(cfg.num_hidden_layers)])
 
 
 # --------------------------------------------------------------------------- blocks
@@ -87,7 +87,7 @@ def attention(cfg: MistralConfig, w: Mapping, x, positions, cos, sin, q_scale, c
     q = ops.linear(x, w["self_attn.q_proj.weight"]).reshape(T, H, D)  # [T, H, D]
     k = ops.linear(x, w["self_attn.k_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
     v = ops.linear(x, w["self_attn.v_proj.weight"]).reshape(T, H_kv, D)  # [T, H_kv, D]
-    if cfg.rope_interleaved:
+    if cfg.rope_interleave:
         # Native checkpoints pair dims (2i, 2i+1); HF's conversion script permutes the
         # rows of wq and wk so pairs become (i, i + D/2). Reordering the outputs is the
         # same permutation; q.k is unchanged by it, and v is never permuted.
@@ -110,7 +110,7 @@ def mlp(w: Mapping, x):
     return ops.swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
 
 
-def sparse_moe(cfg: MistralConfig, w: Mapping, x, trace: Trace, name: str):
+def moe(cfg: MistralConfig, w: Mapping, x, trace: Trace, name: str):
     """Mixtral's sparse MoE (paper eq. 2): sum over the top-k experts of
     softmax-renormalised gate weight * SwiGLU_e(x). x [T, d] -> [T, d].
 
@@ -157,9 +157,9 @@ def forward_chunk(cfg: MistralConfig, weights: Mapping, ids, states: list[Mistra
         x = x + trace(f"{name}.self_attn", attn)  # [T, d]
         h = ops.rms_norm(x, w["post_attention_layernorm.weight"], eps)  # [T, d]
         h = trace(f"{name}.post_attention_layernorm", h)
-        if cfg.is_moe:
-            moe = f"{name}.block_sparse_moe"
-            x = x + trace(moe, sparse_moe(cfg, w, h, trace, moe))  # [T, d]
+        if cfg.is_moe(i):
+            moe_name = f"{name}.block_sparse_moe"
+            x = x + trace(moe_name, moe(cfg, w, h, trace, moe_name))  # [T, d]
         else:
             x = x + trace(f"{name}.mlp", mlp(w, h))  # [T, d]
         x = trace(name, x)  # [T, d]  the residual stream after layer i

@@ -3,7 +3,7 @@
 The model reads weights by their Hugging Face names. Native checkpoints
 (``consolidated.safetensors`` next to ``params.json``) use mistral-inference's
 names; `native_name` maps one onto the other. The q/k row order also differs
-(adjacent-pair RoPE); the model handles that itself (``config.rope_interleaved``).
+(adjacent-pair RoPE); the model handles that itself (``cfg.rope_interleave``).
 A Mistral 3 checkpoint nests these names (``language_model.model.*``); the registry's
 ``TextDecoderOf`` maps them (``engine/registry.py``).
 """
@@ -11,7 +11,7 @@ A Mistral 3 checkpoint nests these names (``language_model.model.*``); the regis
 from __future__ import annotations
 
 from npinfer.kernels.weights import attention_shapes, embedding_shapes, swiglu_shapes
-from npinfer.mistral_np.config import MistralConfig
+from npinfer.mistral_np.mistral.config import MistralConfig
 
 
 def expected_shapes(cfg: MistralConfig) -> dict[str, tuple[int, ...]]:
@@ -22,7 +22,7 @@ def expected_shapes(cfg: MistralConfig) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}."
         shapes |= {p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,)}
         shapes |= attention_shapes(p + "self_attn.", cfg)
-        if cfg.is_moe:
+        if cfg.is_moe(i):
             shapes[p + "block_sparse_moe.gate.weight"] = (cfg.num_local_experts, d)
             for e in range(cfg.num_local_experts):
                 shapes |= swiglu_shapes(f"{p}block_sparse_moe.experts.{e}.", "w1", "w3", "w2", d, I)

@@ -15,7 +15,6 @@ Keys transformers reads but that change nothing at inference are not kept:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -133,9 +132,6 @@ class Mamba2Config:
         return cls(**sizes, **flags, **tokens, vocab_size=int_field(d, "vocab_size", cls.vocab_size, minimum=1),
                    rms_norm_eps=float_field(d, "layer_norm_epsilon", cls.rms_norm_eps, positive=True),
                    time_step_limit=time_step_limit(d))
-
-    def replace(self, **changes) -> "Mamba2Config":
-        return dataclasses.replace(self, **changes)
 
 
 # `npinfer tiny LAYOUT`: a small config.json of this family (engine.tiny draws the weights).

@@ -10,8 +10,8 @@ MixtralForCausalLM) writes both families as ``llama``:
 * tensors under llama.cpp's names (`weights`); the rows of ``attn_q`` and ``attn_k``
   are permuted (``LlamaModel.permute``: within each head, row ``2i + a`` holds HF row
   ``i + a D/2``) for ggml's RoPE, which rotates adjacent pairs. That is the row order
-  of Mistral's native checkpoints, so the config says ``rope_interleaved`` and the
-  model pairs the dimensions as it does for them (`mistral_np.model.attention`):
+  of Mistral's native checkpoints, so the config says ``rope_interleave`` and the
+  model pairs the dimensions as it does for them (`mistral_np.mistral.model.attention`):
   nothing is copied;
 * Mixtral's experts stacked: ``ffn_gate_exps`` [E, I, d] (w1), ``ffn_up_exps`` (w3),
   ``ffn_down_exps`` [E, d, I] (w2); each expert is a view ``[e]``.
@@ -19,6 +19,7 @@ MixtralForCausalLM) writes both families as ``llama``:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from npinfer.kernels.weights import (
@@ -27,7 +28,7 @@ from npinfer.kernels.weights import (
     gguf_experts,
     gguf_layer,
 )
-from npinfer.mistral_np.config import MistralConfig
+from npinfer.mistral_np.mistral.config import MistralConfig
 
 # GGUF key (after "llama.") -> config.json key
 KEYS = {
@@ -65,7 +66,7 @@ def config_json(arch: str, keys: Mapping, shapes: Mapping) -> dict:
 
 def read_config(d: dict) -> MistralConfig:
     """The frozen config of a GGUF's config.json: q/k rows in ggml's pair order."""
-    return MistralConfig.from_hf(d).replace(rope_interleaved=True)
+    return dataclasses.replace(MistralConfig.from_hf(d), rope_interleave=True)
 
 
 LAYER = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",

@@ -85,18 +85,13 @@ class MistralConfig:
     max_position_embeddings: int = 32768
     num_local_experts: int = 0      # E; 0 = a dense MLP (Mistral), > 0 = sparse MoE (Mixtral)
     num_experts_per_tok: int = 0    # k, the experts each token is routed to
-    rope_interleaved: bool = False  # native checkpoints pair adjacent q/k dims (see model.py)
+    rope_interleave: bool = False  # native checkpoints pair adjacent q/k dims (see model.py)
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
 
-    @property
-    def is_moe(self) -> bool:
+    def is_moe(self, i: int) -> bool:
+        """Layer i's feed-forward is a sparse MoE (Mixtral: every layer's is)."""
         return self.num_local_experts > 0
-
-    @property
-    def group_size(self) -> int:
-        """G: query heads per key/value head (1 = multi-head attention)."""
-        return self.num_attention_heads // self.num_key_value_heads
 
     def window(self, i: int) -> int | None:
         """W of layer i: a query at position p sees keys p - W < j <= p; None: every j <= p."""
@@ -109,7 +104,7 @@ class MistralConfig:
 
     def describe(self) -> str:
         """One line for a user: sizes, positions, and which layers slide."""
-        kind = f"Mixtral ({self.num_local_experts} experts, top-{self.num_experts_per_tok})" if self.is_moe \
+        kind = f"Mixtral ({self.num_local_experts} experts, top-{self.num_experts_per_tok})" if self.is_moe(0) \
             else "Mistral"
         rope = f"RoPE theta={self.rope.theta:g}"
         if self.rope.yarn is not None:
@@ -139,7 +134,7 @@ class MistralConfig:
         for w in self.windows:
             if w is not None and w < 1:
                 raise ConfigError(f"sliding_window={w} must be positive or null")
-        if self.is_moe and not 0 < self.num_experts_per_tok <= self.num_local_experts:
+        if self.is_moe(0) and not 0 < self.num_experts_per_tok <= self.num_local_experts:
             raise ConfigError(f"num_experts_per_tok={self.num_experts_per_tok} must be in "
                               f"1..num_local_experts={self.num_local_experts}")
 
@@ -202,11 +197,8 @@ class MistralConfig:
             max_position_embeddings=max_positions,
             num_local_experts=int_field(moe, "num_experts", 0),
             num_experts_per_tok=int_field(moe, "num_experts_per_tok", 0),
-            rope_interleaved=True,
+            rope_interleave=True,
         )
-
-    def replace(self, **changes) -> "MistralConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def _hf_windows(d: dict, model_type: str, window: int | None, layers: int) -> tuple[int | None, ...]:

@@ -78,8 +78,8 @@ from npinfer.kernels import ops
 from npinfer.kernels.decoder import Decoder, final_logits, rows_of
 from npinfer.kernels.trace import Trace, no_trace
 from npinfer.kernels.weights import Prefixed
-from npinfer.mistral_np.mamba2_config import Mamba2Config
-from npinfer.mistral_np.mamba2_weights import EMBEDDINGS
+from npinfer.mistral_np.mamba2.config import Mamba2Config
+from npinfer.mistral_np.mamba2.weights import EMBEDDINGS
 
 
 # --------------------------------------------------------------------------- state

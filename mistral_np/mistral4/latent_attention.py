@@ -55,7 +55,7 @@ import numpy as np
 
 from npinfer.kernels import ops
 from npinfer.kernels.cache import LatentCache
-from npinfer.mistral_np.mistral4_config import LATENT_NORM_EPS, Mistral4Config
+from npinfer.mistral_np.mistral4.config import LATENT_NORM_EPS, Mistral4Config
 
 
 def deinterleave(x: np.ndarray) -> np.ndarray:

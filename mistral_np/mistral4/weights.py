@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from npinfer.kernels.weights import embedding_shapes, swiglu_shapes
-from npinfer.mistral_np.mistral4_config import Mistral4Config
+from npinfer.mistral_np.mistral4.config import Mistral4Config
 
 
 def expected_shapes(cfg: Mistral4Config) -> dict[str, tuple[int, ...]]:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from npinfer.mistral_np.mamba2_config import Mamba2Config
+from npinfer.mistral_np.mamba2.config import Mamba2Config
 
 EMBEDDINGS = "backbone.embeddings.weight"
 

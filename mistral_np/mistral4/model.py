@@ -5,7 +5,7 @@ section 2.1):
 
     x = embed(ids)
     for each layer i:
-        x = x + latent_attention(rms_norm(x))   # MLA: mistral_np/latent_attention.py
+        x = x + latent_attention(rms_norm(x))   # MLA: latent_attention.py beside this file
         x = x + ff_i(rms_norm(x))               # i < first_k_dense_replace: a dense SwiGLU;
                                                 # else shared + routed experts (DeepSeekMoE)
     logits = lm_head(rms_norm(x))
@@ -34,8 +34,8 @@ from npinfer.kernels.decoder import Decoder, final_logits, rows_of
 from npinfer.kernels.rope import llama4_query_scale
 from npinfer.kernels.trace import Trace, no_trace
 from npinfer.kernels.weights import Prefixed
-from npinfer.mistral_np.latent_attention import latent_attention
-from npinfer.mistral_np.mistral4_config import Mistral4Config
+from npinfer.mistral_np.mistral4.config import Mistral4Config
+from npinfer.mistral_np.mistral4.latent_attention import latent_attention
 
 
 # --------------------------------------------------------------------------- state
@@ -48,12 +48,12 @@ class Mistral4State:
     pos: int = 0
 
 
-def new_state(config: Mistral4Config, dtype=np.float32) -> Mistral4State:
-    return Mistral4State([new_latent_cache(config.latent_width, dtype) for _ in range(config.num_hidden_layers)])
+def new_state(cfg: Mistral4Config, dtype=np.float32) -> Mistral4State:
+    return Mistral4State([new_latent_cache(cfg.latent_width, dtype) for _ in range(cfg.num_hidden_layers)])
 
 
 # --------------------------------------------------------------------------- feed-forward
-def dense_mlp(w: Mapping, x):
+def mlp(w: Mapping, x):
     """The first_k_dense_replace layers' MLP. In PyTorch: down_proj(act_fn(gate_proj(x)) * up_proj(x))."""
     return ops.swiglu(x, w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"])
 
@@ -107,7 +107,7 @@ def forward_chunk(cfg: Mistral4Config, weights: Mapping, ids, states: list[Mistr
                                 segments)  # [T, d]  each sequence's layer-i cache
         x = x + trace(f"{name}.self_attn", attn)  # [T, d]
         h = trace(f"{name}.post_attention_layernorm", ops.rms_norm(x, w["post_attention_layernorm.weight"], eps))
-        ff = moe(cfg, w, h, trace, f"{name}.mlp") if cfg.is_moe(i) else dense_mlp(w, h)  # [T, d]
+        ff = moe(cfg, w, h, trace, f"{name}.mlp") if cfg.is_moe(i) else mlp(w, h)  # [T, d]
         x = x + trace(f"{name}.mlp", ff)  # [T, d]
         x = trace(name, x)  # [T, d]  the residual stream after layer i
     return final_logits(cfg, weights, x, "model.norm", trace, last_only)  # [T, V] (or [1, V])
