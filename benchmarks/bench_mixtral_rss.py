@@ -36,12 +36,13 @@ SHAPES = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
 
 
 def write_mixtral(path: Path, layers: int, seed: int = 0) -> dict:
-    import mistral_np
     from npinfer.engine.tiny import family_config
+    from npinfer.mistral_np.mistral.config import MistralConfig
+    from npinfer.mistral_np.mistral.weights import expected_shapes
 
     config = family_config("mixtral") | SHAPES | {"num_hidden_layers": layers, "head_dim": 128,
                                                   "max_position_embeddings": 32768}
-    shapes = mistral_np.expected_shapes(mistral_np.MistralConfig.from_hf(config))
+    shapes = expected_shapes(MistralConfig.from_hf(config))
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in shapes.items():

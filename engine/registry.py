@@ -69,6 +69,7 @@ def _same_name(name: str) -> str:
 class NativeLayout:
     """A family's own checkpoint layout (``params.json`` + ``consolidated.safetensors``)."""
 
+    recognizes: Callable[[dict], bool]  # params.json -> is it this family's? (each params.json is one family's)
     read_config: Callable[[dict], object]  # params.json -> frozen config
     architecture: Callable[[dict], str]  # params.json -> the architecture it is (for /info and logs)
     tensor_name: Callable[[str], str]  # HF name -> the name in the file
@@ -95,11 +96,12 @@ class Family:
     model: type  # a kernels.decoder.Decoder subclass: model(config, weights, dtype)
     expected_shapes: Callable[[object], dict]  # config -> {HF tensor name: shape}
     tiny: Mapping[str, dict]  # `npinfer tiny LAYOUT` -> config.json
-    provider: str = "MistralAI"  # GET /info "model_provider_name"
+    embeddings: str  # the HF name of the token embeddings (random weights draw them N(0, 1))
+    provider: str  # GET /info "model_provider_name"
+    chat_format: str  # when the tokenizer names no format (no version, no template)
     # the response_format types a chat request may ask for: every family enforces JSON by constrained
     # decoding (engine.constrained), where the hosted Mistral models refuse json_object
     response_formats: frozenset[str] = frozenset({"text", "json_object", "json_schema"})
-    chat_format: str = "mistral-v1"  # when the tokenizer names no format (no version, no template)
     native: NativeLayout | None = None
     special_init: Callable | None = None  # (name, shape, rng) -> array | None: random weights that must look trained
     describe: Callable[[object], str] | None = None  # config -> the line printed when a model loads
@@ -115,10 +117,11 @@ FAMILIES = (
         model_types={"mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM",
                      "ministral": "MinistralForCausalLM", "ministral3": "Ministral3ForCausalLM"},
         read_config=mistral_config.MistralConfig.from_hf,
-        native=NativeLayout(read_config=mistral_config.MistralConfig.from_params,
+        native=NativeLayout(recognizes=mistral_config.is_native_params, read_config=mistral_config.MistralConfig.from_params,
                             architecture=mistral_config.native_architecture, tensor_name=mistral_weights.native_name),
         model=mistral_model.Mistral, expected_shapes=mistral_weights.expected_shapes,
         tiny=mistral_config.TINY, describe=mistral_config.MistralConfig.describe,
+        embeddings="model.embed_tokens.weight", provider="MistralAI", chat_format="mistral-v1",
         gguf=GGUFLayout(("llama",), mistral_gguf.config_json, mistral_gguf.weights, mistral_gguf.read_config),
     ),
     Family(
@@ -127,7 +130,7 @@ FAMILIES = (
         read_config=jamba_config.JambaConfig.from_hf,
         model=jamba_model.Jamba, expected_shapes=jamba_weights.expected_shapes, special_init=jamba_weights.special_init,
         tiny=jamba_config.TINY, describe=jamba_config.JambaConfig.describe,
-        provider="AI21",
+        embeddings="model.embed_tokens.weight", provider="AI21", chat_format="mistral-v1",
         gguf=GGUFLayout(("jamba",), jamba_gguf.config_json, jamba_gguf.weights, jamba_gguf.read_config),
     ),
     Family(  # Mistral Small 4 (mistral_np/mistral4/); also the text_config of a multimodal checkpoint
@@ -137,6 +140,7 @@ FAMILIES = (
         model=mistral4_model.Mistral4, expected_shapes=mistral4_weights.expected_shapes,
         special_init=mistral4_weights.special_init, tiny=mistral4_config.TINY,
         describe=mistral4_config.Mistral4Config.describe,
+        embeddings="model.embed_tokens.weight", provider="MistralAI", chat_format="mistral-v1",
     ),
     Family(  # Codestral Mamba (mistral_np/mamba2/)
         name="mamba2",
@@ -144,6 +148,7 @@ FAMILIES = (
         read_config=mamba2_config.Mamba2Config.from_hf, tensor_name=mamba2_weights.tensor_name,
         model=mamba2_model.Mamba2, expected_shapes=mamba2_weights.expected_shapes,
         special_init=mamba2_weights.special_init, tiny=mamba2_config.TINY, describe=mamba2_config.Mamba2Config.describe,
+        embeddings="backbone.embeddings.weight", provider="MistralAI", chat_format="mistral-v1",
     ),
 )
 # GGUF architectures of a family here that has no GGUF layout yet: the error says so
@@ -247,8 +252,13 @@ def gguf_family(arch: str, where: str) -> Family:
     return family
 
 
-def native_family() -> Family:
-    return next(f for f in FAMILIES if f.native is not None)
+def native_family(params: dict, where: str) -> Family:
+    """The family whose native layout a params.json is, or a one-line error."""
+    family = next((f for f in FAMILIES if f.native is not None and f.native.recognizes(params)), None)
+    if family is None:
+        raise CheckpointError(f"{where}: no family here reads this params.json (native layouts: "
+                              f"{', '.join(f.name for f in FAMILIES if f.native is not None)})")
+    return family
 
 
 def tiny_layout(layout: str) -> tuple[Family, dict]:
@@ -291,7 +301,7 @@ def identify(ckpt: Checkpoint) -> Loaded:
         return _identify_gguf(ckpt)
     source = ckpt.path / (PARAMS if ckpt.layout == "native" else CONFIG)
     if ckpt.layout == "native":
-        family = native_family()
+        family = native_family(ckpt.config, str(source))
         arch, read, rename = family.native.architecture(ckpt.config), family.native.read_config, family.native.tensor_name
     else:
         family = family_of(ckpt.config, str(source))

@@ -45,7 +45,7 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
         w = special(name, shape, rng)
         if w is None and len(shape) == 1:
             w = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif w is None and name.endswith(("embed_tokens.weight", "embeddings.weight")):  # Mamba-2: backbone.embeddings
+        elif w is None and name == family.embeddings:
             # N(0, 1) rows; a tied head reads them as output rows too, so scale them
             # to N(0, 1/d) there, or logits would have std sqrt(d)
             w = rng.standard_normal(shape) * (shape[1] ** -0.5 if config.get("tie_word_embeddings") else 1.0)

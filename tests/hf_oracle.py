@@ -90,9 +90,9 @@ def hf_to_native(hf_path: Path, out: Path) -> None:
     ``tied_embeddings``; a Mistral3ForConditionalGeneration's decoder comes out under the
     native names and every other tensor under ``vision_encoder.`` (never read).
     """
-    import mistral_np
     from npinfer.engine.checkpoint import open_checkpoint
     from npinfer.engine.safetensors_io import write_tensors
+    from npinfer.mistral_np.mistral.weights import native_name
 
     ckpt = open_checkpoint(hf_path)
     c, tensors_in = ckpt.config, dict(ckpt.tensors)
@@ -122,7 +122,7 @@ def hf_to_native(hf_path: Path, out: Path) -> None:
             w = to_native(w, H)
         elif name.endswith("k_proj.weight"):
             w = to_native(w, H_kv)
-        tensors[mistral_np.native_name(name)] = np.asarray(w)
+        tensors[native_name(name)] = np.asarray(w)
     out.mkdir()
     write_tensors(out / "consolidated.safetensors", tensors)
     rope = c.get("rope_parameters") or {}

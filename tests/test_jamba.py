@@ -9,9 +9,11 @@ from cases import JAMBA_CASES, jamba, prompt
 from conftest import max_diff, run_cli
 from reference_f64 import plain_jamba
 
-import jamba_np
 from npinfer.engine.registry import load_model
 from npinfer.engine.tiny import family_config, random_weights
+from npinfer.jamba_np.config import JambaConfig
+from npinfer.jamba_np.model import Jamba
+from npinfer.jamba_np.weights import special_init
 from npinfer.kernels import ops
 
 
@@ -56,7 +58,7 @@ def test_prefill_equals_step_decode(tiny_model, backend, chunk):
     ids = prompt(3, 1024, n=33)
     with ops.using(backend):
         stepped = np.concatenate([tiny_model.forward([i], s) for s in [tiny_model.new_state()] for i in ids])
-        model = jamba_np.Jamba(tiny_model.config, tiny_model.weights, tiny_model.dtype, chunk_size=chunk)
+        model = Jamba(tiny_model.config, tiny_model.weights, tiny_model.dtype, chunk_size=chunk)
         assert max_diff(model.forward(ids, model.new_state()), stepped) <= 1e-5
 
 
@@ -110,12 +112,12 @@ def test_trace_names(tiny_model):
 
 # ---------------------------------------------------------------- config and schedule
 def test_schedule_matches_transformers_rule():
-    cfg = jamba_np.JambaConfig.from_hf(jamba(num_hidden_layers=8, attn_layer_period=8, attn_layer_offset=4,
+    cfg = JambaConfig.from_hf(jamba(num_hidden_layers=8, attn_layer_period=8, attn_layer_offset=4,
                                              expert_layer_period=2, expert_layer_offset=1))
     assert cfg.schedule == ["mamba+mlp", "mamba+moe", "mamba+mlp", "mamba+moe",
                             "attn+mlp", "mamba+moe", "mamba+mlp", "mamba+moe"]
     assert "mamba+mlp, mamba+moe" in str(cfg)
-    assert jamba_np.JambaConfig.from_hf(jamba(num_experts=1)).schedule == ["attn+mlp", "mamba+mlp"] * 2
+    assert JambaConfig.from_hf(jamba(num_experts=1)).schedule == ["attn+mlp", "mamba+mlp"] * 2
 
 
 def test_config_defaults_and_dt_rank():
@@ -123,11 +125,11 @@ def test_config_defaults_and_dt_rank():
              "num_attention_heads": 32}  # Jamba-v0.1's; required (a default would only show as a shape mismatch)
     for missing in sizes:
         with pytest.raises(ValueError, match=f"missing required field '{missing}'"):
-            jamba_np.JambaConfig.from_hf({"model_type": "jamba"} | {k: v for k, v in sizes.items() if k != missing})
-    cfg = jamba_np.JambaConfig.from_hf({"model_type": "jamba", **sizes})  # the rest: transformers' defaults = Jamba-v0.1
+            JambaConfig.from_hf({"model_type": "jamba"} | {k: v for k, v in sizes.items() if k != missing})
+    cfg = JambaConfig.from_hf({"model_type": "jamba", **sizes})  # the rest: transformers' defaults = Jamba-v0.1
     assert (cfg.hidden_size, cfg.d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state) == (4096, 8192, 256, 16)
     assert cfg.num_experts == 16 and cfg.schedule[4] == "attn+mlp"
-    assert jamba_np.JambaConfig.from_hf(jamba(hidden_size=40)).mamba_dt_rank == 3  # ceil(40 / 16)
+    assert JambaConfig.from_hf(jamba(hidden_size=40)).mamba_dt_rank == 3  # ceil(40 / 16)
     with pytest.raises(Exception):
         cfg.hidden_size = 1  # frozen
 
@@ -143,18 +145,18 @@ def test_config_defaults_and_dt_rank():
 ])
 def test_config_errors_name_the_field(change, field):
     with pytest.raises(ValueError, match=field):
-        jamba_np.JambaConfig.from_hf(jamba(**change))
+        JambaConfig.from_hf(jamba(**change))
 
 
 def test_special_init_looks_trained():
     rng = np.random.default_rng(0)
-    A_log = jamba_np.special_init("model.layers.0.mamba.A_log", (6, 4), rng)
+    A_log = special_init("model.layers.0.mamba.A_log", (6, 4), rng)
     np.testing.assert_allclose(np.exp(A_log), np.tile([1, 2, 3, 4], (6, 1)))
-    np.testing.assert_array_equal(jamba_np.special_init("model.layers.0.mamba.D", (6,), rng), np.ones(6))
-    bias = jamba_np.special_init("model.layers.0.mamba.dt_proj.bias", (1000,), rng)
+    np.testing.assert_array_equal(special_init("model.layers.0.mamba.D", (6,), rng), np.ones(6))
+    bias = special_init("model.layers.0.mamba.dt_proj.bias", (1000,), rng)
     dt = np.log1p(np.exp(bias))
     assert 1e-3 <= dt.min() and dt.max() <= 1e-1 + 1e-12
-    assert jamba_np.special_init("model.layers.0.mamba.in_proj.weight", (4, 4), rng) is None
+    assert special_init("model.layers.0.mamba.in_proj.weight", (4, 4), rng) is None
 
 
 # ---------------------------------------------------------------- CLI

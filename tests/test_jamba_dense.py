@@ -10,9 +10,9 @@ from cases import prompt
 from conftest import max_diff
 from test_jamba_hf import LIVE, hf_written
 
-import jamba_np
 from npinfer.engine.checkpoint import open_checkpoint
 from npinfer.engine.registry import load_model
+from npinfer.jamba_np.weights import expected_shapes
 
 
 def test_dense_jamba_float64_and_schedule(tmp_path):
@@ -22,7 +22,7 @@ def test_dense_jamba_float64_and_schedule(tmp_path):
     path = hf_written(tmp_path, config, 72)
     model = load_model(path, dtype="float64")
     assert model.config.schedule == ["mamba+mlp", "attn+mlp", "mamba+mlp", "mamba+mlp", "mamba+mlp", "attn+mlp"]
-    assert not any("router" in n or "experts" in n for n in jamba_np.expected_shapes(model.config))
+    assert not any("router" in n or "experts" in n for n in expected_shapes(model.config))
     ids = prompt(72, 128, n=20)
     ours = model.forward(ids, model.new_state())
     assert ours.dtype == np.float64

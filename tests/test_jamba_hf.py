@@ -14,10 +14,11 @@ from cases import GENERATE, jamba, prompt
 from conftest import assert_matches, max_diff
 from hf_oracle import hf_run, load_hf, randomize_  # noqa: E402
 
-import jamba_np  # noqa: E402
 from npinfer.engine.checkpoint import open_checkpoint
 from npinfer.engine.generate import greedy
 from npinfer.engine.registry import load_model
+from npinfer.jamba_np.config import JambaConfig  # noqa: E402
+from npinfer.jamba_np.weights import expected_shapes  # noqa: E402
 
 
 def hf_written(tmp_path, config: dict, seed: int, dtype=torch.float32, shard: str | None = None):
@@ -100,7 +101,7 @@ def test_live_transformers(case, tmp_path):
     seed = 50 + sorted(LIVE).index(case)
     path = hf_written(tmp_path, config, seed)
     model = load_model(path)
-    assert set(open_checkpoint(path).tensors) == set(jamba_np.expected_shapes(model.config))  # nothing unread
+    assert set(open_checkpoint(path).tensors) == set(expected_shapes(model.config))  # nothing unread
     ids = prompt(seed, config["vocab_size"])
     ref = hf_run(load_hf(path), ids, GENERATE)
     assert np.std(ref["logits"]) > 0.3  # a test with near-uniform logits would test little
@@ -129,7 +130,7 @@ def test_router_trace_matches_transformers(tmp_path):
     hf = load_hf(path)
     with torch.no_grad():
         out = hf(torch.tensor(ids)[None], output_router_logits=True)
-    moe_layers = [i for i, s in enumerate(jamba_np.JambaConfig.from_hf(config).schedule) if s.endswith("moe")]
+    moe_layers = [i for i, s in enumerate(JambaConfig.from_hf(config).schedule) if s.endswith("moe")]
     assert len(out.router_logits) == len(moe_layers)
     for i, ref in zip(moe_layers, out.router_logits):
         ref = ref.reshape(len(ids), -1).numpy()

@@ -261,6 +261,12 @@ def _native_rope(d: dict, max_positions: int) -> RopeParams:
     return params
 
 
+def is_native_params(params: dict) -> bool:
+    """Is this params.json one of this family's (Mistral, Mixtral, Ministral, Ministral 3, Mistral 3)?
+    Mistral's MLA models (q_lora_rank / kv_lora_rank) and Mamba models (an SSM block) are others'."""
+    return not any(key in params for key in ("kv_lora_rank", "q_lora_rank", "ssm_state_size", "mamba"))
+
+
 def native_architecture(params: dict) -> str:
     """The transformers architecture a params.json corresponds to (for /info and the logs)."""
     if params.get("vision_encoder"):
