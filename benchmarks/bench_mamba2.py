@@ -56,7 +56,7 @@ CODESTRAL = {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "vo
 
 
 def ensure_checkpoint(root: Path, layers: int) -> Path:
-    from npinfer.engine.tiny import write_checkpoint
+    from npinfer.engine.load.tiny import write_checkpoint
 
     path = root / f"codestral-mamba-{layers}l"
     if not (path / "config.json").exists():
@@ -155,7 +155,7 @@ def prefill(args, model, hf) -> None:
 
 
 def decode(args, model, path, bw: Bandwidth) -> None:
-    from npinfer.engine.generate import greedy
+    from npinfer.engine.oracle.dumps import greedy
 
     cfg, L = model.config, model.config.num_hidden_layers
     prompt = np.random.default_rng(1).integers(3, cfg.vocab_size, 32)
@@ -175,7 +175,7 @@ def decode(args, model, path, bw: Bandwidth) -> None:
     bandwidth = statistics.median(bw.samples[first:])
     w = model.weights
     layer_bytes = sum(a.nbytes for n, a in w.items() if n.startswith("backbone.layers.0."))
-    state_bytes = sum(a.nbytes for a in model.state_arrays(state).values()) / L
+    state_bytes = state.nbytes_at(1) / L  # a recurrent state: the same at any length
     head_bytes = w["lm_head.weight"].nbytes + w["backbone.norm_f.weight"].nbytes + cfg.hidden_size * 2
     roofline = {n: (n * (layer_bytes + 2 * state_bytes) + head_bytes) / bandwidth for n in (L, FULL_LAYERS)}
     full = FULL_LAYERS * layer + rest
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-hf", action="store_true", help="skip transformers (no oracle extra)")
     p.add_argument("--dir", type=Path, default=Path("/tmp/npinfer-bench"))
     args = p.parse_args(argv)
-    from npinfer.engine.registry import load_model
+    from npinfer.engine.load.open import load_model
 
     args.dir.mkdir(parents=True, exist_ok=True)
     path = ensure_checkpoint(args.dir, args.layers)

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, run_measured, table  # noqa: E402
-from npinfer.engine.safetensors_io import write_tensors  # noqa: E402
+from npinfer.engine.load.safetensors_io import write_tensors  # noqa: E402
 from npinfer.kernels.dtypes import float32_to_bf16  # noqa: E402
 
 SHAPES = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
@@ -36,7 +36,7 @@ SHAPES = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
 
 
 def write_mixtral(path: Path, layers: int, seed: int = 0) -> dict:
-    from npinfer.engine.tiny import family_config
+    from npinfer.engine.load.tiny import family_config
     from npinfer.mistral_np.mistral.config import MistralConfig
     from npinfer.mistral_np.mistral.weights import expected_shapes
 
@@ -72,7 +72,7 @@ def main() -> None:
         sizes = write_mixtral(ckpt, args.layers)
         print(f"wrote {ckpt} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     else:
-        from npinfer.engine.checkpoint import open_checkpoint
+        from npinfer.engine.load.checkpoint import open_checkpoint
 
         sizes = {n: a.nbytes for n, a in open_checkpoint(ckpt).tensors.items()}
     ids = np.random.default_rng(1).integers(3, SHAPES["vocab_size"], args.tokens)

@@ -64,7 +64,7 @@ FULL_LAYERS = {"Mistral Small 4": 36, "Mistral-7B (GQA)": 32}
 
 def random_bf16_model(family_name: str, config: dict, layers: int):
     """The family's model on seeded random bf16 weights (N(0, 1/in) matrices, norms near 1)."""
-    from npinfer.engine.registry import FAMILIES
+    from npinfer.engine.load.registry import FAMILIES
     from npinfer.kernels.dtypes import float32_to_bf16
 
     family = next(f for f in FAMILIES if f.name == family_name)

@@ -87,7 +87,7 @@ DECODE_STEPS = 32  # --generate 33: the prompt's last row picks the first token,
 
 
 def ensure_checkpoint(root: Path, name: str) -> Path:
-    from npinfer.engine.tiny import write_checkpoint
+    from npinfer.engine.load.tiny import write_checkpoint
 
     path = root / name
     if not (path / "config.json").exists():
@@ -195,7 +195,7 @@ def decode_bytes(path: Path, full_layers: int = 32) -> tuple[int, int | None]:
     """Bytes of weights one decode step reads (every tensor but the embedding, and one embedding
     row): for this checkpoint, and for the real model's `full_layers` layers when all layers
     here are alike (Mistral, Mixtral; None for Jamba's mix of kinds)."""
-    from npinfer.engine.registry import load_model
+    from npinfer.engine.load.open import load_model
 
     model = load_model(path)
     weights = model.weights

@@ -3,7 +3,7 @@
     python benchmarks/float64_error_report.py [--layers 8] [--tokens 64] [--generate 8]
                                               [--out-dir benchmarks/results/float64_error]
 
-For each architecture, a seeded random checkpoint (`engine.tiny`'s family config
+For each architecture, a seeded random checkpoint (`engine.load.tiny`'s family config
 with `--layers` layers) runs the same prompt twice, in float32 and in float64 (every
 operation in float64, see DESIGN.md), through `engine.oracle.collect_activations`;
 `engine.oracle.diff_arrays` then measures each named activation of the float32 run
@@ -31,9 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, table  # noqa: E402
-from npinfer.engine.oracle import collect_activations, diff_arrays  # noqa: E402
-from npinfer.engine.registry import load_model  # noqa: E402
-from npinfer.engine.tiny import family_config, write_checkpoint  # noqa: E402
+from npinfer.engine.load.open import load_model  # noqa: E402
+from npinfer.engine.load.tiny import family_config, write_checkpoint  # noqa: E402
+from npinfer.engine.oracle.diff import diff_arrays  # noqa: E402
+from npinfer.engine.oracle.dumps import collect_activations
 
 FAMILIES = ("mistral", "mixtral", "jamba")
 
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     md = "\n".join([
         "# float32 vs float64, by layer", "",
         (f"Relative error max |f32 - f64| / max |f64| of each activation; tiny random checkpoints "
-         f"(`engine.tiny` configs, {args.layers} layers), a {args.tokens}-token prompt plus "
+         f"(`engine.load.tiny` configs, {args.layers} layers), a {args.tokens}-token prompt plus "
          f"{args.generate} greedy tokens ({args.tokens + max(args.generate - 1, 0)} rows)."), "",
         f"Machine: {machine()}", "",
         table(["activation", *FAMILIES], rows), "",

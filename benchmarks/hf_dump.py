@@ -6,9 +6,11 @@
     npinfer diff hf.npz ours.npz          # the first layer where npinfer and HF disagree
 
 Forward hooks on the Hugging Face modules record each one's output; the file is
-written by `engine.oracle.write_dump`, so it has exactly the names, shapes and
-layout `engine.oracle` documents (batch axis dropped; a `--generate` run appends
-each decode step's rows; Mamba conv/SSM states taken from the cache at the end).
+written by `engine.oracle.dumps.write_dump`, so it has exactly the names, shapes, order
+and layout `engine.oracle.dumps` documents (batch axis dropped; a `--generate` run appends
+each decode step's rows; names in the order the hooks first fire, which is the order the
+model computes; Mamba conv/SSM states taken from the cache at the end and placed, as
+npinfer traces them, just before their mixer's output).
 Any other backend can produce the same file with its own hooks: this script is the
 worked example. Needs the `oracle` extra (torch, transformers).
 
@@ -29,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from npinfer.engine.errors import NpinferError  # noqa: E402
-from npinfer.engine.oracle import write_dump  # noqa: E402
+from npinfer.engine.oracle.dumps import write_dump  # noqa: E402
 
 # HF module name (after model.layers.N.) -> dump name; None: a router (logits and experts).
 LAYER_MODULES = {
@@ -92,7 +94,7 @@ def hf_activations(model, ids, generate: int = 0) -> dict[str, np.ndarray]:
     handles = [module.register_forward_hook(hook(name)) for module_name, module in model.named_modules()
                if (name := dump_name(module_name, model_type))]
     x = torch.tensor(np.asarray(ids, np.int64))[None]  # [1, T]
-    out = {"input_ids": np.asarray(ids, np.int64)}
+    gen = {}
     try:
         with torch.no_grad():
             if generate:
@@ -100,17 +102,18 @@ def hf_activations(model, ids, generate: int = 0) -> dict[str, np.ndarray]:
                                    return_dict_in_generate=True, logits_to_keep=0,  # lm_head on every prompt row
                                    eos_token_id=None, pad_token_id=0)
                 cache = g.past_key_values
-                out["gen_ids"] = g.sequences[0, x.shape[1]:].numpy()
-                out["gen_logits"] = to_numpy(torch.stack(g.logits)[:, 0])
+                gen = {"gen_ids": g.sequences[0, x.shape[1]:].numpy(), "gen_logits": to_numpy(torch.stack(g.logits)[:, 0])}
             else:
                 cache = model(x, use_cache=True).past_key_values
     finally:
         for h in handles:
             h.remove()
-    out |= {name: np.concatenate(p) for name, p in parts.items()}
-    if model_type in ("jamba", "mamba2"):
-        out |= mamba_states(model, cache)
-    return out
+    states = mamba_states(model, cache) if model_type in ("jamba", "mamba2") else {}
+    out = {"input_ids": np.asarray(ids, np.int64)}
+    for name, p in parts.items():  # in the order the hooks first fired
+        out |= {state: value for state, value in states.items() if state.rsplit(".", 1)[0] == name}
+        out[name] = np.concatenate(p)
+    return out | gen
 
 
 def mamba_states(model, cache) -> dict[str, np.ndarray]:

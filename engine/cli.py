@@ -10,8 +10,8 @@
     npinfer compare MODEL --backend URL [--prompts F.jsonl] [--max-tokens N] [--top-logprobs K]
                     [--max-kl X] [--json] [--ray [ADDRESS]]
 
-Without MODEL, chat and serve use the embedded tiny default (engine.default_model).
-`npinfer chat` with no message on a terminal is an interactive session (`_ChatSession`).
+Without MODEL, chat and serve use the embedded tiny default (engine.load.default_model).
+`npinfer chat` with no message on a terminal is an interactive session (`ChatSession`).
 
 MODEL is a local checkpoint directory, a GGUF file or a Hugging Face repo id. Every failure a
 user can cause (bad checkpoint, bad ids, unwritable output) ends in one line on
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npinfer.engine.chat_session import ChatSession, LoadProgress
 from npinfer.engine.errors import NpinferError
 
 
@@ -52,10 +53,10 @@ def _parse_ids(args) -> np.ndarray:
 
 
 def cmd_logits(args) -> int:
-    from npinfer.engine.generate import NOT_FINITE, greedy
-    from npinfer.engine.oracle import dump_activations, write_arrays
+    from npinfer.engine.generation.request import NOT_FINITE
+    from npinfer.engine.load.open import open_model
+    from npinfer.engine.oracle.dumps import dump_activations, greedy, write_arrays
     from npinfer.engine.progress import prefill_progress
-    from npinfer.engine.registry import open_model
     from npinfer.kernels.trace import no_trace
 
     ids = _parse_ids(args)
@@ -110,7 +111,7 @@ def cmd_logits(args) -> int:
 
 
 def cmd_tiny(args) -> int:
-    from npinfer.engine.tiny import family_config, write_checkpoint
+    from npinfer.engine.load.tiny import family_config, write_checkpoint
     from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
     try:  # with the tiny model's own byte-fallback BPE tokenizer (1024 pieces)
@@ -125,7 +126,7 @@ def cmd_tiny(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from npinfer.engine.gguf_checkpoint import gguf_tokenizer, is_gguf
+    from npinfer.engine.load.gguf_checkpoint import gguf_tokenizer, is_gguf
     from npinfer.tokenizer import cli as tokenizer_cli
 
     if is_gguf(args.tokenizer):  # the tokenizer package reads no GGUF: hand it the metadata's tokenizer
@@ -138,25 +139,6 @@ def cmd_tokenize(args) -> int:
             raise NpinferError(str(e)) from None
         return tokenizer_cli.run(args, tok, chat_format_of(tok))
     return tokenizer_cli.run(args)
-
-
-class _LoadProgress:
-    """A status line on stderr while a large checkpoint is paged in (until the first token)."""
-
-    LARGE = 256 << 20  # bytes
-
-    def __init__(self, model: str | None):
-        path = Path(model) if model else None
-        size = sum(p.stat().st_size for p in path.glob("*.safetensors")) if path and path.is_dir() \
-            else path.stat().st_size if path and path.is_file() else 0
-        self.shown = size >= self.LARGE
-        if self.shown:
-            print(f"loading {model} ({size / 2**30:.1f} GiB)...", end="", file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self.shown:
-            print(" ready", file=sys.stderr, flush=True)
-            self.shown = False
 
 
 def cmd_chat(args) -> int:
@@ -173,123 +155,27 @@ def cmd_chat(args) -> int:
         message = sys.stdin.read().strip()
         if not message:
             raise NpinferError("no message: give one, pipe one on stdin, or run on a terminal for a session")
-    from npinfer.engine.chat_model import load_chat_model
+    from npinfer.engine.generation.chat_model import load_chat_model
 
     chat = load_chat_model(args.model, dtype=args.dtype)  # headers only: the weights page in during the first token
     if chat.load_line:
         print(chat.load_line, file=sys.stderr)
-    session = _ChatSession(chat, args, loading=_LoadProgress(args.model))
+    session = ChatSession(chat, args, loading=LoadProgress(args.model))
     if not interactive:
         session.say(message)
         return 0
     return session.repl()
 
 
-class _ChatSession:
-    """A conversation with one model: the system prompt, the turns so far, how to sample.
-
-    Each turn renders the whole conversation in the model's chat format and runs it
-    from a fresh state (the prompt is prefilled again: simple, and exactly what a
-    chat-completions request with this history computes).
-    """
-
-    HELP = "/reset  forget the conversation | /system TEXT  set the system prompt (and reset) | /exit  quit"
-
-    def __init__(self, chat, args, loading: _LoadProgress):
-        from npinfer.engine.generate import GenerationParams
-        from npinfer.engine.sampling import SamplingParams
-
-        self.chat, self.system, self.turns, self.loading = chat, args.system, [], loading
-        self.params = GenerationParams(max_tokens=args.max_tokens, seed=args.seed,
-                                       sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p))
-
-    def messages(self, user: str) -> list[dict]:
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + self.turns + [{"role": "user", "content": user}]
-
-    def say(self, user: str) -> str:
-        """Stream the answer to `user` after the turns so far to stdout; keep the turn."""
-        from npinfer.engine.generate import Delta, Finish, PromptTooLong, generate
-        from npinfer.engine.progress import prefill_progress
-        from npinfer.tokenizer.errors import ChatFormatError
-
-        try:
-            ids = self.chat.prompt(self.messages(user))
-        except (ChatFormatError, PromptTooLong) as e:
-            raise NpinferError(str(e)) from None
-        text, cut = [], False
-        for event in generate(self.chat.model, self.chat.tok, ids, self.params,
-                              progress=prefill_progress(self.chat.model, len(ids))):
-            self.loading.done()  # the weights are paged in by the first pass
-            if isinstance(event, Delta):
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-                text.append(event.text)
-            elif isinstance(event, Finish):
-                cut = event.reason == "length"
-        print()
-        if cut:
-            print(f"[stopped after {self.params.max_tokens} tokens]", file=sys.stderr)
-        answer = "".join(text)
-        if answer:  # (a chat format has no empty assistant turn: an empty answer is not kept)
-            self.turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-        return answer
-
-    def repl(self) -> int:
-        """Read a line, answer it, until /exit or end of input (Ctrl-D). Ctrl-C stops an answer."""
-        try:
-            import readline  # noqa: F401  (line editing and history for input())
-        except ImportError:
-            pass
-        chat = self.chat
-        print(f"npinfer chat: {chat.name} ({chat.architecture}, chat format {chat.chat_format})\n"
-              f"{self.HELP} (or Ctrl-D)", file=sys.stderr)
-        while True:
-            try:
-                line = input(">>> ").strip()
-            except EOFError:
-                print(file=sys.stderr)
-                return 0
-            except KeyboardInterrupt:
-                print("\n(/exit or Ctrl-D to quit)", file=sys.stderr)
-                continue
-            command, _, rest = line.partition(" ")
-            if not line:
-                continue
-            if command in ("/exit", "/quit", "/bye"):
-                return 0
-            if command == "/reset":
-                self.turns = []
-                print("(conversation cleared)", file=sys.stderr)
-            elif command == "/system":
-                self.system, self.turns = rest.strip() or None, []
-                print(f"(system prompt {'set' if self.system else 'removed'}; conversation cleared)", file=sys.stderr)
-            elif command in ("/help", "/?"):
-                print(self.HELP, file=sys.stderr)
-            elif command.startswith("/"):
-                print(f"unknown command {command} ({self.HELP})", file=sys.stderr)
-            else:
-                try:
-                    self.say(line)
-                except NpinferError as e:  # e.g. the conversation outgrew the context: the session goes on
-                    print(f"npinfer: error: {e} (/reset starts over)", file=sys.stderr)
-                except KeyboardInterrupt:
-                    print("\n(answer interrupted; not kept)", file=sys.stderr)
-
-
 def cmd_serve(args) -> int:
-    from npinfer.engine.chat_model import load_chat_model
-    from npinfer.engine.server import Limits, Service, listen, serve
+    from npinfer.engine.generation.chat_model import load_chat_model
+    from npinfer.engine.serve.server import listen, serve
+    from npinfer.engine.serve.service import Service
 
-    given = {"max_queue": args.max_queue, "requests_per_minute": args.requests_per_minute,
-             "tokens_per_minute": args.tokens_per_minute, "max_body_bytes": args.max_body_bytes}
-    given |= _batching_limits(args)
-    limits = Limits(**{k: v for k, v in given.items() if v is not None})
-    if min(limits.max_queue - 1, limits.requests_per_minute, limits.tokens_per_minute, limits.max_body_bytes - 1) < 0:
-        raise NpinferError("--max-queue and --max-body-bytes must be >= 1, the per-minute limits >= 0")
+    limits = _limits(args)
     api_key = args.api_key or os.environ.get("NPINFER_API_KEY") or None
     sock = listen(args.host, args.port)  # a busy port fails here, before the model loads
-    progress = _LoadProgress(args.model)
+    progress = LoadProgress(args.model)
     chat = load_chat_model(args.model, dtype=args.dtype)
     progress.done()
     if chat.load_line:
@@ -300,20 +186,28 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _batching_limits(args) -> dict:
-    """The serve options of continuous batching, budgets and timeouts, as engine.server.Limits fields."""
-    from npinfer.engine.scheduler import MAX_BATCH
-    from npinfer.engine.schema import Budgets
+def _limits(args):
+    """The serve options as `engine.serve.service.Limits` (the scheduler's `BatchLimits` inside);
+    an option not given keeps its default."""
+    from npinfer.engine.generation.scheduler import MAX_BATCH, BatchLimits
+    from npinfer.engine.serve.budgets import Budgets
+    from npinfer.engine.serve.service import Limits
 
     if args.max_batch is not None and not 1 <= args.max_batch <= MAX_BATCH:
         raise NpinferError(f"--max-batch must be in 1..{MAX_BATCH}")
     for name in ("max_cache_mib", "deadline", "header_timeout", "body_timeout", "max_request_tokens"):
         if (value := getattr(args, name)) is not None and value <= 0:
             raise NpinferError(f"--{name.replace('_', '-')} must be > 0")
-    budgets = Budgets() if args.max_request_tokens is None else Budgets(max_total_tokens=args.max_request_tokens)
-    return {"max_batch": args.max_batch, "deadline_seconds": args.deadline, "header_timeout": args.header_timeout,
-            "body_timeout": args.body_timeout, "budgets": budgets,
-            "max_cache_bytes": None if args.max_cache_mib is None else int(args.max_cache_mib * 2**20)}
+    for name, least in (("max_queue", 1), ("max_body_bytes", 1), ("requests_per_minute", 0), ("tokens_per_minute", 0)):
+        if (value := getattr(args, name)) is not None and value < least:
+            raise NpinferError("--max-queue and --max-body-bytes must be >= 1, the per-minute limits >= 0")
+    given = lambda **fields: {k: v for k, v in fields.items() if v is not None}  # noqa: E731
+    batch = BatchLimits(**given(max_batch=args.max_batch, max_queue=args.max_queue, deadline_seconds=args.deadline,
+                                max_cache_bytes=None if args.max_cache_mib is None else int(args.max_cache_mib * 2**20)))
+    budgets = Budgets(**given(max_total_tokens=args.max_request_tokens))
+    return Limits(batch, budgets=budgets, **given(
+        requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
+        max_body_bytes=args.max_body_bytes, header_timeout=args.header_timeout, body_timeout=args.body_timeout))
 
 
 def add_chat_parser(sub) -> None:
@@ -344,7 +238,7 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or api-key: KEY); "
                    "default: $NPINFER_API_KEY, else none")
-    # defaults (None here): engine.server.Limits, the hosted service's limits
+    # defaults (None here): engine.serve.service.Limits, the hosted service's limits
     s.add_argument("--max-queue", type=int, help="requests that may wait; more get 429 (default 64)")
     s.add_argument("--requests-per-minute", type=int, help="0 = unlimited (default 1000, as hosted)")
     s.add_argument("--tokens-per-minute", type=int, help="0 = unlimited (default 200000, as hosted)")
@@ -384,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "one row per MoE layer (prompt only)")
     q.add_argument("--dump-activations", metavar="PATH",
                    help="also write every named intermediate (Hugging Face module names) of the run to PATH "
-                   "(.npz or .safetensors; format in engine/oracle.py)")
+                   "(.npz or .safetensors; format in engine/oracle/dumps.py)")
     for flag, text in (("--last-only", "write the logits of the last prompt position only ([1, V]), what a chat's "
                         "prefill computes (the head runs on that row alone)"),
                        ("--timing", "print on stderr: 'npinfer: timing: prefill T tokens in X s (R tokens/s); decode N "
@@ -394,18 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output .npz file")
     q.set_defaults(run=cmd_logits)
 
-    from npinfer.engine import oracle
+    from npinfer.engine.oracle import diff
 
     d = sub.add_parser("diff", help="compare two activation dumps; name the first divergence",
                        description="For each name both dumps hold, in model order: max abs and relative error, "
                        "cosine, share beyond tolerance; for routers the share of differing expert choices. "
                        "Exit 0: nothing diverges; 1: something does; 2: bad input.")
-    oracle.add_arguments_diff(d)
-    d.set_defaults(run=oracle.run_diff)
+    diff.add_arguments_diff(d)
+    d.set_defaults(run=diff.run_diff)
 
     t = sub.add_parser("tiny", help="write a small seeded random checkpoint",
                        description="Write a small random-weight checkpoint in Hugging Face layout.")
-    from npinfer.engine.registry import TINY_LAYOUTS
+    from npinfer.engine.load.registry import TINY_LAYOUTS
 
     t.add_argument("layout", metavar="LAYOUT", choices=list(TINY_LAYOUTS), help=", ".join(TINY_LAYOUTS))
     t.add_argument("out_dir", metavar="OUT_DIR")
@@ -423,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_parser(sub)
     add_serve_parser(sub)
 
-    from npinfer.engine import compare
+    from npinfer.engine.oracle import compare
 
     c = sub.add_parser("compare", help="score an OpenAI-compatible backend's output with npinfer's exact "
                        "distributions", description="Send each prompt to the backend (greedy, with top-K logprobs), "

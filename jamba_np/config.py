@@ -128,7 +128,7 @@ class JambaConfig:
         )
 
 
-# `npinfer tiny LAYOUT`: a small config.json of this family (engine.tiny draws the weights).
+# `npinfer tiny LAYOUT`: a small config.json of this family (engine.load.tiny draws the weights).
 TINY = {
     "jamba": {  # schedule: mamba+mlp, mamba+moe, attn+mlp, mamba+moe
         "architectures": ["JambaForCausalLM"], "model_type": "jamba",

@@ -53,6 +53,7 @@ import numpy as np
 
 from npinfer.jamba_np.config import JambaConfig
 from npinfer.kernels import ops
+from npinfer.kernels.trace import Trace, no_trace
 
 
 @dataclass
@@ -62,14 +63,18 @@ class MambaCache:
     conv: np.ndarray  # [Di, K] the conv's last K inputs, oldest first (transformers' conv_states)
     ssm: np.ndarray  # [Di, N] the scan state s (transformers' recurrent_states)
 
+    def nbytes_at(self, positions: int) -> int:
+        """The same at any length: a recurrent state does not grow."""
+        return self.conv.nbytes + self.ssm.nbytes
+
 
 def new_mamba_cache(cfg: JambaConfig, dtype) -> MambaCache:
     """Zeros: the conv's left padding, and s_{-1} = 0."""
     return MambaCache(np.zeros((cfg.d_inner, cfg.mamba_d_conv), dtype), np.zeros((cfg.d_inner, cfg.mamba_d_state), dtype))
 
 
-def mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaCache],
-                segments: list[slice]) -> np.ndarray:
+def mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaCache], segments: list[slice],
+          trace: Trace = no_trace, name: str = "mamba") -> np.ndarray:
     """The selective SSM block: h [T, d] -> [T, d]; each cache advances by its rows.
 
     The rows `segments[j]` of h belong to the sequence whose state is `caches[j]`:
@@ -79,7 +84,8 @@ def mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaCache],
     `w` holds this layer's ``mamba.*`` weights by their names after ``mamba.``.
     One token (decode) is a loop of length one: the same kernels compute what
     transformers' one-token ``causal_conv1d_update`` and ``mamba_selective_state_update``
-    do, so prefill and decode cannot drift apart.
+    do, so prefill and decode cannot drift apart. The states each sequence reaches are
+    traced as ``{name}.conv_state`` and ``{name}.ssm_state``.
     """
     Di, N, R = cfg.d_inner, cfg.mamba_d_state, cfg.mamba_dt_rank
     eps, dtype = cfg.rms_norm_eps, h.dtype
@@ -114,6 +120,8 @@ def mixer(cfg: JambaConfig, w: Mapping, h: np.ndarray, caches: list[MambaCache],
     y = np.empty_like(x)  # [T, Di]
     for cache, rows in zip(caches, segments):
         y[rows], cache.ssm = ops.selective_scan(x[rows], dt[rows], A, B[rows], C[rows], cache.ssm)  # [t, Di]
+        trace(f"{name}.conv_state", cache.conv)  # [Di, K]
+        trace(f"{name}.ssm_state", cache.ssm)  # [Di, N]
 
     # 6. Skip connection D, the SiLU gate ([1] fig. 3: the multiplicative branch), output projection.
     y = y + x * ops.widen(w["D"], dtype)  # [T, Di]

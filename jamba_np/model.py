@@ -35,19 +35,18 @@ from npinfer.jamba_np.config import JambaConfig
 from npinfer.jamba_np.mamba import MambaCache, new_mamba_cache
 from npinfer.kernels import ops
 from npinfer.kernels.cache import KVCache, new_kv_cache
-from npinfer.kernels.decoder import Decoder, final_logits, rows_of
+from npinfer.kernels.decoder import Decoder, State, final_logits, rows_of
 from npinfer.kernels.trace import Trace, no_trace
 from npinfer.kernels.weights import Prefixed
 
 
 # --------------------------------------------------------------------------- state
 @dataclass
-class JambaState:
+class JambaState(State):
     """The hybrid state: per layer a KV cache (attention) or a MambaCache (conv + scan
     state), and the number of tokens already seen (the next token's position)."""
 
     caches: list[KVCache | MambaCache]
-    pos: int = 0
 
 
 def new_state(cfg: JambaConfig, dtype=np.float32) -> JambaState:
@@ -123,7 +122,8 @@ def forward_chunk(cfg: JambaConfig, weights: Mapping, ids, states: list[JambaSta
         if cfg.is_attention(i):
             x = x + trace(f"{name}.self_attn", attention(cfg, w, h, positions, caches, segments))  # [T, d]
         else:
-            x = x + trace(f"{name}.mamba", mamba.mixer(cfg, Prefixed(w, "mamba."), h, caches, segments))  # [T, d]
+            x = x + trace(f"{name}.mamba", mamba.mixer(cfg, Prefixed(w, "mamba."), h, caches, segments, trace,
+                                                                    f"{name}.mamba"))  # [T, d]
         h = trace(f"{name}.pre_ff_layernorm", ops.rms_norm(x, w["pre_ff_layernorm.weight"], eps))  # [T, d]
         ff = f"{name}.feed_forward"
         x = x + trace(ff, moe(cfg, w, h, trace, ff) if cfg.is_moe(i) else mlp(w, h))  # [T, d]
@@ -136,12 +136,3 @@ class Jamba(Decoder, forward_chunk=forward_chunk, make_state=new_state):
     """A loaded Jamba (see `kernels.decoder.Decoder` for its methods)."""
 
     config: JambaConfig
-
-    def state_arrays(self, state: JambaState) -> dict[str, np.ndarray]:
-        """Each Mamba layer's conv and SSM states (KV caches are not dumped)."""
-        out = {}
-        for i, cache in enumerate(state.caches):
-            if not self.config.is_attention(i):
-                out[f"model.layers.{i}.mamba.conv_state"] = np.array(cache.conv)  # [Di, K]
-                out[f"model.layers.{i}.mamba.ssm_state"] = np.array(cache.ssm)  # [Di, N]
-        return out

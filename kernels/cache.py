@@ -3,6 +3,10 @@ window (`KVCache`), or the compressed latent of multi-head latent attention (`La
 
 Generic over models: Mistral and Mixtral use `KVCache` with their sliding window, Jamba's
 attention layers without one; Mistral Small 4 uses `LatentCache`.
+
+Every cache says its own size: ``nbytes_at(positions)``, the bytes it holds once `positions`
+tokens are in it. A cache without a window grows by doubling (`grown`), so its size at a
+length is known before it gets there: what a server's memory budget counts.
 """
 
 from __future__ import annotations
@@ -10,6 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+
+def grown(slots: int, needed: int) -> int:
+    """The slots a growing cache of `slots` has once it holds `needed` positions: doubled
+    until they fit (256, 512, 1024, ...)."""
+    while slots < needed:
+        slots *= 2
+    return slots
 
 
 @dataclass
@@ -73,9 +85,14 @@ class KVCache:
         slots = positions % len(self.pos)
         self.k[slots], self.v[slots], self.pos[slots] = k_new, v_new, positions
 
+    def nbytes_at(self, positions: int) -> int:
+        """Bytes held once `positions` tokens are in: W slots under a window, else as many
+        as the doubling reaches."""
+        slots = len(self.pos) if self.window is not None else grown(len(self.pos), positions)
+        return slots * (self.k[0].nbytes + self.v[0].nbytes + self.pos.itemsize)
+
     def _grow(self, needed: int) -> None:
-        size = max(needed, 2 * len(self.pos))
-        pad = size - len(self.pos)
+        pad = grown(len(self.pos), needed) - len(self.pos)
         self.k = np.concatenate([self.k, np.zeros((pad, *self.k.shape[1:]), self.k.dtype)])
         self.v = np.concatenate([self.v, np.zeros((pad, *self.v.shape[1:]), self.v.dtype)])
         self.pos = np.concatenate([self.pos, np.full(pad, -1, np.int64)])
@@ -111,12 +128,15 @@ class LatentCache:
         it attends to, [S', r + d_R] and [S'] (positions 0 .. its last)."""
         end = int(positions[-1]) + 1
         if end > len(self.pos):
-            size = max(end, 2 * len(self.pos))
-            self.latent = np.concatenate([self.latent, np.zeros((size - len(self.pos), self.latent.shape[1]),
-                                                                self.latent.dtype)])
-            self.pos = np.concatenate([self.pos, np.full(size - len(self.pos), -1, np.int64)])
+            pad = grown(len(self.pos), end) - len(self.pos)
+            self.latent = np.concatenate([self.latent, np.zeros((pad, self.latent.shape[1]), self.latent.dtype)])
+            self.pos = np.concatenate([self.pos, np.full(pad, -1, np.int64)])
         self.latent[positions], self.pos[positions] = rows, positions
         return self.latent[:end], self.pos[:end]
+
+    def nbytes_at(self, positions: int) -> int:
+        """Bytes held once `positions` tokens are in (the buffer grows by doubling)."""
+        return grown(len(self.pos), positions) * (self.latent[0].nbytes + self.pos.itemsize)
 
 
 def new_latent_cache(width: int, dtype, capacity: int = 256) -> LatentCache:

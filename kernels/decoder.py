@@ -8,8 +8,8 @@ state; `Decoder` builds the rest on it:
   no [T, d_inner, N] scan temporary is ever built);
 * ``forward_batch(ids, states)``: one decode step of several sequences at once,
   every weight read once for all of them (`rows_of` lays out their rows);
-* ``state_arrays(state)``: the recurrent states an activation dump holds.
 
+`State` is what every model's state is: one cache per layer and the next position.
 `final_logits` is the tail every pass ends with: the final norm and the output head.
 """
 
@@ -22,6 +22,25 @@ import numpy as np
 
 from npinfer.kernels import ops
 from npinfer.kernels.trace import Trace, no_trace, passing
+
+
+@dataclass
+class State:
+    """What a forward pass carries to the next: one cache per layer and the number of tokens
+    already seen (the position of the next token). A cache that several layers share appears
+    once per layer, as the same object.
+
+    Every cache has ``nbytes_at(positions)`` (`kernels.cache`); the state's is their sum,
+    each distinct cache counted once.
+    """
+
+    caches: list
+    pos: int = 0
+
+    def nbytes_at(self, positions: int) -> int:
+        """Bytes this state holds once `positions` tokens are in it."""
+        distinct = {id(cache): cache for cache in self.caches}.values()
+        return sum(cache.nbytes_at(positions) for cache in distinct)
 
 
 def check_ids(ids, vocab_size: int) -> np.ndarray:
@@ -123,8 +142,3 @@ class Decoder:
         for state, rows in zip(states, rows_of(states, len(ids))[1]):
             state.pos += rows.stop - rows.start
         return logits
-
-    def state_arrays(self, state) -> dict[str, np.ndarray]:
-        """The recurrent states of `state` an activation dump holds, by name (none here:
-        attention caches are not dumped)."""
-        return {}

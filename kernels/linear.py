@@ -22,10 +22,10 @@ and w alone, bit for bit: every y[t, r] is the same sequence of operations (the 
 in chunks of CHUNK weights, each chunk's dot product vectorised by the same loop,
 the chunks added in order), whatever the number of rows and whichever thread runs
 output row r. So one sequence's decode step gives the same logits alone or batched
-with others (`engine.scheduler`, up to this many rows). BLAS gives no such
+with others (`engine.generation.scheduler`, up to this many rows). BLAS gives no such
 promise: it picks its kernels and blocking by the matrix shapes (gemv for one row,
 gemm panels for more), so above SMALL_BATCH a row's rounding may change with the
-number of rows. Those are prefill chunks, whose sizes `engine.generate` fixes by
+number of rows. Those are prefill chunks, whose sizes `engine.generation.request` fixes by
 the prompt alone.
 
 ggml's block-quantized weights (`kernels.quant.QuantizedTensor`) take the same two

@@ -1,7 +1,7 @@
 """Tiny model configurations the tests (and the golden recorder) share.
 
 Each case is a Hugging Face config.json dict plus the seed its random weights
-are drawn with (`engine.tiny.write_checkpoint`), so a test can rebuild exactly
+are drawn with (`engine.load.tiny.write_checkpoint`), so a test can rebuild exactly
 the checkpoint a golden file was recorded on, without transformers.
 """
 
@@ -72,7 +72,7 @@ JAMBA_CASES = {
                               expert_layer_period=3, expert_layer_offset=0, num_experts_per_tok=1,
                               mamba_d_state=8, mamba_dt_rank=5), 42),
     # mamba+mlp, attn+moe, mamba+mlp, mamba+moe, mamba+mlp; proj biases, no conv bias; K = 3; GQA 4
-    # (a tied head is tested live: engine.tiny's N(0, 1) embeddings make tied logits degenerate)
+    # (a tied head is tested live: engine.load.tiny's N(0, 1) embeddings make tied logits degenerate)
     "bias_k3_gqa4": (jamba(num_hidden_layers=5, attn_layer_period=5, attn_layer_offset=1,
                            num_key_value_heads=1, mamba_conv_bias=False,
                            mamba_proj_bias=True, mamba_dt_rank=3, num_experts=3, mamba_d_conv=3), 43),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from npinfer.engine.tiny import write_checkpoint
+from npinfer.engine.load.tiny import write_checkpoint
 
 # CI replays the same examples every run (a failure there is reproducible, never a
 # lucky draw); local runs explore new ones each time.

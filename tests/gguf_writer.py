@@ -8,7 +8,7 @@ the experts stacked into ``ffn_{gate,up,down}_exps``, Jamba's ``A = -exp(A_log)`
 squeezed conv weight; 2-D weights optionally quantized with ``gguf.quants.quantize``
 (or, for the K types, which gguf cannot quantize, random blocks). `dequantized_hf`
 writes the HF checkpoint of the same (dequantized) weights for transformers to run,
-dequantizing with gguf's own dequantizer. Shares no code with engine.gguf_checkpoint.
+dequantizing with gguf's own dequantizer. Shares no code with engine.load.gguf_checkpoint.
 """
 
 from __future__ import annotations

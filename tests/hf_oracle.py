@@ -90,8 +90,8 @@ def hf_to_native(hf_path: Path, out: Path) -> None:
     ``tied_embeddings``; a Mistral3ForConditionalGeneration's decoder comes out under the
     native names and every other tensor under ``vision_encoder.`` (never read).
     """
-    from npinfer.engine.checkpoint import open_checkpoint
-    from npinfer.engine.safetensors_io import write_tensors
+    from npinfer.engine.load.checkpoint import open_checkpoint
+    from npinfer.engine.load.safetensors_io import write_tensors
     from npinfer.mistral_np.mistral.weights import native_name
 
     ckpt = open_checkpoint(hf_path)

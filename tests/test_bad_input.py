@@ -24,8 +24,8 @@ import pytest
 from cases import jamba, mistral
 
 from npinfer.engine.cli import main
-from npinfer.engine.safetensors_io import open_tensors, write_tensors
-from npinfer.engine.tiny import write_checkpoint
+from npinfer.engine.load.safetensors_io import open_tensors, write_tensors
+from npinfer.engine.load.tiny import write_checkpoint
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 SECONDS = 10  # "within seconds": a failure comes before any weight is used

@@ -1,7 +1,7 @@
 """`npinfer chat`: the interactive session on a terminal (driven through a
 pseudo-terminal with pexpect), the one-shot forms, and the prefill progress bar.
 
-Every expected answer is computed here, in-process, by `engine.generate.complete`
+Every expected answer is computed here, in-process, by `engine.generation.request.complete`
 on the conversation the session should have sent (so a session that forgot its
 history, its system prompt or a /reset would print another answer).
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from npinfer.engine.chat_model import load_chat_model
-from npinfer.engine.generate import GenerationParams, complete
-from npinfer.engine.registry import tiny_layout
-from npinfer.engine.sampling import SamplingParams
-from npinfer.engine.tiny import write_checkpoint
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.generation.request import GenerationParams, complete
+from npinfer.engine.generation.sampling import SamplingParams
+from npinfer.engine.load.registry import tiny_layout
+from npinfer.engine.load.tiny import write_checkpoint
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,9 +14,10 @@ from conftest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npinfer.engine.checkpoint import CheckpointError, open_checkpoint, resolve
-from npinfer.engine.registry import load_model
-from npinfer.engine.safetensors_io import open_tensors, write_tensors
+from npinfer.engine.errors import CheckpointError
+from npinfer.engine.load.checkpoint import open_checkpoint, resolve
+from npinfer.engine.load.open import load_model
+from npinfer.engine.load.safetensors_io import open_tensors, write_tensors
 from npinfer.kernels.dtypes import float32_to_bf16
 from npinfer.kernels.intrinsics import bf16_to_f32_ref
 

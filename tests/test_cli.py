@@ -9,7 +9,7 @@ import numpy as np
 from cases import mistral, prompt
 from conftest import max_diff, run_cli
 
-from npinfer.engine.registry import load_model
+from npinfer.engine.load.open import load_model
 
 
 def test_tiny_then_logits_with_generation(tmp_path):

@@ -13,11 +13,12 @@ from gguf_writer import Q, write_gguf
 from test_gguf import in_process
 from test_server import running
 
-from npinfer.engine import compare
-from npinfer.engine.chat_model import load_chat_model
 from npinfer.engine.errors import NpinferError
-from npinfer.engine.registry import load_model
-from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.load.open import load_model
+from npinfer.engine.load.tiny import family_config, write_checkpoint
+from npinfer.engine.oracle import backend, compare
+from npinfer.engine.oracle.dumps import greedy
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, load_tokenizer
 
 TEXTS = ["The capital of France is", "1, 2, 3,", "Once upon a time", "def f(x):"]
@@ -118,9 +119,9 @@ def test_ray_sweep_is_the_serial_run(ggufs):
     BLAS products summed in another order: seen here as 3e-8 in a logprob, once in a few runs).
     Ray's start-up makes this the slow test here: about 20-30 s on this machine."""
     same, _, prompts, _ = ggufs
-    items = compare.read_prompts(prompts)
+    items = backend.read_prompts(prompts)
     with running(load_chat_model(str(same)), api_key=None) as (url, _):
-        args = (str(same), compare.Backend(url), 6, 5, "float32")
+        args = (str(same), backend.Backend(url), 6, 5, "float32")
         serial = compare.run_serial(args, items)
         ray = compare.run_ray(args, items, None, 2)
     assert len(ray) == len(serial) == len(items)
@@ -147,14 +148,14 @@ OPENAI_LEGACY = {"choices": [{"text": " a", "logprobs": {"tokens": [" a"], "toke
 
 
 def test_answer_formats_and_the_vocabulary():
-    tokens = compare.parse_tokens(LLAMA_SERVER_CHAT, "x")
-    assert tokens == [compare.Token(7, b"H", -0.5, ((7, b"H", -0.5), (9, b"x", -1.5)))]
-    tokens = compare.parse_tokens(OPENAI_LEGACY, "x")
-    assert tokens == [compare.Token(None, b" a", -0.25, ((None, b" a", -0.25), (None, b" b", -2.0)))]
+    tokens = backend.parse_tokens(LLAMA_SERVER_CHAT, "x")
+    assert tokens == [backend.Token(7, b"H", -0.5, ((7, b"H", -0.5), (9, b"x", -1.5)))]
+    tokens = backend.parse_tokens(OPENAI_LEGACY, "x")
+    assert tokens == [backend.Token(None, b" a", -0.25, ((None, b" a", -0.25), (None, b" b", -2.0)))]
     with pytest.raises(NpinferError, match="no usable logprobs"):
-        compare.parse_tokens({"choices": [{"text": "x", "logprobs": None}]}, "/v1/completions")
+        backend.parse_tokens({"choices": [{"text": "x", "logprobs": None}]}, "/v1/completions")
     tok = load_tokenizer(TINY_TOKENIZER_PATH)
-    vocab = compare.Vocabulary(tok)
+    vocab = backend.Vocabulary(tok)
     byte_a = tok.special_tokens.get("<0x41>") or next(i for i in range(tok.vocab_size) if tok.id_to_piece(i) == "<0x41>")
     normal_a = vocab.id_of(None, b"A", "x")
     assert tok.token_bytes(normal_a) == b"A" and normal_a != byte_a  # a normal piece before the byte piece
@@ -168,7 +169,7 @@ def test_answer_formats_and_the_vocabulary():
     # and logprob, both tokens' bytes; the byte piece goes back into the prefix, unscored
     word = tok.encode("the")[-1]
     byte_e9 = next(i for i in range(tok.vocab_size) if tok.id_to_piece(i) == "<0xE9>")
-    merged = compare.Token(word, b"\xe9" + tok.token_bytes(word), -0.5, ())
+    merged = backend.Token(word, b"\xe9" + tok.token_bytes(word), -0.5, ())
     assert compare.output_ids([merged], vocab, "x") == [(byte_e9, None), (word, merged)]
 
 
@@ -179,7 +180,7 @@ def test_chat_prompts_go_to_the_chat_route_and_prompt_length_is_checked(ggufs, m
     chat = load_chat_model(str(same))
     messages = [{"role": "user", "content": "Hello"}]
     ids = chat.prompt(messages)
-    from npinfer.engine.generate import greedy
+    from npinfer.engine.oracle.dumps import greedy
 
     _, gen, _ = greedy(chat.model, ids, 3)
     content = [{"id": int(t), "token": "", "bytes": list(chat.tok.token_bytes(int(t))), "logprob": -1.0,
@@ -190,9 +191,9 @@ def test_chat_prompts_go_to_the_chat_route_and_prompt_length_is_checked(ggufs, m
         sent.append((route, body))
         return {"choices": [{"logprobs": {"content": content}}], "usage": {"prompt_tokens": len(ids) + 1}}
 
-    monkeypatch.setattr(compare.Backend, "post", post)
-    scorer = compare.Scorer(str(same), compare.Backend("http://127.0.0.1:9"), 3, 4)
-    result = scorer.run(compare.Prompt("c", messages=messages))
+    monkeypatch.setattr(backend.Backend, "post", post)
+    scorer = compare.Scorer(str(same), backend.Backend("http://127.0.0.1:9"), 3, 4)
+    result = scorer.run(backend.Prompt("c", messages=messages))
     assert sent[0][0] == "/v1/chat/completions" and sent[0][1]["messages"] == messages
     assert sent[0][1]["logprobs"] is True and sent[0][1]["top_logprobs"] == 4 and sent[0][1]["temperature"] == 0
     assert result.kind == "chat" and result.tokens == [int(t) for t in gen] and result.first_divergence is None
@@ -215,9 +216,9 @@ def test_errors_are_one_line_and_exit_2(ggufs, tmp_path):
 
 
 def test_default_prompts_ship_with_the_package():
-    items = compare.read_prompts(compare.DEFAULT_PROMPTS)
+    items = backend.read_prompts(backend.DEFAULT_PROMPTS)
     assert len(items) >= 8 and any(p.messages for p in items) and any(p.prompt for p in items)
-    assert compare.DEFAULT_PROMPTS.parent.name == "data" and "engine" in str(compare.DEFAULT_PROMPTS)
+    assert backend.DEFAULT_PROMPTS.parent.name == "data" and "engine" in str(backend.DEFAULT_PROMPTS)
 
 
 def test_own_completions_route(ggufs):
@@ -238,7 +239,7 @@ def test_own_completions_route(ggufs):
     assert a["choices"][0]["text"] == b["choices"][0]["text"] and b["choices"][0]["logprobs"] is None
     assert a["usage"]["prompt_tokens"] == len(ids) and len(lp["tokens"]) == len(lp["content"]) == 3
     assert [len(e["top_logprobs"]) for e in lp["content"]] == [2, 2, 2]
-    _, gen, _ = __import__("npinfer.engine.generate", fromlist=["greedy"]).greedy(chat.model, ids, 3)
+    _, gen, _ = greedy(chat.model, ids, 3)
     assert [e["id"] for e in lp["content"]] == gen.tolist()
     assert lp["content"][0]["top_logprobs"][0]["id"] == gen[0]
 

@@ -1,4 +1,4 @@
-"""Constrained decoding (engine.constrained): outputs valid against their JSON schema (checked
+"""Constrained decoding (engine.generation.constrained): outputs valid against their JSON schema (checked
 with jsonschema) and tool calls valid against their tools, over many seeds, from models that
 know nothing (random logits, random-weight checkpoints); the mask after logit_bias; logprobs
 of the raw model; bans; one-line errors."""
@@ -14,8 +14,8 @@ import mistral_common
 import numpy as np
 import pytest
 
-from npinfer.engine.chat_model import load_chat_model
-from npinfer.engine.constrained import (
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.generation.constrained import (
     Grammar,
     GrammarError,
     json_grammar,
@@ -23,9 +23,9 @@ from npinfer.engine.constrained import (
     plan,
     tool_grammar,
 )
-from npinfer.engine.generate import GenerationParams, complete, eos_ids
-from npinfer.engine.sampling import SamplingParams, log_softmax
-from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.engine.generation.request import GenerationParams, complete, eos_ids
+from npinfer.engine.generation.sampling import SamplingParams, log_softmax
+from npinfer.engine.load.tiny import family_config, write_checkpoint
 from npinfer.tokenizer.chat import chat_tool_syntax
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, load_tokenizer
 from npinfer.tokenizer.tekken import DEPRECATED_SPECIAL_TOKENS

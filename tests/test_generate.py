@@ -1,4 +1,4 @@
-"""npinfer.engine.generate on a tiny Mistral with the real tiny tokenizer, and the embedded default model."""
+"""npinfer.engine.generation on a tiny Mistral with the real tiny tokenizer, and the embedded default model."""
 
 from __future__ import annotations
 
@@ -11,20 +11,17 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from npinfer.engine.chat_model import load_chat_model
-from npinfer.engine.generate import (
-    Delta,
-    Finish,
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.generation.events import Delta, Finish, Usage, collect
+from npinfer.engine.generation.request import (
     GenerationParams,
     PromptTooLong,
-    Usage,
-    collect,
     complete,
     generate,
-    greedy,
 )
-from npinfer.engine.sampling import SamplingParams, log_softmax
-from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.engine.generation.sampling import SamplingParams, log_softmax
+from npinfer.engine.load.tiny import family_config, write_checkpoint
+from npinfer.engine.oracle.dumps import greedy
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -44,7 +41,7 @@ def prompt(chat):
 
 
 def expected_greedy(chat, prompt, n):
-    """The CLI's greedy decode (engine.generate.greedy), cut after the first EOS."""
+    """The CLI's greedy decode (engine.oracle.dumps.greedy), cut after the first EOS."""
     _, ids, _ = greedy(chat.model, np.array(prompt), n)
     ids = list(ids)
     eos = chat.model.config.eos_token_id
@@ -149,7 +146,7 @@ def test_prefill_state_copies_are_independent(chat, prompt):
 
 # --------------------------------------------------------------------------- the embedded default
 def test_default_model_is_written_once_atomically_and_deterministically(tmp_path, monkeypatch):
-    from npinfer.engine import default_model
+    from npinfer.engine.load import default_model
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a"))
     paths = []
@@ -194,7 +191,7 @@ def run_cli_env(args, env):
 
 
 def load_chat_model_in(cache_home):
-    from npinfer.engine.default_model import NAME
+    from npinfer.engine.load.default_model import NAME
 
     return load_chat_model(os.path.join(cache_home, "npinfer", NAME))
 

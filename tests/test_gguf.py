@@ -17,10 +17,10 @@ from conftest import assert_matches, max_diff, run_cli
 from gguf_writer import Q, dequantized_hf, write_gguf
 from hf_oracle import hf_run, hf_written, load_hf
 
-from npinfer.engine.chat_model import load_chat_model
 from npinfer.engine.errors import CheckpointError
-from npinfer.engine.generate import greedy
-from npinfer.engine.registry import load_model
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.load.open import load_model
+from npinfer.engine.oracle.dumps import greedy
 from npinfer.kernels import ops
 from npinfer.kernels.quant import QuantizedTensor
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
@@ -187,7 +187,7 @@ def test_gpt2_tekken_gguf_equals_mistral_common(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    from npinfer.engine.gguf_checkpoint import gguf_tokenizer
+    from npinfer.engine.load.gguf_checkpoint import gguf_tokenizer
 
     ours, ref = gguf_tokenizer(tmp_path / "tekken.gguf"), Tekkenizer.from_file(DATA / "tekken_240911.json")
     assert (ours.bos_id, ours.eos_id, ours.vocab_size) == (ref.bos_id, ref.eos_id, ref.n_words)
@@ -279,9 +279,9 @@ def test_quantized_weights_dequantize_only_when_used(tmp_path, monkeypatch):
 
 
 def test_header_reader_agrees_with_gguf_reader(tmp_path):
-    """npinfer.engine.gguf_checkpoint's one-pass header parse gives gguf.GGUFReader's metadata, and
+    """npinfer.engine.load.gguf_checkpoint's one-pass header parse gives gguf.GGUFReader's metadata, and
     every tensor holds the reader's bytes and shape (experts stacked, quantized and not)."""
-    from npinfer.engine.gguf_checkpoint import open_gguf
+    from npinfer.engine.load.gguf_checkpoint import open_gguf
 
     path = small_gguf(tmp_path, mixtral(vocab_size=1024, num_hidden_layers=1), qtype=Q.Q5_0,
                       chat_template="{{ messages[0]['content'] }}")

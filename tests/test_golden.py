@@ -17,8 +17,8 @@ from cases import (
 )
 from conftest import assert_matches
 
-from npinfer.engine.generate import greedy
-from npinfer.engine.registry import load_model
+from npinfer.engine.load.open import load_model
+from npinfer.engine.oracle.dumps import greedy
 
 GOLDEN = Path(__file__).parent / "golden"
 

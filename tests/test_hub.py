@@ -20,7 +20,7 @@ import pytest
 from cases import mistral
 from fake_hub import FakeHub
 
-from npinfer.engine.registry import load_model
+from npinfer.engine.load.open import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

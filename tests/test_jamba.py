@@ -9,8 +9,8 @@ from cases import JAMBA_CASES, jamba, prompt
 from conftest import max_diff, run_cli
 from reference_f64 import plain_jamba
 
-from npinfer.engine.registry import load_model
-from npinfer.engine.tiny import family_config, random_weights
+from npinfer.engine.load.open import load_model
+from npinfer.engine.load.tiny import family_config, random_weights
 from npinfer.jamba_np.config import JambaConfig
 from npinfer.jamba_np.model import Jamba
 from npinfer.jamba_np.weights import special_init
@@ -46,7 +46,7 @@ def test_float64_is_float64_throughout(make_checkpoint):
 # ---------------------------------------------------------------- the hybrid state
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from npinfer.engine.tiny import write_checkpoint
+    from npinfer.engine.load.tiny import write_checkpoint
 
     return load_model(write_checkpoint(tmp_path_factory.mktemp("jamba") / "ckpt", family_config("jamba"), seed=3))
 

@@ -10,8 +10,8 @@ from cases import prompt
 from conftest import max_diff
 from test_jamba_hf import LIVE, hf_written
 
-from npinfer.engine.checkpoint import open_checkpoint
-from npinfer.engine.registry import load_model
+from npinfer.engine.load.checkpoint import open_checkpoint
+from npinfer.engine.load.open import load_model
 from npinfer.jamba_np.weights import expected_shapes
 
 

@@ -14,9 +14,9 @@ from cases import GENERATE, jamba, prompt
 from conftest import assert_matches, max_diff
 from hf_oracle import hf_run, load_hf, randomize_  # noqa: E402
 
-from npinfer.engine.checkpoint import open_checkpoint
-from npinfer.engine.generate import greedy
-from npinfer.engine.registry import load_model
+from npinfer.engine.load.checkpoint import open_checkpoint
+from npinfer.engine.load.open import load_model
+from npinfer.engine.oracle.dumps import greedy
 from npinfer.jamba_np.config import JambaConfig  # noqa: E402
 from npinfer.jamba_np.weights import expected_shapes  # noqa: E402
 

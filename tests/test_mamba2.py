@@ -15,9 +15,9 @@ from cases import GENERATE, MAMBA2_CASES, mamba2, prompt
 from conftest import assert_matches, max_diff, run_cli
 from reference_mamba2 import plain_mamba2
 
-from npinfer.engine.generate import greedy
-from npinfer.engine.registry import load_model
-from npinfer.engine.tiny import family_config, random_weights, write_checkpoint
+from npinfer.engine.load.open import load_model
+from npinfer.engine.load.tiny import family_config, random_weights, write_checkpoint
+from npinfer.engine.oracle.dumps import greedy
 from npinfer.kernels import ops
 from npinfer.mistral_np.mamba2.config import Mamba2Config
 from npinfer.mistral_np.mamba2.model import Mamba2
@@ -65,7 +65,7 @@ def test_float64_is_float64_throughout(make_checkpoint):
     model.forward(prompt(5, 1024, n=21), state, trace=lambda n, v: seen.setdefault(n, v.dtype))
     model.forward([7], state, trace=lambda n, v: seen.setdefault(n + " (step)", v.dtype))
     assert len(seen) > 20 and set(seen.values()) == {np.dtype(np.float64)}
-    assert {a.dtype for a in model.state_arrays(state).values()} == {np.dtype(np.float64)}
+    assert {a.dtype for c in state.caches for a in (c.conv, c.ssm)} == {np.dtype(np.float64)}
 
 
 # ---------------------------------------------------------------- the state
@@ -90,8 +90,8 @@ def test_prefill_equals_step_decode(tiny, backend, chunk):
         model = Mamba2(tiny.config, tiny.weights, tiny.dtype, chunk_size=chunk)
         whole = model.forward(ids, s := model.new_state())
     assert max_diff(whole, stepped) <= 1e-5
-    for a, b in zip(model.state_arrays(s).values(), tiny.state_arrays(state).values()):
-        assert max_diff(a, b) <= 1e-5
+    for a, b in zip(s.caches, state.caches):
+        assert max_diff(a.conv, b.conv) <= 1e-5 and max_diff(a.ssm, b.ssm) <= 1e-5
 
 
 @pytest.mark.parametrize("limit", [(0.0, math.inf), (0.01, 0.05)])
@@ -148,10 +148,9 @@ def test_state_is_a_value_of_the_right_shape(tiny):
     first = tiny.forward([8], a)
     tiny.forward([9, 9], b)
     assert max_diff(first, tiny.forward([5, 6, 7, 8], tiny.new_state())[-1:]) <= 1e-5
-    arrays = tiny.state_arrays(a)
-    assert len(arrays) == 8
-    assert arrays["backbone.layers.3.mixer.conv_state"].shape == (128 + 2 * 2 * 16, 4)  # d_inner + 2 G N, K
-    assert arrays["backbone.layers.3.mixer.ssm_state"].shape == (8, 16, 16)  # H, P, N
+    assert len(a.caches) == 4
+    assert a.caches[3].conv.shape == (128 + 2 * 2 * 16, 4)  # d_inner + 2 G N, K
+    assert a.caches[3].ssm.shape == (8, 16, 16)  # H, P, N
 
 
 def test_trace_names(tiny):
@@ -220,7 +219,7 @@ def test_expected_shapes_tied_and_biases():
 
 def test_older_embedding_name_is_read(make_checkpoint, tmp_path):
     """`backbone.embedding.weight` (some Mamba-2 files) is read as transformers' load_hook renames it."""
-    from npinfer.engine.safetensors_io import open_tensors, write_tensors
+    from npinfer.engine.load.safetensors_io import open_tensors, write_tensors
 
     config, seed = MAMBA2_CASES["g2_chunk16"]
     path = make_checkpoint(config, seed)
@@ -235,11 +234,11 @@ def test_older_embedding_name_is_read(make_checkpoint, tmp_path):
 
 
 def test_schema_constrained_chat(tmp_path):
-    """Constrained decoding (engine.constrained) through a Mamba-2 chat model: n = 3 choices
+    """Constrained decoding (engine.generation.constrained) through a Mamba-2 chat model: n = 3 choices
     decode as one batch from copies of the prefill's state, each valid against the schema."""
-    from npinfer.engine.chat_model import load_chat_model
-    from npinfer.engine.constrained import plan
-    from npinfer.engine.generate import GenerationParams, complete, eos_ids
+    from npinfer.engine.generation.chat_model import load_chat_model
+    from npinfer.engine.generation.constrained import plan
+    from npinfer.engine.generation.request import GenerationParams, complete, eos_ids
     from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
     path = write_checkpoint(tmp_path / "m", family_config("mamba2"), seed=4, tokenizer=TINY_TOKENIZER_PATH)
@@ -267,7 +266,7 @@ def test_cli_tiny_logits_and_dump(tmp_path):
     assert r["logits"].shape == (4, 1024) and r["gen_ids"].shape == (3,)
     names = list(acts.keys())
     assert names.index("backbone.embeddings") < names.index("backbone.layers.0.norm") \
-        < names.index("backbone.layers.0.mixer") < names.index("backbone.layers.0.mixer.ssm_state") \
+        < names.index("backbone.layers.0.mixer.ssm_state") < names.index("backbone.layers.0.mixer") \
         < names.index("backbone.layers.0") < names.index("backbone.layers.1.norm") < names.index("backbone.norm_f")
     assert acts["backbone.layers.0.mixer"].shape == (4 + 2, 64)  # the prompt's rows and 2 decode steps
     proc = run_cli("logits", tmp_path / "m", "--ids", "1,2", "--router", "--out", out, check=False)

@@ -18,10 +18,10 @@ from cases import GENERATE, mamba2, prompt
 from conftest import assert_matches, max_diff, run_cli
 from hf_oracle import hf_run, load_hf, randomize_
 
-from npinfer.engine.checkpoint import open_checkpoint
-from npinfer.engine.generate import greedy
-from npinfer.engine.oracle import collect_activations, diff_arrays
-from npinfer.engine.registry import load_model
+from npinfer.engine.load.checkpoint import open_checkpoint
+from npinfer.engine.load.open import load_model
+from npinfer.engine.oracle.diff import diff_arrays
+from npinfer.engine.oracle.dumps import collect_activations, greedy
 from npinfer.kernels import ops
 from npinfer.mistral_np.mamba2.weights import expected_shapes
 

@@ -19,12 +19,12 @@ from conftest import assert_matches, max_diff, run_cli
 from hf_oracle import hf_run, hf_to_native, hf_written, load_hf
 from safetensors.torch import load_file, save_file
 
-from npinfer.engine.chat_model import load_chat_model
-from npinfer.engine.checkpoint import open_checkpoint
 from npinfer.engine.errors import NpinferError
-from npinfer.engine.generate import greedy
-from npinfer.engine.registry import load_model, open_model
-from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.load.checkpoint import open_checkpoint
+from npinfer.engine.load.open import load_model, open_model
+from npinfer.engine.load.tiny import family_config, write_checkpoint
+from npinfer.engine.oracle.dumps import greedy
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 
@@ -327,7 +327,7 @@ def test_tiny_layouts(layout, tmp_path):
 
 def test_image_content_part_is_a_422_naming_the_field(tmp_path):
     """A Mistral 3 checkpoint serves text only: an image part in a chat request answers 422
-    naming the field (engine.schema accepts text parts only)."""
+    naming the field (engine.serve.schema accepts text parts only)."""
     from test_server import KEY, running
 
     path = write_checkpoint(tmp_path / "m3", family_config("mistral3"), seed=4, tokenizer=TINY_TOKENIZER_PATH)

@@ -12,8 +12,8 @@ from cases import GENERATE, MISTRAL_CASES, ministral, mistral, prompt
 from conftest import assert_matches, max_diff, run_cli
 from hf_oracle import hf_run, hf_to_native, hf_written, load_hf
 
-from npinfer.engine.generate import greedy
-from npinfer.engine.registry import load_model
+from npinfer.engine.load.open import load_model
+from npinfer.engine.oracle.dumps import greedy
 
 # ------------------------------------------------------------------ live transformers
 

@@ -26,9 +26,9 @@ from conftest import assert_matches, max_diff, run_cli
 from hf_oracle import hf_run, hf_written, load_hf
 from reference_f64 import load_f64
 
-from npinfer.engine.generate import greedy
-from npinfer.engine.oracle import collect_activations, diff_arrays
-from npinfer.engine.registry import load_model
+from npinfer.engine.load.open import load_model
+from npinfer.engine.oracle.diff import diff_arrays
+from npinfer.engine.oracle.dumps import collect_activations, greedy
 
 
 def random_config(rng) -> dict:

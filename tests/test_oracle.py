@@ -1,5 +1,6 @@
-"""The oracle toolkit (engine/oracle.py, benchmarks/hf_dump.py): a perturbed layer is
-named as the first divergence, a self-diff is clean, transformers' hook dumps diff
+"""The oracle toolkit (engine/oracle/, benchmarks/hf_dump.py): a perturbed layer is
+named as the first divergence in every family (the dump is in the order the model computes,
+whatever its module names), a self-diff is clean, transformers' hook dumps diff
 clean against npinfer's on Mistral, Mixtral and Jamba, bad input is one line with
 status 2, and `npinfer logits --dtype float64` agrees with the independent float64
 implementations to 1e-9."""
@@ -15,22 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cases import jamba, mistral, mixtral, prompt
+from cases import jamba, mamba2, mistral, mistral4, mixtral, prompt
 from conftest import max_diff, run_cli
 from reference_f64 import plain_jamba
 
 from npinfer.engine.errors import NpinferError
-from npinfer.engine.oracle import (
-    collect_activations,
-    diff_arrays,
-    diff_dumps,
-    dump_activations,
-    order_key,
-    read_dump,
-)
-from npinfer.engine.registry import load_model
-from npinfer.engine.safetensors_io import open_tensors, write_tensors
-from npinfer.engine.tiny import random_weights
+from npinfer.engine.load.open import load_model
+from npinfer.engine.load.safetensors_io import open_tensors, write_tensors
+from npinfer.engine.load.tiny import random_weights
+from npinfer.engine.oracle.diff import diff_arrays, diff_dumps
+from npinfer.engine.oracle.dumps import collect_activations, dump_activations, read_dump
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("hf_dump", ROOT / "benchmarks" / "hf_dump.py")
@@ -38,12 +33,14 @@ hf_dump = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hf_dump)
 
 FAMILIES = {"mistral": mistral(num_hidden_layers=3), "mixtral": mixtral(num_hidden_layers=3),
-            "jamba": jamba()}  # jamba(): attn+mlp, mamba+moe, attn+mlp, mamba+moe
+            "jamba": jamba(),  # attn+mlp, mamba+moe, attn+mlp, mamba+moe
+            "mistral4": mistral4(),  # a dense layer, then two MoE layers
+            "mamba2": mamba2(num_hidden_layers=3)}
 
 
 def run_diff(*args):
-    """`python -m npinfer.engine.oracle diff ...` (the same code as `npinfer diff`) in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "npinfer.engine.oracle", "diff", *map(str, args)], check=False,
+    """`python -m npinfer.engine.oracle.diff diff ...` (the same code as `npinfer diff`) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "npinfer.engine.oracle.diff", "diff", *map(str, args)], check=False,
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
@@ -61,9 +58,17 @@ def scaled_copy(path: Path, out: Path, tensor: str, factor: float) -> Path:
     ("mistral", "model.layers.1.self_attn.o_proj.weight", "model.layers.1.self_attn"),
     ("mistral", "model.layers.1.mlp.down_proj.weight", "model.layers.1.mlp"),
     ("mixtral", "model.layers.1.block_sparse_moe.gate.weight", "model.layers.1.block_sparse_moe.router_logits"),
-    # (not x_proj: dt, B and C are RMS-normalised right after it, which undoes a uniform scale)
-    ("jamba", "model.layers.1.mamba.in_proj.weight", "model.layers.1.mamba"),
+    # (not x_proj: dt, B and C are RMS-normalised right after it, which undoes a uniform scale);
+    # the states are traced inside the mixer, so the conv's state diverges before the mixer's output
+    ("jamba", "model.layers.1.mamba.in_proj.weight", "model.layers.1.mamba.conv_state"),
+    ("jamba", "model.layers.1.mamba.out_proj.weight", "model.layers.1.mamba"),
     ("jamba", "model.layers.2.input_layernorm.weight", "model.layers.2.input_layernorm"),
+    ("mistral4", "model.layers.1.self_attn.kv_a_layernorm.weight", "model.layers.1.self_attn"),
+    ("mistral4", "model.layers.1.mlp.gate.weight", "model.layers.1.mlp.router_logits"),
+    ("mistral4", "model.layers.2.mlp.shared_experts.down_proj.weight", "model.layers.2.mlp"),
+    ("mamba2", "backbone.layers.1.mixer.in_proj.weight", "backbone.layers.1.mixer.conv_state"),
+    ("mamba2", "backbone.layers.1.mixer.D", "backbone.layers.1.mixer"),
+    ("mamba2", "backbone.layers.2.norm.weight", "backbone.layers.2.norm"),
 ])
 def test_perturbed_layer_is_the_first_divergence(family, tensor, first, make_checkpoint, tmp_path):
     """Scaling one weight of layer k by 1.01: `diff` names layer k's activation first, exits 1."""
@@ -71,7 +76,7 @@ def test_perturbed_layer_is_the_first_divergence(family, tensor, first, make_che
     path = make_checkpoint(config, seed=7)
     other = scaled_copy(path, tmp_path / "scaled", tensor, 1.01)
     ids = prompt(7, config["vocab_size"], n=12)
-    ext = ".safetensors" if family == "jamba" else ".npz"  # both formats
+    ext = ".safetensors" if family in ("jamba", "mamba2") else ".npz"  # both formats
     dump_activations(load_model(path), ids, tmp_path / f"ref{ext}", generate=3)
     dump_activations(load_model(other), ids, tmp_path / f"other{ext}", generate=3)
 
@@ -79,7 +84,8 @@ def test_perturbed_layer_is_the_first_divergence(family, tensor, first, make_che
     assert report.first_divergence == first
     names = [r.name for r in report.rows]
     before = names[:names.index(first)]
-    assert "model.layers.0" in before  # identical weights up to layer k: bit-identical activations
+    assert "model.layers.0" in before or "backbone.layers.0" in before  # identical weights up to layer k:
+    # bit-identical activations
     assert all(not r.diverges and r.max_abs in (0, None) for r in report.rows if r.name in before)
     assert report.rows[-1].name == "gen_logits" and report.rows[-1].diverges
 
@@ -106,7 +112,13 @@ def test_dump_layout(make_checkpoint, tmp_path):
     ids = prompt(9, 128, n=10)
     logits, gen_ids, gen_logits = dump_activations(load_model(path), ids, tmp_path / "d.safetensors", generate=4)
     d = read_dump(tmp_path / "d.safetensors")
-    assert list(d) == sorted(d, key=order_key)
+    names = list(d)  # the order the model computed them in: layer 1 is mamba+moe
+    assert names[:4] == ["input_ids", "model.embed_tokens", "model.layers.0.input_layernorm", "model.layers.0.self_attn"]
+    layer1 = [n for n in names if n.startswith("model.layers.1")]
+    assert layer1 == [f"model.layers.1{leaf}" for leaf in (
+        ".input_layernorm", ".mamba.conv_state", ".mamba.ssm_state", ".mamba", ".pre_ff_layernorm",
+        ".feed_forward.router_logits", ".feed_forward.experts", ".feed_forward", "")]
+    assert names[-4:] == ["model.final_layernorm", "lm_head", "gen_ids", "gen_logits"]
     np.testing.assert_array_equal(d["input_ids"], ids)
     assert d["model.embed_tokens"].shape == (10 + 3, 32) and d["lm_head"].shape == (13, 128)
     assert d["model.layers.1.feed_forward.experts"].shape == (13, 2)
@@ -125,7 +137,8 @@ def test_dump_layout(make_checkpoint, tmp_path):
     assert max_diff(state.caches[1].ssm, d["model.layers.1.mamba.ssm_state"]) <= 1e-5
     # prompt_trace (the CLI's --router collector) sees the prompt's rows only, as with greedy
     rows = []
-    collect_activations(model, ids, 3, prompt_trace=lambda name, value: rows.append(value.shape[0]))
+    collect_activations(model, ids, 3, prompt_trace=lambda name, value: name.endswith("_state")
+                        or rows.append(value.shape[0]))  # (a state has no token axis)
     assert len(rows) > 20 and set(rows) == {10}
 
 
@@ -143,14 +156,26 @@ def test_bf16_safetensors_dump_is_widened(tmp_path):
     assert report.first_divergence is None and 0 < report.rows[0].max_abs <= 1e-3
 
 
-def test_order_and_expert_sets():
-    names = ["lm_head", "model.layers.10", "model.layers.2.mlp", "model.layers.2", "model.norm",
-             "model.layers.2.input_layernorm", "model.layers.2.block_sparse_moe.experts", "model.embed_tokens",
-             "model.layers.2.block_sparse_moe.router_logits", "model.layers.2.self_attn", "gen_logits"]
-    assert sorted(names, key=order_key) == [
-        "model.embed_tokens", "model.layers.2.input_layernorm", "model.layers.2.self_attn",
-        "model.layers.2.block_sparse_moe.router_logits", "model.layers.2.block_sparse_moe.experts",
-        "model.layers.2.mlp", "model.layers.2", "model.layers.10", "model.norm", "lm_head", "gen_logits"]
+def test_the_reference_dumps_order_is_the_order_compared():
+    """A module name no table knows (a new family's, here an indexer before attention) is
+    compared where the reference dump holds it: the first divergence is that module, not the
+    residual after it. (Sorting by a table of known names put it after the residual.)"""
+    ref = {"input_ids": np.arange(3), "model.embed_tokens": np.ones((3, 4)),
+           "model.layers.0.self_attn.indexer": np.arange(6.0).reshape(3, 2),
+           "model.layers.0.self_attn": np.ones((3, 4)), "model.layers.0": np.ones((3, 4)),
+           "model.layers.10": np.ones((3, 4))}
+    other = ref | {"model.layers.0.self_attn.indexer": np.arange(6.0).reshape(3, 2) + 1,
+                   "model.layers.0.self_attn": np.full((3, 4), 2.0), "model.layers.0": np.full((3, 4), 2.0),
+                   "model.layers.10": np.full((3, 4), 3.0)}
+    report = diff_arrays(ref, other)
+    assert [r.name for r in report.rows] == list(ref)[1:]
+    assert report.first_divergence == "model.layers.0.self_attn.indexer"
+    # names only one side holds keep their dump's order too
+    report = diff_arrays(ref, {k: v for k, v in other.items() if k != "model.layers.0"} | {"extra.b": 0, "extra.a": 0})
+    assert report.only_in_ref == ["model.layers.0"] and report.only_in_other == ["extra.b", "extra.a"]
+
+
+def test_expert_sets():
     ref = {"input_ids": np.arange(4), "x.experts": np.array([[0, 1], [2, 3], [1, 2], [0, 3]])}
     swapped = ref | {"x.experts": np.array([[1, 0], [3, 2], [2, 1], [0, 3]])}  # same sets, other order
     assert diff_arrays(ref, swapped).first_divergence is None
@@ -195,12 +220,12 @@ def test_hf_hook_dump_diffs_clean(family, make_checkpoint, tmp_path):
     from hf_oracle import hf_written
 
     config = FAMILIES[family]
-    # Mistral/Mixtral: a checkpoint transformers wrote itself; Jamba: engine.tiny's (as the golden files)
+    # Mistral/Mixtral: a checkpoint transformers wrote itself; Jamba: engine.load.tiny's (as the golden files)
     path = make_checkpoint(config, seed=12) if family == "jamba" else hf_written(tmp_path, config, seed=12)
     ids = prompt(12, config["vocab_size"], n=16)
     hf = hf_dump.hf_activations(hf_dump.load(path), ids, generate=4)
     ours, _ = collect_activations(load_model(path), ids, generate=4)
-    assert set(hf) == set(ours)
+    assert list(hf) == list(ours)  # the same names in the same order: both in the order computed
     assert all(hf[n].shape == ours[n].shape for n in hf)
     report = diff_arrays(hf, ours)
     assert report.first_divergence is None, report.table()

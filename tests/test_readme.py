@@ -39,8 +39,8 @@ import pytest
 from fake_hub import FakeHub
 from gguf_writer import Q, write_gguf
 
-from npinfer.engine.registry import tiny_layout
-from npinfer.engine.tiny import write_checkpoint
+from npinfer.engine.load.registry import tiny_layout
+from npinfer.engine.load.tiny import write_checkpoint
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 ROOT = Path(__file__).resolve().parent.parent

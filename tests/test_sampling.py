@@ -1,4 +1,4 @@
-"""npinfer.engine.sampling and the stop-string matcher of engine.generate, on plain arrays and strings."""
+"""npinfer.engine.generation.sampling and the stop-string matcher of engine.generation.request, on plain arrays and strings."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npinfer.engine.generate import StopStrings
-from npinfer.engine.sampling import (
+from npinfer.engine.generation.sampling import (
     SamplingParams,
     adjust_logits,
     choice_rngs,
@@ -18,6 +17,7 @@ from npinfer.engine.sampling import (
     nucleus,
     top_logprobs,
 )
+from npinfer.engine.generation.stops import StopStrings
 
 
 def test_penalties_follow_the_openai_formula():

@@ -1,9 +1,9 @@
-"""Continuous batching (engine.scheduler) and batch invariance: a request gets the same tokens and
+"""Continuous batching (engine.generation.scheduler) and batch invariance: a request gets the same tokens and
 logprobs, bit for bit, alone or among others joining and leaving the batch.
 
 Two levels: the model's decode step (row b of forward_batch over any batch == that sequence
 stepped alone, for every family, weight dtype and compute dtype), and whole requests (the
-events `engine.generate.complete` gives alone == those the scheduler gives with many requests
+events `engine.generation.request.complete` gives alone == those the scheduler gives with many requests
 of every kind at once: n > 1, seeds, stops, penalties, logit_bias, constrained decoding, prompt
 logprobs, prompts longer than a prefill chunk)."""
 
@@ -16,29 +16,31 @@ import time
 import numpy as np
 import pytest
 
-from npinfer.engine import constrained
-from npinfer.engine.chat_model import load_chat_model
-from npinfer.engine.generate import (
+from npinfer.engine.errors import NpinferError
+from npinfer.engine.generation import constrained
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.generation.events import Finish, Usage
+from npinfer.engine.generation.request import (
     PREFILL_CHUNK,
-    Finish,
     GenerationParams,
-    Usage,
     eos_ids,
     generate,
 )
-from npinfer.engine.registry import load_model
-from npinfer.engine.sampling import SamplingParams
-from npinfer.engine.scheduler import (
+from npinfer.engine.generation.sampling import SamplingParams
+from npinfer.engine.generation.scheduler import (
     DONE,
     MAX_BATCH,
     BatchLimits,
+    CheckpointChanged,
     Job,
-    MappedFiles,
+    RequestTooLarge,
     Scheduler,
-    state_bytes,
+    TooManyChoices,
 )
-from npinfer.engine.schema import ApiError
-from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.engine.load.mapped_files import MappedFiles
+from npinfer.engine.load.open import load_model
+from npinfer.engine.load.tiny import family_config, write_checkpoint
+from npinfer.engine.serve.errors import api_error
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 LAYOUTS = ["mistral", "mixtral", "ministral", "ministral3", "jamba"]
@@ -65,7 +67,7 @@ def test_each_row_of_a_batched_decode_step_is_the_sequence_stepped_alone(tmp_pat
     for b in range(MAX_BATCH):
         state = model.new_state()
         prompt = rng.integers(3, config.get("vocab_size", 1024), 1 + 3 * b)
-        for s in range(0, len(prompt), 16):  # a fixed chunking, as engine.generate does
+        for s in range(0, len(prompt), 16):  # a fixed chunking, as engine.generation.request does
             model.forward(prompt[s:s + 16], state, last_only=True)
         states.append(state)
     for size in [MAX_BATCH, 1, 7, 3, MAX_BATCH - 1, 12, 2]:
@@ -84,7 +86,7 @@ def chats(tmp_path_factory):
     root = tmp_path_factory.mktemp("sched")
     return {layout: load_chat_model(str(write_checkpoint(root / layout, family_config(layout), seed=4,
                                                          tokenizer=TINY_TOKENIZER_PATH)))
-            for layout in ("mistral", "mixtral", "jamba")}
+            for layout in ("mistral", "mixtral", "jamba", "mistral4", "mamba2")}
 
 
 def requests(chat) -> list[tuple[list[int], GenerationParams]]:
@@ -122,7 +124,7 @@ class Collector:
     def __call__(self, item):
         if item is DONE:
             self.done.set()
-        elif isinstance(item, ApiError):
+        elif isinstance(item, NpinferError):
             self.errors.append(item)
         else:
             self.events += item
@@ -173,8 +175,9 @@ def test_a_request_that_does_not_fit_waits_then_runs(chats):
         scheduler.submit(Job(ids, GenerationParams(max_tokens=2, n=2, sampling=greedy), second))
         assert second.done.wait(60) and first.done.is_set()  # FIFO: it waited for the first to leave
         assert [e.index for e in second.events if isinstance(e, Finish)] == [0, 1]
-        with pytest.raises(ApiError, match="n: at most 2 choices"):
+        with pytest.raises(TooManyChoices, match="n: at most 2 choices") as e:
             scheduler.submit(Job(ids, GenerationParams(n=3), Collector()))
+        assert api_error(e.value).status == 422
     finally:
         scheduler.close()
 
@@ -206,25 +209,65 @@ def test_cancelled_and_late_requests_leave_within_a_step(chats):
         scheduler.close()
 
 
-def test_cache_memory_is_counted_and_limited(chats):
-    chat = chats["mistral"]  # sliding window 64: the ring is allocated whole
-    state = chat.model.new_state()
+def test_each_cache_says_its_size_at_a_length(chats):
+    """A state's size at n positions is what its caches will hold there: a sliding ring as
+    allocated, a growing KV cache or latent cache at the size its doubling reaches (by 256
+    slots), a recurrent state the same at any length."""
+    state = chats["mistral"].model.new_state()  # sliding window 64: the ring is allocated whole
     ring = sum(c.k.nbytes + c.v.nbytes + c.pos.nbytes for c in state.caches)
-    assert state_bytes(state, 10) == state_bytes(state, 5000) == ring
+    assert state.nbytes_at(10) == state.nbytes_at(5000) == ring
     full = chats["mixtral"].model.new_state()  # no window: caches double from 256 slots
     per_slot = sum(c.k[0].nbytes + c.v[0].nbytes + 8 for c in full.caches)
-    assert state_bytes(full, 100) == 256 * per_slot and state_bytes(full, 300) == 512 * per_slot
-    assert state_bytes(full, 1025) == 2048 * per_slot
+    assert full.nbytes_at(100) == 256 * per_slot and full.nbytes_at(300) == 512 * per_slot
+    assert full.nbytes_at(1025) == 2048 * per_slot
+    latent = chats["mistral4"].model.new_state()  # MLA: one latent row (r + d_R numbers) per position
+    per_row = sum(c.latent[0].nbytes + 8 for c in latent.caches)
+    assert latent.nbytes_at(256) == 256 * per_row and latent.nbytes_at(4096) == 4096 * per_row
+    assert latent.nbytes_at(100_000) == 131072 * per_row
+    recurrent = chats["mamba2"].model.new_state()
+    assert recurrent.nbytes_at(1) == recurrent.nbytes_at(100_000) == sum(c.conv.nbytes + c.ssm.nbytes
+                                                                        for c in recurrent.caches)
+
+
+def test_a_cache_really_grows_to_its_stated_size(chats):
+    """What `nbytes_at` says is what a run allocates: prefill 300 positions and step past 512."""
+    for layout in ("mixtral", "mistral4"):
+        model = chats[layout].model
+        state = model.new_state()
+        model.forward(np.arange(3, 303) % 97 + 3, state, last_only=True)
+        held = lambda: sum(sum(a.nbytes for a in vars(c).values() if isinstance(a, np.ndarray))  # noqa: E731
+                           for c in state.caches)
+        assert held() == state.nbytes_at(300)
+        for _ in range(213):
+            model.forward([5], state)
+        assert state.pos == 513 and held() == state.nbytes_at(513)
+
+
+@pytest.mark.parametrize("layout", ["mistral", "mistral4"])
+def test_the_cache_budget_holds_every_family(chats, layout):
+    """With a budget of 3 sequences' caches at prompt + max_tokens positions, a request of 4 choices
+    is refused and requests of 2 + 2 choices run one after the other, for a growing KV cache
+    (Mistral's sliding ring) and for Mistral Small 4's latent cache alike. (The latent cache once
+    counted 129,024 bytes at every length, so its budget held nothing.)"""
+    chat = chats[layout]
     ids = chat.prompt([{"role": "user", "content": "Hi"}])
-    scheduler = Scheduler(chat.model, chat.tok, BatchLimits(max_cache_bytes=3 * ring))
+    params = GenerationParams(max_tokens=3000, n=2, seed=1, banned=(2,), sampling=SamplingParams(temperature=0))
+    per_choice = chat.model.new_state().nbytes_at(len(ids) + 3000)
+    if layout == "mistral4":  # the latent cache at 3000 + positions: 4096 slots, not the 256 it starts with
+        assert per_choice == chat.model.new_state().nbytes_at(4096) > 8 * chat.model.new_state().nbytes_at(256)
+    scheduler = Scheduler(chat.model, chat.tok, BatchLimits(max_cache_bytes=3 * per_choice))
     try:
-        with pytest.raises(ApiError, match="cache needs"):
-            scheduler.submit(Job(ids, GenerationParams(max_tokens=4, n=4), Collector()))
-        sinks = [Collector() for _ in range(3)]
-        for sink in sinks:  # 2 + 2 choices do not fit at once: the second waits for the first
-            scheduler.submit(Job(ids, GenerationParams(max_tokens=4, n=2, seed=1), sink))
-        for sink in sinks:
-            assert sink.done.wait(30) and not sink.errors
+        with pytest.raises(RequestTooLarge, match="cache needs") as e:
+            scheduler.submit(Job(ids, GenerationParams(max_tokens=3000, n=4), Collector()))
+        assert api_error(e.value).status == 400
+        first, second = Collector(), Collector()
+        scheduler.submit(Job(ids, params, first))
+        scheduler.submit(Job(ids, params, second))
+        deadline = time.time() + 30
+        while scheduler.steps < 3:
+            assert time.time() < deadline
+            time.sleep(0.001)
+        assert len(scheduler.running) == 1 and len(scheduler.waiting) == 1  # 2 + 2 choices do not fit together
     finally:
         scheduler.close()
 
@@ -243,8 +286,8 @@ def test_a_changed_checkpoint_is_refused_before_it_is_read(tmp_path):
         size = (path / "model.safetensors").stat().st_size
         with open(path / "model.safetensors", "r+b") as f:
             f.truncate(size // 2)  # reading the map past here would be SIGBUS
-        with pytest.raises(ApiError, match=f"model.safetensors is now {size // 2} bytes") as e:
+        with pytest.raises(CheckpointChanged, match=f"model.safetensors is now {size // 2} bytes") as e:
             scheduler.submit(Job(ids, GenerationParams(max_tokens=2), Collector()))
-        assert e.value.status == 503 and "restart the server" in e.value.message
+        assert api_error(e.value).status == 503 and "restart the server" in str(e.value)
     finally:
         scheduler.close()

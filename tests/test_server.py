@@ -24,10 +24,12 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 from openai import OpenAI
 
-from npinfer.engine.chat_model import load_chat_model
-from npinfer.engine.generate import greedy
-from npinfer.engine.server import Limits, Service, server_config
-from npinfer.engine.tiny import family_config, write_checkpoint
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.generation.scheduler import BatchLimits
+from npinfer.engine.load.tiny import family_config, write_checkpoint
+from npinfer.engine.oracle.dumps import greedy
+from npinfer.engine.serve.server import server_config
+from npinfer.engine.serve.service import Limits, Service
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 KEY = "test-key-123"
@@ -78,7 +80,7 @@ def http(server):
 
 
 def engine_greedy_ids(chat, messages, n):
-    """Token ids the engine's own greedy decode (engine.generate.greedy) gives, cut after EOS."""
+    """Token ids the engine's own greedy decode (engine.oracle.dumps.greedy) gives, cut after EOS."""
     _, ids, _ = greedy(chat.model, np.array(chat.prompt(messages)), n)
     ids = list(ids)
     eos = chat.model.config.eos_token_id
@@ -330,7 +332,7 @@ def slow(chat):
 
 def test_full_queue_answers_429_and_a_disconnect_cancels_the_generation(chat):
     long = {"messages": MESSAGES, "max_tokens": 2000, "stream": True, "logit_bias": {"2": -100}}  # no EOS
-    with running(slow(chat), Limits(max_batch=1, max_queue=1), api_key=None) as (url, service):
+    with running(slow(chat), Limits(BatchLimits(max_batch=1, max_queue=1)), api_key=None) as (url, service):
         with httpx.Client(base_url=url, timeout=30, headers=PASS) as a, \
                 httpx.Client(base_url=url, timeout=30, headers=PASS) as b, \
                 a.stream("POST", "/chat/completions", json=long) as running_stream:
@@ -403,8 +405,8 @@ def test_a_short_request_is_answered_while_a_long_one_streams(chat):
 def test_64_clients_at_once_all_get_their_answer(server, chat):
     """A bounded load test: 64 requests at once (16 live, the rest queued), none lost, each with
     the text the request gets alone."""
-    from npinfer.engine.generate import GenerationParams, complete
-    from npinfer.engine.sampling import SamplingParams
+    from npinfer.engine.generation.request import GenerationParams, complete
+    from npinfer.engine.generation.sampling import SamplingParams
 
     questions = [f"Question {i}: how are you?" for i in range(8)]
     expected = {q: complete(chat.model, chat.tok, chat.prompt([{"role": "user", "content": q}]),

@@ -11,7 +11,7 @@ import time
 import pytest
 from test_server import chat, running  # noqa: F401  (chat: the tiny model fixture)
 
-from npinfer.engine.server import Limits
+from npinfer.engine.serve.service import Limits
 
 MESSAGES = [{"role": "user", "content": "Hi there"}]
 PASS = {"extra-parameters": "pass-through"}

@@ -1,7 +1,7 @@
 """The tokenizer a GGUF file carries in its metadata (``tokenizer.ggml.*``).
 
 This package reads no GGUF file itself (it imports no other npinfer package and not
-the ``gguf`` reader): the engine's GGUF reader (`engine.gguf_checkpoint`) passes the
+the ``gguf`` reader): the engine's GGUF reader (`engine.load.gguf_checkpoint`) passes the
 metadata values, a ``{key: value}`` dict, to :func:`from_gguf`. The keys
 (llama.cpp ``src/llama-vocab.cpp``, gguf-py ``constants.py`` ``Keys.Tokenizer``):
 

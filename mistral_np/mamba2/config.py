@@ -134,7 +134,7 @@ class Mamba2Config:
                    time_step_limit=time_step_limit(d))
 
 
-# `npinfer tiny LAYOUT`: a small config.json of this family (engine.tiny draws the weights).
+# `npinfer tiny LAYOUT`: a small config.json of this family (engine.load.tiny draws the weights).
 TINY = {
     "mamba2": {  # 4 layers; d_inner 128 = 8 heads x 16; 2 groups; chunk 16 (prompts cross chunks)
         "architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2",

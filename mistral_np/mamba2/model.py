@@ -75,7 +75,7 @@ from typing import Mapping
 import numpy as np
 
 from npinfer.kernels import ops
-from npinfer.kernels.decoder import Decoder, final_logits, rows_of
+from npinfer.kernels.decoder import Decoder, State, final_logits, rows_of
 from npinfer.kernels.trace import Trace, no_trace
 from npinfer.kernels.weights import Prefixed
 from npinfer.mistral_np.mamba2.config import Mamba2Config
@@ -90,13 +90,16 @@ class Mamba2Cache:
     conv: np.ndarray  # [conv_dim, K]  the conv's last K inputs (x, B, C), oldest first (transformers' conv_states)
     ssm: np.ndarray  # [H, P, N]       the SSM state s (transformers' recurrent_states)
 
+    def nbytes_at(self, positions: int) -> int:
+        """The same at any length: a recurrent state does not grow."""
+        return self.conv.nbytes + self.ssm.nbytes
+
 
 @dataclass
-class Mamba2State:
+class Mamba2State(State):
     """Every layer's cache, and the number of tokens already seen."""
 
     caches: list[Mamba2Cache]
-    pos: int = 0
 
 
 def new_state(cfg: Mamba2Config, dtype=np.float32) -> Mamba2State:
@@ -108,14 +111,15 @@ def new_state(cfg: Mamba2Config, dtype=np.float32) -> Mamba2State:
 
 # --------------------------------------------------------------------------- the block
 def mixer(cfg: Mamba2Config, w: Mapping, h: np.ndarray, caches: list[Mamba2Cache], segments: list[slice],
-          positions: np.ndarray) -> np.ndarray:
+          positions: np.ndarray, trace: Trace = no_trace, name: str = "mixer") -> np.ndarray:
     """The Mamba-2 mixer (Mamba2Mixer): h [T, d] -> [T, d]; each cache advances by its rows.
 
     The rows `segments[j]` of h belong to the sequence whose state is `caches[j]` (one
     sequence's prefill chunk, or one decode step per sequence); `positions` [T] are the
     rows' token positions. Projections run on all rows at once; the conv and the scan
     per sequence, on its own state. `w` holds this layer's ``mixer.*`` weights by their
-    names after ``mixer.``.
+    names after ``mixer.``. The states each sequence reaches are traced as
+    ``{name}.conv_state`` and ``{name}.ssm_state``.
     """
     T, Di, H, P, G, N = len(h), cfg.d_inner, cfg.num_heads, cfg.head_dim, cfg.n_groups, cfg.state_size
     dtype, bias = h.dtype, cfg.use_bias
@@ -152,6 +156,8 @@ def mixer(cfg: Mamba2Config, w: Mapping, h: np.ndarray, caches: list[Mamba2Cache
         else:
             y[rows], cache.ssm = ops.ssd_scan(x[rows], np.clip(dt[rows], lo, hi), A, B[rows], C[rows], cache.ssm,
                                                   cfg.chunk_size)  # [t, H, P], [H, P, N]
+        trace(f"{name}.conv_state", cache.conv)  # [conv_dim, K]
+        trace(f"{name}.ssm_state", cache.ssm)  # [H, P, N]
 
     # 6. The skip connection D, one scalar per head.
     y = y + x * ops.widen(w["D"], dtype)[:, None]  # [T, H, P]
@@ -181,7 +187,8 @@ def forward_chunk(cfg: Mamba2Config, weights: Mapping, ids, states: list[Mamba2S
         w = Prefixed(weights, name + ".")
         caches = [s.caches[i] for s in states]
         h = trace(f"{name}.norm", ops.rms_norm(x, w["norm.weight"], cfg.rms_norm_eps))  # [T, d]
-        x = x + trace(f"{name}.mixer", mixer(cfg, Prefixed(w, "mixer."), h, caches, segments, positions))  # [T, d]
+        x = x + trace(f"{name}.mixer", mixer(cfg, Prefixed(w, "mixer."), h, caches, segments, positions,
+                                                   trace, f"{name}.mixer"))  # [T, d]
         x = trace(name, x)  # [T, d]  the residual stream after layer i
     return final_logits(cfg, weights, x, "backbone.norm_f", trace, last_only, embeddings=EMBEDDINGS)  # [T, V]
 
@@ -193,8 +200,3 @@ class Mamba2(Decoder, forward_chunk=forward_chunk, make_state=new_state):
     10240 x 4 + 128 x 64 x 128, 4.4 MB in float32; 64 layers, 279 MB)."""
 
     config: Mamba2Config
-
-    def state_arrays(self, state: Mamba2State) -> dict[str, np.ndarray]:
-        """Each layer's conv state [conv_dim, K] and SSM state [H, P, N], under transformers' module names."""
-        return {f"backbone.layers.{i}.mixer.{kind}": np.array(array) for i, cache in enumerate(state.caches)
-                for kind, array in (("conv_state", cache.conv), ("ssm_state", cache.ssm))}

@@ -292,7 +292,7 @@ _MINISTRAL3 = {
     "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
 }
 
-# `npinfer tiny LAYOUT`: small config.json files of this family (engine.tiny draws the weights).
+# `npinfer tiny LAYOUT`: small config.json files of this family (engine.load.tiny draws the weights).
 TINY = {
     "mistral": {
         "architectures": ["MistralForCausalLM"], "model_type": "mistral",

@@ -22,7 +22,7 @@ The later members change only what a layer attends to and how positions are enco
   tables (`kernels.rope`); and it scales q by llama-4's 1 + beta ln(1 + floor(p / L))
   after RoPE (transformers' ``Ministral3Attention``), L the trained context.
 * Mistral 3 (Mistral Small 3.1/3.2, Ministral 3 with vision) is one of these decoders
-  inside a multimodal checkpoint: `engine.registry` finds its weights; only they run.
+  inside a multimodal checkpoint: `engine.load.registry` finds its weights; only they run.
 
 Reference implementations this file is held against: transformers'
 ``models/mistral``, ``models/mixtral``, ``models/ministral``, ``models/ministral3``
@@ -47,7 +47,7 @@ import numpy as np
 
 from npinfer.kernels import ops
 from npinfer.kernels.cache import KVCache, new_kv_cache
-from npinfer.kernels.decoder import Decoder, final_logits, rows_of
+from npinfer.kernels.decoder import Decoder, State, final_logits, rows_of
 from npinfer.kernels.rope import llama4_query_scale
 from npinfer.kernels.trace import Trace, no_trace
 from npinfer.kernels.weights import Prefixed
@@ -56,12 +56,11 @@ from npinfer.mistral_np.mistral.config import MistralConfig
 
 # --------------------------------------------------------------------------- state
 @dataclass
-class MistralState:
+class MistralState(State):
     """Everything a forward pass carries to the next: the per-layer caches and the
     number of tokens already seen (the position of the next token)."""
 
     caches: list[KVCache]
-    pos: int = 0
 
 
 def new_state(cfg: MistralConfig, dtype=np.float32) -> MistralState:

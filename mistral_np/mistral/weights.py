@@ -5,7 +5,7 @@ The model reads weights by their Hugging Face names. Native checkpoints
 names; `native_name` maps one onto the other. The q/k row order also differs
 (adjacent-pair RoPE); the model handles that itself (``cfg.rope_interleave``).
 A Mistral 3 checkpoint nests these names (``language_model.model.*``); the registry's
-``TextDecoderOf`` maps them (``engine/registry.py``).
+``TextDecoderOf`` maps them (``engine/load/registry.py``).
 """
 
 from __future__ import annotations

@@ -176,5 +176,5 @@ def _tiny(**overrides) -> dict:
     return config | overrides
 
 
-# `npinfer tiny LAYOUT`: small config.json files of this family (engine.tiny draws the weights).
+# `npinfer tiny LAYOUT`: small config.json files of this family (engine.load.tiny draws the weights).
 TINY = {"mistral4": _tiny()}

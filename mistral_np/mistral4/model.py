@@ -30,7 +30,7 @@ import numpy as np
 
 from npinfer.kernels import ops
 from npinfer.kernels.cache import LatentCache, new_latent_cache
-from npinfer.kernels.decoder import Decoder, final_logits, rows_of
+from npinfer.kernels.decoder import Decoder, State, final_logits, rows_of
 from npinfer.kernels.rope import llama4_query_scale
 from npinfer.kernels.trace import Trace, no_trace
 from npinfer.kernels.weights import Prefixed
@@ -40,12 +40,11 @@ from npinfer.mistral_np.mistral4.latent_attention import latent_attention
 
 # --------------------------------------------------------------------------- state
 @dataclass
-class Mistral4State:
+class Mistral4State(State):
     """The per-layer latent caches (`kernels.cache.LatentCache`: r + d_R numbers per token)
     and the number of tokens already seen (the position of the next token)."""
 
     caches: list[LatentCache]
-    pos: int = 0
 
 
 def new_state(cfg: Mistral4Config, dtype=np.float32) -> Mistral4State:

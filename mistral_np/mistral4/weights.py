@@ -62,7 +62,7 @@ def expected_shapes(cfg: Mistral4Config) -> dict[str, tuple[int, ...]]:
 
 def special_init(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray | None:
     """The fused experts [E, out, in] are E matrices: N(0, 1/in) each, as a 2-D weight is
-    drawn (engine.tiny's generic rule would divide by sqrt(out * in)); None for the rest."""
+    drawn (engine.load.tiny's generic rule would divide by sqrt(out * in)); None for the rest."""
     if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
         return rng.standard_normal(shape) / np.sqrt(shape[-1])
     return None

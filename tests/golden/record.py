@@ -3,7 +3,7 @@
     python tests/golden/record.py          # rewrites tests/golden/*.npz
     python tests/golden/record.py ministral   # only one family's files
 
-For each case of `tests/cases.py`: write its checkpoint with `engine.tiny`
+For each case of `tests/cases.py`: write its checkpoint with `engine.load.tiny`
 (numpy-seeded, so the tests rebuild it byte for byte), load it in transformers
 (float32; Jamba through its PyTorch path, no mamba_ssm / causal_conv1d kernels),
 and store the prompt logits and HF `generate`'s 24-token greedy ids
@@ -35,7 +35,7 @@ from cases import (  # noqa: E402
 )
 from hf_oracle import hf_run, load_hf  # noqa: E402
 
-from npinfer.engine.tiny import write_checkpoint  # noqa: E402
+from npinfer.engine.load.tiny import write_checkpoint  # noqa: E402
 
 
 def record(family: str, cases: dict) -> None:

@@ -2,12 +2,12 @@
 
 Written out here rather than derived from the routes, because the routes read their bodies
 themselves (size limit, strict JSON, the ``extra-parameters`` header): every request and
-response schema comes from the pydantic models of `engine.schema` and the response models
+response schema comes from the pydantic models of `engine.serve.schema` and the response models
 below, all under ``#/components/schemas`` (references resolve from the document's root), with
 the error body on every error status, the server-sent events of ``stream: true``, the
 ``extra-parameters`` header and the API key (``api-key`` header or ``Authorization: Bearer``).
 
-The response models only document: the answers are built as dicts by `engine.schema`, and the
+The response models only document: the answers are built as dicts by `engine.serve.schema`, and the
 schemathesis test (``tests/test_openapi.py``) holds the two together.
 """
 
@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from npinfer.engine.schema import (
+from npinfer.engine.serve.schema import (
     EXTRA_MODES,
     AzureChatRequest,
     ExtraParameters,

@@ -1,12 +1,8 @@
-"""The families this engine runs, in one table, and how a checkpoint becomes a model.
-
-    model = load_model("path/or/owner-name", dtype="float32")
-    state = model.new_state()
-    logits = model.forward(ids, state)
+"""The families this engine runs, in one table.
 
 Everything the front (server, schema, generation, CLI, oracle) needs to know about a
 family is a field of its `Family` entry in `FAMILIES`; no other module of `engine/`
-names an architecture.
+names an architecture. `engine.load.open` turns a checkpoint into a model through it.
 
 | family  | architectures (config.json)                  | package    | native layout (params.json) | GGUF  |
 |---------|----------------------------------------------|------------|-----------------------------|-------|
@@ -23,7 +19,7 @@ entry (`MULTIMODAL`): Mistral3ForConditionalGeneration (Mistral Small 3.1/3.2, M
 with vision). Its ``text_config`` names the family by ``model_type``; only the decoder's
 tensors are read, the rest of the file (vision tower, projector) stays on disk.
 
-Adding a family: a package (or a module in one) with a frozen config class
+Adding a family: a folder in its package (``mistral_np/<arch>/``) with a frozen config class
 (``from_hf(dict)``), a `kernels.decoder.Decoder` subclass, ``expected_shapes(config)``
 and a ``TINY`` dict of small config.json files; then one `Family` entry below.
 """
@@ -31,24 +27,15 @@ and a ``TINY`` dict of small config.json files; then one `Family` entry below.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from npinfer.engine.checkpoint import (
-    CONFIG,
-    PARAMS,
-    Checkpoint,
-    open_checkpoint,
-    resolve,
-)
 from npinfer.engine.errors import CheckpointError
-from npinfer.engine.gguf_checkpoint import hf_view
+from npinfer.engine.load.checkpoint import CONFIG
 from npinfer.jamba_np import config as jamba_config
 from npinfer.jamba_np import gguf as jamba_gguf
 from npinfer.jamba_np import model as jamba_model
 from npinfer.jamba_np import weights as jamba_weights
-from npinfer.kernels import ops
 from npinfer.mistral_np.mamba2 import config as mamba2_config
 from npinfer.mistral_np.mamba2 import model as mamba2_model
 from npinfer.mistral_np.mamba2 import weights as mamba2_weights
@@ -61,7 +48,7 @@ from npinfer.mistral_np.mistral4 import model as mistral4_model
 from npinfer.mistral_np.mistral4 import weights as mistral4_weights
 
 
-def _same_name(name: str) -> str:
+def same_name(name: str) -> str:
     return name
 
 
@@ -77,7 +64,7 @@ class NativeLayout:
 
 @dataclass(frozen=True)
 class GGUFLayout:
-    """How a family reads llama.cpp's GGUF files (`engine.gguf_checkpoint.hf_view`)."""
+    """How a family reads llama.cpp's GGUF files (`engine.load.gguf_checkpoint.hf_view`)."""
 
     architectures: tuple[str, ...]  # general.architecture values it reads
     config_json: Callable[[str, Mapping, Mapping], dict]  # (arch, {arch}.* keys, tensor shapes) -> config.json
@@ -100,13 +87,13 @@ class Family:
     provider: str  # GET /info "model_provider_name"
     chat_format: str  # when the tokenizer names no format (no version, no template)
     # the response_format types a chat request may ask for: every family enforces JSON by constrained
-    # decoding (engine.constrained), where the hosted Mistral models refuse json_object
+    # decoding (engine.generation.constrained), where the hosted Mistral models refuse json_object
     response_formats: frozenset[str] = frozenset({"text", "json_object", "json_schema"})
     native: NativeLayout | None = None
     special_init: Callable | None = None  # (name, shape, rng) -> array | None: random weights that must look trained
     describe: Callable[[object], str] | None = None  # config -> the line printed when a model loads
     tensor_name: Callable[[dict, object], Callable[[str], str]] = field(
-        default=lambda config_json, tensors: _same_name)  # HF name -> name in the file
+        default=lambda config_json, tensors: same_name)  # HF name -> name in the file
     gguf: GGUFLayout | None = None
 
 
@@ -267,80 +254,3 @@ def tiny_layout(layout: str) -> tuple[Family, dict]:
         raise ValueError(f"unknown tiny layout {layout!r}; choose one of {', '.join(TINY_LAYOUTS)}")
     family, config = TINY_LAYOUTS[layout]
     return family, dict(config)
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """What `identify` finds in an opened checkpoint."""
-
-    family: Family
-    architecture: str
-    config: object  # the family's frozen config
-    weights: Mapping  # HF name -> array (memory-mapped, file dtype)
-    unread: Mapping[str, int] = field(default_factory=dict)  # tensors in the file the model never reads -> bytes
-
-    def model(self, dtype: str = "float32"):
-        return self.family.model(self.config, self.weights, ops.compute_dtype(dtype))
-
-    def describe(self) -> str | None:
-        """The line printed on load: the family's own (e.g. its layer schedule), and what
-        of the file stays on disk (a multimodal checkpoint's vision tower and projector)."""
-        parts = [self.family.describe(self.config)] if self.family.describe else []
-        if any(m.architecture == self.architecture for m in MULTIMODAL):
-            parts.append(f"the text decoder of a {self.architecture}")
-        if self.unread:
-            groups = sorted({name.removeprefix("model.").split(".")[0] for name in self.unread})
-            size = sum(self.unread.values()) / 2 ** 20
-            parts.append(f"left on disk, never read: {', '.join(groups)} ({len(self.unread)} tensors, {size:.1f} MiB)")
-        return "; ".join(parts) or None
-
-
-def identify(ckpt: Checkpoint) -> Loaded:
-    """Family, architecture, config and HF-named weights of an opened checkpoint; errors are one line."""
-    if ckpt.layout == "gguf":
-        return _identify_gguf(ckpt)
-    source = ckpt.path / (PARAMS if ckpt.layout == "native" else CONFIG)
-    if ckpt.layout == "native":
-        family = native_family(ckpt.config, str(source))
-        arch, read, rename = family.native.architecture(ckpt.config), family.native.read_config, family.native.tensor_name
-    else:
-        family = family_of(ckpt.config, str(source))
-        arch, read = architecture_of(ckpt.config, str(source)), family.read_config
-        rename = family.tensor_name(ckpt.config, ckpt.tensors)
-    try:
-        config = read(ckpt.config)
-    except ValueError as e:  # ConfigError and friends: name the file
-        raise CheckpointError(f"{source}: {e}") from None
-    expected = family.expected_shapes(config)
-    ckpt.check(expected, rename=rename)
-    weights = ckpt.tensors if rename is _same_name else {name: ckpt.tensors[rename(name)] for name in expected}
-    read = {rename(name) for name in expected}
-    unread = {name: t.nbytes for name, t in ckpt.tensors.items() if name not in read}
-    return Loaded(family, arch, config, weights, unread)
-
-
-def open_model(model: str | os.PathLike) -> Loaded:
-    """Resolve, open and validate a checkpoint (not yet a model); errors are one line (NpinferError)."""
-    return identify(open_checkpoint(resolve(model)))
-
-
-def _identify_gguf(ckpt: Checkpoint) -> Loaded:
-    """`identify` for a GGUF file: the family's GGUF layout makes its config.json and HF names."""
-    arch = ckpt.config.get("general.architecture")
-    if not isinstance(arch, str):
-        raise CheckpointError(f"{ckpt.path}: GGUF key general.architecture is missing")
-    family = gguf_family(arch, str(ckpt.path))
-    config_json, weights = hf_view(ckpt.path, ckpt.config, ckpt.tensors, family.gguf)
-    try:
-        config = family.gguf.read_config(config_json)
-    except ValueError as e:
-        raise CheckpointError(f"{ckpt.path}: {e}") from None
-    hf = Checkpoint(ckpt.path, "gguf", config_json, weights, {name: ckpt.path for name in weights})
-    hf.check(family.expected_shapes(config))
-    return Loaded(family, architecture_of(config_json, str(ckpt.path)), config, weights)
-
-
-def load_model(model: str | os.PathLike, dtype: str = "float32"):
-    """Resolve, open, validate and wrap a checkpoint; errors are one line (NpinferError)."""
-    return open_model(model).model(dtype)
-

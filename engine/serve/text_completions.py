@@ -21,19 +21,18 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from npinfer.engine.generate import Completion, GenerationParams
-from npinfer.engine.sampling import SamplingParams
-from npinfer.engine.schema import (
-    ApiError,
+from npinfer.engine.generation.events import Completion
+from npinfer.engine.generation.request import GenerationParams
+from npinfer.engine.generation.sampling import SamplingParams
+from npinfer.engine.serve.bodies import usage_body
+from npinfer.engine.serve.budgets import (
     Budgets,
-    Seed,
-    Strict,
-    _max_tokens,
-    _seed,
-    _stops,
-    _validate,
-    usage_body,
+    check_max_tokens,
+    read_seed,
+    read_stops,
 )
+from npinfer.engine.serve.errors import ApiError
+from npinfer.engine.serve.schema import Seed, Strict, validate
 
 
 class CompletionRequest(Strict):
@@ -54,21 +53,14 @@ class TextRequest:
 
 
 def completion_request(data: dict, vocab_size: int, budgets: Budgets = Budgets()) -> TextRequest:
-    req = _validate(CompletionRequest, data)
-    _max_tokens(req.max_tokens, 1, "max_tokens", budgets)
+    req = validate(CompletionRequest, data)
+    check_max_tokens(req.max_tokens, 1, "max_tokens", budgets)
     if isinstance(req.prompt, list) and not all(0 <= i < vocab_size for i in req.prompt):
         raise ApiError(422, "invalid_request", f"prompt: token ids must be in 0..{vocab_size - 1}")
-    params = GenerationParams(max_tokens=req.max_tokens, stop=_stops(req.stop, budgets), seed=_seed(req.seed),
+    params = GenerationParams(max_tokens=req.max_tokens, stop=read_stops(req.stop, budgets), seed=read_seed(req.seed),
                               logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0,
                               sampling=SamplingParams(temperature=req.temperature, top_p=req.top_p))
     return TextRequest(req.prompt, params)
-
-
-def prompt_ids(tok, prompt: str | list[int]) -> list[int]:
-    """A text prompt tokenized with BOS first (unless the tokenizer says not to); a list of ids as it is."""
-    if isinstance(prompt, list):
-        return list(prompt)
-    return [i for i in [tok.bos_id] if i is not None and tok.add_bos] + tok.encode(prompt)
 
 
 def text_completion_body(id: str, created: int, model: str, completion: Completion, logprobs: bool) -> dict:

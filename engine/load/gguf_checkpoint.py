@@ -21,7 +21,7 @@ memory. A tensor of any other type, and a 1-D quantized tensor (ggml never write
 one), is a one-line error naming it.
 
 `hf_view` then turns the file into what the other readers yield, with the family's
-`GGUFLayout` (`engine.registry`): a config.json-shaped dict under Hugging Face key
+`GGUFLayout` (`engine.load.registry`): a config.json-shaped dict under Hugging Face key
 names and an HF name -> array mapping, so the family's config reader and forward
 pass read a GGUF unchanged. What the family does not read is refused by name:
 every ``{arch}.*`` key must be one the family's layout reads, and every tensor one
@@ -137,7 +137,7 @@ class GGUFFile:
 
         self.path = Path(path)
         try:
-            data = np.memmap(self.path, dtype=np.uint8, mode="r").view(np.ndarray)  # see engine.safetensors_io
+            data = np.memmap(self.path, dtype=np.uint8, mode="r").view(np.ndarray)  # see engine.load.safetensors_io
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: file not found") from None
         except (OSError, ValueError) as e:

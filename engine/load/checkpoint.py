@@ -5,11 +5,11 @@ Three layouts are understood:
 * Hugging Face: ``config.json`` + ``model.safetensors``, or shards listed in
   ``model.safetensors.index.json`` (``{"weight_map": {tensor: shard file}}``).
 * Mistral native: ``params.json`` + ``consolidated.safetensors``.
-* GGUF: one ``.gguf`` file (llama.cpp's format, `engine.gguf_checkpoint`); its
+* GGUF: one ``.gguf`` file (llama.cpp's format, `engine.load.gguf_checkpoint`); its
   `Checkpoint` holds the GGUF metadata as `config` and the tensors under their GGUF
-  names, which the family's GGUF layout translates (`engine.registry.identify`).
+  names, which the family's GGUF layout translates (`engine.load.open.identify`).
 
-Every tensor is a read-only view of a memory map (see `engine.safetensors_io`):
+Every tensor is a read-only view of a memory map (see `engine.load.safetensors_io`):
 opening a checkpoint reads headers only; weights are paged in as they are used.
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from npinfer.engine.errors import CheckpointError
-from npinfer.engine.gguf_checkpoint import is_gguf, open_gguf
-from npinfer.engine.safetensors_io import open_tensors, regular_file
+from npinfer.engine.load.gguf_checkpoint import is_gguf, open_gguf
+from npinfer.engine.load.safetensors_io import open_tensors, regular_file
 from npinfer.kernels.quant import QuantizedTensor
 
 CONFIG, PARAMS = "config.json", "params.json"

@@ -13,7 +13,7 @@ The order, for a row of raw model logits z [V] of one choice:
        z[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty
 
    where c[j] counts how often token j was generated.
-4. **the grammar mask** (constrained decoding, `engine.constrained`): ``z[j] = -inf`` for every
+4. **the grammar mask** (constrained decoding, `engine.generation.constrained`): ``z[j] = -inf`` for every
    token the choice's grammar does not allow next, so whatever the knobs below do, the output
    stays valid; also the ids a request bans outright (the tool-call trigger under
    ``tool_choice: none``).

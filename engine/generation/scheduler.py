@@ -1,6 +1,6 @@
 """Continuous batching: the one worker thread that runs every request of the server.
 
-The worker keeps the requests admitted so far (`Running`, each an `engine.generate.Generation`)
+The worker keeps the requests admitted so far (`Running`, each an `engine.generation.request.Generation`)
 and loops; each turn of the loop::
 
     1. the checkpoint's files unchanged on disk?     (else every request ends with 503)
@@ -19,42 +19,47 @@ inter-token latency (a decode step plus one chunk), and a long prompt is prefill
 several turns. Cancellation (the client left) takes effect within one turn.
 
 **Batch invariance.** A request's tokens and logprobs are the same, bit for bit, alone
-(`engine.generate.generate`, `npinfer chat`) or among any others here: its prompt is cut
+(`engine.generation.request.generate`, `npinfer chat`) or among any others here: its prompt is cut
 into the same chunks and each chunk runs alone, and every op of a decode step computes
 each row on its own as long as the batch has at most `kernels.linear.SMALL_BATCH` rows,
-which caps max_batch (see `engine.generate` and `kernels.linear`).
+which caps max_batch (see `engine.generation.request` and `kernels.linear`).
 
-**Memory.** A request's cache is counted when it is admitted: for each choice, the state
-the model makes (`model.new_state`) grown to the positions it may reach (prompt +
-max_tokens, at most the context): ring buffers and recurrent states as allocated,
-growing KV caches at the size their doubling reaches (`state_bytes`).
+**Memory.** A request's cache is counted when it is admitted: for each choice, what the
+state the model makes (`model.new_state`) says it holds at the positions it may reach
+(prompt + max_tokens, at most the context): ``state.nbytes_at(positions)``, each cache's
+own count (ring buffers as allocated, growing caches at the size their doubling reaches,
+recurrent states as they are).
 
 **The checkpoint changed on disk.** The weights are memory maps of the checkpoint's
 files; a file truncated under them would kill the process with SIGBUS at the next read
 of a page past its new end. Before every turn (so before each request is admitted, and
 between steps) the worker compares each mapped file's size, modification time and inode
-with those at load (`MappedFiles`); on any change every request ends with a 503 naming
+with those at load (`engine.load.mapped_files`); on any change every request ends with a 503 naming
 the file, and every later one is refused so, until the server is restarted. (A change
 that lands in the middle of a step is not caught before that step reads the file.)
+
+**Errors** are the scheduler's own (`SchedulerError` and its kinds): it knows requests, not
+HTTP; the server (`engine.serve.errors`) says which status each one is.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
-
-import numpy as np
+from dataclasses import dataclass, field
 
 from npinfer.engine.errors import NpinferError
-from npinfer.engine.generate import Generation, GenerationParams, Usage, context_limit
-from npinfer.engine.schema import ApiError
-from npinfer.kernels.cache import KVCache
+from npinfer.engine.generation.events import Usage
+from npinfer.engine.generation.request import (
+    Generation,
+    GenerationParams,
+    context_limit,
+)
+from npinfer.engine.load.mapped_files import MappedFiles
 from npinfer.kernels.linear import SMALL_BATCH
 
 MAX_BATCH = SMALL_BATCH  # live sequences per decode step, at most: batch-invariant up to here
@@ -69,10 +74,39 @@ class BatchLimits:
     deadline_seconds: float = 600.0  # from submission; then cut short ("length"), or 429 if still waiting
 
 
+class SchedulerError(NpinferError):
+    """Why the scheduler did not (or could no longer) run a request."""
+
+
+class TooManyChoices(SchedulerError):
+    """n is more than the live sequences a step may hold."""
+
+
+class RequestTooLarge(SchedulerError):
+    """The request's caches alone would exceed the cache budget."""
+
+
+class QueueFull(SchedulerError):
+    """max_queue requests are already waiting."""
+
+
+class CheckpointChanged(SchedulerError):
+    """A file the weights are mapped from changed on disk."""
+
+
+class DeadlineExceeded(SchedulerError):
+    """The request waited in the queue past its deadline."""
+
+
+class GenerationFailed(SchedulerError):
+    """A bug met inside a step: the request ends, the others go on."""
+
+
 @dataclass
 class Job:
     """One request as the scheduler sees it. `sink` receives, in order, lists of events
-    (engine.generate), possibly an ApiError, and DONE; it is called from the worker thread."""
+    (`engine.generation.events`), possibly a SchedulerError (or the NpinferError that refused
+    its prompt), and DONE; it is called from the worker thread."""
 
     prompt_ids: list[int]
     params: GenerationParams
@@ -94,65 +128,6 @@ class Running:
         return g.params.n if not g.prefilled else len(g.choices)
 
 
-# --------------------------------------------------------------------------- the checkpoint's files
-class MappedFiles:
-    """The files a model's weights are memory maps of, and their size, mtime and inode at load."""
-
-    def __init__(self, paths):
-        self.seen = {p: self._identity(p) for p in sorted(set(paths))}
-
-    @classmethod
-    def of(cls, model) -> "MappedFiles":
-        paths = []
-        for array in getattr(model, "weights", {}).values():
-            base = getattr(array, "blocks", array)  # (a kernels.quant.QuantizedTensor: its ggml blocks)
-            while base is not None and not isinstance(base, np.memmap):
-                base = base.base
-            if base is not None and base.filename:
-                paths.append(str(base.filename))
-        return cls(paths)
-
-    @staticmethod
-    def _identity(path) -> tuple | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return st.st_size, st.st_mtime_ns, st.st_ino
-
-    def changed(self) -> str | None:
-        """A one-line description of the first file that changed since load, or None."""
-        for path, was in self.seen.items():
-            now = self._identity(path)
-            if now != was:
-                what = "is gone" if now is None else \
-                    f"is now {now[0]} bytes (was {was[0]})" if now[0] != was[0] else "was rewritten"
-                return (f"the checkpoint changed on disk while being served: {path} {what}; "
-                        "restart the server to load it")
-        return None
-
-
-# --------------------------------------------------------------------------- cache memory
-def state_bytes(state, positions: int) -> int:
-    """Bytes `state` (a model's state, e.g. MistralState) holds once `positions` tokens are in it:
-    every array it holds as allocated, and each growing KV cache (no window) at the capacity its
-    doubling reaches (`kernels.cache.KVCache._grow`)."""
-    if isinstance(state, KVCache):
-        slots = len(state.pos)
-        if state.window is None:
-            while slots < positions:
-                slots *= 2
-        per_slot = state.k[0].nbytes + state.v[0].nbytes + state.pos.itemsize
-        return slots * per_slot
-    if isinstance(state, np.ndarray):
-        return state.nbytes
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(s, positions) for s in state)
-    if is_dataclass(state):
-        return sum(state_bytes(getattr(state, f.name), positions) for f in fields(state))
-    return 0
-
-
 # --------------------------------------------------------------------------- the worker
 class Scheduler:
     """The continuous-batching worker thread (see the module docstring)."""
@@ -163,7 +138,7 @@ class Scheduler:
             raise NpinferError(f"max_batch must be in 1..{MAX_BATCH} (the batch-invariant batch size)")
         self.model, self.tok, self.limits, self.on_usage = model, tok, limits, on_usage
         self.files = MappedFiles.of(model)
-        self.template = model.new_state()  # measured by state_bytes, never run
+        self.template = model.new_state()  # asked its size (nbytes_at), never run
         self.waiting: deque[Job] = deque()
         self.running: list[Running] = []
         self.cond = threading.Condition()
@@ -179,27 +154,24 @@ class Scheduler:
         """Bytes of one choice's cache at the most positions it can reach."""
         limit = context_limit(self.model)
         positions = min(limit, prompt_tokens + (params.max_tokens or limit))
-        return state_bytes(self.template, positions)
+        return self.template.nbytes_at(positions)
 
     def submit(self, job: Job) -> None:
-        """Queue `job`, or raise the ApiError that answers it at once."""
+        """Queue `job`, or raise the SchedulerError that refuses it at once."""
         n = job.params.n
         if n > self.limits.max_batch:
-            raise ApiError(422, "invalid_request", f"n: at most {self.limits.max_batch} choices on this server "
-                           f"(got {n})")
+            raise TooManyChoices(f"n: at most {self.limits.max_batch} choices on this server (got {n})")
         job.cache_bytes = self.cache_bytes(len(job.prompt_ids), job.params)
         if n * job.cache_bytes > self.limits.max_cache_bytes:
-            raise ApiError(400, "request_too_large", f"this request's cache needs {n * job.cache_bytes >> 20} MiB "
-                           f"(n {n} x {job.cache_bytes >> 20} MiB for prompt + max_tokens positions); the "
-                           f"server allows {self.limits.max_cache_bytes >> 20} MiB: ask for fewer choices or "
-                           "tokens")
+            raise RequestTooLarge(f"this request's cache needs {_mib(n * job.cache_bytes)} MiB (n {n} x "
+                                  f"{_mib(job.cache_bytes)} MiB for prompt + max_tokens positions); the server "
+                                  f"allows {_mib(self.limits.max_cache_bytes)} MiB: ask for fewer choices or tokens")
         with self.cond:
             self.broken = self.broken or self.files.changed()
             if self.broken:
-                raise ApiError(503, "checkpoint_changed", self.broken)
+                raise CheckpointChanged(self.broken)
             if len(self.waiting) >= self.limits.max_queue:
-                raise ApiError(429, "queue_full", f"the server is busy ({self.limits.max_queue} requests "
-                               "waiting); retry later", {"Retry-After": "1"})
+                raise QueueFull(f"the server is busy ({self.limits.max_queue} requests waiting); retry later")
             self.waiting.append(job)
             self.cond.notify()
 
@@ -222,7 +194,7 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 -- a bug in a step: every request in it answers 500
                 print(f"npinfer: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
                 for r in self.running:
-                    self._end(r.job, ApiError(500, "internal_error", "generation failed inside the engine"))
+                    self._end(r.job, GenerationFailed("generation failed inside the engine"))
                 self.running = []
 
     def _turn(self) -> None:
@@ -232,7 +204,7 @@ class Scheduler:
             with self.cond:
                 waiting, self.waiting = list(self.waiting), deque()
             for job in [r.job for r in self.running] + waiting:
-                self._end(job, ApiError(503, "checkpoint_changed", problem))
+                self._end(job, CheckpointChanged(problem))
             self.running = []
             return
         # 2. cancelled and late requests
@@ -252,15 +224,14 @@ class Scheduler:
                     self.waiting.remove(job)
                 elif now > job.deadline:
                     self.waiting.remove(job)
-                    self._end(job, ApiError(429, "deadline_exceeded", "the request waited in the queue past its "
-                                            f"deadline ({self.limits.deadline_seconds:g} s); retry later",
-                                            {"Retry-After": "1"}))
+                    self._end(job, DeadlineExceeded("the request waited in the queue past its deadline "
+                                                    f"({self.limits.deadline_seconds:g} s); retry later"))
         # 3. admission, oldest first
         while (job := self._admissible()) is not None:
             try:
                 self.running.append(Running(job, Generation(self.model, self.tok, job.prompt_ids, job.params)))
             except NpinferError as e:  # (the server checks prompts before; a direct caller may not)
-                self._end(job, ApiError(400, "invalid_request", str(e)))
+                self._end(job, e)
         # 4. one prefill chunk
         prefilling = next((r for r in self.running if not r.generation.prefilled), None)
         if prefilling is not None:
@@ -302,7 +273,7 @@ class Scheduler:
         except Exception as e:  # noqa: BLE001 -- a bug met by one request: it answers 500, the rest go on
             print(f"npinfer: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
             self.running.remove(r)
-            self._end(r.job, ApiError(500, "internal_error", "generation failed inside the engine"))
+            self._end(r.job, GenerationFailed("generation failed inside the engine"))
             return
         self._emit(r.job, events)
 
@@ -314,8 +285,12 @@ class Scheduler:
             job.sink(events)
 
     @staticmethod
-    def _end(job: Job, error: ApiError | None = None) -> None:
+    def _end(job: Job, error: NpinferError | None = None) -> None:
         if error is not None:
             job.sink(error)
         job.sink(DONE)
 
+
+def _mib(size: int) -> str:
+    """Bytes in MiB for a message: whole MiB from 1 MiB on, else with the fraction shown."""
+    return f"{size >> 20}" if size >= 1 << 20 else f"{size / 2**20:.3f}"

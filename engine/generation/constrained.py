@@ -3,8 +3,8 @@
 The grammar engine is llguidance (``guidance-ai/llguidance``, what llama.cpp and vLLM use): a
 grammar (Lark syntax, with JSON schemas inlined as ``%json {...}``, ``docs/syntax.md``) and a
 tokenizer give, at every step, the set of token ids that keep the output a prefix of a sentence
-of the grammar. Generation (`engine.generate`) ANDs that set into the logits after logit_bias and
-the penalties, before temperature and top_p (`engine.sampling`); logprobs stay the raw model's.
+of the grammar. Generation (`engine.generation.request`) ANDs that set into the logits after logit_bias and
+the penalties, before temperature and top_p (`engine.generation.sampling`); logprobs stay the raw model's.
 
     grammar = Grammar(tok, json_grammar(schema), vocab_size, eos_ids)   # compiled once per request
     m = grammar.matcher()                                                # one per choice

@@ -4,10 +4,10 @@
                     [--top-logprobs 10] [--max-kl 0.01] [--json] [--ray [ADDRESS]]
 
 MODEL is what the backend serves (its GGUF file, or a checkpoint directory); for every
-prompt (default: the set shipped in ``engine/data/compare_prompts.jsonl``):
+prompt (default: the set shipped in ``engine/oracle/data/compare_prompts.jsonl``):
 
 1. **Ask the backend** for a greedy continuation (temperature 0) with the logprobs of its
-   top K tokens at every step. A raw prompt (``{"prompt": "text"}``) goes to
+   top K tokens at every step (`engine.oracle.backend`). A raw prompt (``{"prompt": "text"}``) goes to
    ``POST /v1/completions`` as token ids, BOS (unless the GGUF's ``add_bos_token`` is
    false) + npinfer's tokenization, so both sides start from the same ids; a chat
    (``{"messages": [...]}``) goes to ``POST /v1/chat/completions``, the backend rendering
@@ -50,185 +50,26 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from npinfer.engine.errors import NpinferError
-from npinfer.engine.sampling import log_softmax
-from npinfer.engine.text_completions import prompt_ids
+from npinfer.engine.generation.sampling import log_softmax
+from npinfer.engine.oracle.backend import (
+    DEFAULT_PROMPTS,
+    Backend,
+    Prompt,
+    Token,
+    Vocabulary,
+    read_prompts,
+)
 
-DEFAULT_PROMPTS = Path(__file__).parent / "data" / "compare_prompts.jsonl"
 DEFAULT_MAX_KL = 0.01
-
-
-# ----------------------------------------------------------------------------- prompts
-@dataclass(frozen=True)
-class Prompt:
-    """One line of a prompts file: ``{"prompt": "text"}`` or ``{"messages": [...]}``,
-    optionally with ``"id"`` and ``"max_tokens"``."""
-
-    id: str
-    prompt: str | None = None
-    messages: list | None = None
-    max_tokens: int | None = None
-
-
-def read_prompts(path) -> list[Prompt]:
-    """The prompts of a JSONL file; a bad line is a one-line error naming it."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise NpinferError(f"{path}: cannot read the prompts ({e})") from None
-    prompts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise NpinferError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(d, dict) or ("prompt" in d) == ("messages" in d) or set(d) - {"id", "prompt", "messages",
-                                                                                         "max_tokens"}:
-            raise NpinferError(f"{path}:{n}: expected {{\"prompt\": text}} or {{\"messages\": [...]}} "
-                               f"(with optional id, max_tokens)")
-        if "prompt" in d and (not isinstance(d["prompt"], str) or not d["prompt"]):
-            raise NpinferError(f"{path}:{n}: prompt must be a non-empty string")
-        if "messages" in d and not isinstance(d["messages"], list):
-            raise NpinferError(f"{path}:{n}: messages must be a list")
-        m = d.get("max_tokens")
-        if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
-            raise NpinferError(f"{path}:{n}: max_tokens must be a positive integer")
-        prompts.append(Prompt(str(d.get("id", n)), d.get("prompt"), d.get("messages"), m))
-    if not prompts:
-        raise NpinferError(f"{path}: no prompts")
-    return prompts
-
-
-# ----------------------------------------------------------------------------- the backend
-@dataclass(frozen=True)
-class Token:
-    """One output token as a backend reports it: id (when it sends one), bytes, logprob,
-    and its top-K alternatives as (id or None, bytes, logprob)."""
-
-    id: int | None
-    bytes: bytes
-    logprob: float
-    top: tuple[tuple[int | None, bytes, float], ...]
-
-
-@dataclass(frozen=True)
-class Backend:
-    """An OpenAI-compatible server: `url` with or without the ``/v1``."""
-
-    url: str
-    api_key: str | None = None
-    model: str | None = None
-    timeout: float = 600.0
-
-    def post(self, route: str, body: dict) -> dict:
-        base = self.url.rstrip("/").removesuffix("/v1")
-        body = body | ({"model": self.model} if self.model else {})
-        request = urllib.request.Request(base + route, data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"} |
-                                         ({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}))
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode("utf-8", "replace")
-            try:
-                detail = json.loads(detail)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                pass
-            raise NpinferError(f"backend {base}{route}: HTTP {e.code}: {' '.join(str(detail).split())[:300]}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise NpinferError(f"backend {base}{route}: cannot connect ({getattr(e, 'reason', e)})") from None
-        except ValueError:
-            raise NpinferError(f"backend {base}{route}: the answer is not JSON") from None
-
-    def complete(self, ids: list[int], max_tokens: int, k: int) -> tuple[list[Token], int | None]:
-        """A greedy continuation of token ids, with top-k logprobs (``/v1/completions``)."""
-        answer = self.post("/v1/completions", {"prompt": ids, "max_tokens": max_tokens, "temperature": 0.0,
-                                               "seed": 0, "logprobs": k})
-        return parse_tokens(answer, "/v1/completions"), _prompt_tokens(answer)
-
-    def chat(self, messages: list, max_tokens: int, k: int) -> tuple[list[Token], int | None]:
-        """A greedy chat answer with top-k logprobs (``/v1/chat/completions``)."""
-        answer = self.post("/v1/chat/completions", {"messages": messages, "max_tokens": max_tokens,
-                                                    "temperature": 0.0, "seed": 0, "logprobs": True,
-                                                    "top_logprobs": k})
-        return parse_tokens(answer, "/v1/chat/completions"), _prompt_tokens(answer)
-
-
-def _prompt_tokens(answer: dict) -> int | None:
-    usage = answer.get("usage") if isinstance(answer, dict) else None
-    return usage.get("prompt_tokens") if isinstance(usage, dict) else None
-
-
-def _raw(entry: dict) -> bytes:
-    b = entry.get("bytes")
-    return bytes(b) if isinstance(b, list) else str(entry.get("token", "")).encode("utf-8")
-
-
-def parse_tokens(answer: dict, route: str) -> list[Token]:
-    """The output tokens of a completion answer: the ``logprobs.content`` list (chat
-    completions; llama-server and npinfer on ``/v1/completions``), or OpenAI's legacy
-    ``tokens`` / ``token_logprobs`` / ``top_logprobs`` (text only, no ids)."""
-    try:
-        lp = answer["choices"][0]["logprobs"]
-        if lp is None:
-            raise KeyError("logprobs")
-        if isinstance(lp.get("content"), list):
-            return [Token(e.get("id"), _raw(e), float(e["logprob"]),
-                          tuple((a.get("id"), _raw(a), float(a["logprob"])) for a in e.get("top_logprobs") or []))
-                    for e in lp["content"]]
-        return [Token(None, t.encode("utf-8"), float(p), tuple((None, s.encode("utf-8"), float(q))
-                                                                 for s, q in (top or {}).items()))
-                for t, p, top in zip(lp["tokens"], lp["token_logprobs"], lp.get("top_logprobs") or [])]
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-        raise NpinferError(f"backend {route}: the answer has no usable logprobs ({e})") from None
-
-
-class Vocabulary:
-    """Backend tokens -> npinfer ids: the id when the backend sends one, else by bytes.
-
-    Tokens can share their bytes (a byte-fallback piece ``<0x41>`` and the piece ``A``).
-    An output token without an id is taken as the normal piece; an alternative without
-    one, given npinfer's distribution there, as the candidate whose npinfer logprob is
-    closest to the backend's (the text cannot tell them apart, the numbers can).
-    """
-
-    def __init__(self, tok):
-        self.tok, self.by_bytes, self.candidates = tok, {}, {}  # bytes -> (id, is a byte piece); bytes -> ids
-        for i in range(tok.vocab_size):
-            b = tok.token_bytes(i)
-            if not b:
-                continue
-            byte_piece = re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", tok.id_to_piece(i)) is not None
-            self.candidates.setdefault(b, []).append(i)
-            if b not in self.by_bytes or (self.by_bytes[b][1] and not byte_piece):
-                self.by_bytes[b] = (i, byte_piece)
-
-    def id_of(self, token_id: int | None, raw: bytes, where: str, q=None, logprob: float | None = None) -> int:
-        if token_id is not None:
-            if not isinstance(token_id, int) or not 0 <= token_id < self.tok.vocab_size:
-                raise NpinferError(f"{where}: the backend's token id {token_id!r} is not in npinfer's vocabulary "
-                                   f"(0..{self.tok.vocab_size - 1}): is it serving MODEL?")
-            return token_id
-        if raw not in self.by_bytes:
-            raise NpinferError(f"{where}: the backend's token {raw!r} is no token of npinfer's vocabulary")
-        if q is not None and len(self.candidates[raw]) > 1:
-            return min(self.candidates[raw], key=lambda i: abs(q[i] - logprob))
-        return self.by_bytes[raw][0]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -314,7 +155,7 @@ class Scorer:
     """MODEL loaded once, its backend, and the scoring of one prompt (serially, or on a Ray actor)."""
 
     def __init__(self, model: str, backend: Backend, max_tokens: int, top_k: int, dtype: str = "float32"):
-        from npinfer.engine.chat_model import load_chat_model
+        from npinfer.engine.generation.chat_model import load_chat_model
 
         self.chat = load_chat_model(model, dtype=dtype)
         self.vocab = Vocabulary(self.chat.tok)
@@ -326,7 +167,10 @@ class Scorer:
         chat, n = self.chat, p.max_tokens or self.max_tokens
         note = ""
         if p.prompt is not None:
-            ids = prompt_ids(chat.tok, p.prompt)
+            try:
+                ids = chat.raw_prompt(p.prompt)
+            except NpinferError as e:
+                raise NpinferError(f"prompt {p.id}: {e}") from None
             tokens, _ = self.backend.complete(ids, n, self.top_k)
             kind = "prompt"
         else:
@@ -382,7 +226,9 @@ def run_ray(scorer_args: tuple, prompts: list[Prompt], address: str | None, work
 def _npinfer_source(into: str) -> str:
     """A folder `into/npinfer` holding this process's npinfer packages (what Ray ships to its workers as
     the module `npinfer`: the five package folders are portions of that one namespace)."""
-    here = Path(__file__).resolve().parents[1]  # the folder that holds kernels/, tokenizer/, ..., engine/
+    from npinfer.kernels import ops
+
+    here = Path(ops.__file__).resolve().parents[1]  # the folder that holds kernels/, tokenizer/, ..., engine/
     target = Path(into) / "npinfer"
     for package in ("kernels", "tokenizer", "mistral_np", "jamba_np", "engine"):
         shutil.copytree(here / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -529,8 +375,8 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m npinfer.engine.compare MODEL --backend URL ...`, the same command as `npinfer compare`."""
-    p = argparse.ArgumentParser(prog="python -m npinfer.engine.compare", description=__doc__.split("\n\n")[0])
+    """`python -m npinfer.engine.oracle.compare MODEL --backend URL ...`, the same command as `npinfer compare`."""
+    p = argparse.ArgumentParser(prog="python -m npinfer.engine.oracle.compare", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     try:
         return run(p.parse_args(argv))

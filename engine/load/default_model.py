@@ -1,6 +1,6 @@
 """The embedded default model: what `npinfer chat` and `npinfer serve` run without MODEL.
 
-It is the tiny Mistral of `engine.tiny` (seed 0, float32, the tiny 1024-piece
+It is the tiny Mistral of `engine.load.tiny` (seed 0, float32, the tiny 1024-piece
 tokenizer), written once per user to the cache directory and reused:
 
     ~/.cache/npinfer/tiny-mistral-seed0/      ($XDG_CACHE_HOME/npinfer/... when set)
@@ -34,7 +34,7 @@ def default_model_dir() -> Path:
     final = cache_dir() / NAME
     if (final / "config.json").is_file():
         return final
-    from npinfer.engine.tiny import family_config, write_checkpoint
+    from npinfer.engine.load.tiny import family_config, write_checkpoint
     from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
     try:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npinfer.engine.registry import family_of, tiny_layout
-from npinfer.engine.safetensors_io import write_tensors
+from npinfer.engine.load.registry import family_of, tiny_layout
+from npinfer.engine.load.safetensors_io import write_tensors
 from npinfer.kernels.dtypes import float32_to_bf16
 
 

@@ -1,12 +1,12 @@
-"""Generation: prefill in chunks, decode n choices, turn tokens into text deltas.
+"""A request in flight: prefill in chunks, decode n choices, turn tokens into text deltas.
 
     for event in generate(model, tok, prompt_ids, GenerationParams(max_tokens=32)):
-        ...  # Delta(index, text, logprobs) / Finish(index, reason) / Usage(...)
+        ...  # Delta(index, text, logprobs) / Finish(index, reason) / Usage(...)  (events.py)
     completion = complete(model, tok, prompt_ids, params)   # the same events, collected
 
 One code path serves the CLI, streaming and non-streaming answers and the server:
 `Generation` is one request in flight, and both `generate` (one request alone) and
-`engine.scheduler` (many requests stepped together) drive it the same way::
+`engine.generation.scheduler` (many requests stepped together) drive it the same way::
 
     g = Generation(model, tok, prompt_ids, params)
     while not g.prefilled:
@@ -17,15 +17,15 @@ One code path serves the CLI, streaming and non-streaming answers and the server
         events = g.decoded(z)                   # each choice samples from its row
 
 `complete` is `generate` collected, so the streamed deltas always join to the full
-text. `greedy` is the oracle's loop: the prompt's logits and a greedy continuation,
-with every intermediate visible to a trace.
+text. (The oracle's greedy loop, with every intermediate visible to a trace, is
+`engine.oracle.dumps.greedy`.)
 
-Per choice, from one row of logits z (`_Choice`, `Generation._sample`)::
+Per choice, from one row of logits z (`RunningChoice`, `Generation._sample`)::
 
-    t = choose(z)                               # engine.sampling (bias, penalties, grammar, temperature, top_p)
+    t = choose(z)                               # sampling.py (bias, penalties, grammar, temperature, top_p)
     text = decoder.push(t)                      # tokenizer stream decoder: whole characters only
     text = tool_call_parser.push(t, text)       # tool-call markup is taken out of the content
-    emit stops.push(text)                       # StopStrings: held back while a stop may match
+    emit stops.push(text)                       # stops.py: held back while a stop may match
 
 The prefill is shared by the n choices by copying its state; the decode steps run as
 one batch, so each weight is read once per step for all of them (decode is
@@ -39,7 +39,7 @@ could follow; "stop"), `max_tokens` generated tokens or the model's context
 "length"). A choice whose output holds valid tool calls (``params.tool_syntax``,
 `tokenizer.tools.ToolCallParser`) finishes with "tool_calls", the calls in its last Delta.
 
-Everything one request asks of a choice lives in that choice (`_Choice`): its
+Everything one request asks of a choice lives in that choice (`RunningChoice`): its
 cache, generator, penalty counts, stream decoder, stop strings, grammar matcher
 and tool-call parser, so a scheduler can step many choices of many requests
 together.
@@ -61,21 +61,30 @@ likely alternatives (the first token has none: None).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from npinfer.engine.errors import NpinferError
-from npinfer.engine.sampling import (
+from npinfer.engine.generation.events import (
+    Completion,
+    Delta,
+    Event,
+    Finish,
+    PromptLogprobs,
+    TokenLogprob,
+    Usage,
+    collect,
+    token_logprob,
+)
+from npinfer.engine.generation.sampling import (
     SamplingParams,
     choice_rngs,
     choose,
     log_softmax,
-    top_logprobs,
 )
-from npinfer.kernels.trace import Trace, no_trace
+from npinfer.engine.generation.stops import StopStrings
 from npinfer.tokenizer.tools import ParsedCall, ToolCallParser, ToolSyntax
 
 
@@ -89,50 +98,10 @@ class GenerationParams:
     top_logprobs: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
     prompt_logprobs: int | None = None  # alternatives per prompt token; None: no PromptLogprobs event
-    grammar: object | None = None  # an engine.constrained.Grammar every choice must follow
+    grammar: object | None = None  # an engine.generation.constrained.Grammar every choice must follow
     banned: tuple[int, ...] = ()  # ids never sampled
     tool_syntax: ToolSyntax | None = None  # read tool calls out of the output (None: it is all content)
     tool_names: tuple[str, ...] = ()  # the functions a call may name
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One generated token as chat completions report it (OpenAI `logprobs.content[]`)."""
-
-    token: str  # the token's text (its bytes decoded with U+FFFD for partial characters)
-    bytes: list[int]
-    logprob: float
-    top: list[tuple[str, list[int], float]]  # (token, bytes, logprob), most likely first
-    ids: tuple[int, ...] = ()  # the token's id, then the ids of `top` (for /v1/completions)
-
-
-@dataclass(frozen=True)
-class Delta:
-    index: int
-    text: str
-    logprobs: list[TokenLogprob]
-    tool_calls: tuple[ParsedCall, ...] = ()
-
-
-@dataclass(frozen=True)
-class Finish:
-    index: int
-    reason: str  # "stop", "length" or "tool_calls"
-
-
-@dataclass(frozen=True)
-class PromptLogprobs:
-    entries: list[TokenLogprob | None]  # one per prompt token; the first is None
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int  # every sampled token, EOS and stop-string tokens included
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 class PromptTooLong(NpinferError):
@@ -165,68 +134,7 @@ def check_prompt(model, prompt_ids) -> None:
                             f"and needs room for at least one generated token")
 
 
-class StopStrings:
-    """Cut text at the first stop string, holding back what might be the start of one.
-
-    Text is pushed as it is decoded; `push` returns the part that can be shown
-    now. A suffix of the pending text that is a prefix of some stop string is
-    held back, so an occurrence of a stop string always starts inside the held
-    text and can be cut before anything of it was shown. Example, stop "\\n\\n":
-    push("Hi\\n") -> "Hi" (holds "\\n"); push("\\nBye") -> "" and stopped.
-
-    Each stop string is matched by its Knuth-Morris-Pratt automaton (Knuth, Morris &
-    Pratt 1977): `matched[k]` is the length of the longest prefix of stop k that ends
-    the text so far, advanced one character at a time through the stop's failure
-    table, so a push costs O(characters pushed x stops), however long the stops are.
-    """
-
-    def __init__(self, stops: tuple[str, ...]):
-        self.stops = stops
-        self.failure = [_failure_table(s) for s in stops]
-        self.matched = [0] * len(stops)
-        self.pending = ""
-        self.stopped = False
-
-    def push(self, text: str) -> str:
-        new = len(self.pending)  # where the pushed text starts in `pending`
-        self.pending += text
-        cut = None  # the earliest start of a stop string completed by this push
-        for k, (stop, failure) in enumerate(zip(self.stops, self.failure)):
-            m = self.matched[k]
-            for i in range(new, len(self.pending)):
-                c = self.pending[i]
-                while m and stop[m] != c:
-                    m = failure[m - 1]
-                m += stop[m] == c
-                if m == len(stop):
-                    cut = min(cut if cut is not None else i, i + 1 - m)
-                    break
-            self.matched[k] = m
-        if cut is not None:
-            shown, self.pending, self.stopped = self.pending[:cut], "", True
-            return shown
-        keep = len(self.pending) - max(self.matched, default=0)  # every partial match lies in the held text
-        shown, self.pending = self.pending[:keep], self.pending[keep:]
-        return shown
-
-    def flush(self) -> str:
-        shown, self.pending = self.pending, ""
-        return shown
-
-
-def _failure_table(s: str) -> list[int]:
-    """KMP's prefix function: f[i] = the length of the longest proper prefix of s[:i + 1]
-    that is also its suffix (where matching resumes after a mismatch)."""
-    f, m = [0] * len(s), 0
-    for i in range(1, len(s)):
-        while m and s[i] != s[m]:
-            m = f[m - 1]
-        m += s[i] == s[m]
-        f[i] = m
-    return f
-
-
-class _Choice:
+class RunningChoice:
     """The running state of one choice: its cache, sampler inputs, grammar and text pipeline
     (token -> stream decoder -> tool-call parser -> stop strings -> shown text), and the token
     it feeds to the next decode step."""
@@ -272,16 +180,6 @@ class _Choice:
         return (shown if self.stops.stopped else shown + self.stops.flush()), tuple(calls)
 
 
-def token_logprob(tok, token_id: int, logprobs: np.ndarray, k: int) -> TokenLogprob:
-    def entry(i):
-        raw = tok.token_bytes(i)
-        return raw.decode("utf-8", errors="replace"), list(raw)
-
-    best = top_logprobs(logprobs, k)
-    top = [(*entry(i), lp) for i, lp in best]
-    return TokenLogprob(*entry(token_id), float(logprobs[token_id]), top, (token_id, *(i for i, _ in best)))
-
-
 def eos_ids(model, tok) -> set[int]:
     eos = model.config.eos_token_id
     ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
@@ -291,14 +189,11 @@ def eos_ids(model, tok) -> set[int]:
 PREFILL_CHUNK = 16  # prompt tokens per prefill pass (the same schedule alone or under load): one streamed pass
 
 
-Event = PromptLogprobs | Delta | Finish | Usage
-
-
 class Generation:
     """One request in flight: its prompt's prefill, in chunks, then its live choices.
 
     See the module docstring for the loop that drives it; `generate` runs it alone,
-    `engine.scheduler` runs many at once. Every method returns the events it produced,
+    `engine.generation.scheduler` runs many at once. Every method returns the events it produced,
     in order; the last one, once every choice has finished, is `Usage`.
     """
 
@@ -309,7 +204,7 @@ class Generation:
         self.limit, self.eos = context_limit(model), eos_ids(model, tok)
         self.state = model.new_state()  # the prompt's cache, copied to each choice after the prefill
         self.done = 0  # prompt tokens prefilled so far
-        self.choices: list[_Choice] = []  # the live choices, once prefilled
+        self.choices: list[RunningChoice] = []  # the live choices, once prefilled
         self.completion_tokens = 0
         self.prompt_entries: list[TokenLogprob | None] = [None]  # prompt logprobs (the first token: None)
         self.finished = False  # Usage was emitted
@@ -333,7 +228,7 @@ class Generation:
         events = [] if k is None else [PromptLogprobs(self.prompt_entries)]
         n, V = self.params.n, self.model.config.vocab_size
         states = [self.state] + [copy.deepcopy(self.state) for _ in range(n - 1)]
-        self.choices = [_Choice(i, st, rng, self.tok, self.params, V)
+        self.choices = [RunningChoice(i, st, rng, self.tok, self.params, V)
                         for i, (st, rng) in enumerate(zip(states, choice_rngs(self.params.seed, n)))]
         return events + self._sample([logits[-1]] * n)
 
@@ -379,7 +274,7 @@ class Generation:
                 c.token = t
         return events
 
-    def _finish(self, c: _Choice, reason: str) -> list[Event]:
+    def _finish(self, c: RunningChoice, reason: str) -> list[Event]:
         self.choices.remove(c)
         events: list[Event] = [Finish(c.index, reason)]
         if not self.choices:
@@ -405,7 +300,7 @@ class Generation:
 def generate(model, tok, prompt_ids, params: GenerationParams, progress=None) -> Iterator[Event]:
     """Yield (PromptLogprobs, if asked,) Delta and Finish events for each choice, then one Usage.
 
-    The request alone: `Generation` driven exactly as `engine.scheduler` drives many.
+    The request alone: `Generation` driven exactly as `engine.generation.scheduler` drives many.
     Closing the generator (or stopping to iterate) cancels the generation.
     `progress(done, total)`, when given, is called after each prefill chunk (a progress bar).
     """
@@ -419,68 +314,6 @@ def generate(model, tok, prompt_ids, params: GenerationParams, progress=None) ->
         yield from g.decoded(model.forward_batch(g.tokens(), g.states()))  # [B, V]
 
 
-@dataclass
-class Choice:
-    text: str = ""
-    finish_reason: str | None = None
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    tool_calls: list[ParsedCall] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Completion:
-    choices: list[Choice]
-    usage: Usage
-    prompt_logprobs: list[TokenLogprob | None] | None = None
-
-
 def complete(model, tok, prompt_ids, params: GenerationParams) -> Completion:
     """The events of `generate`, collected into n finished choices."""
     return collect(generate(model, tok, prompt_ids, params), params.n)
-
-
-def collect(events, n: int) -> Completion:
-    choices, prompt = [Choice() for _ in range(n)], None
-    for event in events:
-        if isinstance(event, Delta):
-            choices[event.index].text += event.text
-            choices[event.index].logprobs += event.logprobs
-            choices[event.index].tool_calls += event.tool_calls
-        elif isinstance(event, Finish):
-            choices[event.index].finish_reason = event.reason
-        elif isinstance(event, PromptLogprobs):
-            prompt = event.entries
-        else:
-            return Completion(choices, event, prompt)
-    raise RuntimeError("generation ended without usage")
-
-
-# --------------------------------------------------------------------------- greedy, for the oracle
-def greedy(model, prompt, n: int, trace: Trace = no_trace, step_trace: Trace = no_trace, state=None,
-           progress=None, last_only: bool = False, times: dict | None = None):
-    """Prefill `prompt`, then pick n tokens greedily, feeding each back through the cache.
-
-    Returns (prompt logits [T, V], gen_ids [n], gen_logits [n, V]); gen_logits[i]
-    is the distribution gen_ids[i] was chosen from (as HF ``generate`` reports it),
-    so gen_logits[0] is the prompt's last row and n tokens take n - 1 decode steps.
-    `trace` sees the prompt's intermediates, `step_trace` each decode step's;
-    `state` (a fresh one when None) is left after the last step, for its caller to read;
-    `progress` is the prefill's hook (`Decoder.forward`). With `last_only` the prompt
-    logits are those of its last position only ([1, V]: what a chat's prefill computes).
-    `times`, when given, receives ``prefill_s`` and ``decode_s`` (wall seconds of the
-    prefill and of the n - 1 decode steps, each step's argmax included).
-    """
-    state = model.new_state() if state is None else state
-    start = time.perf_counter()
-    logits = model.forward(prompt, state, trace=trace, progress=progress, last_only=last_only)  # [T, V] or [1, V]
-    prefilled = time.perf_counter()
-    gen_ids, gen_logits, last = [], [], logits[-1]
-    for i in range(n):
-        gen_ids.append(int(np.argmax(last)))
-        gen_logits.append(last)
-        if i < n - 1:
-            last = model.forward([gen_ids[-1]], state, trace=step_trace)[-1]  # [V]
-    if times is not None:
-        times |= {"prefill_s": prefilled - start, "decode_s": time.perf_counter() - prefilled}
-    V = logits.shape[-1]
-    return logits, np.array(gen_ids, dtype=np.int64), np.array(gen_logits, dtype=logits.dtype).reshape(n, V)
