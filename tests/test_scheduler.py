@@ -66,18 +66,18 @@ def test_each_row_of_a_batched_decode_step_is_the_sequence_stepped_alone(tmp_pat
     states = []
     for b in range(MAX_BATCH):
         state = model.new_state()
-        prompt = rng.integers(3, config.get("vocab_size", 1024), 1 + 3 * b)
+        prompt = rng.integers(3, config.get("vocab_size", 1024), 1 + (7 * b) % 41)  # 1..41 tokens: up to 3 chunks
         for s in range(0, len(prompt), 16):  # a fixed chunking, as engine.generation.request does
             model.forward(prompt[s:s + 16], state, last_only=True)
         states.append(state)
+    tokens = rng.integers(3, 1000, MAX_BATCH)  # sequence m's next token
+    alone = [model.forward_batch([t], [copy.deepcopy(state)])[0] for t, state in zip(tokens, states)]  # [V] each
     for size in [MAX_BATCH, 1, 7, 3, MAX_BATCH - 1, 12, 2]:
         members = sorted(rng.choice(MAX_BATCH, size, replace=False), key=lambda _: rng.random())
-        tokens = rng.integers(3, 1000, size)
-        alone = [model.forward_batch([t], [copy.deepcopy(states[m])])[0] for t, m in zip(tokens, members)]
-        batched = model.forward_batch(tokens, [states[m] for m in members])  # [size, V]
+        batched = model.forward_batch(tokens[members], [copy.deepcopy(states[m]) for m in members])  # [size, V]
         assert batched.dtype == np.dtype(compute)
-        for row, expected in zip(batched, alone):
-            assert same_bits(row, expected)
+        for row, m in zip(batched, members):
+            assert same_bits(row, alone[m])
 
 
 # --------------------------------------------------------------------------- whole requests
@@ -230,17 +230,19 @@ def test_each_cache_says_its_size_at_a_length(chats):
 
 
 def test_a_cache_really_grows_to_its_stated_size(chats):
-    """What `nbytes_at` says is what a run allocates: prefill 300 positions and step past 512."""
+    """What `nbytes_at` says is what a run allocates: 300 positions in one chunk, then a chunk and a
+    decode step past 512."""
     for layout in ("mixtral", "mistral4"):
         model = chats[layout].model
-        state = model.new_state()
-        model.forward(np.arange(3, 303) % 97 + 3, state, last_only=True)
+        state, fresh = model.new_state(), model.new_state()  # (a state's size at n counts from where it is)
         held = lambda: sum(sum(a.nbytes for a in vars(c).values() if isinstance(a, np.ndarray))  # noqa: E731
                            for c in state.caches)
-        assert held() == state.nbytes_at(300)
-        for _ in range(213):
-            model.forward([5], state)
-        assert state.pos == 513 and held() == state.nbytes_at(513)
+        model.forward(np.arange(300) % 97 + 3, state, last_only=True)
+        assert held() == fresh.nbytes_at(300)
+        model.forward(np.arange(212) % 97 + 3, state, last_only=True)
+        assert state.pos == 512 and held() == fresh.nbytes_at(512)
+        model.forward([5], state)
+        assert held() == fresh.nbytes_at(513) == 2 * fresh.nbytes_at(512)  # doubled: 1024 slots
 
 
 @pytest.mark.parametrize("layout", ["mistral", "mistral4"])
