@@ -65,10 +65,13 @@ def completion_request(data: dict, vocab_size: int, budgets: Budgets = Budgets()
 
 
 def prompt_ids(tok, prompt: str | list[int]) -> list[int]:
-    """A text prompt tokenized with BOS first (unless the tokenizer says not to); a list of ids as it is."""
+    """A text prompt tokenized with BOS first (unless the tokenizer says not to) and EOS last (if it
+    says so: a GGUF's add_eos_token, as llama.cpp tokenizes a prompt); a list of ids as it is."""
     if isinstance(prompt, list):
         return list(prompt)
-    return [i for i in [tok.bos_id] if i is not None and tok.add_bos] + tok.encode(prompt)
+    bos = [tok.bos_id] if tok.bos_id is not None and tok.add_bos else []
+    eos = [tok.eos_id] if tok.eos_id is not None and tok.add_eos else []
+    return bos + tok.encode(prompt) + eos
 
 
 def text_completion_body(id: str, created: int, model: str, completion: Completion, logprobs: bool) -> dict:
