@@ -123,6 +123,7 @@ def from_gguf(path: str, meta: Mapping[str, object]) -> Tokenizer:
                                  f"({len(PRE_TOKENIZERS)} known: {', '.join(list(PRE_TOKENIZERS)[:6])}, ...)")
         _flag(meta, "add_space_prefix", path, False)  # read by sentencepiece only, but checked
         tok = bpe_from_gguf(path, meta, pre, tokens, types, names)
+        tok.pre_name = pre_name
         add_bos = pre.add_bos
     tok.bos_id = _special_id(meta, "bos_token_id", tok, names.get("<s>"))
     tok.eos_id = _special_id(meta, "eos_token_id", tok, names.get("</s>"))
