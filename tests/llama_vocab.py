@@ -94,7 +94,8 @@ def read_vectors(gguf_path: Path) -> list[tuple[str, list[int]]]:
 
 
 # reads hex-encoded texts, one a line; prints llama.cpp's ids for each (add_special = false, parse_special =
-# argv[2]); on stderr at the end, the seconds the vocabulary took to load and the texts to tokenize
+# argv[2]); on stderr at the end, the seconds the vocabulary took to load and the texts to tokenize. With a
+# third argument, prints the ids of the tokens that end a generation instead.
 HELPER = r"""
 #include "llama.h"
 #include <stdio.h>
@@ -110,6 +111,10 @@ int main(int argc, char ** argv) {
     if (!m) return 1;
     double load = now() - t0, tokenize = 0;
     const struct llama_vocab * v = llama_model_get_vocab(m);
+    if (argc > 3) {  // "eog": the ids that end a generation, instead
+        for (int i = 0; i < llama_vocab_n_tokens(v); i++) if (llama_vocab_is_eog(v, i)) printf("%d\n", i);
+        return 0;
+    }
     static char line[1 << 22], text[1 << 21]; static llama_token ids[1 << 21];
     while (fgets(line, sizeof line, stdin)) {
         int n = (int) strcspn(line, "\n") / 2;
@@ -145,3 +150,9 @@ def llama_tokenize(exe: Path, gguf_path: Path, texts: list[str], parse_special: 
     ids = [[int(i) for i in line.split()] for line in proc.stdout.split("\n")[:len(texts)]]
     load, tokenize = map(float, proc.stderr.strip().splitlines()[-1].split())
     return ids, (load, tokenize)
+
+
+def llama_eog_ids(exe: Path, gguf_path: Path) -> set[int]:
+    """The ids llama.cpp ends a generation at (``llama_vocab_is_eog``)."""
+    proc = subprocess.run([exe, gguf_path, "0", "eog"], capture_output=True, text=True, check=True)
+    return {int(line) for line in proc.stdout.split()}

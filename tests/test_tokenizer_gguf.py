@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llama_vocab import build_llama_tokenize, llama_tokenize, llama_vocab_dir, read_vectors
+from llama_vocab import build_llama_tokenize, llama_eog_ids, llama_tokenize, llama_vocab_dir, read_vectors
 
 from npinfer.engine.gguf_checkpoint import gguf_tokenizer, open_gguf
 from npinfer.tokenizer.chat import render_chat
@@ -206,6 +206,21 @@ def test_add_eos_and_the_keys_override_the_defaults(vocab_dir):
     assert prompt_ids(tok, "Hi") == tok.encode("Hi") + [tok.eos_id]
 
 
+def test_a_chatml_model_ends_its_turn_at_im_end(vocab_dir):
+    """Qwen2's EOS is <|endoftext|>; a chat turn ends with <|im_end|>, which llama.cpp (and
+    transformers' generation_config) also stop at: the engine's stop set has both (and, as in
+    llama.cpp, which stops at any token spelled so, Qwen2's ordinary token "</s>")."""
+    from types import SimpleNamespace
+
+    from npinfer.engine.generate import eos_ids
+
+    tok = vocab(vocab_dir, "qwen2")
+    model = SimpleNamespace(config=SimpleNamespace(eos_token_id=None))
+    ordinary = 128247
+    assert tok.id_to_piece(ordinary) == "</s>" and ordinary not in tok.special_tokens.values()
+    assert eos_ids(model, tok) == {tok.special_tokens["<|endoftext|>"], tok.special_tokens["<|im_end|>"], ordinary}
+
+
 # --------------------------------------------------------------------------- decode and templates
 def _meta(vocab_dir, name) -> dict:
     path = vocab_dir / "models" / f"ggml-vocab-{name}.gguf"
@@ -383,7 +398,8 @@ def test_random_texts_as_llama_cpp_tokenizes_them(vocab_dir, name, tmp_path):
     """400 random texts mixing scripts, digits, punctuation and whitespace (ASCII whitespace
     only: llama.cpp's std::regex treats other whitespace inside a character class differently
     from the tokenizers it follows), and 100 with a special token of the vocabulary inside,
-    tokenized as plain text and (byte-level) with special tokens parsed."""
+    tokenized as plain text and (byte-level) with special tokens parsed; and the tokens that
+    end a generation."""
     exe = build_llama_tokenize(Path(os.environ["NPINFER_LLAMA_CPP"]), tmp_path)
     tok = vocab(vocab_dir, name)
     rng = random.Random(name)
@@ -392,8 +408,10 @@ def test_random_texts_as_llama_cpp_tokenizes_them(vocab_dir, name, tmp_path):
     texts += [rng.choice(texts) + rng.choice(specials) + rng.choice(texts) for _ in range(100 if specials else 0)]
     # (a rendered template is tokenized as transformers does it: for sentencepiece, without llama.cpp's
     # dummy-prefix space after each special token, see SentencePieceTokenizer.encode_with_special_tokens)
+    path = vocab_dir / "models" / f"ggml-vocab-{name}.gguf"
+    assert tok.eog_ids | {tok.eos_id} == llama_eog_ids(exe, path)
     modes = ((0, tok.encode), (1, tok.encode_with_special_tokens)) if tok.kind == "gguf-bpe" else ((0, tok.encode),)
     for parse_special, encode in modes:
-        expected, _ = llama_tokenize(exe, vocab_dir / "models" / f"ggml-vocab-{name}.gguf", texts, parse_special)
+        expected, _ = llama_tokenize(exe, path, texts, parse_special)
         for text, ids in zip(texts, expected):
             assert encode(text) == ids, (name, parse_special, text)

@@ -27,7 +27,8 @@ key                                         meaning
 ``tokenizer.ggml.add_bos_token``            a raw prompt starts with BOS (default: sentencepiece
                                             yes; BPE as its pre-tokenizer says)
 ``tokenizer.ggml.add_eos_token``            a raw prompt ends with EOS (default no)
-``tokenizer.ggml.eot_token_id``, ``eom_``   more ids that end a generation (`_eog_ids`)
+``tokenizer.ggml.eot_token_id``, ``eom_``,  more ids that end a generation (`_eog_ids`)
+``fim_pad_``, ``fim_rep_``, ``fim_sep_``
 ``tokenizer.chat_template``                 the Jinja template, rendered by `tokenizer.chat`
 ``tokenizer.chat_template.NAME``            named templates (``tool_use``, ``rag``), listed
                                             in ``tokenizer.chat_templates``
@@ -69,6 +70,11 @@ EOG_NAMES = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<
              "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
              "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<\uff5cend\u2581of\u2581sentence\uff5c>",
              "[e~[")  # fmt: skip
+# and its fill-in-the-middle padding, repository and file separator tokens, by the GGUF key of their id or
+# else by name (the first of these names in the vocabulary)
+FIM_EOG = {"fim_pad_token_id": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+           "fim_rep_token_id": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+           "fim_sep_token_id": ("<|file_sep|>",)}
 
 
 def _list(meta: Mapping, key: str, path: str, kinds: tuple[type, ...], required: bool = True) -> list | None:
@@ -139,12 +145,17 @@ def from_gguf(path: str, meta: Mapping[str, object]) -> Tokenizer:
 
 def _eog_ids(meta: Mapping, tok: Tokenizer, names: dict[str, int]) -> frozenset[int]:
     """The ids besides EOS that end a generation, as llama.cpp finds them: ``eot_token_id``,
-    ``eom_token_id`` and the tokens named in `EOG_NAMES` (so a ChatML model whose EOS is
-    ``<|endoftext|>`` stops at ``<|im_end|>``), less llama.cpp's two exceptions: ``<|end|>``
-    next to ``<|return|>`` and ``<|call|>`` (gpt-oss) or ``<|calls|>`` and ``<|flush|>``, and
-    ``</s>`` next to ``<|tool_response>`` (Gemma 4) or ``<|plamo:eos|>``, are ordinary tokens."""
+    ``eom_token_id``, the tokens named in `EOG_NAMES` (so a ChatML model whose EOS is
+    ``<|endoftext|>`` stops at ``<|im_end|>``) and the `FIM_EOG` ones (where a vocabulary has two
+    names of one role, llama.cpp takes one in a hash map's order), less llama.cpp's two exceptions:
+    ``<|end|>`` next to ``<|return|>`` and ``<|call|>`` (gpt-oss) or ``<|calls|>`` and ``<|flush|>``,
+    and ``</s>`` next to ``<|tool_response>`` (Gemma 4) or ``<|plamo:eos|>``, are ordinary tokens."""
     ids = {names[n] for n in EOG_NAMES if n in names}
     ids |= {i for key in ("eot_token_id", "eom_token_id") if (i := _special_id(meta, key, tok, None)) is not None}
+    for key, fim_names in FIM_EOG.items():
+        i = _special_id(meta, key, tok, next((names[n] for n in fim_names if n in names), None))
+        if i is not None:
+            ids.add(i)
     if {"<|return|>", "<|call|>"} <= names.keys() or {"<|calls|>", "<|flush|>"} <= names.keys():
         ids.discard(names.get("<|end|>"))
     if "<|tool_response>" in names or "<|plamo:eos|>" in names:
