@@ -317,6 +317,42 @@ def test_command_r_templates_as_transformers_renders_them(vocab_dir):
         render_chat(tok, CHATS[1], "hf-template", tools=TOOLS)
 
 
+def test_a_llama_gguf_with_qwen2s_vocabulary_chats_through_the_engine(vocab_dir, hf_qwen2, tmp_path, monkeypatch):
+    """A llama-architecture GGUF (a tiny model) whose tokenizer is Qwen2's byte-level BPE and ChatML
+    template, as the converter writes them: the engine opens it, renders a chat as transformers does,
+    stops at <|im_end|>, and ``npinfer chat`` answers."""
+    import gguf_writer
+    from cases import mistral
+    from hf_oracle import hf_written
+    from test_gguf import in_process
+
+    from npinfer.engine.chat_model import load_chat_model
+    from npinfer.engine.generate import eos_ids
+
+    meta = _meta(vocab_dir, "qwen2")
+
+    def qwen2_tokenizer(writer, _model_file, user_defined=False):
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("qwen2")
+        writer.add_token_list(meta["tokenizer.ggml.tokens"])
+        writer.add_token_types(meta["tokenizer.ggml.token_type"])
+        writer.add_token_merges(meta["tokenizer.ggml.merges"])
+        writer.add_bos_token_id(meta["tokenizer.ggml.bos_token_id"])
+        writer.add_eos_token_id(meta["tokenizer.ggml.eos_token_id"])
+        writer.add_chat_template(meta["tokenizer.chat_template"])
+
+    monkeypatch.setattr(gguf_writer, "_tokenizer", qwen2_tokenizer)
+    hf = hf_written(tmp_path, mistral(vocab_size=len(meta["tokenizer.ggml.tokens"]), num_hidden_layers=1), seed=0)
+    path = gguf_writer.write_gguf(hf, tmp_path / "model.gguf", qtype=gguf_writer.Q.Q8_0, tokenizer_model="qwen2")
+    chat = load_chat_model(str(path))
+    assert (chat.tok.kind, chat.tok.pre_name, chat.chat_format) == ("gguf-bpe", "qwen2", "hf-template")
+    expected = hf_qwen2.apply_chat_template(CHATS[1], add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert chat.prompt(CHATS[1]) == list(expected)
+    assert chat.tok.special_tokens["<|im_end|>"] in eos_ids(chat.model, chat.tok)
+    proc = in_process("chat", path, "hello", "--max-tokens", "3")
+    assert proc.returncode == 0 and proc.stdout.endswith("\n"), proc.stderr
+
+
 # --------------------------------------------------------------------------- bad metadata
 def _tiny_meta(**changes) -> dict:
     """A small byte-level vocabulary: the 256 bytes in GPT-2's alphabet, two merges, a control token."""
