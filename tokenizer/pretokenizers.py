@@ -84,7 +84,7 @@ class PreTokenizer:
         for pattern in self.compiled:
             out: list[str] = []
             for piece in pieces:
-                if not pattern.groups:  # the usual case: the matches cover the piece, and findall is they
+                if not pattern.groups:  # the usual case: the matches cover the piece and are its pieces
                     found = pattern.findall(piece)
                     if sum(map(len, found)) == len(piece):
                         out.extend(found)
