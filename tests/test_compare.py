@@ -17,7 +17,8 @@ from npinfer.engine.errors import NpinferError
 from npinfer.engine.generation.chat_model import load_chat_model
 from npinfer.engine.load.open import load_model
 from npinfer.engine.load.tiny import family_config, write_checkpoint
-from npinfer.engine.oracle import backend, compare
+from npinfer.engine.oracle import backend
+from npinfer.engine.oracle.diff import compare
 from npinfer.engine.oracle.dumps import greedy
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, load_tokenizer
 

@@ -41,7 +41,7 @@ class Tokenizer:
     Attributes set by every kind:
 
     - ``path``: the file it was loaded from;
-    - ``kind``: ``"sentencepiece"``, ``"hf-json"`` or ``"tekken"``;
+    - ``kind``: ``"sentencepiece"``, ``"hf-json"``, ``"tekken"`` or ``"gguf-bpe"``;
     - ``bos_id``, ``eos_id``: ints, or None if the vocabulary has none;
     - ``vocab_size``: number of ids;
     - ``version``: the Mistral tokenizer version (``"v1"`` ... ``"v7"``) when the
@@ -51,7 +51,10 @@ class Tokenizer:
       does (tokenizers matches added tokens in text);
     - ``chat_template``: the Jinja chat template when the tokenizer came with one
       (a GGUF's ``tokenizer.chat_template``), else None (`tokenizer.chat` looks
-      next to the file).
+      next to the file); ``named_chat_templates`` the other ones it came with
+      (``tool_use``...), ``template_tokens`` their ``bos_token``, ``eos_token``...;
+    - ``add_bos``, ``add_eos``: whether a raw prompt gets BOS first and EOS last;
+    - ``eog_ids``: ids that end a generation besides ``eos_id`` (a GGUF's ``<|im_end|>``...).
     """
 
     path: str
@@ -62,7 +65,11 @@ class Tokenizer:
     version: str | None = None
     special_tokens: dict[str, int]
     chat_template: str | None = None  # a template the tokenizer carries itself (a GGUF's), else read from files
+    named_chat_templates: dict[str, str] = {}  # more templates it carries, by name ("tool_use", "rag"); never mutated
+    template_tokens: dict[str, str] = {}  # the carried template's token variables (bos_token, ...); never mutated
     add_bos: bool = True  # a raw prompt starts with BOS (a GGUF's tokenizer.ggml.add_bos_token can say no)
+    add_eos: bool = False  # a raw prompt ends with EOS (a GGUF's tokenizer.ggml.add_eos_token can say so)
+    eog_ids: frozenset[int] = frozenset()  # ids besides eos_id that end a generation (a GGUF's end-of-turn tokens)
 
     # -- implemented by each kind ------------------------------------------------
     def encode(self, text: str) -> list[int]:

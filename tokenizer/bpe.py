@@ -1,26 +1,30 @@
-"""The byte-pair-encoding merge loop shared by all three tokenizer kinds.
+"""The byte-pair-encoding merge loop shared by all the tokenizer kinds.
 
 Given the initial symbols of one word (characters, or bytes) BPE repeatedly
 merges the adjacent pair with the best priority until no adjacent pair is
-mergeable. The three references differ only in *what* the priority of a pair is:
+mergeable. The references differ only in *what* the priority of a pair is:
 
 ==================  ==================================================  ==============
 reference           priority of the pair ``(a, b)``                     best
 ==================  ==================================================  ==============
 sentencepiece       score of the piece ``a + b`` if it is in the vocab  highest score
 HF ``tokenizers``   rank of ``(a, b)`` in the ``merges`` list           lowest rank
+llama.cpp (GGUF)    rank of ``(a, b)`` in ``tokenizer.ggml.merges``     lowest rank
 tiktoken (tekken)   rank of the token ``a + b`` if it is in the vocab   lowest rank
 ==================  ==================================================  ==============
 
 so :func:`bpe_merge` takes a ``priority(a, b) -> number | None`` function (lower
 is better; sentencepiece passes ``-score``). Ties go to the leftmost pair in all
-three:
+of them:
 
 - sentencepiece ``bpe_model.cc``, ``SymbolPairComparator``:
   ``h1->score < h2->score || (h1->score == h2->score && h1->left > h2->left)``
   (a max-heap, so: highest score, then smallest ``left``);
 - tokenizers ``models/bpe/word.rs``, ``impl Ord for Merge``: lowest ``rank``,
   then lowest ``pos``;
+- llama.cpp ``llama-vocab.cpp``, ``llm_bigram_bpe::comparator``:
+  ``l.rank > r.rank || (l.rank == r.rank && l.left > r.left)`` (a max-heap, so:
+  lowest rank, then smallest ``left``);
 - tiktoken ``_byte_pair_merge``: the first minimum of a left-to-right scan.
 
 The algorithm is the one of ``bpe_model.cc`` and ``word.rs``: the symbols form a
@@ -33,7 +37,7 @@ both of its symbols are alive and unchanged (``bpe_model.cc`` checks the same
 thing with the symbol sizes; ``word.rs`` by re-looking up the pair).
 
 Merging the globally best (priority, position) pair at every step is exactly
-tiktoken's quadratic scan too, so one loop serves all three.
+tiktoken's quadratic scan too, so one loop serves them all.
 """
 
 from __future__ import annotations

@@ -58,9 +58,10 @@ are given; an ``ImmutableSandboxedEnvironment`` with ``trim_blocks``, ``lstrip_b
 ``loopcontrols``, the ``tojson`` filter that does not escape HTML, ``raise_exception``,
 ``strftime_now``, and the tokenizer's special-token strings (``bos_token``, ...) as variables,
 which `template_kwargs` (e.g. ``enable_thinking``) override. A tokenizer that carries its own
-template (a GGUF's ``tokenizer.chat_template``) uses it, with its BOS and EOS pieces as
-variables. The text is tokenized with ``add_special_tokens=False``: special-token strings in it
-become their ids (:meth:`Tokenizer.encode_with_special_tokens`).
+template (a GGUF's ``tokenizer.chat_template``, and ``tokenizer.chat_template.tool_use`` for
+a chat with tools) uses it, with the special tokens its metadata names as variables. The text
+is tokenized with ``add_special_tokens=False``: special-token strings in it become their ids
+(:meth:`Tokenizer.encode_with_special_tokens`).
 
 Roles are checked first, for every format (:func:`validate_messages`): an optional ``system``
 message, then ``user`` and ``assistant`` turns alternating, where an assistant turn with tool
@@ -371,10 +372,12 @@ def _special_token_strings(directory: Path) -> dict[str, str]:
     return out
 
 
-def _own_token_strings(tok: Tokenizer) -> dict[str, str]:
-    """``bos_token`` and ``eos_token`` of a tokenizer that carries its own template."""
-    return {key: tok.id_to_piece(i) for key, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id))
-            if i is not None}
+def _carried_template(tok: Tokenizer, tools: bool) -> str | None:
+    """The template a tokenizer carries itself (a GGUF's): its ``tool_use`` one for a chat with
+    tools if it has one, else its default (transformers' ``get_chat_template`` on a dict of them)."""
+    if tools and "tool_use" in tok.named_chat_templates:
+        return tok.named_chat_templates["tool_use"]
+    return tok.chat_template
 
 
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # transformers' _REASONING_FIELDS
@@ -398,7 +401,7 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict] 
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    template = tok.chat_template or find_chat_template(tok.path, tools=bool(tools))
+    template = _carried_template(tok, bool(tools)) or find_chat_template(tok.path, tools=bool(tools))
     if template is None:
         raise ChatFormatError(f"hf-template: no chat_template next to {tok.path}")
     if not isinstance(template_kwargs, dict):
@@ -414,7 +417,7 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict] 
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    own = _own_token_strings(tok) if tok.chat_template else _special_token_strings(_model_dir(tok.path))
+    own = dict(tok.template_tokens) if tok.chat_template else _special_token_strings(_model_dir(tok.path))
     variables = own | template_kwargs
     try:
         text = env.from_string(template).render(
@@ -472,7 +475,9 @@ def chat_format_for(model_dir_or_tokenizer_path, fallback: str = "mistral-v1") -
 
 def chat_tool_syntax(tok: Tokenizer, fmt: str):
     """The :class:`tokenizer.tools.ToolSyntax` of chat format `fmt` (None: it has no tool calls)."""
-    template = (tok.chat_template or find_chat_template(tok.path, tools=True)) if fmt == "hf-template" else None
+    if fmt != "hf-template":
+        return tool_syntax(tok, fmt, None)
+    template = _carried_template(tok, True) or find_chat_template(tok.path, tools=True)
     return tool_syntax(tok, fmt, template)
 
 

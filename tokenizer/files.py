@@ -9,10 +9,12 @@ file                        class                           identical to
 ``tokenizer.json``          :class:`HFJsonTokenizer`        HF ``tokenizers`` (Rust)
 ``tekken.json``             :class:`TekkenTokenizer`        mistral-common ``Tekkenizer``
 a GGUF's metadata           ``gguf_vocab.from_gguf``        sentencepiece (``llama``);
-                                                            tekken (``gpt2``)
+                                                            llama.cpp and HF ``tokenizers``
+                                                            (``gpt2``, ``gemma4``: every
+                                                            pre-tokenizer llama.cpp knows)
 ==========================  ==============================  ==============================
 
-All three share one BPE merge loop (:mod:`tokenizer.bpe`) and one streaming
+All of them share one BPE merge loop (:mod:`tokenizer.bpe`) and one streaming
 decoder (:mod:`tokenizer.stream`); chat formats are in :mod:`tokenizer.chat`, tool
 definitions and the model's tool calls in :mod:`tokenizer.tools`.
 The ``tokenizer`` package imports no other npinfer package.

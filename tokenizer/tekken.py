@@ -19,7 +19,10 @@ steps.
 
 Encoding (tiktoken ``CoreBPE::encode_ordinary``): split the text with the
 pattern (a fancy-regex in tiktoken; the ``regex`` package supports the same
-``\\p{..}`` classes and lookahead), then for each piece: if its UTF-8 bytes are
+``\\p{..}`` classes and lookahead) by the splitting all byte-level BPEs here
+share (:class:`tokenizer.pretokenizers.PreTokenizer`, whose ``tekken`` row is
+this pattern; tiktoken keeps only the matches, the same thing for a pattern that
+matches every character, as Mistral's does), then for each piece: if its UTF-8 bytes are
 a token, that token (tiktoken checks this first, so it can differ from what the
 merges would give); else BPE over its bytes by rank
 (:func:`tokenizer.bpe.bpe_merge`). Special tokens are never produced from
@@ -41,6 +44,7 @@ import regex
 from .base import Tokenizer, read_json
 from .bpe import WordCache, bpe_merge
 from .errors import TokenizerError
+from .pretokenizers import PreTokenizer
 from .stream import DecodeState, PyReplace
 
 # mistral-common Tekkenizer.DEPRECATED_SPECIAL_TOKENS (files without "special_tokens")
@@ -102,9 +106,10 @@ class TekkenTokenizer(Tokenizer):
                 self._rank[b] = i
         except (KeyError, TypeError, ValueError) as e:
             raise TokenizerError(f"{path}: bad vocab entry ({e})") from None
+        self.pre = PreTokenizer((pattern,))  # tokenizer.pretokenizers: the "tekken" row, in Mistral's files
         try:
-            self._split = regex.compile(pattern)
-        except regex.error as e:
+            self.pre.compiled
+        except (regex.error, TypeError) as e:
             raise TokenizerError(f"{path}: bad pattern ({e})") from None
 
         self.num_special_tokens = num_special
@@ -123,7 +128,7 @@ class TekkenTokenizer(Tokenizer):
         except UnicodeEncodeError:  # tiktoken Encoding.encode: lone surrogates -> U+FFFD
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         ids: list[int] = []
-        for piece in self._split.findall(text):
+        for piece in self.pre.split(text):
             ids.extend(self._word_ids(piece))
         return ids
 

@@ -40,10 +40,16 @@ class ChatModel:
         return ids
 
     def raw_prompt(self, prompt: str | list[int]) -> list[int]:
-        """A raw prompt's ids (no chat format), checked: a text tokenized with BOS first (unless
-        the tokenizer says not to), a list of ids as it is. NpinferError or PromptTooLong if unusable."""
-        ids = list(prompt) if isinstance(prompt, list) else \
-            [i for i in [self.tok.bos_id] if i is not None and self.tok.add_bos] + self.tok.encode(prompt)
+        """A raw prompt's ids (no chat format), checked: a text tokenized with BOS first (unless the
+        tokenizer says not to) and EOS last (if it says so: a GGUF's add_eos_token, as llama.cpp
+        tokenizes a prompt); a list of ids as it is. NpinferError or PromptTooLong if unusable."""
+        if isinstance(prompt, list):
+            ids = list(prompt)
+        else:
+            tok = self.tok
+            bos = [tok.bos_id] if tok.bos_id is not None and tok.add_bos else []
+            eos = [tok.eos_id] if tok.eos_id is not None and tok.add_eos else []
+            ids = bos + tok.encode(prompt) + eos
         check_prompt(self.model, ids)
         return ids
 

@@ -183,7 +183,7 @@ class RunningChoice:
 def eos_ids(model, tok) -> set[int]:
     eos = model.config.eos_token_id
     ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    return {i for i in ids | {tok.eos_id} if i is not None}
+    return {i for i in ids | {tok.eos_id} | tok.eog_ids if i is not None}  # eog_ids: a GGUF's <|im_end|>...
 
 
 PREFILL_CHUNK = 16  # prompt tokens per prefill pass (the same schedule alone or under load): one streamed pass
