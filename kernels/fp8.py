@@ -182,6 +182,22 @@ class FP8Tensor:
         return f"FP8Tensor(shape={list(self.shape)}, block={list(self.block)}, {scheme}, {mode})"
 
 
+def quantize(w: np.ndarray, block: tuple[int, int]) -> FP8Tensor:
+    """W [..., O, I] as an FP8 release stores it (transformers' ``Fp8Quantize``, DeepSeek-V3's
+    ``weight_quant``): each bm x bn block (edges cropped) scaled by s = max |W| / 448 over
+    the block (1 for an all-zero block), q = e4m3(W / s). Per tensor: block = (O, I)."""
+    w = np.asarray(w, np.float32)
+    *lead, O, I = w.shape
+    bm, bn = block
+    gO, gI = -(-O // bm), -(-I // bn)
+    padded = np.zeros((*lead, gO * bm, gI * bn), np.float32)  # [..., gO bm, gI bn]
+    padded[..., :O, :I] = np.abs(w)
+    amax = padded.reshape(*lead, gO, bm, gI, bn).max(axis=(-3, -1))  # [..., gO, gI]
+    scale = np.where(amax > 0, amax / np.float32(E4M3_MAX), np.float32(1)).astype(np.float32)
+    expanded = FP8Tensor(np.zeros(w.shape, np.uint8), scale, block).expanded_scale()  # [..., O, I]
+    return FP8Tensor(float_to_e4m3(np.clip(w / expanded, -E4M3_MAX, E4M3_MAX)), scale, block)
+
+
 # --------------------------------------------------------------------------- activations (W8A8)
 def quantize_activations(x: np.ndarray, w: FP8Tensor) -> np.ndarray:
     """x [T, I] as an FP8 backend feeds it to W: e4m3(clamp(x / a)) * a, in float32, with
