@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npinfer.engine.load.registry import family_of, tiny_layout
+from npinfer.engine.load.registry import TINY_LAYOUTS, family_of, tiny_layout
 from npinfer.engine.load.safetensors_io import write_tensors
 from npinfer.kernels.dtypes import float32_to_bf16
 from npinfer.kernels.fp8 import E4M3_BYTES, quantize
@@ -74,7 +74,7 @@ def fp8_weights(config: dict, weights: dict, fp8: str, block=(128, 128), gate_up
     family = family_of(config)
     if family.name not in FP8_FAMILIES:
         raise ValueError(f"--fp8: {family.name} checkpoints are not released in FP8 (FP8 tiny layouts: "
-                         f"{', '.join(l for l, (f, _) in _tiny_layouts() if f.name in FP8_FAMILIES)})")
+                         f"{', '.join(l for l, (f, _) in TINY_LAYOUTS.items() if f.name in FP8_FAMILIES)})")
     embeddings = family.tensor_name(config, {})(family.embeddings)  # its name in the file
     out = {}
     for name, w in weights.items():
@@ -99,11 +99,6 @@ def fp8_weights(config: dict, weights: dict, fp8: str, block=(128, 128), gate_up
              "weight_block_size": list(block) if fp8 == "block" else None,
              "modules_to_not_convert": ["model.embed_tokens", *FP8_NOT_CONVERTED]}
     return out, quant
-
-
-def _tiny_layouts():
-    from npinfer.engine.load.registry import TINY_LAYOUTS
-    return TINY_LAYOUTS.items()
 
 
 def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dtype: str = "float32",
