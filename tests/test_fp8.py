@@ -41,9 +41,10 @@ def fp8_checkpoint(tmp_path, layout, fp8, block=(128, 128), gate_up_scales=1, se
                             seed=seed, fp8=fp8, fp8_block=block, gate_up_scales=gate_up_scales)
 
 
-def dequantized_copy(src: Path, dst: Path) -> Path:
-    """An unquantized float32 copy of an HF FP8 checkpoint, dequantized here with torch: each
-    e4m3 weight times its scale grid repeated over its blocks and cropped to the weight."""
+def dequantized_copy(src: Path, dst: Path, dtype=torch.float32) -> Path:
+    """An unquantized copy of an HF FP8 checkpoint, dequantized here with torch: each e4m3 weight
+    times its scale grid repeated over its blocks and cropped to the weight, in `dtype` (float32:
+    the product rounded once, as transformers rounds it; float64: exact)."""
     config = json.loads((src / "config.json").read_text())
     block = config.pop("quantization_config")["weight_block_size"]
     tensors = load_file(src / "model.safetensors")
@@ -52,13 +53,13 @@ def dequantized_copy(src: Path, dst: Path) -> Path:
         if name.endswith(("_scale_inv", "activation_scale")):
             continue
         if w.dtype == torch.float8_e4m3fn:
-            s = tensors[name + "_scale_inv"].to(torch.float32)
+            s = tensors[name + "_scale_inv"].to(dtype)
             O, I = w.shape[-2:]
             s = s.reshape(*w.shape[:-2], -1, 1) if block is None else s  # per tensor: [..., 1 or 2, 1]
             bm, bn = (O // s.shape[-2], I) if block is None else block
             s = s.repeat_interleave(bm, -2)[..., :O, :].repeat_interleave(bn, -1)[..., :I]  # [..., O, I]
-            w = w.to(torch.float32) * s
-        out[name] = w.contiguous()
+            w = w.to(dtype) * s
+        out[name] = w.to(dtype).contiguous() if w.is_floating_point() else w
     dst.mkdir()
     save_file(out, dst / "model.safetensors", metadata={"format": "pt"})
     (dst / "config.json").write_text(json.dumps(config))
@@ -98,6 +99,18 @@ def test_exact_mode_matches_transformers_on_the_dequantized_weights(tmp_path, la
     weights = open_model(path).weights
     assert any(isinstance(w, FP8Tensor) for w in weights.values())
     assert_matches(ours(path), hf_run(hf, PROMPT, STEPS))
+
+
+def test_float64_mode_against_the_independent_float64_implementation(tmp_path):
+    """`--dtype float64` on FP8 weights is the file's exact meaning: e4m3 x scale with no rounding,
+    then float64 throughout (tests/reference_f64.py on a float64 copy dequantized by torch), to 1e-9."""
+    from reference_f64 import forward_f64
+
+    path = fp8_checkpoint(tmp_path, "mistral", "block", (32, 48))
+    exact = dequantized_copy(path, tmp_path / "f64", torch.float64)
+    model = open_model(path).model("float64")
+    logits = model.forward(PROMPT[:24], model.new_state())
+    assert logits.dtype == np.float64 and max_diff(logits, forward_f64(exact, PROMPT[:24])) <= 1e-9
 
 
 def test_transformers_own_dequantization_misreads_cropped_grids_and_stacked_experts(tmp_path):
