@@ -1,9 +1,9 @@
 """The `npinfer` command line.
 
     npinfer logits MODEL (--ids 1,2,3 | --ids-file ids.npy) [--generate N] [--dtype float32|float64]
-                   [--router] [--dump-activations PATH] [--last-only] [--timing] --out out.npz
+                   [--fp8-activations] [--router] [--dump-activations PATH] [--last-only] [--timing] --out out.npz
     npinfer diff REF OTHER [--atol A] [--rtol R] [--json]
-    npinfer tiny LAYOUT OUT_DIR          (the families' tiny layouts: npinfer tiny --help)
+    npinfer tiny LAYOUT OUT_DIR [--dtype D] [--fp8 tensor|block [--fp8-block BM,BN]]
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
     npinfer chat [-m MODEL] ["message"] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
     npinfer serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
@@ -12,6 +12,9 @@
 
 Without MODEL, chat and serve use the embedded tiny default (engine.load.default_model).
 `npinfer chat` with no message on a terminal is an interactive session (`ChatSession`).
+
+--fp8-activations (logits, chat, serve, compare) runs an FP8 checkpoint as an FP8 backend
+does, its activations quantized to e4m3 (W8A8, kernels.fp8); the default is exact.
 
 MODEL is a local checkpoint directory, a GGUF file or a Hugging Face repo id. Every failure a
 user can cause (bad checkpoint, bad ids, unwritable output) ends in one line on
@@ -29,6 +32,7 @@ import numpy as np
 
 from npinfer.engine.chat_session import ChatSession, LoadProgress
 from npinfer.engine.errors import NpinferError
+from npinfer.engine.load.fp8 import FP8_ACTIVATIONS_HELP
 
 
 def _parse_ids(args) -> np.ndarray:
@@ -65,7 +69,7 @@ def cmd_logits(args) -> int:
     if args.last_only and args.dump_activations:
         raise NpinferError("--last-only: not with --dump-activations (a dump holds every position)")
     loaded = open_model(args.model)
-    model = loaded.model(args.dtype)
+    model = loaded.model(args.dtype, args.fp8_activations)
     if (line := loaded.describe()) is not None:  # e.g. the layer schedule; what stays on disk
         print(line, file=sys.stderr)
     V = model.config.vocab_size
@@ -116,13 +120,24 @@ def cmd_tiny(args) -> int:
 
     try:  # with the tiny model's own byte-fallback BPE tokenizer (1024 pieces)
         out = write_checkpoint(args.out_dir, family_config(args.layout), seed=args.seed, dtype=args.dtype,
-                               tokenizer=TINY_TOKENIZER_PATH)
+                               tokenizer=TINY_TOKENIZER_PATH, fp8=args.fp8, fp8_block=_block(args.fp8_block))
     except (FileExistsError, ValueError) as e:
         raise NpinferError(str(e)) from None
     except OSError as e:  # an unwritable or missing parent folder, a full disk, ...
         raise NpinferError(f"{args.out_dir}: cannot write a checkpoint there ({e.strerror or e})") from None
     print(f"wrote a tiny {args.layout} checkpoint to {out}", file=sys.stderr)
     return 0
+
+
+def _block(text: str) -> tuple[int, int]:
+    """--fp8-block BM,BN as two positive integers, or a one-line error."""
+    try:
+        bm, bn = (int(v) for v in text.split(","))
+    except ValueError:
+        raise NpinferError(f"--fp8-block {text!r}: expected two integers BM,BN (e.g. 128,128)") from None
+    if bm < 1 or bn < 1:
+        raise NpinferError(f"--fp8-block {text!r}: block sizes must be >= 1")
+    return bm, bn
 
 
 def cmd_tokenize(args) -> int:
@@ -157,7 +172,7 @@ def cmd_chat(args) -> int:
             raise NpinferError("no message: give one, pipe one on stdin, or run on a terminal for a session")
     from npinfer.engine.generation.chat_model import load_chat_model
 
-    chat = load_chat_model(args.model, dtype=args.dtype)  # headers only: the weights page in during the first token
+    chat = load_chat_model(args.model, dtype=args.dtype, fp8_activations=args.fp8_activations)  # headers only: the weights page in during the first token
     if chat.load_line:
         print(chat.load_line, file=sys.stderr)
     session = ChatSession(chat, args, loading=LoadProgress(args.model))
@@ -176,7 +191,7 @@ def cmd_serve(args) -> int:
     api_key = args.api_key or os.environ.get("NPINFER_API_KEY") or None
     sock = listen(args.host, args.port)  # a busy port fails here, before the model loads
     progress = LoadProgress(args.model)
-    chat = load_chat_model(args.model, dtype=args.dtype)
+    chat = load_chat_model(args.model, dtype=args.dtype, fp8_activations=args.fp8_activations)
     progress.done()
     if chat.load_line:
         print(chat.load_line, file=sys.stderr)
@@ -225,6 +240,7 @@ def add_chat_parser(sub) -> None:
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int)
     c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    c.add_argument("--fp8-activations", action="store_true", help=FP8_ACTIVATIONS_HELP)
     c.set_defaults(run=cmd_chat)
 
 
@@ -253,6 +269,7 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--header-timeout", type=float, help="seconds for a request's headers (default 10)")
     s.add_argument("--body-timeout", type=float, help="seconds for a request's body (default 30)")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    s.add_argument("--fp8-activations", action="store_true", help=FP8_ACTIVATIONS_HELP)
     s.set_defaults(run=cmd_serve)
 
 
@@ -273,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "gen_logits[i] being the distribution gen_ids[i] was chosen from")
     q.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="compute dtype (float64: every operation in float64)")
+    q.add_argument("--fp8-activations", action="store_true", help=FP8_ACTIVATIONS_HELP)
     q.add_argument("--router", action="store_true",
                    help="MoE models: also write router_logits [L_moe, T, E] and experts [L_moe, T, k], "
                    "one row per MoE layer (prompt only)")
@@ -305,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("out_dir", metavar="OUT_DIR")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    t.add_argument("--fp8", choices=["tensor", "block"],
+                   help="FP8 weights as a release stores them: per-tensor scales with static activation scales, "
+                        "or block scales (--fp8-block) with dynamic activations (Hugging Face layout)")
+    t.add_argument("--fp8-block", default="128,128", metavar="BM,BN", help="the blocks of --fp8 block (default 128,128)")
     t.set_defaults(run=cmd_tiny)
 
     k = sub.add_parser("tokenize", help="JSON lines of text -> token ids (or back with --decode)",

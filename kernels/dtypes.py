@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npinfer.kernels.fp8 import FP8Tensor
 from npinfer.kernels.intrinsics import bf16_to_f32_ref
 from npinfer.kernels.quant import QuantizedTensor
 
@@ -39,13 +40,13 @@ def float32_to_bf16(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
 
 
-def widen(w: np.ndarray | QuantizedTensor, dtype: np.dtype) -> np.ndarray:
-    """A weight (bf16-as-uint16, f16, f32, f64, or ggml blocks) as an array of the compute dtype.
+def widen(w: np.ndarray | QuantizedTensor | FP8Tensor, dtype: np.dtype) -> np.ndarray:
+    """A weight (bf16-as-uint16, f16, f32, f64, ggml blocks or FP8) as an array of the compute dtype.
 
     Returns `w` itself when it already has that dtype (no copy of a memory map).
     """
-    if isinstance(w, QuantizedTensor):
-        return w.dequantize(dtype)  # kernels.quant: exactly ggml's float32 values
+    if isinstance(w, (QuantizedTensor, FP8Tensor)):
+        return w.dequantize(dtype)  # kernels.quant: exactly ggml's float32 values; kernels.fp8: e4m3 x scale
     if w.dtype == np.uint16:
         w = bf16_to_f32_ref(w)
     return w if w.dtype == dtype else w.astype(dtype)

@@ -29,7 +29,8 @@ number of rows. Those are prefill chunks, whose sizes `engine.generation.request
 the prompt alone.
 
 ggml's block-quantized weights (`kernels.quant.QuantizedTensor`) take the same two
-regimes in `kernels.quant` (not batch-invariant: they are for comparing files, not for serving).
+regimes in `kernels.quant` (not batch-invariant: they are for comparing files, not for serving);
+FP8 weights (`kernels.fp8.FP8Tensor`) take them in `kernels.fp8` (batch-invariant, as here).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from numba.extending import overload
 from npinfer.kernels.activations import silu
 from npinfer.kernels.backend import dispatch
 from npinfer.kernels.dtypes import widen
+from npinfer.kernels.fp8 import FP8Tensor, fp8_linear_fast, fp8_linear_ref
 from npinfer.kernels.intrinsics import bf16_to_f32, f16_to_f32, prefetch
 from npinfer.kernels.quant import QuantizedTensor, quantized_matmul_fast
 
@@ -55,7 +57,7 @@ def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> 
     The reference widens the whole weight to x's dtype first (one matrix at a time,
     never the whole model).
     """
-    y = x @ widen(w, x.dtype).T  # [T, out]
+    y = fp8_linear_ref(x, w) if isinstance(w, FP8Tensor) else x @ widen(w, x.dtype).T  # [T, out]
     if bias is not None:
         y += widen(bias, x.dtype)
     return y
@@ -258,6 +260,8 @@ def linear_fast(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) ->
     batch-invariant up to SMALL_BATCH rows (see the module docstring)."""
     if isinstance(w, QuantizedTensor):
         y = quantized_matmul_fast(x, w, SMALL_BATCH, TILE_BYTES)  # [T, out]
+    elif isinstance(w, FP8Tensor):
+        y = fp8_linear_fast(x, w, SMALL_BATCH, TILE_BYTES)  # [T, out]  (exact or W8A8, as w says)
     elif x.shape[0] <= SMALL_BATCH:
         T = x.shape[0]
         padded = np.zeros((1 if T == 1 else -(-T // ROWS) * ROWS, x.shape[1]), x.dtype)  # [T', in], T' = 1 or a multiple of ROWS

@@ -89,9 +89,9 @@ def test_unknown_dtype(ckpt, tmp_path):
     f = ckpt / "model.safetensors"
     raw = f.read_bytes()
     n = int.from_bytes(raw[:8], "little")
-    header = raw[8:8 + n].replace(b'"F32"', b'"F8_E4M3"', 1)
+    header = raw[8:8 + n].replace(b'"F32"', b'"F8_E5M2"', 1)
     f.write_bytes(raw[:8] + header + raw[8 + n:])
-    assert "unsupported dtype F8_E4M3" in error_of(ckpt)
+    assert "unsupported dtype F8_E5M2" in error_of(ckpt)
 
 
 def test_missing_tensors_are_listed(ckpt):

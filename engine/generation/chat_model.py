@@ -59,9 +59,11 @@ class ChatModel:
         return chat_tool_syntax(self.tok, self.chat_format)
 
 
-def load_chat_model(model: str | None, dtype: str = "float32") -> ChatModel:
-    """Load MODEL (a directory, a GGUF file or a repo id), or the embedded default when None."""
+def load_chat_model(model: str | None, dtype: str = "float32", fp8_activations: bool = False) -> ChatModel:
+    """Load MODEL (a directory, a GGUF file or a repo id), or the embedded default when None;
+    `fp8_activations`: W8A8 on an FP8 checkpoint (`engine.load.open.Loaded.model`)."""
     loaded = open_model(model)
     tok, fmt = loaded.tokenizer()
-    return ChatModel(loaded.model(dtype), tok, fmt, loaded.name, loaded.family, loaded.architecture,
-                     str(loaded.checkpoint.path), loaded.describe())
+    line = "; ".join(filter(None, [loaded.describe(), "W8A8: FP8 activations" if fp8_activations else None]))
+    return ChatModel(loaded.model(dtype, fp8_activations), tok, fmt, loaded.name, loaded.family, loaded.architecture,
+                     str(loaded.checkpoint.path), line or None)

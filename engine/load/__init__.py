@@ -6,6 +6,7 @@
                         native and GGUF layouts, tiny layouts, provider, chat format)
     checkpoint.py       Hugging Face and Mistral-native folders, shards, the hub
     safetensors_io.py   safetensors headers read by hand, tensors as memory maps
+    fp8.py              FP8 weights paired with their scales (both layouts), unread formats refused
     gguf_checkpoint.py  GGUF files: metadata, tensors (ggml blocks kept as they are), the HF view
     tiny.py             small seeded random checkpoints (`npinfer tiny`, the tests' fixtures)
     default_model.py    the embedded tiny default, written once to the cache

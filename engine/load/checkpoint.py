@@ -10,7 +10,8 @@ Three layouts are understood:
   names, which the family's GGUF layout translates (`engine.load.open.identify`).
 
 Every tensor is a read-only view of a memory map (see `engine.load.safetensors_io`):
-opening a checkpoint reads headers only; weights are paged in as they are used.
+opening a checkpoint reads headers only; weights are paged in as they are used. FP8
+weights come paired with their scales (`engine.load.fp8`), in either layout.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from npinfer.engine.errors import CheckpointError
+from npinfer.engine.load.fp8 import pair_scales
 from npinfer.engine.load.gguf_checkpoint import is_gguf, open_gguf
 from npinfer.engine.load.safetensors_io import open_tensors, regular_file
+from npinfer.kernels.fp8 import FP8Tensor
 from npinfer.kernels.quant import QuantizedTensor
 
 CONFIG, PARAMS = "config.json", "params.json"
@@ -60,7 +63,7 @@ class Checkpoint:
             if tuple(found.shape) != tuple(shape):
                 raise CheckpointError(f"{self.files[rename(name)]}: tensor {rename(name)!r} has shape "
                                       f"{list(found.shape)}, the config needs {list(shape)}")
-            if not isinstance(found, QuantizedTensor) and found.dtype not in (np.float32, np.float16, np.uint16,
+            if not isinstance(found, (QuantizedTensor, FP8Tensor)) and found.dtype not in (np.float32, np.float16, np.uint16,
                                                                               np.float64):
                 raise CheckpointError(f"{self.files[rename(name)]}: tensor {rename(name)!r} has dtype "
                                       f"{found.dtype}; weights must be F32, F16 or BF16")
@@ -122,6 +125,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         for name, shard in weight_map.items():
             if files.get(name) != path / shard:
                 raise CheckpointError(f"{path / INDEX}: lists tensor {name!r} in {shard}, which does not hold it")
+    pair_scales(path, layout, config, tensors, files, str(path / (PARAMS if layout == "native" else CONFIG)))
     return Checkpoint(path, layout, config, tensors, files)
 
 

@@ -23,7 +23,8 @@ class MappedFiles:
     def of(cls, model) -> "MappedFiles":
         paths = []
         for array in getattr(model, "weights", {}).values():
-            base = getattr(array, "blocks", array)  # (a kernels.quant.QuantizedTensor: its ggml blocks)
+            # (a kernels.quant.QuantizedTensor: its ggml blocks; a kernels.fp8.FP8Tensor: its e4m3 codes)
+            base = getattr(array, "blocks", getattr(array, "bits", array))
             while base is not None and not isinstance(base, np.memmap):
                 base = base.base
             if base is not None and base.filename:

@@ -28,6 +28,7 @@ from npinfer.engine.load.checkpoint import (
     resolve,
 )
 from npinfer.engine.load.default_model import NAME, default_model_dir
+from npinfer.engine.load.fp8 import has_fp8
 from npinfer.engine.load.gguf_checkpoint import gguf_tokenizer, hf_view
 from npinfer.engine.load.registry import (
     MULTIMODAL,
@@ -39,6 +40,7 @@ from npinfer.engine.load.registry import (
     same_name,
 )
 from npinfer.kernels.dtypes import compute_dtype
+from npinfer.kernels.fp8 import FP8Tensor
 from npinfer.tokenizer.chat import chat_format_for, chat_format_of
 from npinfer.tokenizer.errors import TokenizerError
 from npinfer.tokenizer.files import load_tokenizer
@@ -56,9 +58,19 @@ class Loaded:
     name: str = ""  # what answers and /info call the model
     unread: Mapping[str, int] = field(default_factory=dict)  # tensors in the file the model never reads -> bytes
 
-    def model(self, dtype: str = "float32"):
-        """The family's model class on these weights, computing in `dtype` (float32 or float64)."""
-        return self.family.model(self.config, self.weights, compute_dtype(dtype))
+    def model(self, dtype: str = "float32", fp8_activations: bool = False):
+        """The family's model class on these weights, computing in `dtype` (float32 or float64).
+
+        `fp8_activations` (an FP8 checkpoint only): every FP8 linear quantizes its input to e4m3
+        first, as an FP8 backend does (W8A8, `kernels.fp8`); the FP8 weights carry the mode to
+        the kernels, so the model code is the same in both modes."""
+        weights = self.weights
+        if fp8_activations:
+            if not has_fp8(weights):
+                raise NpinferError(f"{self.name or self.checkpoint.path}: --fp8-activations needs an FP8 checkpoint "
+                                   f"(this one has no FP8 weights)")
+            weights = {n: t.with_w8a8() if isinstance(t, FP8Tensor) else t for n, t in weights.items()}
+        return self.family.model(self.config, weights, compute_dtype(dtype))
 
     def tokenizer(self) -> tuple[object, str]:
         """(the tokenizer, its chat format): a GGUF's from its metadata, a folder's from its files
@@ -101,9 +113,9 @@ def open_model(model: str | os.PathLike | None) -> Loaded:
     return identify(open_checkpoint(path), name)
 
 
-def load_model(model: str | os.PathLike | None, dtype: str = "float32"):
-    """`open_model(model).model(dtype)`: the model alone, for callers that need no tokenizer."""
-    return open_model(model).model(dtype)
+def load_model(model: str | os.PathLike | None, dtype: str = "float32", fp8_activations: bool = False):
+    """`open_model(model).model(dtype, fp8_activations)`: the model alone, for callers that need no tokenizer."""
+    return open_model(model).model(dtype, fp8_activations)
 
 
 def identify(ckpt: Checkpoint, name: str = "") -> Loaded:

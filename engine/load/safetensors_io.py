@@ -8,7 +8,8 @@ are relative to the end of the header.
 We read it ourselves rather than through ``safetensors.numpy`` because NumPy has no
 bfloat16: a BF16 tensor comes back as a ``uint16`` view of its bits (see
 ``kernels.dtypes``), and every tensor is a view into one read-only memory map of
-the file, so opening a 14 GB checkpoint reads only its headers.
+the file, so opening a 14 GB checkpoint reads only its headers. F8_E4M3 tensors are
+kept as their bytes too, under a dtype no arithmetic accepts (`DTYPES`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from npinfer.engine.errors import CheckpointError
+from npinfer.kernels.fp8 import E4M3_BYTES
 
 # safetensors dtype code -> the NumPy dtype its bytes are kept as.
 DTYPES = {
@@ -35,6 +37,9 @@ DTYPES = {
     "I8": np.dtype("i1"),
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
+    # FP8 codes, one byte each, as a one-field record NumPy does no arithmetic on: read only
+    # through its scales (`engine.load.fp8` pairs them into a kernels.fp8.FP8Tensor)
+    "F8_E4M3": E4M3_BYTES,
 }
 MAX_HEADER = 100_000_000
 _FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from npinfer.engine.load.registry import family_of, tiny_layout
+from npinfer.engine.load.registry import TINY_LAYOUTS, family_of, tiny_layout
 from npinfer.engine.load.safetensors_io import write_tensors
 from npinfer.kernels.dtypes import float32_to_bf16
+from npinfer.kernels.fp8 import E4M3_BYTES, quantize
 
 
 def family_config(layout: str) -> dict:
@@ -55,12 +56,59 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
     return weights
 
 
+FP8_FAMILIES = ("mistral", "mistral4")  # the families Mistral releases in FP8
+FP8_NOT_CONVERTED = ("lm_head", "gate")  # the head and the MoE routers stay bf16, as in the releases
+STATIC_RANGE = 6.0  # |x| up to which a tiny checkpoint's static activation scales reach (no calibration run)
+
+
+def fp8_weights(config: dict, weights: dict, fp8: str, block=(128, 128), gate_up_scales: int = 1) -> tuple[dict, dict]:
+    """The weights as an FP8 release stores them, and its ``quantization_config``.
+
+    fp8 "tensor": per-tensor scales and static activation scales (STATIC_RANGE / 448: a real
+    release calibrates them on data); "block": `block` scales and dynamic activations. Every
+    matrix is quantized but the embeddings, the head and the routers; stacked experts
+    [E, O, I] get a scale per expert, a fused gate_up in per-tensor mode `gate_up_scales`
+    rows of them ([E, 1, 1] as the released Mistral Small 4 files, [E, 2, 1] as transformers 5.25
+    allocates).
+    """
+    family = family_of(config)
+    if family.name not in FP8_FAMILIES:
+        raise ValueError(f"--fp8: {family.name} checkpoints are not released in FP8 (FP8 tiny layouts: "
+                         f"{', '.join(l for l, (f, _) in TINY_LAYOUTS.items() if f.name in FP8_FAMILIES)})")
+    embeddings = family.tensor_name(config, {})(family.embeddings)  # its name in the file
+    out = {}
+    for name, w in weights.items():
+        leaf = name.removesuffix(".weight").rsplit(".", 1)[-1]
+        if w.ndim < 2 or name == embeddings or leaf in FP8_NOT_CONVERTED:
+            out[name] = w
+            continue
+        *lead, O, I = w.shape
+        if fp8 == "block":
+            b = tuple(block)
+        elif lead and name.endswith("gate_up_proj") and gate_up_scales == 2:
+            b = (O // 2, I)
+        else:
+            b = (O, I)
+        q = quantize(w, b)
+        base = name.removesuffix(".weight") + "." if name.endswith(".weight") else name + "_"
+        out[name] = q.bits.view(E4M3_BYTES)
+        out[name + "_scale_inv"] = q.scale if lead or fp8 == "block" else q.scale.reshape(())
+        if fp8 == "tensor":
+            out[base + "activation_scale"] = np.full(lead, STATIC_RANGE / 448, np.float32)
+    quant = {"quant_method": "fp8", "activation_scheme": "static" if fp8 == "tensor" else "dynamic",
+             "weight_block_size": list(block) if fp8 == "block" else None,
+             "modules_to_not_convert": ["model.embed_tokens", *FP8_NOT_CONVERTED]}
+    return out, quant
+
+
 def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dtype: str = "float32",
-                     shard_bytes: int | None = None, tokenizer: str | os.PathLike | None = None) -> Path:
+                     shard_bytes: int | None = None, tokenizer: str | os.PathLike | None = None,
+                     fp8: str | None = None, fp8_block=(128, 128), gate_up_scales: int = 1) -> Path:
     """Write config.json and random weights (one file, or shards of ~shard_bytes).
 
-    dtype: "float32", "float16" or "bfloat16" (stored as BF16). The directory is
-    built under a temporary name and renamed, so a failure leaves nothing behind.
+    dtype: "float32", "float16" or "bfloat16" (stored as BF16); with `fp8` ("tensor" or
+    "block", see `fp8_weights`) the matrices are FP8 and the rest in `dtype`. The directory
+    is built under a temporary name and renamed, so a failure leaves nothing behind.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -70,13 +118,16 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dt
     tmp.mkdir(parents=True)
     try:
         weights = random_weights(config, seed)
+        if fp8 is not None:
+            weights, quant = fp8_weights(config, weights, fp8, fp8_block, gate_up_scales)
+            config = {**config, "quantization_config": quant}
         if dtype == "bfloat16":
-            weights = {n: float32_to_bf16(w) for n, w in weights.items()}
+            weights = {n: float32_to_bf16(w) if _floating(n, w) else w for n, w in weights.items()}
         elif dtype == "float16":
-            weights = {n: w.astype(np.float16) for n, w in weights.items()}
+            weights = {n: w.astype(np.float16) if _floating(n, w) else w for n, w in weights.items()}
         elif dtype != "float32":
             raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype!r}")
-        bf16 = set(weights) if dtype == "bfloat16" else set()
+        bf16 = {n for n, w in weights.items() if w.dtype == np.uint16} if dtype == "bfloat16" else set()
         (tmp / "config.json").write_text(json.dumps({**config, "torch_dtype": dtype}, indent=2) + "\n")
         if shard_bytes is None:
             write_tensors(tmp / "model.safetensors", weights, bf16=bf16, metadata={"format": "pt"})
@@ -91,6 +142,11 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dt
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _floating(name: str, w: np.ndarray) -> bool:
+    """A tensor stored in the checkpoint's dtype: not FP8 codes, not an FP8 scale (float32, as released)."""
+    return w.dtype == np.float32 and not name.endswith(("_scale_inv", "activation_scale"))
 
 
 def _write_shards(out: Path, weights: dict, bf16: set, shard_bytes: int) -> None:

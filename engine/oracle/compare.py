@@ -60,6 +60,7 @@ import numpy as np
 
 from npinfer.engine.errors import NpinferError
 from npinfer.engine.generation.sampling import log_softmax
+from npinfer.engine.load.fp8 import FP8_ACTIVATIONS_HELP
 from npinfer.engine.oracle.backend import (
     DEFAULT_PROMPTS,
     Backend,
@@ -154,10 +155,11 @@ def score(model, tok, prompt_ids: list[int], tokens: list[Token], vocab: Vocabul
 class Scorer:
     """MODEL loaded once, its backend, and the scoring of one prompt (serially, or on a Ray actor)."""
 
-    def __init__(self, model: str, backend: Backend, max_tokens: int, top_k: int, dtype: str = "float32"):
+    def __init__(self, model: str, backend: Backend, max_tokens: int, top_k: int, dtype: str = "float32",
+                 fp8_activations: bool = False):
         from npinfer.engine.generation.chat_model import load_chat_model
 
-        self.chat = load_chat_model(model, dtype=dtype)
+        self.chat = load_chat_model(model, dtype=dtype, fp8_activations=fp8_activations)
         self.vocab = Vocabulary(self.chat.tok)
         self.backend, self.max_tokens, self.top_k = backend, max_tokens, top_k
 
@@ -356,6 +358,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend-model", metavar="NAME", help="the model name to send the backend, if it needs one")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="npinfer's compute dtype")
+    parser.add_argument("--fp8-activations", action="store_true", help=FP8_ACTIVATIONS_HELP)
 
 
 def run(args) -> int:
@@ -364,7 +367,7 @@ def run(args) -> int:
         raise NpinferError("--max-tokens, --top-logprobs and --workers must be >= 1, --max-kl >= 0")
     prompts = read_prompts(args.prompts or DEFAULT_PROMPTS)
     backend = Backend(args.backend, args.api_key or os.environ.get("NPINFER_BACKEND_KEY"), args.backend_model)
-    scorer_args = (args.model, backend, args.max_tokens, args.top_logprobs, args.dtype)
+    scorer_args = (args.model, backend, args.max_tokens, args.top_logprobs, args.dtype, args.fp8_activations)
     if args.ray is None:
         results = run_serial(scorer_args, prompts)
     else:
