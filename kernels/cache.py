@@ -1,8 +1,14 @@
 """The caches of one attention layer: keys and values in a ring buffer under a sliding
-window (`KVCache`), or the compressed latent of multi-head latent attention (`LatentCache`).
+window (`KVCache`), the compressed latent of multi-head latent attention (`LatentCache`),
+and the keys of DeepSeek's sparse-attention indexer (`IndexerKeyCache`).
 
 Generic over models: Mistral and Mixtral use `KVCache` with their sliding window, Jamba's
-attention layers without one; Mistral Small 4 uses `LatentCache`.
+attention layers without one; Mistral Small 4 uses `LatentCache`; Mistral Large 4 a
+`LatentCache` that several layers may share (the same object: stored and counted once)
+and an `IndexerKeyCache` per layer that runs its indexer.
+
+Every cache says its own size: ``nbytes_at(positions)``, the bytes it holds once
+`positions` tokens are in it, counting how it grows (`grown_slots`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+
+def grown_slots(slots: int, positions: int) -> int:
+    """The slots a growing cache of `slots` has once `positions` tokens are in it, counted as
+    doubling (a chunk longer than the cache may grow it to its end instead: at most this)."""
+    while slots < positions:
+        slots *= 2
+    return slots
+
+
+def write_rows(buffer: np.ndarray, pos: np.ndarray, rows: np.ndarray, positions: np.ndarray):
+    """Store `rows` [T, w] at slot = position in a buffer [S, w] whose slot positions are `pos`
+    [S], growing both (to the chunk's end, or twice the size) when the chunk runs past them.
+    Returns the (possibly new) buffer and pos."""
+    end = int(positions[-1]) + 1
+    if end > len(pos):
+        size = max(end, 2 * len(pos))
+        buffer = np.concatenate([buffer, np.zeros((size - len(pos), *buffer.shape[1:]), buffer.dtype)])
+        pos = np.concatenate([pos, np.full(size - len(pos), -1, np.int64)])
+    buffer[positions], pos[positions] = rows, positions
+    return buffer, pos
 
 
 @dataclass
@@ -73,6 +100,11 @@ class KVCache:
         slots = positions % len(self.pos)
         self.k[slots], self.v[slots], self.pos[slots] = k_new, v_new, positions
 
+    def nbytes_at(self, positions: int) -> int:
+        """Bytes once `positions` tokens are in: the W slots of a window, else the grown buffer."""
+        slots = len(self.pos) if self.window is not None else grown_slots(len(self.pos), positions)
+        return slots * (self.k[0].nbytes + self.v[0].nbytes + self.pos.itemsize)
+
     def _grow(self, needed: int) -> None:
         size = max(needed, 2 * len(self.pos))
         pad = size - len(self.pos)
@@ -101,6 +133,9 @@ class LatentCache:
     There is no sliding window: the slot is the position (a state starts at position 0),
     and the buffer grows by doubling. A chunk is written first, then attends to every row
     up to its last position, read in place (a view, no copy).
+
+    Mistral Large 4's layers may share one (``kv_source_layers``): the layer that owns it
+    writes (`update`), the later ones of the same pass read what it holds (`read`).
     """
 
     latent: np.ndarray  # [S, r + d_R] rows [c_kv | k_rot]
@@ -109,16 +144,45 @@ class LatentCache:
     def update(self, rows, positions):
         """Store a chunk's rows [T, r + d_R] at slot = position; return the rows and positions
         it attends to, [S', r + d_R] and [S'] (positions 0 .. its last)."""
+        self.latent, self.pos = write_rows(self.latent, self.pos, rows, positions)
+        return self.read(positions)
+
+    def read(self, positions):
+        """The rows and positions a chunk at `positions` attends to, as `update` returns them,
+        without writing: [S', r + d_R] and [S'] (views)."""
         end = int(positions[-1]) + 1
-        if end > len(self.pos):
-            size = max(end, 2 * len(self.pos))
-            self.latent = np.concatenate([self.latent, np.zeros((size - len(self.pos), self.latent.shape[1]),
-                                                                self.latent.dtype)])
-            self.pos = np.concatenate([self.pos, np.full(size - len(self.pos), -1, np.int64)])
-        self.latent[positions], self.pos[positions] = rows, positions
         return self.latent[:end], self.pos[:end]
+
+    def nbytes_at(self, positions: int) -> int:
+        return grown_slots(len(self.pos), positions) * (self.latent[0].nbytes + self.pos.itemsize)
 
 
 def new_latent_cache(width: int, dtype, capacity: int = 256) -> LatentCache:
     """An empty latent cache of rows `width` = r + d_R wide, `capacity` slots that grow."""
     return LatentCache(np.zeros((capacity, width), dtype), np.full(capacity, -1, np.int64))
+
+
+@dataclass
+class IndexerKeyCache:
+    """The keys of one layer's sparse-attention indexer (DeepSeek-V3.2's lightning indexer,
+    `kernels.indexer`): one row k^I_s [D_I] per token, after its LayerNorm and RoPE, slot =
+    position, growing like `LatentCache`. A chunk's keys are written first; its queries then
+    score every key up to the chunk's last position."""
+
+    keys: np.ndarray  # [S, D_I]
+    pos: np.ndarray  # [S] the position held in each slot; -1 = empty
+
+    def update(self, keys, positions):
+        """Store a chunk's keys [T, D_I]; return the keys and positions its queries score,
+        [S', D_I] and [S'] (positions 0 .. its last; views)."""
+        self.keys, self.pos = write_rows(self.keys, self.pos, keys, positions)
+        end = int(positions[-1]) + 1
+        return self.keys[:end], self.pos[:end]
+
+    def nbytes_at(self, positions: int) -> int:
+        return grown_slots(len(self.pos), positions) * (self.keys[0].nbytes + self.pos.itemsize)
+
+
+def new_indexer_key_cache(width: int, dtype, capacity: int = 256) -> IndexerKeyCache:
+    """An empty indexer key cache of rows `width` = D_I wide, `capacity` slots that grow."""
+    return IndexerKeyCache(np.zeros((capacity, width), dtype), np.full(capacity, -1, np.int64))
