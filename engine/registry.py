@@ -13,7 +13,7 @@ names an architecture.
 | mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         | llama |
 |         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |       |
 | jamba   | JambaForCausalLM                             | jamba_np   | no                          | jamba |
-| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | no                          |       |
+| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | yes (Mistral Large 3)       |       |
 | mamba2  | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          |       |
 
 (GGUF: the ``general.architecture`` values of llama.cpp's files the family reads.)
@@ -73,6 +73,7 @@ class NativeLayout:
     read_config: Callable[[dict], object]  # params.json -> frozen config
     architecture: Callable[[dict], str]  # params.json -> the architecture it is (for /info and logs)
     tensor_name: Callable[[str], str]  # HF name -> the name in the file
+    tiny: Mapping[str, dict] = field(default_factory=dict)  # `npinfer tiny LAYOUT` in this layout -> params.json
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,10 @@ FAMILIES = (
         name="mistral4",
         architectures=("Mistral4ForCausalLM",), model_types={"mistral4": "Mistral4ForCausalLM"},
         read_config=mistral4_config.Mistral4Config.from_hf,
+        native=NativeLayout(recognizes=mistral4_config.is_native_params,
+                            read_config=mistral4_config.Mistral4Config.from_params,
+                            architecture=mistral4_config.native_architecture, tensor_name=mistral4_weights.native_name,
+                            tiny=mistral4_config.NATIVE_TINY),
         model=mistral4_model.Mistral4, expected_shapes=mistral4_weights.expected_shapes,
         special_init=mistral4_weights.special_init, tiny=mistral4_config.TINY,
         describe=mistral4_config.Mistral4Config.describe,
@@ -216,6 +221,8 @@ MULTIMODAL = (
 
 ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures) + tuple(m.architecture for m in MULTIMODAL)
 TINY_LAYOUTS = {layout: (f, config) for f in FAMILIES for layout, config in f.tiny.items()}
+NATIVE_TINY_LAYOUTS = {layout: (f, params) for f in FAMILIES if f.native for layout, params in f.native.tiny.items()}
+TINY_LAYOUTS |= NATIVE_TINY_LAYOUTS  # (their configs are params.json files: engine.tiny writes the native layout)
 
 
 def architecture_of(config_json: dict, where: str = CONFIG) -> str:

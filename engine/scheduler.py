@@ -54,7 +54,6 @@ import numpy as np
 from npinfer.engine.errors import NpinferError
 from npinfer.engine.generate import Generation, GenerationParams, Usage, context_limit
 from npinfer.engine.schema import ApiError
-from npinfer.kernels.cache import KVCache
 from npinfer.kernels.linear import SMALL_BATCH
 
 MAX_BATCH = SMALL_BATCH  # live sequences per decode step, at most: batch-invariant up to here
@@ -133,23 +132,23 @@ class MappedFiles:
 
 
 # --------------------------------------------------------------------------- cache memory
-def state_bytes(state, positions: int) -> int:
+def state_bytes(state, positions: int, seen: set | None = None) -> int:
     """Bytes `state` (a model's state, e.g. MistralState) holds once `positions` tokens are in it:
-    every array it holds as allocated, and each growing KV cache (no window) at the capacity its
-    doubling reaches (`kernels.cache.KVCache._grow`)."""
-    if isinstance(state, KVCache):
-        slots = len(state.pos)
-        if state.window is None:
-            while slots < positions:
-                slots *= 2
-        per_slot = state.k[0].nbytes + state.v[0].nbytes + state.pos.itemsize
-        return slots * per_slot
+    every array it holds as allocated, and each cache as it says (``nbytes_at``: a growing
+    one at the capacity its doubling reaches). An object held twice (a latent cache several
+    layers share) is counted once."""
+    seen = set() if seen is None else seen
+    if id(state) in seen:
+        return 0
+    seen.add(id(state))
+    if hasattr(state, "nbytes_at"):
+        return state.nbytes_at(positions)
     if isinstance(state, np.ndarray):
         return state.nbytes
     if isinstance(state, (list, tuple)):
-        return sum(state_bytes(s, positions) for s in state)
+        return sum(state_bytes(s, positions, seen) for s in state)
     if is_dataclass(state):
-        return sum(state_bytes(getattr(state, f.name), positions) for f in fields(state))
+        return sum(state_bytes(getattr(state, f.name), positions, seen) for f in fields(state))
     return 0
 
 
