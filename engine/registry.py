@@ -14,6 +14,7 @@ names an architecture.
 |         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |       |
 | jamba   | JambaForCausalLM                             | jamba_np   | no                          | jamba |
 | mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | yes (Mistral Large 3)       |       |
+| mistral_large4 | MistralLarge4ForConditionalGeneration | mistral_np | no                          |       |
 | mamba2  | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          |       |
 
 (GGUF: the ``general.architecture`` values of llama.cpp's files the family reads.)
@@ -49,6 +50,9 @@ from npinfer.jamba_np import gguf as jamba_gguf
 from npinfer.jamba_np import model as jamba_model
 from npinfer.jamba_np import weights as jamba_weights
 from npinfer.kernels import ops
+from npinfer.mistral_np.large4 import config as large4_config
+from npinfer.mistral_np.large4 import model as large4_model
+from npinfer.mistral_np.large4 import weights as large4_weights
 from npinfer.mistral_np.mamba2 import config as mamba2_config
 from npinfer.mistral_np.mamba2 import model as mamba2_model
 from npinfer.mistral_np.mamba2 import weights as mamba2_weights
@@ -145,6 +149,17 @@ FAMILIES = (
         model=mistral4_model.Mistral4, expected_shapes=mistral4_weights.expected_shapes,
         special_init=mistral4_weights.special_init, tiny=mistral4_config.TINY,
         describe=mistral4_config.Mistral4Config.describe,
+        embeddings="model.embed_tokens.weight", provider="MistralAI", chat_format="mistral-v1",
+    ),
+    Family(  # Mistral Large 4 (mistral_np/large4/): the text decoder of its multimodal checkpoint, whose
+        # config.json is transformers' but whose tensor names are Mistral's native ones
+        name="mistral_large4",
+        architectures=("MistralLarge4ForConditionalGeneration",),
+        model_types={"mistral_large4": "MistralLarge4ForConditionalGeneration"},
+        read_config=large4_config.MistralLarge4Config.from_hf, tensor_name=large4_weights.tensor_name,
+        model=large4_model.MistralLarge4, expected_shapes=large4_weights.expected_shapes,
+        special_init=large4_weights.special_init, tiny=large4_config.TINY,
+        describe=large4_config.MistralLarge4Config.describe,
         embeddings="model.embed_tokens.weight", provider="MistralAI", chat_format="mistral-v1",
     ),
     Family(  # Codestral Mamba (mistral_np/mamba2/)
