@@ -18,6 +18,7 @@ flat name -> array mapping:
 | input_ids                              | [T]        | int64          | the prompt                            |
 | model.embed_tokens                     | [R, d]     | compute dtype  | embeddings                            |
 | model.layers.N.input_layernorm         | [R, d]     |                | the mixer's input                     |
+| model.layers.N.self_attn.indexer       | [R, k]     | int64          | Mistral Large 4: the positions each query attends to (its indexer's top-k, causal), ascending, -1 padded |
 | model.layers.N.self_attn               | [R, d]     |                | attention output (after o_proj)       |
 | model.layers.N.mamba                   | [R, d]     |                | Mamba output (after out_proj)         |
 | model.layers.N.mamba.conv_state        | [Di, K]    |                | the conv's last K inputs, after the run |
@@ -89,7 +90,7 @@ DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
 
 # ----------------------------------------------------------------------------- model order
 # Within a layer, the order the pre-norm block computes things in.
-_LAYER_STEPS = ["input_layernorm", "norm", "self_attn", "mamba", "mamba.conv_state", "mamba.ssm_state",
+_LAYER_STEPS = ["input_layernorm", "norm", "self_attn.indexer", "self_attn", "mamba", "mamba.conv_state", "mamba.ssm_state",
                 "mixer", "mixer.conv_state", "mixer.ssm_state",
                 "post_attention_layernorm", "pre_ff_layernorm", "router_logits", "experts",
                 "mlp", "block_sparse_moe", "feed_forward", ""]

@@ -169,6 +169,23 @@ def test_tiny_layout_is_what_transformers_reads(tmp_path):
     assert_matches(greedy(load_model(tmp_path / "tiny"), ids, 8), hf_run(hf, ids, 8))
 
 
+def test_hf_hook_dump_diffs_clean(tmp_path):
+    """benchmarks/hf_dump.py's transformers dump and ours: the same names and shapes (the indexers'
+    choices, the routers', the layers' outputs under the decoder's names), nothing diverging."""
+    from test_oracle import hf_dump
+
+    from npinfer.engine.oracle import collect_activations, diff_arrays
+
+    path, ids, _ = written(tmp_path, "every_feature")
+    hf = hf_dump.hf_activations(hf_dump.load(path), ids[:20], generate=4)
+    ours, _ = collect_activations(load_model(path), ids[:20], generate=4)
+    assert set(hf) == set(ours)
+    assert {f"model.layers.{i}.self_attn.indexer" for i in (0, 2, 3)} | {"model.layers.4.mlp.experts"} <= set(ours)
+    assert ours["model.layers.0.self_attn.indexer"].shape == (20 + 3, 8)  # prompt rows, then 3 decode steps
+    report = diff_arrays(hf, ours)
+    assert report.first_divergence is None, report.table()
+
+
 # ------------------------------------------------------------------ caches and self-consistency
 def test_shared_latent_is_one_object_counted_once(make_checkpoint):
     """Layers 1 and 3 hold their sources' latent caches themselves (layers 0, 2): what layer 0 writes,
