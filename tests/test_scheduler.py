@@ -41,7 +41,7 @@ from npinfer.engine.schema import ApiError
 from npinfer.engine.tiny import family_config, write_checkpoint
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
-LAYOUTS = ["mistral", "mixtral", "ministral", "ministral3", "jamba"]
+LAYOUTS = ["mistral", "mixtral", "ministral", "ministral3", "jamba", "mistral4", "mistral-large4"]
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
