@@ -34,7 +34,10 @@ selection. `top_k_ref` runs the same two algorithms as GCC's ``bits/stl_algo.h``
 heap select past 2 floor(log2 n) rounds, insertion sort below 4 elements), so it picks
 the same tied positions; the tests hold it to torch.topk on rows full of ties. The set
 depends on the row's length and order, so a row is laid out as transformers lays it
-out: every cached position in order, the chunk's later (masked) ones included.
+out: every cached position in order, the chunk's later (masked) ones included. Hence
+a tie across the boundary can be broken differently by a prompt in one pass and by
+the same tokens decoded one by one (or prefilled in other chunks): in transformers
+as here, and the same way in both when the passes are the same.
 
 `index_mask_fast` gives the same mask without running the selection where the row
 leaves no choice: when the visible keys are at most k (all of them are taken: a

@@ -219,7 +219,7 @@ def test_lerope_tables_and_log_position_scale_against_transformers():
     cos, sin = rope_tables(positions, 8, params.theta, np.float32, params.yarn, alpha=alpha)
     assert np.max(np.abs(cos - cos_hf[0].numpy())) <= 2e-5 and np.max(np.abs(sin - sin_hf[0].numpy())) <= 2e-5
 
-    x = np.random.default_rng(3).standard_normal((len(positions), 1, 8)).astype(np.float32)  # [T, 1, d_R] pairs (2i, 2i+1)
+    x = np.random.default_rng(3).standard_normal((len(positions), 1, 8)).astype(np.float32)  # [T, 1, d_R] (2i, 2i+1)
     c, s = cos_hf[0, :, None, :4].numpy(), sin_hf[0, :, None, :4].numpy()
     x1, x2 = x[..., 0::2], x[..., 1::2]
     interleaved = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)  # apply_rotary_pos_emb_interleave

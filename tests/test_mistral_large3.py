@@ -33,8 +33,10 @@ RENAMES = [(r"^output", "lm_head"), (r"^norm", "model.norm"), (r"^tok_embeddings
            (r"attention\.wo", "self_attn.o_proj"), (r"attention\.q_a_norm", "self_attn.q_a_layernorm"),
            (r"attention\.kv_a_norm", "self_attn.kv_a_layernorm"), (r"\.gate\.weight", ".mlp.gate.weight"),
            (r"shared_experts\.w1", "mlp.shared_experts.gate_proj"),
-           (r"shared_experts\.w2", "mlp.shared_experts.down_proj"), (r"shared_experts\.w3", "mlp.shared_experts.up_proj"),
-           (r"feed_forward\.w1", "mlp.gate_proj"), (r"feed_forward\.w2", "mlp.down_proj"), (r"feed_forward\.w3", "mlp.up_proj")]
+           (r"shared_experts\.w2", "mlp.shared_experts.down_proj"),
+           (r"shared_experts\.w3", "mlp.shared_experts.up_proj"),
+           (r"feed_forward\.w1", "mlp.gate_proj"), (r"feed_forward\.w2", "mlp.down_proj"),
+           (r"feed_forward\.w3", "mlp.up_proj")]
 EXPERT = re.compile(r"^layers\.(\d+)\.experts\.(\d+)\.(w[123])\.weight$")
 
 
@@ -182,7 +184,8 @@ def test_bad_params_json_is_one_line(change, message, tmp_path):
 
 def test_missing_expert_is_named_by_its_native_name(tmp_path):
     native = write_checkpoint(tmp_path / "native", large3_params(), seed=84, native=True)
-    tensors = {n: np.asarray(t) for n, t in open_checkpoint(native).tensors.items() if n != "layers.2.experts.7.w3.weight"}
+    tensors = {n: np.asarray(t) for n, t in open_checkpoint(native).tensors.items()
+               if n != "layers.2.experts.7.w3.weight"}
     write_tensors(native / "consolidated.safetensors", tensors)
     proc = run_cli("logits", native, "--ids", "1,2", "--out", tmp_path / "o.npz", check=False)
     assert proc.returncode == 2 and "layers.2.experts.7.w3.weight" in proc.stderr, proc.stderr

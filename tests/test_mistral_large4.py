@@ -105,11 +105,13 @@ def test_compact_config_json(form, tmp_path):
     (path / "config.json").write_text(json.dumps(saved))
     ids = prompt(74, text["vocab_size"])
     hf = load_hf(path)
-    proc = run_cli("logits", path, "--ids", ",".join(map(str, ids)), "--generate", GENERATE, "--out", tmp_path / "o.npz")
-    expected_schedule = {"pattern": "rope kv0 index mlp, rope kv1 reuse moe, nope kv2 index moe, rope kv3 index moe, "
-                                    "rope kv4 reuse moe",
-                         "freq_offset": "rope kv0 index mlp, rope kv1 reuse mlp, rope kv2 index moe, nope kv3 reuse moe, "
-                                        "rope kv4 index moe"}[form]
+    proc = run_cli("logits", path, "--ids", ",".join(map(str, ids)), "--generate", GENERATE,
+                   "--out", tmp_path / "o.npz")
+    expected_schedule = {  # (the config's describe line, printed on load)
+        "pattern": "rope kv0 index mlp, rope kv1 reuse moe, nope kv2 index moe, rope kv3 index moe, rope kv4 reuse moe",
+        "freq_offset": "rope kv0 index mlp, rope kv1 reuse mlp, rope kv2 index moe, nope kv3 reuse moe, "
+                       "rope kv4 index moe",
+    }[form]
     assert expected_schedule in proc.stderr, proc.stderr
     ours = np.load(tmp_path / "o.npz")
     assert_matches((ours["logits"], ours["gen_ids"], ours["gen_logits"]), hf_run(hf, ids, GENERATE))
@@ -309,7 +311,8 @@ def plain_large4(path: Path, ids, prompt_len: int) -> np.ndarray:
             q_I, k_I, w_I = [], [], []
             for t, h in enumerate(hs):
                 q = lin(x_ + "wq_b", layer_norm(h, w[x_ + "q_input_norm.weight"], w[x_ + "q_input_norm.bias"]))
-                q = q.reshape(H_I, D_I) * (w[x_ + "ssmax_scaling.s"] * math.log(t + 1) + w[x_ + "ssmax_scaling.b"])[:, None]
+                scale = w[x_ + "ssmax_scaling.s"] * math.log(t + 1) + w[x_ + "ssmax_scaling.b"]
+                q = q.reshape(H_I, D_I) * scale[:, None]
                 kk = layer_norm(w[x_ + "wk.weight"] @ h, w[x_ + "k_norm.weight"], w[x_ + "k_norm.bias"])
                 q_I.append(np.stack([np.concatenate([rotate(qi[:d], t), qi[d:]]) for qi in q]))
                 k_I.append(np.concatenate([rotate(kk[:d], t), kk[d:]]))

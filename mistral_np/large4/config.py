@@ -44,6 +44,7 @@ from npinfer.kernels.config_fields import (
     int_field,
     optional_int,
 )
+from npinfer.kernels.moe import check_group_limited
 from npinfer.kernels.rope import RopeParams, mla_softmax_scale, read_rope
 
 # MistralLarge4TextConfig.__post_init__ when config.json has no rope_parameters
@@ -159,13 +160,7 @@ class MistralLarge4Config:
             raise ConfigError("indexer_types[0] is 'shared', but a shared layer reuses the choice of an earlier "
                               "'full' one")
         self._check_kv_sources()
-        E, G = self.n_routed_experts, self.n_group
-        if E % G or E // G < 2:  # the router takes each group's top two
-            raise ConfigError(f"n_routed_experts={E} must be a multiple of n_group={G} with at least 2 experts per group")
-        if not 1 <= self.topk_group <= G:
-            raise ConfigError(f"topk_group={self.topk_group} must be in 1..n_group={G}")
-        if not 1 <= self.num_experts_per_tok <= self.topk_group * (E // G):
-            raise ConfigError(f"num_experts_per_tok={self.num_experts_per_tok} must be in 1..{self.topk_group * (E // G)}")
+        check_group_limited(self.n_routed_experts, self.n_group, self.topk_group, self.num_experts_per_tok)
         if self.qk_rope_head_dim % 2:
             raise ConfigError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even for rotary embeddings")
         if self.index_head_dim < self.qk_rope_head_dim:

@@ -64,7 +64,8 @@ def expected_shapes(cfg: MistralLarge4Config) -> dict[str, tuple[int, ...]]:
                                                   if cfg.owns_latent(i) else {})
         if cfg.runs_indexer(i):
             x = a + "indexer."
-            shapes |= {x + "q_input_norm.weight": (d,), x + "q_input_norm.bias": (d,), x + "wq_b.weight": (H_I * D_I, d),
+            shapes |= {x + "q_input_norm.weight": (d,), x + "q_input_norm.bias": (d,),
+                       x + "wq_b.weight": (H_I * D_I, d),
                        x + "softmax_scaling.scale": (H_I,), x + "softmax_scaling.bias": (H_I,),
                        x + "wk.weight": (D_I, d), x + "k_norm.weight": (D_I,), x + "k_norm.bias": (D_I,),
                        x + "weights_proj.weight": (H_I, d)}

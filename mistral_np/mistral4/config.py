@@ -5,10 +5,12 @@ Read from ``config.json`` as transformers 5.x writes it (Mistral Small 4); a mis
 its YaRN default). Or from Mistral's native ``params.json`` (`Mistral4Config.from_params`:
 Mistral Large 3 ships only so), as transformers' ``convert_mistral4_weight_to_hf.py``, vLLM's
 ``adapt_config_dict`` and llama.cpp's ``MistralMoeModel`` read it: DeepSeek-V3's shape with
-softmax routing and norm_topk_prob, YaRN and llama-4 query scaling. Fields that transformers writes but the model does not read are
-ignored: ``head_dim`` and ``qk_head_dim`` (always qk_nope_head_dim + qk_rope_head_dim)
-and ``num_key_value_heads`` (latent attention expands keys and values for every one of
-the H heads from the shared latent; transformers' SDPA path ignores it too).
+softmax routing and norm_topk_prob, YaRN and llama-4 query scaling.
+
+Fields that transformers writes but the model does not read are ignored: ``head_dim`` and
+``qk_head_dim`` (always qk_nope_head_dim + qk_rope_head_dim) and ``num_key_value_heads``
+(latent attention expands keys and values for every one of the H heads from the shared
+latent; transformers' SDPA path ignores it too).
 
 Two details transformers leaves implicit, written out here: the latent norms
 (``q_a_layernorm``, ``kv_a_layernorm``) use eps 1e-6 whatever ``rms_norm_eps`` says
@@ -34,6 +36,7 @@ from npinfer.kernels.config_fields import (
     int_field,
     optional_int,
 )
+from npinfer.kernels.moe import check_group_limited
 from npinfer.kernels.rope import RopeParams, mla_softmax_scale, read_rope
 from npinfer.mistral_np.mistral.config import native_rope
 
@@ -97,14 +100,7 @@ class Mistral4Config:
         return mla_softmax_scale(self.qk_head_dim, self.rope.yarn)
 
     def __post_init__(self):
-        E, G = self.n_routed_experts, self.n_group
-        if E % G or E // G < 2:  # transformers takes each group's top two
-            raise ConfigError(f"n_routed_experts={E} must be a multiple of n_group={G} with at least 2 experts per group")
-        if not 1 <= self.topk_group <= G:
-            raise ConfigError(f"topk_group={self.topk_group} must be in 1..n_group={G}")
-        if not 1 <= self.num_experts_per_tok <= self.topk_group * (E // G):
-            raise ConfigError(f"num_experts_per_tok={self.num_experts_per_tok} must be in 1..{self.topk_group * (E // G)}"
-                              f" (the experts of topk_group={self.topk_group} groups)")
+        check_group_limited(self.n_routed_experts, self.n_group, self.topk_group, self.num_experts_per_tok)
         if self.qk_rope_head_dim % 2:
             raise ConfigError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even for rotary embeddings")
 
