@@ -90,8 +90,8 @@ DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
 
 # ----------------------------------------------------------------------------- model order
 # Within a layer, the order the pre-norm block computes things in.
-_LAYER_STEPS = ["input_layernorm", "norm", "self_attn.indexer", "self_attn", "mamba", "mamba.conv_state", "mamba.ssm_state",
-                "mixer", "mixer.conv_state", "mixer.ssm_state",
+_LAYER_STEPS = ["input_layernorm", "norm", "self_attn.indexer", "self_attn", "mamba", "mamba.conv_state",
+                "mamba.ssm_state", "mixer", "mixer.conv_state", "mixer.ssm_state",
                 "post_attention_layernorm", "pre_ff_layernorm", "router_logits", "experts",
                 "mlp", "block_sparse_moe", "feed_forward", ""]
 _TOP = {"input_ids": 0, "model.embed_tokens": 1, "model.norm": 3, "model.final_layernorm": 3, "lm_head": 4,
