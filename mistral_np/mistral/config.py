@@ -264,8 +264,10 @@ def native_rope(d: dict, max_positions: int, default_theta: float = 1e6) -> Rope
 
 def is_native_params(params: dict) -> bool:
     """Is this params.json one of this family's (Mistral, Mixtral, Ministral, Ministral 3, Mistral 3)?
-    Mistral's MLA models (q_lora_rank / kv_lora_rank) and Mamba models (an SSM block) are others'."""
-    return not any(key in params for key in ("kv_lora_rank", "q_lora_rank", "ssm_state_size", "mamba"))
+    Mistral's MLA models (q_lora_rank / kv_lora_rank / qk_nope_head_dim: Mistral Large 3, the Mistral 4
+    family's) and Mamba models (an SSM block) are others'."""
+    return not any(key in params for key in ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "ssm_state_size",
+                                             "mamba"))
 
 
 def native_architecture(params: dict) -> str:
