@@ -86,7 +86,7 @@ def filled_state(model, S: int):
     state = model.new_state()
     for cache in state.caches:
         if hasattr(cache, "latent"):  # LatentCache [S, r + d_R]
-            cache.update(rng.standard_normal((S, cache.latent.shape[1]), dtype=np.float32), np.arange(S))
+            cache.update(rng.standard_normal((S, cache.rows.shape[1]), dtype=np.float32), np.arange(S))
         else:  # KVCache [S, H_kv, D] x2
             shape = (S, *cache.k.shape[1:])
             cache.write(rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32),
@@ -133,10 +133,7 @@ class NaiveDecode:
 def kernel_times(m4, m7, S: int, steps: int) -> dict[str, float]:
     """Median seconds of the attention kernels alone, one query, S cached tokens."""
     from npinfer.kernels.attention import attention_fast
-    from npinfer.kernels.latent_attention import (
-        latent_attention_fast,
-        latent_attention_naive,
-    )
+    from npinfer.kernels.latent_attention import latent_attention_fast, latent_attention_naive
 
     rng = np.random.default_rng(2)
     c4, c7 = m4.config, m7.config
@@ -179,7 +176,7 @@ def cache_rows(m4, m7) -> list[list]:
         held = ""
         if model is not None:  # what the state's arrays hold per token and layer (float32)
             state = filled_state(model, 64)
-            arrays = [a for c in state.caches for a in ((c.latent,) if hasattr(c, "latent") else (c.k, c.v))]
+            arrays = [a for c in state.caches for a in ((c.rows,) if hasattr(c, "rows") else (c.k, c.v))]
             held = sum(a[:64].nbytes for a in arrays) // (64 * len(state.caches) * 4)
         rows.append([name, numbers, held, layers, f"{numbers * layers * 2 / 1024:.1f} KiB",
                      f"{numbers * layers * 2 * 262144 / 2**30:.1f} GiB"])

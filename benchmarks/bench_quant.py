@@ -34,12 +34,7 @@ def main(argv=None) -> int:
 
     from npinfer.kernels import ops
     from npinfer.kernels.dtypes import float32_to_bf16
-    from npinfer.kernels.quant import (
-        LAYOUTS,
-        TYPE_SIZE,
-        QuantizedTensor,
-        quantized_matmul_fast,
-    )
+    from npinfer.kernels.quant import LAYOUTS, TYPE_SIZE, QuantizedTensor, quantized_matmul_fast
 
     rng = np.random.default_rng(0)
     O, I = args.rows, args.cols

@@ -17,7 +17,11 @@ worked example. Needs the `oracle` extra (torch, transformers).
 Where transformers' module names differ from the checkpoint's, the dump uses the
 checkpoint's: transformers 5 calls Mixtral's MoE block `mlp` and returns
 (router_logits, weights, chosen experts) from its `mlp.gate`; 4.x calls it
-`block_sparse_moe` and its gate is a Linear (the experts are then its top-k).
+`block_sparse_moe` and its gate is a Linear (the experts are then its top-k). A
+multimodal model's text decoder (``model.language_model.*``, Mistral Large 4's) is dumped
+under the decoder's own names (``model.layers.N...``). Mistral Large 4's indexers return
+their top-k indices, later positions included: the dump keeps each query's causal ones,
+ascending, padded with -1 to index_topk (`engine.oracle`'s ``self_attn.indexer``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ LAYER_MODULES = {
     "mlp": "mlp", "block_sparse_moe": "block_sparse_moe", "feed_forward": "feed_forward",
     "mlp.gate": None, "block_sparse_moe.gate": None, "feed_forward.router": None, "": "",
     "norm": "norm", "mixer": "mixer",  # Mamba-2's block (under backbone.layers.N)
+    "self_attn.indexer": "self_attn.indexer",  # Mistral Large 4: its top-k (made causal, see hf_activations)
 }
 TOP_MODULES = ("model.embed_tokens", "model.norm", "model.final_layernorm", "lm_head",
                "backbone.embeddings", "backbone.norm_f")
@@ -48,6 +53,7 @@ LAYER = re.compile(r"(model|backbone)\.layers\.(\d+)(?:\.(.*))?$")
 
 def dump_name(module_name: str, model_type: str) -> str | None:
     """npinfer's name for a module's output, '<block>.router' for a router, None to skip."""
+    module_name = module_name.replace("model.language_model.", "model.")  # a multimodal model's decoder
     if module_name in TOP_MODULES:
         return module_name
     m = LAYER.match(module_name)
@@ -75,11 +81,17 @@ def hf_activations(model, ids, generate: int = 0) -> dict[str, np.ndarray]:
     import torch
 
     model_type = model.config.model_type
-    k = getattr(model.config, "num_experts_per_tok", None)
+    k = getattr(model.config.get_text_config(), "num_experts_per_tok", None)
     parts: dict[str, list[np.ndarray]] = {}
 
     def hook(name):
-        def record(module, inputs, output):
+        def record(module, inputs, kwargs, output):
+            if name.endswith(".indexer"):  # top-k indices [1, T, k'] -> each query's causal ones, -1 padded
+                top, positions = module.index_topk, inputs[3] if len(inputs) > 3 else kwargs["position_ids"]
+                rows = [np.sort(i[i <= p]) for i, p in zip(to_numpy(output[0]), to_numpy(positions[0]))]
+                parts.setdefault(name, []).append(np.array([np.pad(r, (0, top - len(r)), constant_values=-1)
+                                                            for r in rows], np.int64))
+                return
             if name.endswith(".router"):  # (logits, weights, experts), or a Linear's logits alone
                 logits = output[0] if isinstance(output, tuple) else output  # [T, E]
                 experts = output[2] if isinstance(output, tuple) else torch.topk(logits, k, dim=-1).indices  # [T, k]
@@ -91,8 +103,8 @@ def hf_activations(model, ids, generate: int = 0) -> dict[str, np.ndarray]:
             parts.setdefault(name, []).append(to_numpy(out[0]))  # drop the batch axis: [T, ...]
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for module_name, module in model.named_modules()
-               if (name := dump_name(module_name, model_type))]
+    handles = [module.register_forward_hook(hook(name), with_kwargs=True) for module_name, module in
+               model.named_modules() if (name := dump_name(module_name, model_type))]
     x = torch.tensor(np.asarray(ids, np.int64))[None]  # [1, T]
     gen = {}
     try:
@@ -148,6 +160,8 @@ def load(path, dtype: str = "float32"):
     model_class = AutoModelForCausalLM
     if config.model_type == "mistral4":  # transformers 5.24's AutoModelForCausalLM has no mistral4 entry
         from transformers import Mistral4ForCausalLM as model_class
+    if config.model_type == "mistral_large4":  # only the multimodal wrapper has a head
+        from transformers import AutoModelForImageTextToText as model_class
     model = model_class.from_pretrained(path, config=config, dtype=getattr(torch, dtype))
     return model.eval()
 

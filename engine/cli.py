@@ -115,12 +115,12 @@ def cmd_logits(args) -> int:
 
 
 def cmd_tiny(args) -> int:
-    from npinfer.engine.load.tiny import family_config, write_checkpoint
+    from npinfer.engine.load.tiny import write_layout
     from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
     try:  # with the tiny model's own byte-fallback BPE tokenizer (1024 pieces)
-        out = write_checkpoint(args.out_dir, family_config(args.layout), seed=args.seed, dtype=args.dtype,
-                               tokenizer=TINY_TOKENIZER_PATH, fp8=args.fp8, fp8_block=_block(args.fp8_block))
+        out = write_layout(args.out_dir, args.layout, seed=args.seed, dtype=args.dtype, tokenizer=TINY_TOKENIZER_PATH,
+                           fp8=args.fp8, fp8_block=_block(args.fp8_block))
     except (FileExistsError, ValueError) as e:
         raise NpinferError(str(e)) from None
     except OSError as e:  # an unwritable or missing parent folder, a full disk, ...

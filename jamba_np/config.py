@@ -21,14 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from npinfer.kernels.config_fields import (
-    ConfigError,
-    bool_field,
-    check_multiple,
-    decoder_fields,
-    int_field,
-    token_id,
-)
+from npinfer.kernels.config_fields import ConfigError, bool_field, check_multiple, decoder_fields, int_field, token_id
 
 
 @dataclass(frozen=True)

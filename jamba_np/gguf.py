@@ -20,12 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from npinfer.jamba_np.config import JambaConfig
-from npinfer.kernels.weights import (
-    GGUF_ATTENTION,
-    gguf_embeddings,
-    gguf_experts,
-    gguf_layer,
-)
+from npinfer.kernels.weights import GGUF_ATTENTION, gguf_embeddings, gguf_experts, gguf_layer
 
 
 def schedule(layers: list[int], n: int, what: str) -> tuple[int, int]:

@@ -26,3 +26,10 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     e = np.exp(x - m)
     s = np.sum(e, axis=axis, keepdims=True)
     return e / np.where(s == 0.0, 1.0, s)
+
+
+def softcap(x: np.ndarray, cap: float) -> np.ndarray:
+    """cap * tanh(x / cap): x squashed smoothly into (-cap, cap), close to x where |x| << cap
+    (Gemma 2's logit soft-capping, Mistral Large 4's ``final_logit_softcapping``). In
+    PyTorch: torch.tanh(logits / cap) * cap."""
+    return np.tanh(x / x.dtype.type(cap)) * x.dtype.type(cap)

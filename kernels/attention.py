@@ -7,7 +7,9 @@ a fresh prompt, a chunk of a long prompt, and a decode step reading a ring cache
 
 (W = window; without one, only j <= i). That is W keys counting the query's own,
 exactly transformers' ``sliding_window_overlay`` (``kv_idx > q_idx - sliding_window``)
-and mistral-inference's mask. Keys with position -1 are empty cache slots.
+and mistral-inference's mask. Keys with position -1 are empty cache slots. A sparse
+attention (DeepSeek's, `kernels.indexer`) narrows it further with ``keep`` [T, S]: the
+keys each query's indexer chose.
 
 Grouped-query attention (Ainslie et al. 2023): H query heads share H_kv key/value
 heads, query head h reads kv head h // (H / H_kv). We view the H query heads as
@@ -29,28 +31,33 @@ from npinfer.kernels.backend import dispatch
 from npinfer.kernels.intrinsics import prefetch
 
 
-def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, window: int | None) -> np.ndarray:
-    """Boolean [T, S]: may query t see key s (causal, inside the window, slot filled)."""
+def attention_mask(q_pos: np.ndarray, k_pos: np.ndarray, window: int | None,
+                   keep: np.ndarray | None = None) -> np.ndarray:
+    """Boolean [T, S]: may query t see key s (causal, inside the window, slot filled, and
+    among the keys `keep` [T, S] chose, when given)."""
     i = np.asarray(q_pos)[:, None]  # [T, 1]
     j = np.asarray(k_pos)[None, :]  # [1, S]
     visible = (j >= 0) & (j <= i)  # [T, S]
     if window is not None:
         visible &= j > i - window
+    if keep is not None:
+        visible &= keep
     return visible
 
 
-def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
+def attention_ref(q, k, v, q_pos, k_pos, window: int | None, scale: float, keep=None) -> np.ndarray:
     """softmax(q k^T * scale + mask) v, per head.
 
     q [T, H, D], k [S, H_kv, D], v [S, H_kv, Dv], q_pos [T], k_pos [S] -> [T, H, Dv]
-    (Dv = D but in the naive form of latent attention, `kernels.latent_attention`).
+    (Dv = D but in the naive form of latent attention, `kernels.latent_attention`);
+    keep [T, S] (optional) the keys a sparse attention chose (`attention_mask`).
     The softmax runs in q's dtype: float32 (as HF's eager path forces) or float64.
     """
     T, H, D = q.shape
     H_kv = k.shape[1]
     q = q.reshape(T, H_kv, H // H_kv, D)  # [T, H_kv, G, D]  query head h = kv head h // G, member h % G
     scores = np.einsum("tkgd,skd->kgts", q, k) * scale  # [H_kv, G, T, S]
-    scores = np.where(attention_mask(q_pos, k_pos, window), scores, -np.inf)  # [H_kv, G, T, S]
+    scores = np.where(attention_mask(q_pos, k_pos, window, keep), scores, -np.inf)  # [H_kv, G, T, S]
     scores = scores - scores.max(axis=-1, keepdims=True)  # [H_kv, G, T, S]  max subtracted: exp cannot overflow
     p = np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)  # [H_kv, G, T, S]  softmax over keys
     return np.einsum("kgts,skd->tkgd", p, v).reshape(T, H, v.shape[-1])  # [T, H, Dv]
@@ -151,7 +158,7 @@ def _attention_numba(q, k, v, visible, scale, out):
             out[t, h, d] = acc if sees_a_key[t, h] else np.nan
 
 
-def _attention_blas(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
+def _attention_blas(q, k, v, q_pos, k_pos, window: int | None, scale: float, keep=None) -> np.ndarray:
     """`attention_ref` as BLAS matrix products, for a prompt (many queries).
 
     One kv head at a time: its G query heads are stacked into one [G * T, D] matrix, so
@@ -164,7 +171,7 @@ def _attention_blas(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> 
     T, H, D = q.shape
     H_kv, Dv = k.shape[1], v.shape[-1]
     G = H // H_kv
-    bias = np.where(attention_mask(q_pos, k_pos, window), 0.0, -np.inf).astype(q.dtype)  # [T, S]
+    bias = np.where(attention_mask(q_pos, k_pos, window, keep), 0.0, -np.inf).astype(q.dtype)  # [T, S]
     q = (q * q.dtype.type(scale)).reshape(T, H_kv, G, D).transpose(1, 2, 0, 3).copy()  # [H_kv, G, T, D]
     out = np.empty((T, H_kv, G, Dv), q.dtype)  # [T, H_kv, G, Dv]
     for j in range(H_kv):
@@ -178,7 +185,7 @@ def _attention_blas(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> 
     return out.reshape(T, H, Dv)  # [T, H, Dv]
 
 
-def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> np.ndarray:
+def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float, keep=None) -> np.ndarray:
     """`attention_ref`: BLAS for a prompt, a Numba kernel reading the cache in place for decode.
 
     T <= MAX_DECODE_QUERIES: `_attention_numba`, with the mask from `attention_mask`, so one
@@ -188,9 +195,9 @@ def attention_fast(q, k, v, q_pos, k_pos, window: int | None, scale: float) -> n
     real matrix product: `_attention_blas`.
     """
     if q.shape[0] > MAX_DECODE_QUERIES:
-        return _attention_blas(q, k, v, q_pos, k_pos, window, scale)
+        return _attention_blas(q, k, v, q_pos, k_pos, window, scale, keep)
     q, k, v = (np.ascontiguousarray(a, dtype=q.dtype) for a in (q, k, v))  # no copy of the cache views
-    visible = attention_mask(q_pos, k_pos, window)  # [T, S]
+    visible = attention_mask(q_pos, k_pos, window, keep)  # [T, S]
     out = np.empty((*q.shape[:2], v.shape[2]), q.dtype)  # [T, H, Dv]
     _attention_numba(q, k, v, visible, q.dtype.type(scale), out)
     return out

@@ -1,8 +1,11 @@
 """The caches of one attention layer: keys and values in a ring buffer under a sliding
-window (`KVCache`), or the compressed latent of multi-head latent attention (`LatentCache`).
+window (`KVCache`), the compressed latent of multi-head latent attention (`LatentCache`),
+and the keys of DeepSeek's sparse-attention indexer (`IndexerKeyCache`).
 
 Generic over models: Mistral and Mixtral use `KVCache` with their sliding window, Jamba's
-attention layers without one; Mistral Small 4 uses `LatentCache`.
+attention layers without one; Mistral Small 4 uses `LatentCache`; Mistral Large 4 a
+`LatentCache` that several layers may share (the same object: stored and counted once)
+and an `IndexerKeyCache` per layer that runs its indexer.
 
 Every cache says its own size: ``nbytes_at(positions)``, the bytes it holds once `positions`
 tokens are in it. A cache without a window grows by doubling (`grown`), so its size at a
@@ -86,8 +89,7 @@ class KVCache:
         self.k[slots], self.v[slots], self.pos[slots] = k_new, v_new, positions
 
     def nbytes_at(self, positions: int) -> int:
-        """Bytes held once `positions` tokens are in: W slots under a window, else as many
-        as the doubling reaches."""
+        """Bytes once `positions` tokens are in: the W slots of a window, else the grown buffer."""
         slots = len(self.pos) if self.window is not None else grown(len(self.pos), positions)
         return slots * (self.k[0].nbytes + self.v[0].nbytes + self.pos.itemsize)
 
@@ -105,7 +107,43 @@ def new_kv_cache(H_kv: int, D: int, window: int | None, dtype, capacity: int = 2
 
 
 @dataclass
-class LatentCache:
+class RowCache:
+    """One row per position, in slot = position: no sliding window, the buffer growing by
+    doubling (`grown`) when a chunk runs past it. A chunk's rows are written first; it then
+    reads every row up to its last position, in place (views, no copy). The latent cache and
+    the indexer's key cache are such caches."""
+
+    rows: np.ndarray  # [S, w]
+    pos: np.ndarray  # [S] the position held in each slot; -1 = empty
+
+    def update(self, rows, positions):
+        """Store a chunk's rows [T, w] at slot = position; return the rows and positions it
+        reads, [S', w] and [S'] (positions 0 .. its last)."""
+        end = int(positions[-1]) + 1
+        if end > len(self.pos):
+            pad = grown(len(self.pos), end) - len(self.pos)
+            self.rows = np.concatenate([self.rows, np.zeros((pad, self.rows.shape[1]), self.rows.dtype)])
+            self.pos = np.concatenate([self.pos, np.full(pad, -1, np.int64)])
+        self.rows[positions], self.pos[positions] = rows, positions
+        return self.read(positions)
+
+    def read(self, positions):
+        """The rows and positions a chunk at `positions` reads, as `update` returns them,
+        without writing: [S', w] and [S'] (views)."""
+        end = int(positions[-1]) + 1
+        return self.rows[:end], self.pos[:end]
+
+    def nbytes_at(self, positions: int) -> int:
+        """Bytes held once `positions` tokens are in (the buffer grows by doubling)."""
+        return grown(len(self.pos), positions) * (self.rows[0].nbytes + self.pos.itemsize)
+
+    @classmethod
+    def empty(cls, width: int, dtype, capacity: int = 256):
+        """An empty cache of rows `width` wide, `capacity` slots that grow."""
+        return cls(np.zeros((capacity, width), dtype), np.full(capacity, -1, np.int64))
+
+
+class LatentCache(RowCache):
     """One latent-attention layer's cache: per token one row of the latent, never per-head
     keys and values (DeepSeek-V2, arXiv:2405.04434, section 2.1.2: "during inference, MLA
     only needs to cache c_t^KV", and the decoupled rotary key k_t^R of section 2.1.3).
@@ -115,30 +153,26 @@ class LatentCache:
     token costs r + d_R numbers instead of GQA's 2 H_kv D (Mistral Small 4: 256 + 64 = 320
     instead of 2 x 32 x 128 = 8192 for its 32 heads expanded).
 
-    There is no sliding window: the slot is the position (a state starts at position 0),
-    and the buffer grows by doubling. A chunk is written first, then attends to every row
-    up to its last position, read in place (a view, no copy).
+    A `RowCache`: no sliding window, slot = position, growing by doubling; a chunk is
+    written first, then attends to every row up to its last position.
+
+    Mistral Large 4's layers may share one (``kv_source_layers``): the layer that owns it
+    writes (`update`), the later ones of the same pass read what it holds (`read`).
     """
-
-    latent: np.ndarray  # [S, r + d_R] rows [c_kv | k_rot]
-    pos: np.ndarray  # [S] the position held in each slot; -1 = empty
-
-    def update(self, rows, positions):
-        """Store a chunk's rows [T, r + d_R] at slot = position; return the rows and positions
-        it attends to, [S', r + d_R] and [S'] (positions 0 .. its last)."""
-        end = int(positions[-1]) + 1
-        if end > len(self.pos):
-            pad = grown(len(self.pos), end) - len(self.pos)
-            self.latent = np.concatenate([self.latent, np.zeros((pad, self.latent.shape[1]), self.latent.dtype)])
-            self.pos = np.concatenate([self.pos, np.full(pad, -1, np.int64)])
-        self.latent[positions], self.pos[positions] = rows, positions
-        return self.latent[:end], self.pos[:end]
-
-    def nbytes_at(self, positions: int) -> int:
-        """Bytes held once `positions` tokens are in (the buffer grows by doubling)."""
-        return grown(len(self.pos), positions) * (self.latent[0].nbytes + self.pos.itemsize)
 
 
 def new_latent_cache(width: int, dtype, capacity: int = 256) -> LatentCache:
     """An empty latent cache of rows `width` = r + d_R wide, `capacity` slots that grow."""
-    return LatentCache(np.zeros((capacity, width), dtype), np.full(capacity, -1, np.int64))
+    return LatentCache.empty(width, dtype, capacity)
+
+
+class IndexerKeyCache(RowCache):
+    """The keys of one layer's sparse-attention indexer (DeepSeek-V3.2's lightning indexer,
+    `kernels.indexer`): one row k^I_s [D_I] per token, after its LayerNorm and RoPE, in a
+    `RowCache` like the latent's. A chunk's keys are written first; its queries then score
+    every key up to the chunk's last position."""
+
+
+def new_indexer_key_cache(width: int, dtype, capacity: int = 256) -> IndexerKeyCache:
+    """An empty indexer key cache of rows `width` = D_I wide, `capacity` slots that grow."""
+    return IndexerKeyCache.empty(width, dtype, capacity)

@@ -42,6 +42,11 @@ the expansion among its T queries, and the naive form is cheaper there once T > 
 128; `latent_attention_fast` takes the absorbed form for a few queries (decode, with
 `kernels.attention`'s Numba kernel) and the naive one (with its BLAS path) for more.
 
+A sparse attention (DeepSeek-V3.2's indexer, `kernels.indexer`) passes ``keep`` [T, S],
+the cached rows each query may attend to; both forms hand it to `kernels.attention`. With
+no rotary dims (d_R = 0: Mistral Large 4's NoPE layers) the cache rows are c_j alone and
+the formulas hold with the k^R terms gone.
+
 Numerics: both forms compute in q's dtype (float32, or float64 in float64 mode); they
 differ only in rounding (sums taken in another order). transformers runs the naive form.
 """
@@ -63,12 +68,14 @@ def _sizes(q, latent, kv_b):
     return r, d_R, q.shape[2] - d_R
 
 
-def latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale: float, attend=attention_ref) -> np.ndarray:
+def latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale: float, keep=None,
+                           attend=attention_ref) -> np.ndarray:
     """Expand per-head keys and values from the cache, then multi-head attention (`attend`).
 
     q [T, H, Dn + d_R] (RoPE applied to its last d_R dims), latent [S, r + d_R] (cache rows
     [c_kv | k_rot]), kv_b [H (Dn + Dv), r] (``kv_b_proj.weight``, file dtype), q_pos [T],
-    k_pos [S] -> [T, H, Dv]. In PyTorch: Mistral4Attention.expand_kv, then the attention.
+    k_pos [S], keep [T, S] or None -> [T, H, Dv]. In PyTorch: Mistral4Attention.expand_kv, then
+    the attention.
     """
     S, H = latent.shape[0], q.shape[1]
     r, d_R, Dn = _sizes(q, latent, kv_b)
@@ -76,10 +83,11 @@ def latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale: float, attend=a
     kv = linear(c_kv, kv_b).reshape(S, H, -1)  # [S, H, Dn + Dv]  [W^UK_i; W^UV_i] c_j   (eq. 10, 11)
     k_nope, v = kv[..., :Dn], kv[..., Dn:]  # [S, H, Dn], [S, H, Dv]
     k = np.concatenate([k_nope, np.broadcast_to(k_rot[:, None, :], (S, H, d_R))], axis=-1)  # [S, H, Dn + d_R] eq. 17
-    return attend(q, k, v, q_pos, k_pos, None, scale)  # [T, H, Dv]  eq. 18
+    return attend(q, k, v, q_pos, k_pos, None, scale, keep)  # [T, H, Dv]  eq. 18
 
 
-def latent_attention_absorbed(q, latent, kv_b, q_pos, k_pos, scale: float, attend=attention_ref) -> np.ndarray:
+def latent_attention_absorbed(q, latent, kv_b, q_pos, k_pos, scale: float, keep=None,
+                              attend=attention_ref) -> np.ndarray:
     """The same attention in the latent space: W^UK folded into the query, W^UV applied to
     the weighted sum of latents (the identity is in the module docstring). Arguments and
     result as `latent_attention_naive`."""
@@ -88,24 +96,25 @@ def latent_attention_absorbed(q, latent, kv_b, q_pos, k_pos, scale: float, atten
     q_latent = np.einsum("thn,hnr->thr", q[..., :Dn], W[:, :Dn])  # [T, H, r]  (W^UK_i)^T q^C_{t,i}
     q_absorbed = np.concatenate([q_latent, q[..., Dn:]], axis=-1)  # [T, H, r + d_R]
     rows = latent[:, None, :]  # [S, 1, r + d_R]  one key head for all H query heads: the cache rows
-    o_latent = attend(q_absorbed, rows, rows, q_pos, k_pos, None, scale)[..., :r]  # [T, H, r]  sum_j p c_j
+    o_latent = attend(q_absorbed, rows, rows, q_pos, k_pos, None, scale, keep)[..., :r]  # [T, H, r]  sum_j p c_j
     return np.einsum("thr,hvr->thv", o_latent, W[:, Dn:])  # [T, H, Dv]  W^UV_i (sum_j p c_j)
 
 
-def latent_attention_ref(q, latent, kv_b, q_pos, k_pos, scale: float) -> np.ndarray:
+def latent_attention_ref(q, latent, kv_b, q_pos, k_pos, scale: float, keep=None) -> np.ndarray:
     """The reference: the naive form with `kernels.attention.attention_ref`.
 
-    q [T, H, Dn + d_R], latent [S, r + d_R], kv_b [H (Dn + Dv), r], q_pos [T], k_pos [S] -> [T, H, Dv].
+    q [T, H, Dn + d_R], latent [S, r + d_R], kv_b [H (Dn + Dv), r], q_pos [T], k_pos [S],
+    keep [T, S] or None -> [T, H, Dv].
     """
-    return latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale, attention_ref)
+    return latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale, keep, attention_ref)
 
 
-def latent_attention_fast(q, latent, kv_b, q_pos, k_pos, scale: float) -> np.ndarray:
+def latent_attention_fast(q, latent, kv_b, q_pos, k_pos, scale: float, keep=None) -> np.ndarray:
     """The absorbed form for a few queries (decode: the Numba kernel reads the cache in
     place), the naive form for more (prefill: BLAS); both through `attention_fast`."""
     if q.shape[0] > MAX_DECODE_QUERIES:
-        return latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale, attention_fast)
-    return latent_attention_absorbed(q, latent, kv_b, q_pos, k_pos, scale, attention_fast)
+        return latent_attention_naive(q, latent, kv_b, q_pos, k_pos, scale, keep, attention_fast)
+    return latent_attention_absorbed(q, latent, kv_b, q_pos, k_pos, scale, keep, attention_fast)
 
 
 latent_attention = dispatch(latent_attention_ref, latent_attention_fast)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import numpy as np
 
 from npinfer.kernels.activations import softmax
+from npinfer.kernels.config_fields import ConfigError
 
 
 def route_ref(router_logits: np.ndarray, k: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +87,20 @@ def _scores(router_logits: np.ndarray, scoring: str) -> np.ndarray:
     if scoring == "sigmoid":
         return 1 / (1 + np.exp(-router_logits))  # [T, E]
     raise ValueError(f"scoring must be 'softmax' or 'sigmoid', not {scoring!r}")
+
+
+def check_group_limited(n_routed_experts: int, n_group: int, topk_group: int, num_experts_per_tok: int) -> None:
+    """The routing `route_group_limited` can run: E experts in n_group groups of at least two
+    (a group scores by its best two), topk_group of them kept, k experts among theirs; else a
+    ConfigError naming the field (a config's __post_init__ calls this)."""
+    E, G = n_routed_experts, n_group
+    if E % G or E // G < 2:
+        raise ConfigError(f"n_routed_experts={E} must be a multiple of n_group={G} with at least 2 experts per group")
+    if not 1 <= topk_group <= G:
+        raise ConfigError(f"topk_group={topk_group} must be in 1..n_group={G}")
+    if not 1 <= num_experts_per_tok <= topk_group * (E // G):
+        raise ConfigError(f"num_experts_per_tok={num_experts_per_tok} must be in 1..{topk_group * (E // G)}"
+                          f" (the experts of topk_group={topk_group} groups)")
 
 
 def route_group_limited_ref(router_logits: np.ndarray, k: int, n_group: int, topk_group: int,

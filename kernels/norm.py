@@ -1,5 +1,6 @@
-"""RMSNorm (Zhang & Sennrich 2019, eq. 4), as Mistral, Mixtral and Jamba use it, and
-Mamba-2's gated RMSNorm per group (`gated_rms_norm`).
+"""RMSNorm (Zhang & Sennrich 2019, eq. 4), as Mistral, Mixtral and Jamba use it,
+Mamba-2's gated RMSNorm per group (`gated_rms_norm`), and LayerNorm (`layer_norm`: the
+DSA indexer of Mistral Large 4 normalises its query input and its keys with one).
 
 In PyTorch (MistralRMSNorm):
     variance = x.pow(2).mean(-1, keepdim=True)
@@ -100,3 +101,18 @@ def gated_rms_norm_ref(y: np.ndarray, z: np.ndarray, weight: np.ndarray, eps: fl
 
 
 gated_rms_norm = gated_rms_norm_ref
+
+
+def layer_norm_ref(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm (Ba et al. 2016, eq. 4): x [..., d] centred and divided by its standard
+    deviation (the biased variance, eps inside the root), times `weight` [d] plus `bias` [d].
+    In PyTorch: nn.LayerNorm(d, eps)(x).
+
+    No Numba twin: it runs on the indexer's inputs only, a small share of a layer.
+    """
+    centred = x - np.mean(x, axis=-1, keepdims=True)  # [..., d]
+    variance = np.mean(centred * centred, axis=-1, keepdims=True)  # [..., 1]
+    return centred / np.sqrt(variance + eps) * widen(weight, x.dtype) + widen(bias, x.dtype)  # [..., d]
+
+
+layer_norm = layer_norm_ref

@@ -18,16 +18,17 @@ kept as their raw ``uint16`` bits and widened where they are used (see
 This module only re-exports.
 """
 
-from npinfer.kernels.activations import silu, softmax, softplus
+from npinfer.kernels.activations import silu, softcap, softmax, softplus
 from npinfer.kernels.attention import attention
 from npinfer.kernels.backend import backend, dispatch, use, using
 from npinfer.kernels.conv import causal_conv1d, conv1d_step
 from npinfer.kernels.dtypes import compute_dtype, widen
+from npinfer.kernels.indexer import index_mask, index_scores
 from npinfer.kernels.latent_attention import latent_attention
 from npinfer.kernels.linear import embed, linear, swiglu
 from npinfer.kernels.moe import mixture, route, route_group_limited
-from npinfer.kernels.norm import gated_rms_norm, rms_norm
-from npinfer.kernels.rope import apply_rope, rope_tables
+from npinfer.kernels.norm import gated_rms_norm, layer_norm, rms_norm
+from npinfer.kernels.rope import apply_rope, deinterleave, log_position_scale, rope_tables
 from npinfer.kernels.ssd import ssd_scan, ssd_step
 from npinfer.kernels.ssm import selective_scan, ssm_step
 
@@ -37,4 +38,5 @@ __all__ = [
     "ssm_step", "swiglu", "use", "using", "widen",
     "latent_attention", "route_group_limited",
     "gated_rms_norm", "ssd_scan", "ssd_step",
+    "deinterleave", "index_mask", "index_scores", "layer_norm", "log_position_scale", "softcap",
 ]

@@ -38,6 +38,19 @@ wavelength, and the two halves of YaRN are:
 after RoPE, q at position p is multiplied by 1 + beta * ln(1 + floor(p / L)), so
 that attention stays sharp far beyond the trained context (1 inside it).
 
+**Mistral Large 4** adds two learned variants (transformers ``models/mistral_large4``):
+
+* "LeRoPE": one learned alpha [D/2] for the whole model rescales the frequencies,
+  inv_freq'[i] = inv_freq[i] * exp(alpha[i]) (after YaRN's blend; alpha = 0 is plain
+  RoPE), the ``alpha`` of `rope_tables`;
+* a per-head query scale that grows with the log of the position,
+  q_h * (s_h ln(p + 1) + b_h) (`log_position_scale`): Scalable-Softmax's s log n
+  (Nakanishi 2025, arXiv:2501.19399, n = p + 1 keys seen) with a learned s_h and b_h
+  per head (``ssmax_scaling.s`` / ``.b`` in Mistral's files).
+
+DeepSeek's layout pairs *adjacent* rotary dims (2i, 2i + 1) (``rope_interleave``);
+`deinterleave` reorders them into this file's halves before the rotation.
+
 The frequencies, ramp and tables are computed in float64 and rounded once to the
 compute dtype, so float64 mode is float64 throughout.
 """
@@ -49,13 +62,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npinfer.kernels.config_fields import (
-    ConfigError,
-    bool_field,
-    dict_field,
-    float_field,
-    optional_int,
-)
+from npinfer.kernels.config_fields import ConfigError, bool_field, dict_field, float_field, optional_int
+from npinfer.kernels.dtypes import widen
 
 
 @dataclass(frozen=True)
@@ -156,15 +164,18 @@ def inv_frequencies(head_dim: int, theta: float, yarn: Yarn | None = None) -> np
 
 
 def rope_tables(positions: np.ndarray, head_dim: int, theta: float, dtype,
-                yarn: Yarn | None = None) -> tuple[np.ndarray, np.ndarray]:
+                yarn: Yarn | None = None, alpha: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin [T, D] for integer `positions` [T], as `dtype` (YaRN: its frequencies,
-    and both tables times its attention scale sqrt(1/t)).
+    and both tables times its attention scale sqrt(1/t); LeRoPE's learned `alpha` [D/2]:
+    every frequency times exp(alpha), as transformers' MistralLarge4TextRotaryEmbedding).
 
     The angles are computed in float64 and the tables rounded once to `dtype`:
     a float32 angle of position 30000 is off by ~1e-3 rad, which is what HF's
     float32 tables carry; ours are the correctly rounded values.
     """
     inv_freq = inv_frequencies(head_dim, theta, yarn)  # [D/2]
+    if alpha is not None:
+        inv_freq = inv_freq * np.exp(np.asarray(alpha, np.float64))  # [D/2]  LeRoPE
     angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]  # [T, D/2]
     angles = np.concatenate([angles, angles], axis=-1)  # [T, D]
     scale = 1.0 if yarn is None else yarn.attention_scale  # the temperature: sqrt(1/t) on q and on k
@@ -177,6 +188,29 @@ def llama4_query_scale(positions: np.ndarray, beta: float, original_max_position
     ``get_llama_4_attn_scale``; 1 for every position inside the trained context L)."""
     p = np.asarray(positions, dtype=np.float64)  # [T]
     return (1 + beta * np.log1p(np.floor(p / original_max_position_embeddings))).astype(dtype)  # [T]
+
+
+def log_position_scale(positions: np.ndarray, scale: np.ndarray, bias: np.ndarray, dtype) -> np.ndarray:
+    """[T, H]: s_h ln(p + 1) + b_h, Mistral Large 4's per-head query factor at position p
+    (``MistralLarge4TextSoftmaxScaling``; `scale` s [H] and `bias` b [H] are weights). In
+    PyTorch: query * (scale * log(position_ids + 1) + bias), in the query's dtype."""
+    log_pos = np.log1p(np.asarray(positions, np.float64)).astype(dtype)  # [T]  ln(p + 1)
+    return widen(scale, dtype)[None, :] * log_pos[:, None] + widen(bias, dtype)[None, :]  # [T, H]
+
+
+def mla_softmax_scale(qk_head_dim: int, yarn: Yarn | None) -> float:
+    """1 / sqrt(Dn + d_R) (DeepSeek-V2 eq. 18), times m(s, mscale_all_dim)^2 under YaRN with
+    ``mscale_all_dim`` set (transformers' ``yarn_apply_mscale``; DeepSeek's mscale on both q
+    and k). The cos and sin tables carry YaRN's other factor (`Yarn.attention_scale`)."""
+    m = yarn_mscale(yarn.factor, yarn.mscale_all_dim) if yarn is not None and yarn.mscale_all_dim else 1.0
+    return qk_head_dim ** -0.5 * m * m
+
+
+def deinterleave(x: np.ndarray) -> np.ndarray:
+    """[..., d_R] with rotary pairs (2i, 2i + 1) -> pairs (i, i + d_R / 2), rotate-half's layout.
+    The rotated dims come out in this order, as transformers' ``apply_rotary_pos_emb_interleave``
+    outputs them (q . k does not depend on it as long as q and k agree)."""
+    return np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)  # [..., d_R]
 
 
 def apply_rope_ref(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:

@@ -183,3 +183,91 @@ MAMBA2_CASES = {
     "g4_limit_bias": (mamba2(n_groups=4, state_size=8, conv_kernel=3, use_conv_bias=False, use_bias=True,
                              num_hidden_layers=3, time_step_limit=[0.01, 0.05]), 63),
 }
+
+
+# ---------------------------------------------------------------- Mistral Large 4, Mistral Large 3
+def large4_text(**overrides) -> dict:
+    """A tiny Mistral Large 4 text_config: 5 layers, every feature of the issue in one model.
+
+        layer 0  RoPE, owns latent 0, full indexer, dense MLP
+        layer 1  RoPE, reads layer 0's latent, reuses layer 0's choice, MoE
+        layer 2  NoPE, owns latent 2, full indexer, MoE
+        layer 3  NoPE, reads layer 2's latent, its own indexer (NoPE too), MoE
+        layer 4  RoPE, owns latent 4, reuses layer 3's choice, MoE
+
+    index_topk 8 (a 40-token prompt attends sparsely); LeRoPE over YaRN x8 of 16 positions
+    (the prompt runs through the ramp); 8 experts in 2 groups, top-2 of the best one."""
+    text = {
+        "model_type": "mistral_large4_text", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
+        "moe_intermediate_size": 32, "num_hidden_layers": 5, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "kv_lora_rank": 20, "qk_nope_head_dim": 12, "qk_rope_head_dim": 8, "v_head_dim": 10,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+        "routed_scaling_factor": 1.0, "index_topk": 8, "index_head_dim": 16, "index_n_heads": 4,
+        "mlp_layer_types": ["dense", "sparse", "sparse", "sparse", "sparse"],
+        "indexer_types": ["full", "shared", "full", "full", "shared"],
+        "no_rope_layers": [1, 1, 0, 0, 1], "kv_source_layers": [0, 0, 2, 2, 4],
+        "final_logit_softcapping": 30.0, "hidden_act": "silu", "max_position_embeddings": 128, "rms_norm_eps": 1e-5,
+        "attention_bias": False, "tie_word_embeddings": False,
+        "rope_parameters": yarn_rope(original=16, factor=8.0, beta=None, rope_theta=10000.0, attention_factor=1.0),
+        "bos_token_id": 1, "eos_token_id": 2,
+    }
+    return text | overrides
+
+
+def large4(text: dict | None = None, **overrides) -> dict:
+    """MistralLarge4ForConditionalGeneration around `text` (large4_text() by default), a small Pixtral tower."""
+    return mistral3(large4_text() if text is None else text, architectures=["MistralLarge4ForConditionalGeneration"],
+                    model_type="mistral_large4") | overrides
+
+
+LARGE4_CASES = {
+    "every_feature": (large4(), 71),
+    # YaRN's own mscales (cos/sin ratio, mscale_all_dim^2 on the softmax), biases, 2 dense layers, 2 shared
+    # experts, the same (interleaved) indexer head width as the rope dims, no soft-cap change; index_topk 5
+    "mscale_bias_topk5": (large4(large4_text(
+        attention_bias=True, mlp_layer_types=["dense", "dense", "sparse", "sparse", "sparse"], n_shared_experts=2,
+        index_topk=5, index_head_dim=8, index_n_heads=2, routed_scaling_factor=2.0, final_logit_softcapping=15.0,
+        rope_parameters=yarn_rope(original=16, factor=4.0, beta=None, mscale=0.707, mscale_all_dim=1.0,
+                                  rope_theta=10000.0))), 72),
+    # plain RoPE; one group; 3 layers sharing nothing but the first indexer
+    "plain_rope_no_sharing": (large4(large4_text(
+        num_hidden_layers=3, mlp_layer_types=["sparse"] * 3, indexer_types=["full", "shared", "shared"],
+        no_rope_layers=[1, 0, 1], kv_source_layers=[0, 1, 2], n_group=1, topk_group=1, num_experts_per_tok=3,
+        index_topk=12, rope_parameters={"rope_type": "default", "rope_theta": 1e6})), 73),
+}
+
+# The compact config.json of every_feature: the per-layer lists left to MistralLarge4TextConfig.__post_init__
+# (index_topk_pattern, first_k_dense_replace, no_rope_layer_interval 3: layer 2 NoPE, kv_source_layers
+# absent: every layer owns its latent), and its freq/offset form.
+LARGE4_COMPACT = {
+    "pattern": {"index_topk_pattern": "FSFFS", "first_k_dense_replace": 1, "no_rope_layer_interval": 3},
+    "freq_offset": {"index_topk_freq": 2, "index_skip_topk_offset": 1, "first_k_dense_replace": 2},
+}
+
+
+def large3_params(**overrides) -> dict:
+    """A tiny Mistral Large 3 params.json (Mistral's native layout): DeepSeek-V3's shape with a low-rank
+    query, 1 dense layer then 8 experts in 2 groups (top-2 of the best one) + 1 shared, softmax routing
+    with norm_topk_prob, YaRN x4 of 16 positions, llama-4 query scaling beyond them."""
+    params = {
+        "dim": 64, "n_layers": 3, "hidden_dim": 96, "n_heads": 4, "n_kv_heads": 4, "head_dim": 20,
+        "norm_eps": 1e-5, "vocab_size": 128, "rope_theta": 10000.0, "max_position_embeddings": 64,
+        "q_lora_rank": 24, "kv_lora_rank": 20, "qk_nope_head_dim": 12, "qk_rope_head_dim": 8, "v_head_dim": 10,
+        "moe": {"num_experts": 8, "num_experts_per_tok": 2, "first_k_dense_replace": 1, "num_shared_experts": 1,
+                "expert_hidden_dim": 32, "routed_scale": 1.0, "num_expert_groups": 2, "num_expert_groups_per_tok": 1},
+        "yarn": {"factor": 4.0, "original_max_position_embeddings": 16, "beta": 32.0, "alpha": 1.0},
+        "llama_4_scaling": {"beta": 0.1, "original_max_position_embeddings": 16},
+        "tied_embeddings": False,
+    }
+    return params | overrides
+
+
+LARGE3_CASES = {
+    "lora_groups2": (large3_params(), 81),
+    # no low-rank query (attention.wq); 2 dense layers; 2 shared experts scaled by 2.5; yarn without scale
+    "wq_dense2_scaled": (large3_params(q_lora_rank=None, n_layers=4, moe={
+        "num_experts": 8, "num_experts_per_tok": 3, "first_k_dense_replace": 2, "num_shared_experts": 2,
+        "expert_hidden_dim": 32, "routed_scale": 2.5, "num_expert_groups": 1, "num_expert_groups_per_tok": 1},
+        yarn={"factor": 8.0, "original_max_position_embeddings": 16, "beta": 16.0, "alpha": 1.0,
+              "apply_scale": False}), 82),
+}

@@ -49,13 +49,20 @@ def hf_run(model, ids, generate: int) -> dict[str, np.ndarray]:
     return out
 
 
+# 1-D parameters that are no norm weights (Mistral Large 4's): drawn near 0, as trained ones sit
+# (LeRoPE's alpha and the log-position scale start at 0 in transformers; LayerNorm biases)
+NEAR_ZERO = ("rotary_emb.alpha", "softmax_scaling.scale", "k_norm.bias", "q_input_norm.bias")
+
+
 def randomize_(model, seed: int) -> None:
     """Redraw a transformers model's weights so logits have std ~1 (its own init is
     ~0.02 and gives near-uniform logits, which would test little)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 1:
+            if name.endswith(NEAR_ZERO):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             elif "embed_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=g))

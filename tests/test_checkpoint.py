@@ -42,9 +42,7 @@ def test_safetensors_round_trip_is_memory_mapped(tmp_path):
     np.testing.assert_array_equal(back["a"], tensors["a"])
     np.testing.assert_array_equal(back["b"], tensors["b"])
     np.testing.assert_array_equal(bf16_to_f32_ref(back["c"]), [1.5, -2.0])
-    from safetensors.torch import (
-        load_file,  # the reference reader agrees on every value
-    )
+    from safetensors.torch import load_file  # the reference reader agrees on every value
 
     ref = load_file(tmp_path / "x.safetensors")
     assert ref["c"].dtype == torch.bfloat16 and ref["c"].float().tolist() == [1.5, -2.0]

@@ -15,14 +15,7 @@ import numpy as np
 import pytest
 
 from npinfer.engine.generation.chat_model import load_chat_model
-from npinfer.engine.generation.constrained import (
-    Grammar,
-    GrammarError,
-    json_grammar,
-    lltokenizer,
-    plan,
-    tool_grammar,
-)
+from npinfer.engine.generation.constrained import Grammar, GrammarError, json_grammar, lltokenizer, plan, tool_grammar
 from npinfer.engine.generation.request import GenerationParams, complete, eos_ids
 from npinfer.engine.generation.sampling import SamplingParams, log_softmax
 from npinfer.engine.load.tiny import family_config, write_checkpoint

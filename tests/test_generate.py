@@ -13,12 +13,7 @@ from conftest import run_cli
 
 from npinfer.engine.generation.chat_model import load_chat_model
 from npinfer.engine.generation.events import Delta, Finish, Usage, collect
-from npinfer.engine.generation.request import (
-    GenerationParams,
-    PromptTooLong,
-    complete,
-    generate,
-)
+from npinfer.engine.generation.request import GenerationParams, PromptTooLong, complete, generate
 from npinfer.engine.generation.sampling import SamplingParams, log_softmax
 from npinfer.engine.load.tiny import family_config, write_checkpoint
 from npinfer.engine.oracle.dumps import greedy

@@ -7,14 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cases import (
-    GENERATE,
-    JAMBA_CASES,
-    MINISTRAL_CASES,
-    MISTRAL4_CASES,
-    MISTRAL_CASES,
-    MIXTRAL_CASES,
-)
+from cases import GENERATE, JAMBA_CASES, MINISTRAL_CASES, MISTRAL4_CASES, MISTRAL_CASES, MIXTRAL_CASES
 from conftest import assert_matches
 
 from npinfer.engine.load.open import load_model

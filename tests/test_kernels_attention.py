@@ -11,12 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npinfer.kernels.attention import (
-    KEY_BLOCK,
-    MAX_DECODE_QUERIES,
-    attention_fast,
-    attention_ref,
-)
+from npinfer.kernels.attention import KEY_BLOCK, MAX_DECODE_QUERIES, attention_fast, attention_ref
 
 attention_module = importlib.import_module("npinfer.kernels.attention")  # `kernels.attention` itself is the op
 

@@ -11,13 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npinfer.kernels import ops
-from npinfer.kernels.fp8 import (
-    E4M3,
-    FP8Tensor,
-    e4m3_to_float,
-    float_to_e4m3,
-    quantize_activations,
-)
+from npinfer.kernels.fp8 import E4M3, FP8Tensor, e4m3_to_float, float_to_e4m3, quantize_activations
 from npinfer.kernels.linear import SMALL_BATCH, linear_fast, linear_ref
 
 

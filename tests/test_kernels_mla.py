@@ -104,9 +104,9 @@ def test_latent_cache_keeps_rows_by_position_and_grows():
     np.testing.assert_array_equal(context, rows[:3])
     np.testing.assert_array_equal(pos, [0, 1, 2])
     context, pos = cache.update(rows[3:], np.arange(3, 5))  # past the capacity: grows
-    assert len(cache.pos) == 8 and cache.latent.shape == (8, 3)
+    assert len(cache.pos) == 8 and cache.rows.shape == (8, 3)
     np.testing.assert_array_equal(context, rows)
     np.testing.assert_array_equal(pos, np.arange(5))
     context, pos = cache.update(np.full((1, 3), -1.0), np.array([5]))  # a decode step reads in place
-    assert np.shares_memory(context, cache.latent) and context.shape == (6, 3)
+    assert np.shares_memory(context, cache.rows) and context.shape == (6, 3)
     np.testing.assert_array_equal(cache.pos, [0, 1, 2, 3, 4, 5, -1, -1])

@@ -12,11 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from npinfer.kernels.moe import (
-    mixture,
-    route_group_limited_ref,
-    route_ref,
-)
+from npinfer.kernels.moe import mixture, route_group_limited_ref, route_ref
 
 
 @st.composite
@@ -143,9 +139,7 @@ def test_group_limited_matches_transformers(router, n_group, topk_group, k, norm
     e_score_correction_bias), fed the logits through an identity router weight."""
     import torch
     from transformers import DeepseekV3Config, Mistral4Config
-    from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
-        DeepseekV3TopkRouter,
-    )
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
     from transformers.models.mistral4.modeling_mistral4 import Mistral4TopkRouter
 
     E = 16

@@ -16,13 +16,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.ministral3.modeling_ministral3 import get_llama_4_attn_scale
 
 from npinfer.kernels.config_fields import ConfigError
-from npinfer.kernels.rope import (
-    Yarn,
-    inv_frequencies,
-    llama4_query_scale,
-    read_rope,
-    rope_tables,
-)
+from npinfer.kernels.rope import Yarn, inv_frequencies, llama4_query_scale, read_rope, rope_tables
 
 
 @st.composite

@@ -13,15 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cases import (
-    GENERATE,
-    MISTRAL4_CASES,
-    PROMPT_LEN,
-    mistral3,
-    mistral4,
-    prompt,
-    yarn_rope,
-)
+from cases import GENERATE, MISTRAL4_CASES, PROMPT_LEN, mistral3, mistral4, prompt, yarn_rope
 from conftest import assert_matches, max_diff, run_cli
 from hf_oracle import hf_run, hf_written, load_hf
 from reference_f64 import load_f64
@@ -114,7 +106,7 @@ def test_latent_cache_holds_what_transformers_caches(tmp_path):
         cache = load_hf(path)(torch.tensor(ids)[None], use_cache=True).cache
     r = config["kv_lora_rank"]
     for i, layer in enumerate(cache.layers):
-        rows = state.caches[i].latent[:len(ids)]
+        rows = state.caches[i].rows[:len(ids)]
         assert rows.shape == (len(ids), r + config["qk_rope_head_dim"])
         assert max_diff(rows[:, :r], layer.keys[0, 0].numpy()) <= 1e-5  # [T, r]
         assert max_diff(rows[:, r:], layer.values[0, 0].numpy()) <= 1e-5  # [T, d_R]

@@ -20,12 +20,7 @@ from npinfer.engine.errors import NpinferError
 from npinfer.engine.generation import constrained
 from npinfer.engine.generation.chat_model import load_chat_model
 from npinfer.engine.generation.events import Finish, Usage
-from npinfer.engine.generation.request import (
-    PREFILL_CHUNK,
-    GenerationParams,
-    eos_ids,
-    generate,
-)
+from npinfer.engine.generation.request import PREFILL_CHUNK, GenerationParams, eos_ids, generate
 from npinfer.engine.generation.sampling import SamplingParams
 from npinfer.engine.generation.scheduler import (
     DONE,
@@ -43,7 +38,7 @@ from npinfer.engine.load.tiny import family_config, write_checkpoint
 from npinfer.engine.serve.errors import api_error
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
-LAYOUTS = ["mistral", "mixtral", "ministral", "ministral3", "jamba"]
+LAYOUTS = ["mistral", "mixtral", "ministral", "ministral3", "jamba", "mistral4", "mistral-large4"]
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -221,7 +216,7 @@ def test_each_cache_says_its_size_at_a_length(chats):
     assert full.nbytes_at(100) == 256 * per_slot and full.nbytes_at(300) == 512 * per_slot
     assert full.nbytes_at(1025) == 2048 * per_slot
     latent = chats["mistral4"].model.new_state()  # MLA: one latent row (r + d_R numbers) per position
-    per_row = sum(c.latent[0].nbytes + 8 for c in latent.caches)
+    per_row = sum(c.rows[0].nbytes + 8 for c in latent.caches)
     assert latent.nbytes_at(256) == 256 * per_row and latent.nbytes_at(4096) == 4096 * per_row
     assert latent.nbytes_at(100_000) == 131072 * per_row
     recurrent = chats["mamba2"].model.new_state()

@@ -9,11 +9,7 @@ import mistral_common
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mistral_common.protocol.instruct.messages import (
-    AssistantMessage,
-    SystemMessage,
-    UserMessage,
-)
+from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 

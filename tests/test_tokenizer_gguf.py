@@ -19,13 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llama_vocab import (
-    build_llama_tokenize,
-    llama_eog_ids,
-    llama_tokenize,
-    llama_vocab_dir,
-    read_vectors,
-)
+from llama_vocab import build_llama_tokenize, llama_eog_ids, llama_tokenize, llama_vocab_dir, read_vectors
 
 from npinfer.engine.load.gguf_checkpoint import gguf_tokenizer, open_gguf
 from npinfer.tokenizer.chat import render_chat

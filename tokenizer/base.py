@@ -76,7 +76,10 @@ class Tokenizer:
         raise NotImplementedError
 
     def id_to_piece(self, token_id: int) -> str:
-        raise NotImplementedError
+        """The piece of `token_id` as the vocabulary writes it (a kind that keeps its pieces in a
+        list `pieces`, by id, inherits this)."""
+        self._check_id(token_id)
+        return self.pieces[token_id]
 
     def token_bytes(self, token_id: int) -> bytes:
         raise NotImplementedError

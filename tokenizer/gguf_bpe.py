@@ -163,10 +163,6 @@ class GGUFBPETokenizer(Tokenizer):
         return ids
 
     # -- vocabulary ----------------------------------------------------------------------
-    def id_to_piece(self, token_id: int) -> str:
-        self._check_id(token_id)
-        return self.pieces[token_id]
-
     def token_bytes(self, token_id: int) -> bytes:
         """What the token decodes to (module docstring), made on first use."""
         self._check_id(token_id)

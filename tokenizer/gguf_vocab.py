@@ -56,17 +56,7 @@ from .errors import TokenizerError
 from .gguf_bpe import bpe_from_gguf
 from .pretokenizers import PRE_TOKENIZERS
 from .sentencepiece_bpe import SentencePieceTokenizer
-from .spm_proto import (
-    BYTE,
-    CONTROL,
-    MODEL_TYPE_BPE,
-    NORMAL,
-    UNKNOWN,
-    ModelProto,
-    NormalizerSpec,
-    Piece,
-    TrainerSpec,
-)
+from .spm_proto import BYTE, CONTROL, MODEL_TYPE_BPE, NORMAL, UNKNOWN, ModelProto, NormalizerSpec, Piece, TrainerSpec
 
 KEY = "tokenizer.ggml."
 REFUSED = {"bert": "WordPiece", "t5": "Unigram", "rwkv": "RWKV", "plamo2": "PLaMo-2", "hybriddna": "DNA k-mer",

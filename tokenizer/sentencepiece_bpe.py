@@ -51,15 +51,7 @@ import re
 from .base import Tokenizer
 from .bpe import WordCache, bpe_merge, no_piece_crosses_space
 from .errors import TokenizerError
-from .spm_proto import (
-    BYTE,
-    CONTROL,
-    MODEL_TYPE_BPE,
-    UNKNOWN,
-    UNUSED,
-    ModelProto,
-    parse_model_proto,
-)
+from .spm_proto import BYTE, CONTROL, MODEL_TYPE_BPE, UNKNOWN, UNUSED, ModelProto, parse_model_proto
 from .stream import DecodeState, PerByte
 
 SPACE = "\u2581"  # ▁ LOWER ONE EIGHTH BLOCK, sentencepiece's kSpaceSymbol
@@ -253,10 +245,6 @@ class SentencePieceTokenizer(Tokenizer):
         return ids
 
     # -- vocabulary ------------------------------------------------------------------
-    def id_to_piece(self, token_id: int) -> str:
-        self._check_id(token_id)
-        return self.pieces[token_id]
-
     def token_bytes(self, token_id: int) -> bytes:
         self._check_id(token_id)
         t = self._types[token_id]

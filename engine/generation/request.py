@@ -78,12 +78,7 @@ from npinfer.engine.generation.events import (
     collect,
     token_logprob,
 )
-from npinfer.engine.generation.sampling import (
-    SamplingParams,
-    choice_rngs,
-    choose,
-    log_softmax,
-)
+from npinfer.engine.generation.sampling import SamplingParams, choice_rngs, choose, log_softmax
 from npinfer.engine.generation.stops import StopStrings
 from npinfer.tokenizer.tools import ParsedCall, ToolCallParser, ToolSyntax
 

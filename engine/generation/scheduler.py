@@ -54,11 +54,7 @@ from dataclasses import dataclass, field
 
 from npinfer.engine.errors import NpinferError
 from npinfer.engine.generation.events import Usage
-from npinfer.engine.generation.request import (
-    Generation,
-    GenerationParams,
-    context_limit,
-)
+from npinfer.engine.generation.request import Generation, GenerationParams, context_limit
 from npinfer.engine.load.mapped_files import MappedFiles
 from npinfer.kernels.linear import SMALL_BATCH
 

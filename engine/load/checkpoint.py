@@ -168,17 +168,8 @@ def fetch_repo(repo: str) -> Path:
     seconds, not a retry per file. huggingface-hub draws its download bars (tqdm) on a
     terminal only.
     """
-    from huggingface_hub import (
-        constants,
-        get_hf_file_metadata,
-        hf_hub_download,
-        hf_hub_url,
-    )
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
 
     def refused(e: Exception) -> CheckpointError:
         if isinstance(e, GatedRepoError):

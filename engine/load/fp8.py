@@ -53,31 +53,28 @@ HF_SCALE, HF_ACT = "_scale_inv", "activation_scale"
 NATIVE_SCALE, NATIVE_ACT = ".qscale_weight", ".qscale_act"
 
 
+# layout -> (its config key, the field naming the format, the format npinfer reads, the activation-scheme
+# field and its default, the schemes read); native files are per tensor, static ("TENSOR")
+FORMATS = {"native": ("quantization", "qformat_weight", "fp8_e4m3", "qscheme_act", "TENSOR", ("TENSOR",)),
+           "hf": ("quantization_config", "quant_method", "fp8", "activation_scheme", "dynamic", ("static", "dynamic"))}
+
+
 def quantization(config: dict, layout: str, where: str) -> dict | None:
     """{"block": (bm, bn) | None, "static": bool} of a checkpoint's FP8 config, None when it has
     none; a one-line error for a format npinfer does not read."""
-    if layout == "native":
-        q = config.get("quantization")
-        if q is None:
-            return None
-        fmt = q.get("qformat_weight") if isinstance(q, dict) else q
-        if fmt != "fp8_e4m3":
-            raise CheckpointError(f"{where}: quantization qformat_weight {fmt!r} is not supported "
-                                  f"(npinfer reads fp8_e4m3 and unquantized checkpoints)")
-        scheme = q.get("qscheme_act", "TENSOR")
-        if scheme != "TENSOR":
-            raise CheckpointError(f"{where}: quantization qscheme_act {scheme!r} is not supported (TENSOR is)")
-        return {"block": None, "static": True}
-    q = config.get("quantization_config")
+    key, format_field, supported, scheme_field, default, schemes = FORMATS["native" if layout == "native" else "hf"]
+    q = config.get(key)
     if q is None:
         return None
-    method = q.get("quant_method") if isinstance(q, dict) else None
-    if method != "fp8":
-        raise CheckpointError(f"{where}: quantization_config quant_method {method!r} is not supported "
-                              f"(npinfer reads fp8 and unquantized checkpoints)")
-    scheme = q.get("activation_scheme", "dynamic")
-    if scheme not in ("static", "dynamic"):
-        raise CheckpointError(f"{where}: quantization_config activation_scheme {scheme!r} is not static or dynamic")
+    fmt = q.get(format_field) if isinstance(q, dict) else q
+    if fmt != supported:
+        raise CheckpointError(f"{where}: {key} {format_field} {fmt!r} is not supported "
+                              f"(npinfer reads {supported} and unquantized checkpoints)")
+    scheme = q.get(scheme_field, default)
+    if scheme not in schemes:
+        raise CheckpointError(f"{where}: {key} {scheme_field} {scheme!r} is not supported ({' or '.join(schemes)} is)")
+    if layout == "native":
+        return {"block": None, "static": True}
     block = q.get("weight_block_size")
     if block is not None and not (isinstance(block, list) and len(block) == 2
                                   and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):

@@ -20,13 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npinfer.engine.errors import CheckpointError, NpinferError
-from npinfer.engine.load.checkpoint import (
-    CONFIG,
-    PARAMS,
-    Checkpoint,
-    open_checkpoint,
-    resolve,
-)
+from npinfer.engine.load.checkpoint import CONFIG, PARAMS, Checkpoint, open_checkpoint, resolve
 from npinfer.engine.load.default_model import NAME, default_model_dir
 from npinfer.engine.load.fp8 import has_fp8
 from npinfer.engine.load.gguf_checkpoint import gguf_tokenizer, hf_view

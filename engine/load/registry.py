@@ -9,7 +9,8 @@ names an architecture. `engine.load.open` turns a checkpoint into a model throug
 | mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         | llama |
 |         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |       |
 | jamba   | JambaForCausalLM                             | jamba_np   | no                          | jamba |
-| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | no                          |       |
+| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | yes (Mistral Large 3)       |       |
+| mistral_large4 | MistralLarge4ForConditionalGeneration | mistral_np | no                          |       |
 | mamba2  | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          |       |
 
 (GGUF: the ``general.architecture`` values of llama.cpp's files the family reads.)
@@ -36,6 +37,9 @@ from npinfer.jamba_np import config as jamba_config
 from npinfer.jamba_np import gguf as jamba_gguf
 from npinfer.jamba_np import model as jamba_model
 from npinfer.jamba_np import weights as jamba_weights
+from npinfer.mistral_np.large4 import config as large4_config
+from npinfer.mistral_np.large4 import model as large4_model
+from npinfer.mistral_np.large4 import weights as large4_weights
 from npinfer.mistral_np.mamba2 import config as mamba2_config
 from npinfer.mistral_np.mamba2 import model as mamba2_model
 from npinfer.mistral_np.mamba2 import weights as mamba2_weights
@@ -60,6 +64,7 @@ class NativeLayout:
     read_config: Callable[[dict], object]  # params.json -> frozen config
     architecture: Callable[[dict], str]  # params.json -> the architecture it is (for /info and logs)
     tensor_name: Callable[[str], str]  # HF name -> the name in the file
+    tiny: Mapping[str, dict] = field(default_factory=dict)  # `npinfer tiny LAYOUT` in this layout -> params.json
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,24 @@ FAMILIES = (
         name="mistral4",
         architectures=("Mistral4ForCausalLM",), model_types={"mistral4": "Mistral4ForCausalLM"},
         read_config=mistral4_config.Mistral4Config.from_hf,
+        native=NativeLayout(recognizes=mistral4_config.is_native_params,
+                            read_config=mistral4_config.Mistral4Config.from_params,
+                            architecture=mistral4_config.native_architecture, tensor_name=mistral4_weights.native_name,
+                            tiny=mistral4_config.NATIVE_TINY),
         model=mistral4_model.Mistral4, expected_shapes=mistral4_weights.expected_shapes,
         special_init=mistral4_weights.special_init, tiny=mistral4_config.TINY,
         describe=mistral4_config.Mistral4Config.describe,
+        embeddings="model.embed_tokens.weight", provider="MistralAI", chat_format="mistral-v1",
+    ),
+    Family(  # Mistral Large 4 (mistral_np/large4/): the text decoder of its multimodal checkpoint, whose
+        # config.json is transformers' but whose tensor names are Mistral's native ones
+        name="mistral_large4",
+        architectures=("MistralLarge4ForConditionalGeneration",),
+        model_types={"mistral_large4": "MistralLarge4ForConditionalGeneration"},
+        read_config=large4_config.MistralLarge4Config.from_hf, tensor_name=large4_weights.tensor_name,
+        model=large4_model.MistralLarge4, expected_shapes=large4_weights.expected_shapes,
+        special_init=large4_weights.special_init, tiny=large4_config.TINY,
+        describe=large4_config.MistralLarge4Config.describe,
         embeddings="model.embed_tokens.weight", provider="MistralAI", chat_format="mistral-v1",
     ),
     Family(  # Codestral Mamba (mistral_np/mamba2/)
@@ -203,6 +223,8 @@ MULTIMODAL = (
 
 ARCHITECTURES = tuple(a for f in FAMILIES for a in f.architectures) + tuple(m.architecture for m in MULTIMODAL)
 TINY_LAYOUTS = {layout: (f, config) for f in FAMILIES for layout, config in f.tiny.items()}
+NATIVE_TINY_LAYOUTS = {layout: (f, params) for f in FAMILIES if f.native for layout, params in f.native.tiny.items()}
+TINY_LAYOUTS |= NATIVE_TINY_LAYOUTS  # (their configs are params.json files: engine.tiny writes the native layout)
 
 
 def architecture_of(config_json: dict, where: str = CONFIG) -> str:

@@ -1,4 +1,5 @@
-"""Small seeded random checkpoints in Hugging Face layout (`npinfer tiny`).
+"""Small seeded random checkpoints in Hugging Face layout, or in a family's native layout
+(``params.json`` + ``consolidated.safetensors``) for the tiny layouts that are one (`npinfer tiny`).
 
 They serve as the embedded default model (so `npinfer chat` runs with no
 download) and as the test fixtures the golden references are recorded on.
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npinfer.engine.load.registry import TINY_LAYOUTS, family_of, tiny_layout
+from npinfer.engine.load.checkpoint import CONFIG, NATIVE, PARAMS, SINGLE
+from npinfer.engine.load.registry import NATIVE_TINY_LAYOUTS, TINY_LAYOUTS, family_of, native_family, tiny_layout
 from npinfer.engine.load.safetensors_io import write_tensors
 from npinfer.kernels.dtypes import float32_to_bf16
 from npinfer.kernels.fp8 import E4M3_BYTES, quantize
@@ -27,20 +29,31 @@ def family_config(layout: str) -> dict:
     return tiny_layout(layout)[1]
 
 
-def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
+def write_layout(out_dir: str | os.PathLike, layout: str, **options) -> Path:
+    """`npinfer tiny LAYOUT OUT_DIR`: the layout's checkpoint, native or HF (options: `write_checkpoint`'s)."""
+    return write_checkpoint(out_dir, family_config(layout), native=layout in NATIVE_TINY_LAYOUTS, **options)
+
+
+def random_weights(config: dict, seed: int, native: bool = False) -> dict[str, np.ndarray]:
     """Seeded float32 weights for every tensor `config` needs (see module docstring),
-    under the names the family's layout gives them in the file.
+    under the names the family's layout gives them in the file (`native`: `config` is a
+    params.json, the names the family's native layout gives them).
 
     A family may ask for its own draw of some tensors (Jamba's A_log, D and dt
     bias must look like trained ones): its registry entry's ``special_init(name,
     shape, rng)`` returns an array, or None for the generic rule.
     """
     rng = np.random.default_rng(seed)
-    family = family_of(config)
+    if native:
+        family = native_family(config, PARAMS)
+        read, in_file, tied = family.native.read_config, family.native.tensor_name, config.get("tied_embeddings")
+    else:
+        family = family_of(config)
+        # HF name -> the file's (a multimodal checkpoint nests the decoder)
+        read, in_file, tied = family.read_config, family.tensor_name(config, {}), config.get("tie_word_embeddings")
     special = family.special_init or (lambda name, shape, rng: None)
-    in_file = family.tensor_name(config, {})  # HF name -> the file's (a multimodal checkpoint nests the decoder)
     weights = {}
-    for name, shape in family.expected_shapes(family.read_config(config)).items():
+    for name, shape in family.expected_shapes(read(config)).items():
         if in_file(name) in weights:  # a head tied to the embeddings, read from them: no tensor of its own
             continue
         w = special(name, shape, rng)
@@ -49,7 +62,7 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
         elif w is None and name == family.embeddings:
             # N(0, 1) rows; a tied head reads them as output rows too, so scale them
             # to N(0, 1/d) there, or logits would have std sqrt(d)
-            w = rng.standard_normal(shape) * (shape[1] ** -0.5 if config.get("tie_word_embeddings") else 1.0)
+            w = rng.standard_normal(shape) * (shape[1] ** -0.5 if tied else 1.0)
         elif w is None:
             w = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
         weights[in_file(name)] = np.asarray(w, dtype=np.float32)
@@ -103,8 +116,10 @@ def fp8_weights(config: dict, weights: dict, fp8: str, block=(128, 128), gate_up
 
 def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dtype: str = "float32",
                      shard_bytes: int | None = None, tokenizer: str | os.PathLike | None = None,
-                     fp8: str | None = None, fp8_block=(128, 128), gate_up_scales: int = 1) -> Path:
-    """Write config.json and random weights (one file, or shards of ~shard_bytes).
+                     fp8: str | None = None, fp8_block=(128, 128), gate_up_scales: int = 1,
+                     native: bool = False) -> Path:
+    """Write config.json and random weights (one file, or shards of ~shard_bytes); with
+    `native`, `config` is a params.json and the weights go to one consolidated.safetensors.
 
     dtype: "float32", "float16" or "bfloat16" (stored as BF16); with `fp8` ("tensor" or
     "block", see `fp8_weights`) the matrices are FP8 and the rest in `dtype`. The directory
@@ -117,7 +132,10 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dt
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        weights = random_weights(config, seed)
+        weights = random_weights(config, seed, native)
+        if fp8 is not None and native:
+            raise ValueError("--fp8: the tiny native layouts are written in bf16/float only (FP8 tiny checkpoints "
+                             "are written in the Hugging Face layout)")
         if fp8 is not None:
             weights, quant = fp8_weights(config, weights, fp8, fp8_block, gate_up_scales)
             config = {**config, "quantization_config": quant}
@@ -128,11 +146,15 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dt
         elif dtype != "float32":
             raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype!r}")
         bf16 = {n for n, w in weights.items() if w.dtype == np.uint16} if dtype == "bfloat16" else set()
-        (tmp / "config.json").write_text(json.dumps({**config, "torch_dtype": dtype}, indent=2) + "\n")
-        if shard_bytes is None:
-            write_tensors(tmp / "model.safetensors", weights, bf16=bf16, metadata={"format": "pt"})
+        if native:  # (mistral-inference's layout: one file, no dtype in params.json)
+            (tmp / PARAMS).write_text(json.dumps(config, indent=2) + "\n")
+            write_tensors(tmp / NATIVE, weights, bf16=bf16, metadata={"format": "pt"})
         else:
-            _write_shards(tmp, weights, bf16, shard_bytes)
+            (tmp / CONFIG).write_text(json.dumps({**config, "torch_dtype": dtype}, indent=2) + "\n")
+            if shard_bytes is None:
+                write_tensors(tmp / SINGLE, weights, bf16=bf16, metadata={"format": "pt"})
+            else:
+                _write_shards(tmp, weights, bf16, shard_bytes)
         if tokenizer is not None:
             shutil.copy(tokenizer, tmp / "tokenizer.model")
         if out.exists():

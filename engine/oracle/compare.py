@@ -61,14 +61,7 @@ import numpy as np
 from npinfer.engine.errors import NpinferError
 from npinfer.engine.generation.sampling import log_softmax
 from npinfer.engine.load.fp8 import FP8_ACTIVATIONS_HELP
-from npinfer.engine.oracle.backend import (
-    DEFAULT_PROMPTS,
-    Backend,
-    Prompt,
-    Token,
-    Vocabulary,
-    read_prompts,
-)
+from npinfer.engine.oracle.backend import DEFAULT_PROMPTS, Backend, Prompt, Token, Vocabulary, read_prompts
 
 DEFAULT_MAX_KL = 0.01
 

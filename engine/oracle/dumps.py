@@ -18,6 +18,7 @@ flat name -> array mapping:
 | input_ids                              | [T]        | int64          | the prompt                            |
 | model.embed_tokens                     | [R, d]     | compute dtype  | embeddings                            |
 | model.layers.N.input_layernorm         | [R, d]     |                | the mixer's input                     |
+| model.layers.N.self_attn.indexer       | [R, k]     | int64          | Mistral Large 4: the positions each query attends to (its indexer's top-k, causal), ascending, -1 padded |
 | model.layers.N.self_attn               | [R, d]     |                | attention output (after o_proj)       |
 | model.layers.N.mamba                   | [R, d]     |                | Mamba output (after out_proj)         |
 | model.layers.N.mamba.conv_state        | [Di, K]    |                | the conv's last K inputs, after the run |

@@ -92,10 +92,7 @@ from npinfer.engine.serve.json_body import parse_json
 from npinfer.engine.serve.openapi import openapi_document
 from npinfer.engine.serve.schema import ChatRequest, azure_request, v1_request
 from npinfer.engine.serve.service import ServerJob, Service, completed, job_events
-from npinfer.engine.serve.text_completions import (
-    completion_request,
-    text_completion_body,
-)
+from npinfer.engine.serve.text_completions import completion_request, text_completion_body
 
 
 async def sse(job: ServerJob, model: str, n: int, logprobs: bool, include_usage: bool | None = None):

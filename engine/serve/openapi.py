@@ -18,12 +18,7 @@ from typing import Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from npinfer.engine.serve.schema import (
-    EXTRA_MODES,
-    AzureChatRequest,
-    ExtraParameters,
-    V1ChatRequest,
-)
+from npinfer.engine.serve.schema import EXTRA_MODES, AzureChatRequest, ExtraParameters, V1ChatRequest
 
 
 class ErrorDetail(BaseModel):

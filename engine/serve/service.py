@@ -20,12 +20,7 @@ from npinfer.engine.errors import NpinferError
 from npinfer.engine.generation import constrained
 from npinfer.engine.generation.chat_model import ChatModel
 from npinfer.engine.generation.events import Completion, Usage, collect
-from npinfer.engine.generation.request import (
-    GenerationParams,
-    PromptTooLong,
-    context_limit,
-    eos_ids,
-)
+from npinfer.engine.generation.request import GenerationParams, PromptTooLong, context_limit, eos_ids
 from npinfer.engine.generation.scheduler import DONE, BatchLimits, Job, Scheduler
 from npinfer.engine.serve.budgets import Budgets
 from npinfer.engine.serve.errors import ApiError, api_error

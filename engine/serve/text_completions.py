@@ -25,12 +25,7 @@ from npinfer.engine.generation.events import Completion
 from npinfer.engine.generation.request import GenerationParams
 from npinfer.engine.generation.sampling import SamplingParams
 from npinfer.engine.serve.bodies import usage_body
-from npinfer.engine.serve.budgets import (
-    Budgets,
-    check_max_tokens,
-    read_seed,
-    read_stops,
-)
+from npinfer.engine.serve.budgets import Budgets, check_max_tokens, read_seed, read_stops
 from npinfer.engine.serve.errors import ApiError
 from npinfer.engine.serve.schema import Seed, Strict, validate
 

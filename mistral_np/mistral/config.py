@@ -191,7 +191,7 @@ class MistralConfig:
             num_key_value_heads=optional_int(d, "n_kv_heads", heads),
             head_dim=optional_int(d, "head_dim", dim // heads),
             rms_norm_eps=float_field(d, "norm_eps", 1e-5, positive=True),
-            rope=_native_rope(d, max_positions),
+            rope=native_rope(d, max_positions),
             windows=_native_windows(d.get("sliding_window"), layers),
             tie_word_embeddings=bool_field(d, "tied_embeddings", False),
             max_position_embeddings=max_positions,
@@ -230,16 +230,17 @@ def _native_windows(value, layers: int) -> tuple[int | None, ...]:
     return windows * (layers // len(pattern))
 
 
-def _native_rope(d: dict, max_positions: int) -> RopeParams:
-    """RoPE of params.json, as transformers' ``convert_ministral3_weights_to_hf`` maps it.
+def native_rope(d: dict, max_positions: int, default_theta: float = 1e6) -> RopeParams:
+    """RoPE of params.json, as transformers' ``convert_ministral3_weights_to_hf`` maps it
+    (the Mistral 4 family's params.json has the same blocks: `mistral_np.mistral4.config`).
 
     ``yarn: {factor, original_max_position_embeddings, beta, alpha}`` is YaRN with
     beta_fast = beta, beta_slow = alpha and mscale = mscale_all_dim = 1 (so the attention
     temperature is 1; ``apply_scale: false``, vLLM's spelling of the same, too);
     ``llama_4_scaling: {beta, original_max_position_embeddings}`` scales q.
-    mistral-inference: ``theta = self.args.rope_theta or 1000000.0``.
+    mistral-inference: ``theta = self.args.rope_theta or 1000000.0`` (`default_theta`).
     """
-    theta = float_field(d, "rope_theta", positive=True) if d.get("rope_theta") else 1e6
+    theta = float_field(d, "rope_theta", positive=True) if d.get("rope_theta") else default_theta
     yarn, llama4 = dict_field(d, "yarn"), dict_field(d, "llama_4_scaling")
     unknown = set(yarn) - {"factor", "original_max_position_embeddings", "beta", "alpha", "apply_scale"}
     if unknown:
@@ -263,8 +264,10 @@ def _native_rope(d: dict, max_positions: int) -> RopeParams:
 
 def is_native_params(params: dict) -> bool:
     """Is this params.json one of this family's (Mistral, Mixtral, Ministral, Ministral 3, Mistral 3)?
-    Mistral's MLA models (q_lora_rank / kv_lora_rank) and Mamba models (an SSM block) are others'."""
-    return not any(key in params for key in ("kv_lora_rank", "q_lora_rank", "ssm_state_size", "mamba"))
+    Mistral's MLA models (q_lora_rank / kv_lora_rank / qk_nope_head_dim: Mistral Large 3, the Mistral 4
+    family's) and Mamba models (an SSM block) are others'."""
+    return not any(key in params for key in ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim", "ssm_state_size",
+                                             "mamba"))
 
 
 def native_architecture(params: dict) -> str:

@@ -22,12 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from npinfer.kernels.weights import (
-    GGUF_ATTENTION,
-    gguf_embeddings,
-    gguf_experts,
-    gguf_layer,
-)
+from npinfer.kernels.weights import GGUF_ATTENTION, gguf_embeddings, gguf_experts, gguf_layer
 from npinfer.mistral_np.mistral.config import MistralConfig
 
 # GGUF key (after "llama.") -> config.json key

@@ -1,11 +1,16 @@
-"""The Mistral Small 4 configuration (transformers ``Mistral4Config``), one frozen dataclass.
+"""The Mistral 4 family's configuration (transformers ``Mistral4Config``), one frozen dataclass.
 
-Read from ``config.json`` as transformers 5.x writes it; a missing key takes
+Read from ``config.json`` as transformers 5.x writes it (Mistral Small 4); a missing key takes
 ``Mistral4Config``'s default (the 119B model's shapes; ``rope_parameters`` absent means
-its YaRN default). Fields that transformers writes but the model does not read are
-ignored: ``head_dim`` and ``qk_head_dim`` (always qk_nope_head_dim + qk_rope_head_dim)
-and ``num_key_value_heads`` (latent attention expands keys and values for every one of
-the H heads from the shared latent; transformers' SDPA path ignores it too).
+its YaRN default). Or from Mistral's native ``params.json`` (`Mistral4Config.from_params`:
+Mistral Large 3 ships only so), as transformers' ``convert_mistral4_weight_to_hf.py``, vLLM's
+``adapt_config_dict`` and llama.cpp's ``MistralMoeModel`` read it: DeepSeek-V3's shape with
+softmax routing and norm_topk_prob, YaRN and llama-4 query scaling.
+
+Fields that transformers writes but the model does not read are ignored: ``head_dim`` and
+``qk_head_dim`` (always qk_nope_head_dim + qk_rope_head_dim) and ``num_key_value_heads``
+(latent attention expands keys and values for every one of the H heads from the shared
+latent; transformers' SDPA path ignores it too).
 
 Two details transformers leaves implicit, written out here: the latent norms
 (``q_a_layernorm``, ``kv_a_layernorm``) use eps 1e-6 whatever ``rms_norm_eps`` says
@@ -31,7 +36,9 @@ from npinfer.kernels.config_fields import (
     int_field,
     optional_int,
 )
-from npinfer.kernels.rope import RopeParams, read_rope, yarn_mscale
+from npinfer.kernels.moe import check_group_limited
+from npinfer.kernels.rope import RopeParams, mla_softmax_scale, read_rope
+from npinfer.mistral_np.mistral.config import native_rope
 
 LATENT_NORM_EPS = 1e-6  # q_a_layernorm and kv_a_layernorm: Mistral4RMSNorm's default eps
 
@@ -67,6 +74,7 @@ class Mistral4Config:
     rope_interleave: bool = True    # rotary dims paired (2i, 2i + 1) instead of (i, i + d_R / 2)
     attention_bias: bool = False    # biases on q_a_proj, kv_a_proj_with_mqa and o_proj
     tie_word_embeddings: bool = False
+    experts_fused: bool = True      # HF files: fused gate_up_proj / down_proj; native files: one w1/w2/w3 per expert
     max_position_embeddings: int = 1048576
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
@@ -87,22 +95,12 @@ class Mistral4Config:
     @property
     def softmax_scale(self) -> float:
         """1 / sqrt(Dn + d_R) (DeepSeek-V2 eq. 18), times m(s, mscale_all_dim)^2 under YaRN
-        (transformers' ``yarn_apply_mscale``; DeepSeek's mscale on both q and k). The cos
-        and sin tables carry YaRN's other factor, m(s, mscale) / m(s, mscale_all_dim), on
-        the rotary dims only (`kernels.rope.Yarn.attention_scale`)."""
-        yarn = self.rope.yarn
-        m = yarn_mscale(yarn.factor, yarn.mscale_all_dim) if yarn is not None and yarn.mscale_all_dim else 1.0
-        return self.qk_head_dim ** -0.5 * m * m
+        (`kernels.rope.mla_softmax_scale`). The cos and sin tables carry YaRN's other factor,
+        m(s, mscale) / m(s, mscale_all_dim), on the rotary dims only (`kernels.rope.Yarn.attention_scale`)."""
+        return mla_softmax_scale(self.qk_head_dim, self.rope.yarn)
 
     def __post_init__(self):
-        E, G = self.n_routed_experts, self.n_group
-        if E % G or E // G < 2:  # transformers takes each group's top two
-            raise ConfigError(f"n_routed_experts={E} must be a multiple of n_group={G} with at least 2 experts per group")
-        if not 1 <= self.topk_group <= G:
-            raise ConfigError(f"topk_group={self.topk_group} must be in 1..n_group={G}")
-        if not 1 <= self.num_experts_per_tok <= self.topk_group * (E // G):
-            raise ConfigError(f"num_experts_per_tok={self.num_experts_per_tok} must be in 1..{self.topk_group * (E // G)}"
-                              f" (the experts of topk_group={self.topk_group} groups)")
+        check_group_limited(self.n_routed_experts, self.n_group, self.topk_group, self.num_experts_per_tok)
         if self.qk_rope_head_dim % 2:
             raise ConfigError(f"qk_rope_head_dim={self.qk_rope_head_dim} must be even for rotary embeddings")
 
@@ -147,6 +145,58 @@ class Mistral4Config:
             attention_bias=bool_field(d, "attention_bias", False),
         )
 
+    @classmethod
+    def from_params(cls, d: dict) -> "Mistral4Config":
+        """From Mistral's native ``params.json`` of an MLA model (Mistral Large 3).
+
+        ``dim, n_layers, hidden_dim, n_heads, norm_eps, vocab_size, tied_embeddings``;
+        ``q_lora_rank`` (absent or null: no low-rank query, the file has ``attention.wq``),
+        ``kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim``; ``moe{num_experts,
+        num_experts_per_tok, first_k_dense_replace, num_shared_experts, expert_hidden_dim,
+        routed_scale, num_expert_groups, num_expert_groups_per_tok}`` (softmax scores, the k
+        weights divided by their sum; no ``moe``: every layer dense); ``yarn`` and
+        ``llama_4_scaling`` as the Mistral family reads them (`mistral_np.mistral.config.native_rope`:
+        YaRN's mscale and mscale_all_dim 1, so the softmax carries m(s, 1)^2); ``rope_theta``
+        (default 10000, the converter's). The experts are one w1/w2/w3 each (``experts_fused`` false).
+        ``n_kv_heads`` and ``head_dim`` are not read (latent attention has neither).
+        """
+        layers = int_field(d, "n_layers")
+        moe = dict_field(d, "moe")
+        if moe.get("route_every_n", 1) != 1:
+            raise ConfigError(f"field 'moe.route_every_n'={moe['route_every_n']!r}: only every layer after "
+                              "first_k_dense_replace routed (1) is supported")
+        if moe.get("use_load_balancing_bias"):
+            raise ConfigError("field 'moe.use_load_balancing_bias' is true: a routing bias (DeepSeek-V3's "
+                              "e_score_correction_bias) is not supported")
+        max_positions = optional_int(d, "max_position_embeddings", optional_int(d, "max_seq_len", 1048576))
+        return cls(
+            vocab_size=int_field(d, "vocab_size", minimum=1),
+            hidden_size=int_field(d, "dim", minimum=1),
+            intermediate_size=int_field(d, "hidden_dim", minimum=1),
+            num_hidden_layers=layers,
+            num_attention_heads=int_field(d, "n_heads", minimum=1),
+            rms_norm_eps=float_field(d, "norm_eps", 1e-6, positive=True),
+            rope=native_rope(d, max_positions, default_theta=1e4),
+            q_lora_rank=optional_int(d, "q_lora_rank"),
+            kv_lora_rank=int_field(d, "kv_lora_rank", 256, minimum=1),
+            qk_nope_head_dim=int_field(d, "qk_nope_head_dim", 64, minimum=1),
+            qk_rope_head_dim=int_field(d, "qk_rope_head_dim", 64, minimum=2),
+            v_head_dim=int_field(d, "v_head_dim", 128, minimum=1),
+            moe_intermediate_size=int_field(moe, "expert_hidden_dim", 2048, minimum=1),
+            n_routed_experts=int_field(moe, "num_experts", 128, minimum=1),
+            n_shared_experts=int_field(moe, "num_shared_experts", 1),
+            num_experts_per_tok=int_field(moe, "num_experts_per_tok", 4, minimum=1),
+            n_group=int_field(moe, "num_expert_groups", 1, minimum=1),
+            topk_group=int_field(moe, "num_expert_groups_per_tok", 1, minimum=1),
+            norm_topk_prob=True,
+            routed_scaling_factor=float_field(moe, "routed_scale", 1.0),
+            first_k_dense_replace=int_field(moe, "first_k_dense_replace", 0) if moe else layers,
+            rope_interleave=True,
+            tie_word_embeddings=bool_field(d, "tied_embeddings", False),
+            experts_fused=False,
+            max_position_embeddings=max_positions,
+        )
+
     def describe(self) -> str:
         """One line for a user: the layers, the attention and what the cache holds per token."""
         L, k = self.num_hidden_layers, min(self.first_k_dense_replace, self.num_hidden_layers)
@@ -178,3 +228,29 @@ def _tiny(**overrides) -> dict:
 
 # `npinfer tiny LAYOUT`: small config.json files of this family (engine.load.tiny draws the weights).
 TINY = {"mistral4": _tiny()}
+
+
+def is_native_params(params: dict) -> bool:
+    """Is this params.json one of this family's: latent attention (MLA) fields, as vLLM tells
+    an MLA model (``qk_nope_head_dim``) and Mistral's dense family refuses one (the ranks)?"""
+    return any(params.get(key) is not None for key in ("kv_lora_rank", "q_lora_rank", "qk_nope_head_dim"))
+
+
+def native_architecture(params: dict) -> str:
+    """The transformers architecture a params.json corresponds to: transformers' converter writes a
+    Mistral3ForConditionalGeneration around the decoder when there is a vision encoder."""
+    return "Mistral3ForConditionalGeneration" if params.get("vision_encoder") else "Mistral4ForCausalLM"
+
+
+# `npinfer tiny LAYOUT` in the native layout: small params.json files (Mistral Large 3's shape:
+# a low-rank query, dense first layer, shared + routed experts, YaRN and llama-4 query scaling)
+NATIVE_TINY = {"mistral-large3": {
+    "dim": 64, "n_layers": 3, "hidden_dim": 128, "n_heads": 4, "n_kv_heads": 4, "head_dim": 24,
+    "norm_eps": 1e-6, "vocab_size": 1024, "rope_theta": 10000.0, "max_position_embeddings": 4096,
+    "q_lora_rank": 32, "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+    "moe": {"num_experts": 8, "num_experts_per_tok": 2, "first_k_dense_replace": 1, "num_shared_experts": 1,
+            "expert_hidden_dim": 32, "routed_scale": 1.0, "num_expert_groups": 1, "num_expert_groups_per_tok": 1},
+    "yarn": {"factor": 4.0, "original_max_position_embeddings": 1024, "beta": 32.0, "alpha": 1.0},
+    "llama_4_scaling": {"beta": 0.1, "original_max_position_embeddings": 1024},
+    "tied_embeddings": False,
+}}

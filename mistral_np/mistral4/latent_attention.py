@@ -58,11 +58,6 @@ from npinfer.kernels.cache import LatentCache
 from npinfer.mistral_np.mistral4.config import LATENT_NORM_EPS, Mistral4Config
 
 
-def deinterleave(x: np.ndarray) -> np.ndarray:
-    """[..., d_R] with rotary pairs (2i, 2i + 1) -> pairs (i, i + d_R / 2), rotate-half's layout."""
-    return np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)  # [..., d_R]
-
-
 def latent_attention(cfg: Mistral4Config, w: Mapping, h: np.ndarray, positions: np.ndarray, cos: np.ndarray,
                      sin: np.ndarray, q_scale: np.ndarray | None, caches: list[LatentCache],
                      segments: list[slice]) -> np.ndarray:
@@ -92,7 +87,7 @@ def latent_attention(cfg: Mistral4Config, w: Mapping, h: np.ndarray, positions: 
     # 3. decoupled RoPE, on the rotary dims only (eq. 14, 15)
     q_rot = q[..., Dn:]  # [T, H, d_R]
     if cfg.rope_interleave:
-        q_rot, k_rot = deinterleave(q_rot), deinterleave(k_rot)  # [T, H, d_R], [T, 1, d_R]
+        q_rot, k_rot = ops.deinterleave(q_rot), ops.deinterleave(k_rot)  # [T, H, d_R], [T, 1, d_R]
     q_rot, k_rot = ops.apply_rope(q_rot, cos, sin), ops.apply_rope(k_rot, cos, sin)
     q = np.concatenate([q[..., :Dn], q_rot], axis=-1)  # [T, H, Dn + d_R]  q_{t,i} = [q^C; q^R]  (eq. 16)
 

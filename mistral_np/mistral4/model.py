@@ -36,6 +36,7 @@ from npinfer.kernels.trace import Trace, no_trace
 from npinfer.kernels.weights import Prefixed
 from npinfer.mistral_np.mistral4.config import Mistral4Config
 from npinfer.mistral_np.mistral4.latent_attention import latent_attention
+from npinfer.mistral_np.mistral4.weights import expert_weights
 
 
 # --------------------------------------------------------------------------- state
@@ -61,18 +62,18 @@ def moe(cfg: Mistral4Config, w: Mapping, x, trace: Trace, name: str):
     """DeepSeekMoE (DeepSeek-V3 eq. 12): shared(x) + sum over the k routed experts of
     g_e * SwiGLU_e(x). x [T, d] -> [T, d].
 
-    In PyTorch (Mistral4MoE): experts(x, *gate(x)[1:]) + shared_experts(x). The fused
-    ``gate_up_proj[e]`` [2I, d] holds expert e's gate rows, then its up rows.
+    In PyTorch (Mistral4MoE): experts(x, *gate(x)[1:]) + shared_experts(x). Expert e's
+    matrices are `expert_weights`: the fused ``gate_up_proj[e]`` [2I, d] holds its gate rows,
+    then its up rows (HF files); a native file holds its w1, w3, w2.
     """
     router_logits = trace(f"{name}.router_logits", ops.linear(x, w["mlp.gate.weight"]))  # [T, E]
     weights, experts = ops.route_group_limited(router_logits, cfg.num_experts_per_tok, cfg.n_group,
                                                    cfg.topk_group, cfg.norm_topk_prob,
                                                    cfg.routed_scaling_factor)  # [T, k], [T, k]
     trace(f"{name}.experts", experts)
-    gate_up, down, I = w["mlp.experts.gate_up_proj"], w["mlp.experts.down_proj"], cfg.moe_intermediate_size
 
-    def expert(e, xe):  # the rows routed to expert e: [n_e, d] -> [n_e, d]; only its slices are read
-        return ops.swiglu(xe, gate_up[e, :I], gate_up[e, I:], down[e])
+    def expert(e, xe):  # the rows routed to expert e: [n_e, d] -> [n_e, d]; only its matrices are read
+        return ops.swiglu(xe, *expert_weights(cfg, w, e))
 
     routed = ops.mixture(x, weights, experts, expert)  # [T, d]
     if not cfg.n_shared_experts:

@@ -18,6 +18,24 @@ Per layer i, under ``model.layers.{i}.``:
 The experts stay fused on disk as transformers 5 writes them (it has no per-expert
 ``conversion_mapping`` for mistral4); ``gate_up_proj[e]`` is a view of expert e's rows of
 the memory map, so an expert nobody chose is never read.
+
+Mistral's native layout (``params.json`` + ``consolidated.safetensors``: Mistral Large 3,
+and Mistral Large 4's files, `mistral_np/large4/weights.py`) keeps one matrix per expert,
+read under ``mlp.experts.{e}.{gate,up,down}_proj.weight`` (``cfg.experts_fused`` false:
+`expert_shapes`, `expert_weights`); `native_name` gives every tensor's name in those files:
+
+    HF (this file's names)                        native (transformers' converter reverses it)
+    model.embed_tokens, model.norm, lm_head       tok_embeddings, norm, output
+    model.layers.{i}.input_layernorm              layers.{i}.attention_norm
+                   .post_attention_layernorm                .ffn_norm
+                   .self_attn.q_a_proj / q_a_layernorm / q_b_proj / q_proj
+                                                            .attention.wq_a / q_a_norm / wq_b / wq
+                   .self_attn.kv_a_proj_with_mqa / kv_a_layernorm / kv_b_proj / o_proj
+                                                            .attention.wkv_a_with_mqa / kv_a_norm / wkv_b / wo
+                   .mlp.{gate,up,down}_proj                 .feed_forward.w1 / w3 / w2
+                   .mlp.gate                                .gate
+                   .mlp.shared_experts.{gate,up,down}_proj  .shared_experts.w1 / w3 / w2
+                   .mlp.experts.{e}.{gate,up,down}_proj     .experts.{e}.w1 / w3 / w2
 """
 
 from __future__ import annotations
@@ -26,6 +44,26 @@ import numpy as np
 
 from npinfer.kernels.weights import embedding_shapes, swiglu_shapes
 from npinfer.mistral_np.mistral4.config import Mistral4Config
+
+
+def expert_shapes(cfg, prefix: str, d: int) -> dict[str, tuple[int, ...]]:
+    """The routed experts under `prefix` (``model.layers.{i}.mlp.experts.``): fused [E, 2I, d] and
+    [E, d, I] (HF files), or one SwiGLU per expert (native files, ``cfg.experts_fused`` false)."""
+    E, I = cfg.n_routed_experts, cfg.moe_intermediate_size
+    if cfg.experts_fused:
+        return {prefix + "gate_up_proj": (E, 2 * I, d), prefix + "down_proj": (E, d, I)}
+    return {name: shape for e in range(E)
+            for name, shape in swiglu_shapes(f"{prefix}{e}.", "gate_proj", "up_proj", "down_proj", d, I).items()}
+
+
+def expert_weights(cfg, w, e: int) -> tuple:
+    """Expert e's gate [I, d], up [I, d] and down [d, I] matrices under a layer's weights `w`:
+    views of its rows of the fused tensors, or its own three (`expert_shapes`)."""
+    if cfg.experts_fused:
+        gate_up, I = w["mlp.experts.gate_up_proj"], cfg.moe_intermediate_size
+        return gate_up[e, :I], gate_up[e, I:], w["mlp.experts.down_proj"][e]
+    p = f"mlp.experts.{e}."
+    return w[p + "gate_proj.weight"], w[p + "up_proj.weight"], w[p + "down_proj.weight"]
 
 
 def expected_shapes(cfg: Mistral4Config) -> dict[str, tuple[int, ...]]:
@@ -50,8 +88,7 @@ def expected_shapes(cfg: Mistral4Config) -> dict[str, tuple[int, ...]]:
             if cfg.q_lora_rank:
                 shapes[a + "q_a_proj.bias"] = (cfg.q_lora_rank,)
         if cfg.is_moe(i):
-            shapes |= {p + "mlp.gate.weight": (E, d), p + "mlp.experts.gate_up_proj": (E, 2 * I, d),
-                       p + "mlp.experts.down_proj": (E, d, I)}
+            shapes |= {p + "mlp.gate.weight": (E, d)} | expert_shapes(cfg, p + "mlp.experts.", d)
             if cfg.n_shared_experts:
                 shapes |= swiglu_shapes(p + "mlp.shared_experts.", "gate_proj", "up_proj", "down_proj", d,
                                         I * cfg.n_shared_experts)
@@ -66,3 +103,26 @@ def special_init(name: str, shape: tuple[int, ...], rng: np.random.Generator) ->
     if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj")):
         return rng.standard_normal(shape) / np.sqrt(shape[-1])
     return None
+
+
+# HF name fragment -> native fragment, applied in this order (the module docstring's table)
+NATIVE = [
+    ("model.embed_tokens.", "tok_embeddings."), ("model.norm.", "norm."), ("lm_head.", "output."),
+    ("model.layers.", "layers."),
+    (".input_layernorm.", ".attention_norm."), (".post_attention_layernorm.", ".ffn_norm."),
+    (".self_attn.", ".attention."),
+    (".q_a_proj.", ".wq_a."), (".q_a_layernorm.", ".q_a_norm."), (".q_b_proj.", ".wq_b."), (".q_proj.", ".wq."),
+    (".kv_a_proj_with_mqa.", ".wkv_a_with_mqa."), (".kv_a_layernorm.", ".kv_a_norm."), (".kv_b_proj.", ".wkv_b."),
+    (".o_proj.", ".wo."),
+    (".mlp.gate.", ".gate."), (".mlp.shared_experts.", ".shared_experts."), (".mlp.experts.", ".experts."),
+    (".mlp.", ".feed_forward."),
+    (".gate_proj.", ".w1."), (".down_proj.", ".w2."), (".up_proj.", ".w3."),
+]
+
+
+def native_name(hf_name: str) -> str:
+    """``model.layers.3.mlp.experts.5.gate_proj.weight`` -> ``layers.3.experts.5.w1.weight``."""
+    name = hf_name
+    for hf, native in NATIVE:
+        name = name.replace(hf, native)
+    return name
