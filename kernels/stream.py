@@ -1,0 +1,228 @@
+"""Decode-step matrix products that stream the weights once: one kernel, every weight format,
+every schedule, and a row's bits that never depend on the schedule or on its neighbours.
+
+y[t, r] = sum_i W[r, i] x[t, i] for the few rows t of a decode step (one per sequence), W
+kept as the file stores it. A step reads every weight byte once, so the kernel must keep
+the memory busy (one row of x) and, for a batch, decode each weight once for all rows of x
+(`kernels.linear` sends more rows to BLAS).
+
+**The sum.** Every y[t, r] is computed the same way, in `kernels.simd` lanes:
+
+    acc = 0                                   # 16 lanes of the compute dtype
+    for i in 0, 16, 32, ...:                  # the row, 16 weights at a time
+        acc = fma(decode(W[r], i), x[t, i:i + 16], acc)
+    y[t, r] = hsum(acc)                       # the lanes added in a fixed tree
+
+so lane l sums the weights l, l + 16, ... in order, each step one fused multiply-add, and
+nothing is reassociated. `decode(row, i, n, like)` gives the weights i..i + 15 of a row as
+lanes of the compute dtype, exactly the reference's values (`Format`); it is the one
+function a weight format brings.
+
+**The schedules** (`Schedule`) change which weights and rows are in flight, never a sum:
+
+* rows_w: weight rows decoded per iteration (1, 2, 4: independent sums that hide the
+  latency of the multiply-adds when x has one row);
+* rows_x: rows of x that meet each decoded weight (1 for a single sequence; 2, 4, 8 for a
+  batch: a weight is read and decoded once for them all);
+* ahead: bytes of the weight stream prefetched ahead of the multiply (0: the hardware
+  prefetcher alone).
+
+Which is fastest differs between machines (an AVX-512 Xeon wanted a prefetch, a 2-core
+AVX2 EPYC none; AVX2 has 16 vector registers, AVX-512 32): `kernels.schedule` measures them
+once per machine and keeps the fastest. Because the schedule only reorders independent
+sums, every schedule gives every row the same bits, alone or in any batch
+(tests/test_kernels_stream.py runs the invariance over all schedules and every remainder
+of the rows).
+
+Output rows run in parallel (`numba.prange`): each thread streams its share of W front to
+back, `rows_w` rows side by side; the O % rows_w last rows go one at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+import numpy as np
+
+from numba import types
+from numba.core import errors
+from numba.extending import overload
+
+from npinfer.kernels.intrinsics import prefetch
+from npinfer.kernels.simd import fma, hsum, load, load_first, stack_array, store, zeros
+
+LANES = 16
+MAX_SUMS = 32  # rows_w * rows_x accumulators at most (4 x 8)
+_ACC = 512  # MAX_SUMS * LANES numbers (a literal: the size of a stack array)
+_XS = 128  # 8 rows of x * LANES
+
+
+@dataclass(frozen=True)
+class Format:
+    """A weight format the kernel streams: its name, how a row's bytes hold its weights, and its
+    decode function.
+
+    decode(row, i, n, like) -> Lanes of like's dtype: weights i..i + 15 of one row (the
+    weights past n < 16 as 0; only dense rows end inside 16 lanes). `row` is one row of the
+    stored array: f32 / f64 numbers, bf16 / f16 bits, or a quantized row's bytes (uint8).
+    block / block_bytes: weights and bytes of the unit the row is stored in (1 and the
+    itemsize for dense formats), used to prefetch ahead in bytes.
+    """
+
+    name: str
+    decode: Callable
+    block: int
+    block_bytes: int
+
+
+FORMATS: dict[str, Format] = {}  # by name: bf16, f16, f32, f64 (kernels.linear), Q4_0 .. Q6_K (kernels.quant_lanes)
+
+
+def register(fmt: Format) -> Format:
+    """Make a format streamable: the kernels find its decode function by its name."""
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def decode(name, row, i, n, like):
+    """`FORMATS[name].decode(row, i, n, like)`, chosen when Numba compiles (name a constant)."""
+
+
+@overload(decode)
+def _decode_by_name(name, row, i, n, like):
+    # The kernels hold a format's name (a string pickles the same in every process, so Numba's
+    # disk cache finds them again), not its decode function.
+    if not isinstance(name, types.StringLiteral):
+        raise errors.RequireLiteralValue(name)
+    fn = FORMATS[name.literal_value].decode
+    return lambda name, row, i, n, like: fn(row, i, n, like)
+
+
+@dataclass(frozen=True, order=True)
+class Schedule:
+    """How a kernel walks the matrix (see the module docstring); never what it computes."""
+
+    rows_w: int = 1  # weight rows decoded side by side
+    rows_x: int = 1  # rows of x that meet each decoded weight
+    ahead: int = 0  # bytes prefetched ahead of the weight stream (0: none)
+    chunk: int = 0  # columns per pass over a tile of TILE weight rows (x's slice stays in L1); 0: whole rows
+
+    def __str__(self) -> str:
+        return f"rows_w={self.rows_w} rows_x={self.rows_x} ahead={self.ahead} chunk={self.chunk}"
+
+
+TILE = 32  # weight rows per parallel iteration (a multiple of every rows_w)
+ONE_ROW = [Schedule(1), Schedule(2), Schedule(4), Schedule(2, 1, 16384), Schedule(4, 1, 16384)]  # x has one row
+BATCH = [Schedule(2, 4, 0, 512), Schedule(4, 4, 0, 512), Schedule(2, 8, 0, 512), Schedule(4, 4, 0, 2048)]  # several
+
+
+@numba.njit(inline="always")
+def _sums(w, r, nw, x, t, nx, c0, c1, partial, p, name, ahead, line_every, lines):
+    """Columns c0..c1 of the sums y[t + s, r + v], v < nw, s < nx (nw, nx constants): nw * nx sums
+    side by side, carried between column chunks in partial [TILE, T, 16] from offset p (as they
+    are: a float's bits do not change in memory)."""
+    like = x[0, 0]
+    acc = stack_array(_ACC, like)  # [nw, nx, 16] of it, in registers
+    xs = stack_array(_XS, like)  # [nx, 16] of it, in registers
+    T = x.shape[0]
+    for v in range(nw):
+        for s in range(nx):
+            a, q = LANES * (v * nx + s), p + LANES * (v * T + s)
+            store(acc, a, zeros(like) if c0 == 0 else load(partial, q, like))
+    base, row_bytes = w.ctypes.data + r * w.strides[0], w.strides[0]
+    for i in range(c0, c1, LANES):
+        n = min(LANES, c1 - i)
+        if ahead and i % line_every == 0:
+            for v in range(nw):
+                for line in range(lines):
+                    prefetch(base + v * row_bytes + (i // line_every) * lines * 64 + line * 64 + ahead)
+        for s in range(nx):  # the nx rows of x at these columns, loaded once for the nw weight rows
+            store(xs, LANES * s, load(x[t + s], i, like) if n == LANES else load_first(x[t + s], i, n, like))
+        for v in range(nw):
+            wv = decode(name, w[r + v], i, n, like)  # [16], decoded once for the nx rows of x
+            for s in range(nx):
+                a = LANES * (v * nx + s)
+                store(acc, a, fma(wv, load(xs, LANES * s, like), load(acc, a, like)))
+    for v in range(nw):
+        for s in range(nx):
+            store(partial, p + LANES * (v * T + s), load(acc, LANES * (v * nx + s), like))
+
+
+def make_kernel(fmt: Format, schedule: Schedule):
+    """The Numba kernel kernel(w, x, y) for one format and schedule: y [T, O] = x [T, I] @ W.T with
+    T a multiple of schedule.rows_x, W the stored rows w [O, ...]."""
+    name, nw, nx, ahead, chunk = fmt.name, schedule.rows_w, schedule.rows_x, schedule.ahead, schedule.chunk
+    # prefetch: every `line_every` weights, the `lines` cache lines those weights take
+    line_every = max(LANES, fmt.block * 64 // fmt.block_bytes)
+    lines = max(1, -(-line_every * fmt.block_bytes // fmt.block // 64))
+
+    @numba.njit(parallel=True, cache=True)
+    def kernel(w, x, y):
+        O, T, I = w.shape[0], x.shape[0], x.shape[1]
+        step = I if chunk == 0 else chunk
+        for tile in numba.prange(-(-O // TILE)):
+            r0, r1 = tile * TILE, min(O, tile * TILE + TILE)
+            partial = np.empty(TILE * T * LANES, x.dtype)  # [TILE, T, 16]: the sums between chunks
+            for c0 in range(0, I, step):  # a chunk of every row of the tile: x's slice stays in cache
+                c1 = min(I, c0 + step)
+                for t in range(0, T, nx):
+                    r = r0
+                    while r + nw <= r1:
+                        _sums(w, r, nw, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, ahead,
+                              line_every, lines)
+                        r += nw
+                    while r < r1:
+                        _sums(w, r, 1, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, ahead,
+                              line_every, lines)
+                        r += 1
+            for r in range(r0, r1):
+                for t in range(T):
+                    y[t, r] = hsum(load(partial, ((r - r0) * T + t) * LANES, x[0, 0]))
+
+    return kernel
+
+
+def make_decoder(fmt: Format):
+    """decode_rows(w, out): out [R, I] float32 = the weights of rows w [R, ...] of a blocked format
+    (I a multiple of 16), single-threaded: the tiles a prefill hands to BLAS, between two
+    multi-threaded BLAS calls (Numba's spinning workers would slow BLAS down)."""
+    key = (fmt.name, "decoder")
+    if key not in _KERNELS:
+        name = fmt.name
+
+        @numba.njit(cache=True)
+        def decode_rows(w, out):
+            like = np.float32(0)
+            for r in range(w.shape[0]):
+                for i in range(0, out.shape[1], LANES):
+                    store(out[r], i, decode(name, w[r], i, LANES, like))
+
+        _KERNELS[key] = decode_rows
+    return _KERNELS[key]
+
+
+_KERNELS: dict = {}
+
+
+def kernel_for(fmt: Format, schedule: Schedule):
+    """The compiled kernel of a format and schedule (made once per process, compiled at first use,
+    cached on disk by Numba)."""
+    key = (fmt.name, schedule)
+    if key not in _KERNELS:
+        _KERNELS[key] = make_kernel(fmt, schedule)
+    return _KERNELS[key]
+
+
+def stream(x: np.ndarray, w: np.ndarray, fmt: Format, schedule: Schedule) -> np.ndarray:
+    """y [T, O] = x [T, I] @ W.T, W stored as `w` [O, ...] in format `fmt`, by `schedule`.
+
+    x's rows are padded with zeros to a multiple of rows_x (the padding's results dropped)."""
+    T = x.shape[0]
+    nx = schedule.rows_x
+    padded = np.zeros((-(-T // nx) * nx, x.shape[1]), x.dtype)  # [T', I]
+    padded[:T] = x
+    y = np.empty((len(padded), w.shape[0]), x.dtype)  # [T', O]
+    kernel_for(fmt, schedule)(w, padded, y)
+    return y[:T]
