@@ -42,7 +42,7 @@ from npinfer.kernels.quant import QuantizedTensor
 from npinfer.kernels.quant_lanes import FORMATS as QUANT_FORMATS
 from npinfer.kernels.schedule import schedule_for
 from npinfer.kernels.simd import load, load_first
-from npinfer.kernels.stream import LANES, Format, make_decoder, register, stream
+from npinfer.kernels.stream import FORMATS, LANES, Format, make_decoder, register, stream  # noqa: F401 (FORMATS: every format, once both modules registered theirs)
 
 SMALL_BATCH = 32  # rows of x up to which weights are streamed (faster than BLAS here), each row alone
 TILE_BYTES = 64 << 20  # widened tile for the BLAS path: big enough for an efficient GEMM, small beside the weights

@@ -218,11 +218,12 @@ def kernel_for(fmt: Format, schedule: Schedule):
 def stream(x: np.ndarray, w: np.ndarray, fmt: Format, schedule: Schedule) -> np.ndarray:
     """y [T, O] = x [T, I] @ W.T, W stored as `w` [O, ...] in format `fmt`, by `schedule`.
 
-    x's rows are padded with zeros to a multiple of rows_x (the padding's results dropped)."""
-    T = x.shape[0]
-    nx = schedule.rows_x
-    padded = np.zeros((-(-T // nx) * nx, x.shape[1]), x.dtype)  # [T', I]
-    padded[:T] = x
-    y = np.empty((len(padded), w.shape[0]), x.dtype)  # [T', O]
-    kernel_for(fmt, schedule)(w, padded, y)
+    x (contiguous) is padded with zero rows to a multiple of rows_x (their results dropped)."""
+    T, nx = x.shape[0], schedule.rows_x
+    if T % nx:
+        padded = np.zeros((-(-T // nx) * nx, x.shape[1]), x.dtype)  # [T', I]
+        padded[:T] = x
+        x = padded
+    y = np.empty((len(x), w.shape[0]), x.dtype)  # [T', O]
+    kernel_for(fmt, schedule)(w, x, y)
     return y[:T]
