@@ -61,18 +61,23 @@ def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> 
 
 
 @numba.njit(inline="always")
-def _dense(row, i, n, like):
-    """Weights i..i + 15 of a row of f32 / f64 numbers or bf16 / f16 bits, widened in registers
-    (`kernels.simd.load`): the values `widen` gives."""
+def _dense_prepare(row, c, sc, o):
+    """Dense weights have no constants."""
+
+
+@numba.njit(inline="always")
+def _dense(row, c, g, n, sc, o, like):
+    """Weights c..c + 15 of a row of f32 / f64 numbers or bf16 / f16 bits (a unit is 16 weights, g = 0),
+    widened in registers (`kernels.simd.load`): the values `widen` gives."""
     if n == LANES:
-        return load(row, i, like)
-    return load_first(row, i, n, like)
+        return load(row, c, like)
+    return load_first(row, c, n, like)
 
 
-DENSE = {np.dtype(np.uint16): register(Format("bf16", _dense, 1, 2)),
-         np.dtype(np.float16): register(Format("f16", _dense, 1, 2)),
-         np.dtype(np.float32): register(Format("f32", _dense, 1, 4)),
-         np.dtype(np.float64): register(Format("f64", _dense, 1, 8))}
+DENSE = {np.dtype(np.uint16): register(Format("bf16", _dense_prepare, _dense, 1, 2)),
+         np.dtype(np.float16): register(Format("f16", _dense_prepare, _dense, 1, 2)),
+         np.dtype(np.float32): register(Format("f32", _dense_prepare, _dense, 1, 4)),
+         np.dtype(np.float64): register(Format("f64", _dense_prepare, _dense, 1, 8))}
 
 
 def stored(w: np.ndarray | QuantizedTensor) -> tuple[Format, np.ndarray]:

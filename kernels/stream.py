@@ -10,13 +10,13 @@ the memory busy (one row of x) and, for a batch, decode each weight once for all
 
     acc = 0                                   # 16 lanes of the compute dtype
     for i in 0, 16, 32, ...:                  # the row, 16 weights at a time
-        acc = fma(decode(W[r], i), x[t, i:i + 16], acc)
+        acc = fma(W[r, i:i + 16], x[t, i:i + 16], acc)
     y[t, r] = hsum(acc)                       # the lanes added in a fixed tree
 
 so lane l sums the weights l, l + 16, ... in order, each step one fused multiply-add, and
-nothing is reassociated. `decode(row, i, n, like)` gives the weights i..i + 15 of a row as
-lanes of the compute dtype, exactly the reference's values (`Format`); it is the one
-function a weight format brings.
+nothing is reassociated. W[r, i:i + 16] comes from the format's `decode`, exactly the
+reference's values: a format (`Format`) brings that function and `prepare` (a block's
+scales, computed once per block), nothing else.
 
 **The schedules** (`Schedule`) change which weights and rows are in flight, never a sum:
 
@@ -25,7 +25,9 @@ function a weight format brings.
 * rows_x: rows of x that meet each decoded weight (1 for a single sequence; 2, 4, 8 for a
   batch: a weight is read and decoded once for them all);
 * ahead: bytes of the weight stream prefetched ahead of the multiply (0: the hardware
-  prefetcher alone).
+  prefetcher alone);
+* chunk: columns per pass over a tile of TILE weight rows, so the rows of x stay in L1 for
+  them all (0: whole rows); a sum's 16 lanes wait between chunks in memory, unchanged.
 
 Which is fastest differs between machines (an AVX-512 Xeon wanted a prefetch, a 2-core
 AVX2 EPYC none; AVX2 has 16 vector registers, AVX-512 32): `kernels.schedule` measures them
@@ -34,22 +36,25 @@ sums, every schedule gives every row the same bits, alone or in any batch
 (tests/test_kernels_stream.py runs the invariance over all schedules and every remainder
 of the rows).
 
-Output rows run in parallel (`numba.prange`): each thread streams its share of W front to
-back, `rows_w` rows side by side; the O % rows_w last rows go one at a time.
+Tiles of TILE output rows run in parallel (`numba.prange`): each thread streams its share
+of W front to back, `rows_w` rows side by side; the O % rows_w last rows go one at a time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numba
 import numpy as np
-
 from numba import types
 from numba.core import errors
 from numba.extending import overload
 
+from npinfer.kernels import simd
 from npinfer.kernels.intrinsics import prefetch
 from npinfer.kernels.simd import fma, hsum, load, load_first, stack_array, store, zeros
 
@@ -57,21 +62,30 @@ LANES = 16
 MAX_SUMS = 32  # rows_w * rows_x accumulators at most (4 x 8)
 _ACC = 512  # MAX_SUMS * LANES numbers (a literal: the size of a stack array)
 _XS = 128  # 8 rows of x * LANES
+SCRATCH = 32  # a unit's constants (floats), per weight row
+_SCRATCH = 128  # 4 weight rows * SCRATCH (a literal)
 
 
 @dataclass(frozen=True)
 class Format:
-    """A weight format the kernel streams: its name, how a row's bytes hold its weights, and its
-    decode function.
+    """A weight format the kernel streams: its name, how a row's bytes hold its weights, and the two
+    functions that decode them (Numba, inline).
 
-    decode(row, i, n, like) -> Lanes of like's dtype: weights i..i + 15 of one row (the
-    weights past n < 16 as 0; only dense rows end inside 16 lanes). `row` is one row of the
-    stored array: f32 / f64 numbers, bf16 / f16 bits, or a quantized row's bytes (uint8).
-    block / block_bytes: weights and bytes of the unit the row is stored in (1 and the
-    itemsize for dense formats), used to prefetch ahead in bytes.
+    The row is read a *unit* at a time: a block of `block` weights in `block_bytes` bytes (ggml's
+    blocks), or 16 weights of a dense format (block 1, block_bytes its itemsize).
+
+    prepare(row, c, sc, o): the constants of the unit starting at weight c (its scales) into the
+        float32 array sc from o (at most SCRATCH numbers), once per unit and weight row;
+    decode(row, c, g, n, sc, o, like) -> Lanes of like's dtype: weights c + 16 g .. c + 16 g + 15
+        of the row, exactly the reference's values (the weights past n < 16 as 0: only a dense row
+        ends inside 16 lanes).
+
+    `row` is one row of the stored array: f32 / f64 numbers, bf16 / f16 bits, or a quantized row's
+    bytes (uint8).
     """
 
     name: str
+    prepare: Callable
     decode: Callable
     block: int
     block_bytes: int
@@ -86,18 +100,30 @@ def register(fmt: Format) -> Format:
     return fmt
 
 
-def decode(name, row, i, n, like):
-    """`FORMATS[name].decode(row, i, n, like)`, chosen when Numba compiles (name a constant)."""
+def prepare(name, row, c, sc, o):
+    """`FORMATS[name].prepare(row, c, sc, o)`, chosen when Numba compiles (name a constant)."""
+
+
+def decode(name, row, c, g, n, sc, o, like):
+    """`FORMATS[name].decode(row, c, g, n, sc, o, like)`, chosen when Numba compiles (name a constant)."""
+
+
+# The kernels hold a format's name (a string pickles the same in every process, so Numba's disk cache
+# finds them again), not its functions; these resolve the name when the kernel is compiled.
+@overload(prepare)
+def _prepare_by_name(name, row, c, sc, o):
+    if not isinstance(name, types.StringLiteral):
+        raise errors.RequireLiteralValue(name)
+    fn = FORMATS[name.literal_value].prepare
+    return lambda name, row, c, sc, o: fn(row, c, sc, o)
 
 
 @overload(decode)
-def _decode_by_name(name, row, i, n, like):
-    # The kernels hold a format's name (a string pickles the same in every process, so Numba's
-    # disk cache finds them again), not its decode function.
+def _decode_by_name(name, row, c, g, n, sc, o, like):
     if not isinstance(name, types.StringLiteral):
         raise errors.RequireLiteralValue(name)
     fn = FORMATS[name.literal_value].decode
-    return lambda name, row, i, n, like: fn(row, i, n, like)
+    return lambda name, row, c, g, n, sc, o, like: fn(row, c, g, n, sc, o, like)
 
 
 @dataclass(frozen=True, order=True)
@@ -119,7 +145,7 @@ BATCH = [Schedule(2, 4, 0, 512), Schedule(4, 4, 0, 512), Schedule(2, 8, 0, 512),
 
 
 @numba.njit(inline="always")
-def _sums(w, r, nw, x, t, nx, c0, c1, partial, p, name, ahead, line_every, lines):
+def _sums(w, r, nw, x, t, nx, c0, c1, partial, p, name, unit, ahead, line_every, lines):
     """Columns c0..c1 of the sums y[t + s, r + v], v < nw, s < nx (nw, nx constants): nw * nx sums
     side by side, carried between column chunks in partial [TILE, T, 16] from offset p (as they
     are: a float's bits do not change in memory)."""
@@ -131,23 +157,36 @@ def _sums(w, r, nw, x, t, nx, c0, c1, partial, p, name, ahead, line_every, lines
         for s in range(nx):
             a, q = LANES * (v * nx + s), p + LANES * (v * T + s)
             store(acc, a, zeros(like) if c0 == 0 else load(partial, q, like))
+    sc = stack_array(_SCRATCH, np.float32(0))  # [nw, SCRATCH]: each weight row's unit constants
     base, row_bytes = w.ctypes.data + r * w.strides[0], w.strides[0]
-    for i in range(c0, c1, LANES):
-        n = min(LANES, c1 - i)
-        if ahead and i % line_every == 0:
-            for v in range(nw):
-                for line in range(lines):
-                    prefetch(base + v * row_bytes + (i // line_every) * lines * 64 + line * 64 + ahead)
-        for s in range(nx):  # the nx rows of x at these columns, loaded once for the nw weight rows
-            store(xs, LANES * s, load(x[t + s], i, like) if n == LANES else load_first(x[t + s], i, n, like))
+    for c in range(c0, c1, unit):  # a unit (a block, or 16 dense weights) of each of the nw rows
         for v in range(nw):
-            wv = decode(name, w[r + v], i, n, like)  # [16], decoded once for the nx rows of x
-            for s in range(nx):
-                a = LANES * (v * nx + s)
-                store(acc, a, fma(wv, load(xs, LANES * s, like), load(acc, a, like)))
+            prepare(name, w[r + v], c, sc, SCRATCH * v)
+        for g in range(unit // LANES):
+            i = c + LANES * g
+            n = min(LANES, c1 - i)
+            if ahead and i % line_every == 0:
+                for v in range(nw):
+                    for line in range(lines):
+                        prefetch(base + v * row_bytes + (i // line_every) * lines * 64 + line * 64 + ahead)
+            for s in range(nx):  # the nx rows of x at these columns, loaded once for the nw weight rows
+                store(xs, LANES * s, load(x[t + s], i, like) if n == LANES else load_first(x[t + s], i, n, like))
+            for v in range(nw):
+                wv = decode(name, w[r + v], c, g, n, sc, SCRATCH * v, like)  # [16], once for the nx rows of x
+                for s in range(nx):
+                    a = LANES * (v * nx + s)
+                    store(acc, a, fma(wv, load(xs, LANES * s, like), load(acc, a, like)))
     for v in range(nw):
         for s in range(nx):
             store(partial, p + LANES * (v * T + s), load(acc, LANES * (v * nx + s), like))
+
+
+def _sources_key(fmt: Format) -> str:
+    """A hash of the files the kernel's code comes from besides this one (the format's decoders,
+    kernels.simd). Numba's disk cache checks only the file that defines a function: the kernels
+    hold this key so that an edited decoder is compiled again, not loaded stale."""
+    files = {inspect.getsourcefile(f.py_func) for f in (fmt.prepare, fmt.decode)} | {simd.__file__}
+    return hashlib.sha1(b"".join(Path(f).read_bytes() for f in sorted(files))).hexdigest()
 
 
 def make_kernel(fmt: Format, schedule: Schedule):
@@ -157,9 +196,13 @@ def make_kernel(fmt: Format, schedule: Schedule):
     # prefetch: every `line_every` weights, the `lines` cache lines those weights take
     line_every = max(LANES, fmt.block * 64 // fmt.block_bytes)
     lines = max(1, -(-line_every * fmt.block_bytes // fmt.block // 64))
+    unit = max(LANES, fmt.block)  # weights per unit (chunks are multiples of it)
+    sources = _sources_key(fmt)
 
     @numba.njit(parallel=True, cache=True)
     def kernel(w, x, y):
+        if len(sources) == 0:  # never: the key only has to be part of the kernel (see _sources_key)
+            return
         O, T, I = w.shape[0], x.shape[0], x.shape[1]
         step = I if chunk == 0 else chunk
         for tile in numba.prange(-(-O // TILE)):
@@ -170,11 +213,11 @@ def make_kernel(fmt: Format, schedule: Schedule):
                 for t in range(0, T, nx):
                     r = r0
                     while r + nw <= r1:
-                        _sums(w, r, nw, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, ahead,
+                        _sums(w, r, nw, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, unit, ahead,
                               line_every, lines)
                         r += nw
                     while r < r1:
-                        _sums(w, r, 1, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, ahead,
+                        _sums(w, r, 1, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, unit, ahead,
                               line_every, lines)
                         r += 1
             for r in range(r0, r1):
@@ -192,12 +235,19 @@ def make_decoder(fmt: Format):
     if key not in _KERNELS:
         name = fmt.name
 
+        unit, sources = max(LANES, fmt.block), _sources_key(fmt)
+
         @numba.njit(cache=True)
         def decode_rows(w, out):
+            if len(sources) == 0:  # never (see _sources_key)
+                return
             like = np.float32(0)
+            sc = np.empty(SCRATCH, np.float32)
             for r in range(w.shape[0]):
-                for i in range(0, out.shape[1], LANES):
-                    store(out[r], i, decode(name, w[r], i, LANES, like))
+                for c in range(0, out.shape[1], unit):
+                    prepare(name, w[r], c, sc, 0)
+                    for g in range(unit // LANES):
+                        store(out[r], c + LANES * g, decode(name, w[r], c, g, LANES, sc, 0, like))
 
         _KERNELS[key] = decode_rows
     return _KERNELS[key]
