@@ -50,7 +50,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.bench_speed import ensure_checkpoint  # noqa: E402
-from benchmarks.common import machine, run_measured, table  # noqa: E402
+from benchmarks.common import UNSET_OPENBLAS, cpu_flags, machine, run_measured, schedules_line, table  # noqa: E402
 
 EOS = 2  # the checkpoint's eos_token_id
 
@@ -191,7 +191,7 @@ def cli_decode_s_per_token(path: Path, root: Path) -> float:
     """bench_speed's CLI line: `npinfer logits --generate 33` minus `--generate 1`, / 32."""
     ids = root / "serve-prompt.npy"
     np.save(ids, np.random.default_rng(0).integers(3, 32000, 30))
-    cli = [sys.executable, "-m", "npinfer.engine.cli", "logits", str(path), "--ids-file", str(ids), "--out",
+    cli = [*UNSET_OPENBLAS, sys.executable, "-m", "npinfer.engine.cli", "logits", str(path), "--ids-file", str(ids), "--out",
            str(root / "serve-out.npz")]
     seconds = {}
     for n in (1, 33):
@@ -230,12 +230,12 @@ def main(argv=None) -> int:
                             "--outtype", "bf16"], check=True, env=env, stdout=subprocess.DEVNULL)
     load_before = load_average()
 
-    servers = [Server("npinfer", [sys.executable, "-m", "npinfer.engine.cli", "serve", str(path), "--port",
+    servers = [Server("npinfer", [*UNSET_OPENBLAS, sys.executable, "-m", "npinfer.engine.cli", "serve", str(path), "--port",
                                   str(port := free_port()), "--requests-per-minute", "0", "--tokens-per-minute", "0",
                                   "--max-batch", str(max(clients))], port, "/info")]
     if args.llama_server and args.gguf:
         per_slot = 256  # prompt + tokens fit easily
-        servers.append(Server("llama-server", [str(args.llama_server), "-m", str(args.gguf), "--port",
+        servers.append(Server("llama-server", [*UNSET_OPENBLAS, str(args.llama_server), "-m", str(args.gguf), "--port",
                                                str(port := free_port()), "-np", str(max(clients)), "-c",
                                                str(per_slot * max(clients)), "-t", str(args.threads), "-cb",
                                                "--no-webui"], port, "/health"))
@@ -288,7 +288,8 @@ def report(results: dict, clients: list[int], out: Path) -> None:
     cli = statistics.median(results["cli_s_per_token"])
     server_one = med(results["runs"]["npinfer"][clients[0]], "itl_p50_s")
     print(f"\nmachine: {results['machine']}; load average before {results['load_before']}, "
-          f"after {results['load_after']}\n")
+          f"after {results['load_after']}\nCPU flags: {cpu_flags()}\n{schedules_line()}\n(both servers and the CLI run with "
+          "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset)\n")
     print(f"2-layer Mistral-7B-shape bf16, {results['tokens']} greedy tokens per client, streaming; "
           f"medians of {len(results['cli_s_per_token'])} interleaved rounds\n")
     print(table(["server", "clients", "tokens/s (all)", "vs 1 client", "TTFT s (p50)", "ITL p50 ms", "ITL p99 ms",

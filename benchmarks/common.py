@@ -23,6 +23,30 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
+# Timed commands run without these (OpenBLAS's core type and L2 size pinned by the environment would
+# make its BLAS slower than the machine allows); the tests and CI leave them alone.
+UNSET_OPENBLAS = ["env", "-u", "OPENBLAS_CORETYPE", "-u", "OPENBLAS_L2_SIZE"]
+
+
+def cpu_flags() -> str:
+    """The CPU's vector flags (the ones the kernels' speed depends on), from /proc/cpuinfo."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return " ".join(f for f in flags if f.startswith(("avx", "fma", "f16c", "sse4", "amx")))
+    except OSError:
+        pass
+    return "unknown"
+
+
+def schedules_line() -> str:
+    """What `npinfer info` prints: the streaming kernels' schedules this machine chose, and their GB/s."""
+    from npinfer.kernels.schedule import describe
+
+    return "streaming kernels (npinfer info):\n  " + "\n  ".join(describe())
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]

@@ -140,6 +140,20 @@ def _block(text: str) -> tuple[int, int]:
     return bm, bn
 
 
+def cmd_info(args) -> int:
+    from npinfer.kernels import linear, schedule
+
+    if args.measure:
+        for name in args.measure.split(","):
+            fmt = linear.FORMATS.get(name)
+            if fmt is None:
+                raise NpinferError(f"--measure: unknown format {name!r} (one of {', '.join(linear.FORMATS)})")
+            for kind in ("one", "batch"):
+                schedule.measure(fmt, kind)
+    print("\n".join(schedule.describe()))
+    return 0
+
+
 def cmd_tokenize(args) -> int:
     from npinfer.engine.load.gguf_checkpoint import gguf_tokenizer, is_gguf
     from npinfer.tokenizer import cli as tokenizer_cli
@@ -338,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_chat_parser(sub)
     add_serve_parser(sub)
+
+    i = sub.add_parser("info", help="the streaming kernels' schedules this machine chose, and their GB/s",
+                       description="Print the schedule each weight format's decode kernel runs on this machine "
+                       "(measured at its first large matrix, kept on disk) and the bandwidth it measured.")
+    i.add_argument("--measure", metavar="FORMATS", help="measure these formats now, e.g. bf16,Q4_K,Q6_K")
+    i.set_defaults(run=cmd_info)
 
     from npinfer.engine.oracle import compare
 

@@ -16,7 +16,7 @@ prefetcher alone leaves a core short of memory requests in flight. `prefetch(add
 x86) asks for a cache line a few kilobytes ahead of the one being multiplied. On a
 Mistral-7B MLP matrix the bf16 decode kernel streamed about 55 GB/s with it and 26
 without on an AVX-512 Xeon; on a 2-core AVX2 EPYC the one-row kernel
-(`kernels.linear._stream_one`) is faster without it. It changes no value, so it has
+(`kernels.stream`, whose schedules `kernels.schedule` measures per machine) was faster without it. It changes no value, so it has
 no reference.
 
 Each widening has its NumPy reference here (`*_ref`, on whole arrays), and

@@ -30,10 +30,10 @@ How the engine uses them (`QuantizedTensor`): a quantized weight stays its raw
 bytes, a view of the memory-mapped file, never dequantized as a whole model.
 
 * ``kernels.linear`` (the reference) dequantizes one matrix when it is used and
-  multiplies, as it widens bf16; the fast path dequantizes a tile of rows at a time
-  into a reused buffer for BLAS (prefill; with Numba for Q8_0 and Q4_K), and for Q8_0
-  and Q4_K decodes the blocks inside a Numba dot product (decode: a few rows of x), so
-  no float copy is made.
+  multiplies, as it widens bf16; the fast path decodes every type's blocks in registers
+  (`kernels.quant_lanes`, exactly these values): inside the streaming dot product of a
+  decode step (`kernels.stream`), or a tile of rows at a time into a reused buffer for
+  BLAS (prefill), so no float copy of the matrix is made.
 * ``kernels.embed`` dequantizes only the rows of the ids it looks up.
 
 So the resident memory of a quantized model is its file size plus one tile, as
@@ -43,10 +43,7 @@ or decoding it on the fly (decode).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-
-from npinfer.kernels.intrinsics import f16_to_f32
 
 QK = 32  # weights per block of the simple types
 QK_K = 256  # weights per super-block of the K types
@@ -268,126 +265,6 @@ class QuantizedTensor:
         return f"QuantizedTensor({self.kind}, shape={list(self.shape)})"
 
 
-# --------------------------------------------------------------------------- Numba: Q8_0 and Q4_K
-# Two kernels per type. `_*_lanes` adds one block's share of a decode step's dot product,
-# in x's dtype: the reference's sum of dequantized weights times x up to the order of the
-# additions (the tests hold them together). `_*_weights` writes one block's
-# dequantized weights exactly as the reference does, for the tiles a prefill hands to BLAS.
-
-@numba.njit(inline="always")
-def _half(lo, hi):
-    return f16_to_f32(np.uint16(lo) | (np.uint16(hi) << np.uint16(8)))
-
-
-@numba.njit(inline="always")
-def _q8_0_lanes(blk, codes, x, lanes):
-    """lanes[j] += w_j x[j] for the 32 weights w_j = q_j d of one block_q8_0 (34 bytes;
-    `codes` the same bytes as int8)."""
-    d = _half(blk[0], blk[1])
-    for j in range(QK):
-        lanes[j] += (np.float32(codes[2 + j]) * d) * x[j]
-
-
-@numba.njit(inline="always")
-def _q8_0_weights(blk, out):
-    d = _half(blk[0], blk[1])
-    for j in range(QK):
-        out[j] = np.float32(np.int8(blk[2 + j])) * d
-
-
-@numba.njit(inline="always")
-def _k4_scale_min(sc, j):
-    """ggml's get_scale_min_k4 on the 12 scale bytes `sc` (see `k_scales_mins`)."""
-    if j < 4:
-        return sc[j] & 63, sc[j + 4] & 63
-    return (sc[j + 4] & 0x0F) | ((sc[j - 4] >> 6) << 4), (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)
-
-
-@numba.njit(inline="always")
-def _q4_k_lanes(blk, x, lanes):
-    """lanes[l] += w_y x[y] for the 256 weights of one block_q4_K (144 bytes), weight y =
-    32 s + l of sub-block s being the reference's float32 d1 q - m1 (factorising the min
-    out, d1 sum q x - m1 sum x as ggml's CPU kernel does, would round other weights than
-    the file's, visible in float64 mode)."""
-    d, dmin = _half(blk[0], blk[1]), _half(blk[2], blk[3])
-    for s in range(8):  # sub-block s: nibble s % 2 of qs[32 (s // 2) ..]
-        sc, m = _k4_scale_min(blk[4:16], s)
-        d1, m1 = d * np.float32(sc), dmin * np.float32(m)
-        base, shift = 16 + 32 * (s // 2), 4 * (s % 2)
-        for lane in range(32):
-            lanes[lane] += (d1 * np.float32((blk[base + lane] >> shift) & 0x0F) - m1) * x[32 * s + lane]
-
-
-@numba.njit(inline="always")
-def _q4_k_weights(blk, out):
-    d, dmin = _half(blk[0], blk[1]), _half(blk[2], blk[3])
-    for s in range(8):
-        sc, m = _k4_scale_min(blk[4:16], s)
-        d1, m1 = d * np.float32(sc), dmin * np.float32(m)
-        for lane in range(32):
-            out[32 * s + lane] = d1 * np.float32((blk[16 + 32 * (s // 2) + lane] >> (4 * (s % 2))) & 0x0F) - m1
-
-
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _stream_blocks(w, codes, x, y, q4_k):
-    """y[t, r] = sum_i dequant(w)[r, i] x[t, i]; w uint8 [O, blocks * S] of Q4_K if `q4_k`,
-    else Q8_0 (`codes`: w as int8). Each row's products go into 32 lanes of x's dtype,
-    summed at the end of the row: the block loop then vectorises without a horizontal
-    sum per block (three times faster here than one accumulator)."""
-    O, T = w.shape[0], x.shape[0]
-    S, B = (144, QK_K) if q4_k else (34, QK)
-    for r in numba.prange(O):
-        lanes = np.zeros(32, x.dtype)
-        for t in range(T):
-            lanes[:] = 0
-            for b in range(w.shape[1] // S):
-                if q4_k:
-                    _q4_k_lanes(w[r, S * b:S * (b + 1)], x[t, B * b:B * (b + 1)], lanes)
-                else:
-                    _q8_0_lanes(w[r, S * b:S * (b + 1)], codes[r, S * b:S * (b + 1)], x[t, B * b:B * (b + 1)], lanes)
-            y[t, r] = lanes.sum()
-
-
-@numba.njit(cache=True)
-def _dequantize_into(w, out, q4_k):
-    """out [R, cols] = dequant(w) for rows w uint8 [R, blocks * S]; single-threaded, as
-    `kernels.linear._widen_bf16_into` is, between two BLAS calls."""
-    S, B = (144, QK_K) if q4_k else (34, QK)
-    tmp = np.empty(B, np.float32)
-    for r in range(w.shape[0]):
-        for b in range(w.shape[1] // S):
-            if q4_k:
-                _q4_k_weights(w[r, S * b:S * (b + 1)], tmp)
-            else:
-                _q8_0_weights(w[r, S * b:S * (b + 1)], tmp)
-            out[r, B * b:B * (b + 1)] = tmp
-
-
-STREAM = ("Q8_0", "Q4_K")  # the types with a Numba decode kernel
-
-
 def quantized_matmul_ref(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
     """x @ dequant(w).T in x's dtype: x [T, in], w [out, in] -> [T, out]."""
     return x @ w.dequantize(x.dtype).T  # [T, out]
-
-
-def quantized_matmul_fast(x: np.ndarray, w: QuantizedTensor, small_batch: int, tile_bytes: int) -> np.ndarray:
-    """`quantized_matmul_ref` without a float copy of the matrix: the Numba decode kernel
-    for up to `small_batch` rows of Q8_0 or Q4_K, else a tile of dequantized rows
-    (about `tile_bytes`) at a time through BLAS."""
-    O, I = w.shape
-    y = np.empty((x.shape[0], O), x.dtype)  # [T, out]
-    blocks = np.ascontiguousarray(w.blocks)
-    if w.kind in STREAM and x.shape[0] <= small_batch:
-        _stream_blocks(blocks, blocks.view(np.int8), np.ascontiguousarray(x), y, w.kind == "Q4_K")
-        return y
-    rows = max(1, tile_bytes // (I * x.dtype.itemsize))
-    tile = np.empty((min(rows, O), I), np.float32)  # [rows, in], reused for every tile
-    for r in range(0, O, rows):
-        n = min(rows, O - r)
-        if w.kind in STREAM:
-            _dequantize_into(blocks[r:r + n], tile[:n], w.kind == "Q4_K")
-        else:
-            tile[:n] = w[r:r + n].dequantize()
-        y[:, r:r + n] = x @ tile[:n].astype(x.dtype, copy=False).T  # [T, n]
-    return y

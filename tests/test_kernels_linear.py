@@ -28,7 +28,7 @@ def weight(rng, shape, kind):
 
 
 @settings(max_examples=150, deadline=None)
-# I up to 300 columns: the decode kernel's 128-weight chunks then come whole, partial and several per row
+# I up to 300 columns: the decode kernel's 16-weight lanes then come whole, partial and many per row
 @given(T=st.integers(1, SMALL_BATCH + 8), O=st.integers(1, 70), I=st.integers(1, 300), kind=st.sampled_from(WEIGHT_DTYPES),
        dtype=st.sampled_from([np.float32, np.float64]), bias=st.booleans(), tile=st.sampled_from([64, 4 << 20]),
        seed=st.integers(0, 2**32 - 1))
@@ -56,7 +56,8 @@ def test_fast_linear_matches_reference(T, O, I, kind, dtype, bias, tile, seed):
 def test_each_row_of_a_small_batch_is_the_row_alone_bit_for_bit(T, O, I, kind, dtype, seed):
     """Up to SMALL_BATCH rows (decode steps of that many sequences), row t of the result has exactly
     the bits x[t] alone gives, and the same in any order of the rows: for every weight dtype and both
-    compute dtypes, I past several 512-weight chunks."""
+    compute dtypes, I past several 512-weight chunks, this machine's schedules (every schedule:
+    tests/test_kernels_stream.py)."""
     rng = np.random.default_rng(seed)
     w = weight(rng, (O, I), kind)
     x = rng.standard_normal((T, I)).astype(dtype)

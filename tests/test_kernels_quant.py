@@ -1,5 +1,6 @@
 """ggml's block types: our dequantizers bit for bit against the gguf package's, the
-Numba decode kernels (Q8_0, Q4_K) against the reference, and QuantizedTensor's views."""
+prefill path (decoded tiles into BLAS) against the reference, and QuantizedTensor's views.
+(The decoders in registers and the streaming kernels: tests/test_kernels_stream.py.)"""
 
 from __future__ import annotations
 
@@ -85,18 +86,25 @@ def test_quantized_tensor_views():
         QuantizedTensor("Q8_0", np.zeros((2, 33), np.uint8), 32)
 
 
-@settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from(["Q8_0", "Q4_K", "Q6_K", "Q5_0"]), T=st.integers(1, 12), O=st.integers(1, 40),
-       n_blocks=st.integers(1, 3), dtype=st.sampled_from([np.float32, np.float64]), tile=st.sampled_from([512, 1 << 22]),
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(KINDS), T=st.integers(33, 40), O=st.integers(1, 40), n_blocks=st.integers(1, 3),
+       dtype=st.sampled_from([np.float32, np.float64]), tile=st.sampled_from([512, 1 << 22]),
        seed=st.integers(0, 2**32 - 1))
-def test_fast_quantized_linear_matches_reference(kind, T, O, n_blocks, dtype, tile, seed):
-    """The Numba decode kernels (Q8_0, Q4_K, up to 8 rows of x) and the tiled BLAS path
-    (every type, more rows, small tiles) against dequantize-then-multiply."""
+def test_prefill_on_quantized_weights_matches_reference(kind, T, O, n_blocks, dtype, tile, seed):
+    """More rows than a decode step (prefill): tiles of blocks decoded in registers into BLAS, every
+    type, small tiles (many per matrix), against dequantize-then-multiply. (Decode steps: the
+    streaming kernels, tests/test_kernels_stream.py.)"""
+    from npinfer.kernels import linear
+
     rng = np.random.default_rng(seed)
     I = n_blocks * BLOCK_SIZE[kind]
     w = QuantizedTensor(kind, random_blocks(rng, kind, (O, n_blocks)), I)
     x = rng.standard_normal((T, I)).astype(dtype)
-    fast = quant.quantized_matmul_fast(x, w, small_batch=8, tile_bytes=tile)
+    old, linear.TILE_BYTES = linear.TILE_BYTES, tile
+    try:
+        fast = linear.linear_fast(x, w)
+    finally:
+        linear.TILE_BYTES = old
     ref = ops.linear.ref(x, w)
     assert fast.dtype == ref.dtype == dtype and fast.shape == (T, O)
     scale = np.sqrt(I) * (np.abs(x).max() + 1) * (np.abs(w.dequantize()).max() + 1e-3)
@@ -104,7 +112,7 @@ def test_fast_quantized_linear_matches_reference(kind, T, O, n_blocks, dtype, ti
     np.testing.assert_array_equal(ops.linear.ref(x, w), x @ w.dequantize(dtype).T)
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_K"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_decode_kernel_never_dequantizes_the_matrix(monkeypatch, kind):
     rng = np.random.default_rng(5)
     w = QuantizedTensor(kind, random_blocks(rng, kind, (50, 2)), 2 * BLOCK_SIZE[kind])
@@ -112,14 +120,3 @@ def test_decode_kernel_never_dequantizes_the_matrix(monkeypatch, kind):
     ref = x @ w.dequantize().T
     monkeypatch.setattr(QuantizedTensor, "dequantize", lambda *a: pytest.fail("dequantized"))
     np.testing.assert_allclose(ops.linear(x, w), ref, rtol=0, atol=1e-6 * np.abs(ref).max())
-
-
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_K"])
-def test_numba_dequantization_is_the_reference_bit_for_bit(kind):
-    """The tiles a prefill hands to BLAS hold exactly the reference's (and so gguf's) values."""
-    rng = np.random.default_rng(7)
-    raw = random_blocks(rng, kind, (33, 3), finite=False)
-    out = np.empty((33, 3 * BLOCK_SIZE[kind]), np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):
-        quant._dequantize_into(raw, out, kind == "Q4_K")
-        assert_same_floats(out, quant.dequantize(kind, raw))

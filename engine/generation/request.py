@@ -181,7 +181,10 @@ def eos_ids(model, tok) -> set[int]:
     return {i for i in ids | {tok.eos_id} | tok.eog_ids if i is not None}  # eog_ids: a GGUF's <|im_end|>...
 
 
-PREFILL_CHUNK = 16  # prompt tokens per prefill pass (the same schedule alone or under load): one streamed pass
+# Prompt tokens per prefill pass, the same cut alone or under load (so a request's bits do not depend on
+# its neighbours). More than kernels.linear.SMALL_BATCH rows, so a whole chunk runs through BLAS, at the
+# rate of a compute-bound prefill (only a prompt's last, shorter chunk may take the streaming kernels).
+PREFILL_CHUNK = 64
 
 
 class Generation:
