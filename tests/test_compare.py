@@ -168,6 +168,10 @@ def test_answer_formats_and_the_vocabulary(ggufs):
     assert tokens == [backend.Token(7, b"H", -0.5, ((7, b"H", -0.5), (9, b"x", -1.5)))]
     tokens = backend.parse_tokens(OPENAI_LEGACY, "x")
     assert tokens == [backend.Token(None, b" a", -0.25, ((None, b" a", -0.25), (None, b" b", -2.0)))]
+    vllm_ids = {"choices": [{"logprobs": {"content": [  # vLLM --return-tokens-as-token-ids
+        {"token": "token:7", "bytes": list(b"token:7"), "logprob": -0.5,
+         "top_logprobs": [{"token": "token:7", "logprob": -0.5}, {"token": "token:9", "logprob": -2.0}]}]}}]}
+    assert backend.parse_tokens(vllm_ids, "x") == [backend.Token(7, b"", -0.5, ((7, b"", -0.5), (9, b"", -2.0)))]
     with pytest.raises(NpinferError, match="no usable logprobs"):
         backend.parse_tokens({"choices": [{"text": "x", "logprobs": None}]}, "/v1/completions")
     tok = load_tokenizer(TINY_TOKENIZER_PATH)
@@ -242,13 +246,14 @@ def test_chat_prompts_go_to_the_chat_route_and_prompt_length_is_checked(ggufs, m
 TEMPLATE = "{role}: {content}\n"  # the fake llama-server's chat template (npinfer's GGUF has none: mistral-v1)
 
 
-class LlamaServerLike(BaseHTTPRequestHandler):
-    """npinfer's own server behind llama-server's routes, with another chat template:
-    ``/apply-template`` renders `TEMPLATE`; ``/tokenize`` is BOS + the tokenizer;
-    ``/v1/chat/completions`` renders, tokenizes and asks npinfer's ``/v1/completions`` for
-    those ids (whose answer carries ids, as llama-server's does)."""
+class ServerLike(BaseHTTPRequestHandler):
+    """npinfer's own server behind llama-server's or vLLM's routes (`dialect`), with another
+    chat template. llama-server: ``/apply-template`` renders `TEMPLATE`, ``/tokenize`` is BOS
+    + the tokenizer; vLLM: ``/tokenize`` takes the messages or a prompt, and its answers name
+    each token ``token:ID`` (``--return-tokens-as-token-ids``) with no id field. Both chat routes
+    render, tokenize and ask npinfer's ``/v1/completions`` for those ids."""
 
-    upstream, tok = "", None
+    upstream, tok, dialect = "", None, "llama-server"
 
     def render(self, messages):
         return "".join(TEMPLATE.format(**m) for m in messages) + "assistant:"
@@ -256,22 +261,33 @@ class LlamaServerLike(BaseHTTPRequestHandler):
     def ids(self, text, special=True):
         return [self.tok.bos_id] * special + self.tok.encode(text)
 
+    def answer(self, body):
+        vllm = self.dialect == "vllm"
+        if self.path == "/apply-template" and not vllm:
+            return {"prompt": self.render(body["messages"])}
+        if self.path == "/tokenize" and vllm:
+            return {"tokens": self.ids(self.render(body["messages"])) if "messages" in body else
+                    self.ids(body["prompt"], body.get("add_special_tokens", True))}
+        if self.path == "/tokenize":
+            return {"tokens": self.ids(body.get("content", ""), body.get("add_special", False))}
+        if self.path not in ("/v1/chat/completions", "/v1/completions"):
+            return None
+        if self.path == "/v1/chat/completions":
+            body = {"prompt": self.ids(self.render(body["messages"])), "max_tokens": body["max_tokens"],
+                    "temperature": 0.0, "logprobs": body["top_logprobs"]}
+        request = urllib.request.Request(self.upstream + "/v1/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as r:
+            answer = json.loads(r.read())
+        if vllm:  # ids only as the tokens' text
+            for e in answer["choices"][0]["logprobs"]["content"]:
+                for entry in [e, *e["top_logprobs"]]:
+                    entry["token"], entry["bytes"] = f"token:{entry.pop('id')}", []
+        return answer | {"usage": {"prompt_tokens": len(body["prompt"])}}
+
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/apply-template":
-            answer = {"prompt": self.render(body["messages"])}
-        elif self.path == "/tokenize":
-            answer = {"tokens": self.ids(body.get("content", ""), body.get("add_special", False))}
-        elif self.path in ("/v1/chat/completions", "/v1/completions"):
-            if self.path == "/v1/chat/completions":
-                body = {"prompt": self.ids(self.render(body["messages"])), "max_tokens": body["max_tokens"],
-                        "temperature": 0.0, "logprobs": body["top_logprobs"]}
-            request = urllib.request.Request(self.upstream + "/v1/completions", json.dumps(body).encode(),
-                                             {"Content-Type": "application/json"})
-            with urllib.request.urlopen(request) as r:
-                answer = json.loads(r.read())
-            answer["usage"] = {"prompt_tokens": len(body["prompt"])}
-        else:
+        answer = self.answer(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        if answer is None:
             self.send_error(404)
             return
         data = json.dumps(answer).encode()
@@ -286,9 +302,9 @@ class LlamaServerLike(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def llama_server_like(chat):
+def server_like(chat, dialect="llama-server"):
     with running(chat, api_key=None) as (upstream, _):
-        handler = type("Handler", (LlamaServerLike,), {"upstream": upstream, "tok": chat.tok})
+        handler = type("Handler", (ServerLike,), {"upstream": upstream, "tok": chat.tok, "dialect": dialect})
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
@@ -298,7 +314,8 @@ def llama_server_like(chat):
             server.server_close()
 
 
-def test_a_backend_with_another_template_is_a_template_finding_not_a_divergence(ggufs, tmp_path):
+@pytest.mark.parametrize("dialect", ["llama-server", "vllm"])
+def test_a_backend_with_another_template_is_a_template_finding_not_a_divergence(ggufs, tmp_path, dialect):
     """The same file behind llama-server's routes with another chat template: each chat is a
     template finding (where the two renderings part, both shown) and is scored on the backend's
     own prompt ids, so the numbers agree and the exit status is 0; scored on npinfer's rendering
@@ -311,7 +328,7 @@ def test_a_backend_with_another_template_is_a_template_finding_not_a_divergence(
     prompts.write_text("".join(json.dumps(d) + "\n" for d in [{"id": "raw", "prompt": "Once upon a time"},
                                                               *({"id": f"chat{i}", "messages": m}
                                                                 for i, m in enumerate(messages))]))
-    with llama_server_like(chat) as url:
+    with server_like(chat, dialect) as url:
         code, out, _ = compare_json(same, url, prompts)
         table = in_process("compare", same, "--backend", url, "--prompts", prompts, "--max-tokens", N,
                            check=False).stdout
@@ -333,6 +350,7 @@ def test_a_backend_with_another_template_is_a_template_finding_not_a_divergence(
         off = np.abs(np.subtract(wrong["backend_logprob"], wrong["npinfer_logprob"]))
         assert off.mean() > 0.05  # what the numbers would have said on npinfer's own rendering (1e-6 on theirs)
     assert "template finding, the prompts differ from token 1" in table and "within" in table.splitlines()[-1]
+    assert f"; {dialect.replace('vllm', 'vLLM')} /" in table  # the routes that told the backend's ids
 
 
 def tokens_of(r: dict, tok) -> list[backend.Token]:

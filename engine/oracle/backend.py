@@ -189,20 +189,29 @@ def _raw(entry: dict) -> bytes:
     return bytes(b) if isinstance(b, list) else str(entry.get("token", "")).encode("utf-8")
 
 
+def _token(id_, text: str, raw: bytes) -> tuple[int | None, bytes]:
+    """(id, bytes) of one reported token: vLLM started with ``--return-tokens-as-token-ids``
+    writes the id in the text, ``token:123`` (and those letters as its bytes)."""
+    if id_ is None and isinstance(text, str) and (m := re.fullmatch(r"token:(\d+)", text)):
+        return int(m.group(1)), b""
+    return id_, raw
+
+
 def parse_tokens(answer: dict, route: str) -> list[Token]:
     """The output tokens of a completion answer: the ``logprobs.content`` list (chat
     completions; llama-server and npinfer on ``/v1/completions``), or OpenAI's legacy
-    ``tokens`` / ``token_logprobs`` / ``top_logprobs`` (text only, no ids)."""
+    ``tokens`` / ``token_logprobs`` / ``top_logprobs`` (text only; ids only as vLLM's ``token:N``)."""
     try:
         lp = answer["choices"][0]["logprobs"]
         if lp is None:
             raise KeyError("logprobs")
         if isinstance(lp.get("content"), list):
-            return [Token(e.get("id"), _raw(e), float(e["logprob"]),
-                          tuple((a.get("id"), _raw(a), float(a["logprob"])) for a in e.get("top_logprobs") or []))
+            return [Token(*_token(e.get("id"), e.get("token"), _raw(e)), float(e["logprob"]),
+                          tuple((*_token(a.get("id"), a.get("token"), _raw(a)), float(a["logprob"]))
+                                for a in e.get("top_logprobs") or []))
                     for e in lp["content"]]
-        return [Token(None, t.encode("utf-8"), float(p), tuple((None, s.encode("utf-8"), float(q))
-                                                                 for s, q in (top or {}).items()))
+        return [Token(*_token(None, t, t.encode("utf-8")), float(p),
+                      tuple((*_token(None, s, s.encode("utf-8")), float(q)) for s, q in (top or {}).items()))
                 for t, p, top in zip(lp["tokens"], lp["token_logprobs"], lp.get("top_logprobs") or [])]
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
         raise NpinferError(f"backend {route}: the answer has no usable logprobs ({e})") from None

@@ -21,7 +21,8 @@ prompt (default: the set shipped in ``engine/oracle/data/compare_prompts.jsonl``
    that cannot tell (npinfer's own server, OpenAI) is scored on npinfer's rendering, and a
    chat whose ``usage.prompt_tokens`` says the prompts differ is kept out of the numbers.
 3. **Map its tokens to ids**: the ``id`` a backend sends with each token (llama-server and
-   npinfer's ``/v1/completions`` do), else the token's bytes (`Vocabulary`). Where several
+   npinfer's ``/v1/completions`` do; vLLM with ``--return-tokens-as-token-ids`` writes
+   ``token:ID``), else the token's bytes (`Vocabulary`). Where several
    pieces share those bytes (a byte piece ``<0x64>`` and ``d``), the text cannot tell them
    apart and the numbers can: the one whose npinfer logprob on the same prefix is closest to
    the backend's (each choice changes the prefix after it, so it is made in order).
