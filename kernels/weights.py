@@ -145,18 +145,22 @@ def gguf_rope_parameters(arch: str, keys: Mapping, context_length: int, log_mult
       divides by 0.1 in float32, as here). ``deepseek2`` alone also sets mscale = mscale_all_dim
       (`mscale_is_all_dim`: llama-context.cpp's special case), so its cos/sin factor is 1.
 
-    Another scaling type (linear, longrope), and a rope key llama.cpp reads for no architecture
-    here, stay unread: `engine.load.gguf_checkpoint.hf_view` refuses them by name.
+    Another scaling type (a linear factor, longrope) is a ValueError naming the key; a rope key
+    llama.cpp reads for none of these architectures stays unread, and
+    `engine.load.gguf_checkpoint.hf_view` refuses it by name.
     """
     theta = float(keys.get("rope.freq_base", 10000.0))
-    kind = keys.get("rope.scaling.type", "none")
-    if kind == "linear" and not keys.get("rope.scaling.factor"):
-        kind = "none"  # llama.cpp: scale 1/0 is read as 1, i.e. no scaling
-    if kind == "none":
+    kind, factor = keys.get("rope.scaling.type", "none"), keys.get("rope.scaling.factor")
+    keys.get("rope.scaling.finetuned")  # descriptive: llama.cpp reads it and computes nothing from it
+    if kind == "linear" and factor in (None, 0, 1):
+        kind = "none"  # llama.cpp: a linear scale of 1 (or 0, read as 1) is no scaling
+    if kind == "none":  # (llama.cpp ignores the factor then)
         return {"rope_type": "default", "rope_theta": theta}
     if kind != "yarn":
         raise ValueError(f"GGUF key {arch}.rope.scaling.type = {kind!r} is not supported (none, yarn)")
-    rope = {"rope_type": "yarn", "rope_theta": theta, "factor": float(keys["rope.scaling.factor"]),
+    if factor is None:
+        raise ValueError(f"GGUF key {arch}.rope.scaling.factor is missing (YaRN needs it)")
+    rope = {"rope_type": "yarn", "rope_theta": theta, "factor": float(factor),
             "original_max_position_embeddings": int(keys.get("rope.scaling.original_context_length", context_length)),
             "beta_fast": float(keys.get("rope.scaling.yarn_beta_fast", 32.0)),
             "beta_slow": float(keys.get("rope.scaling.yarn_beta_slow", 1.0))}

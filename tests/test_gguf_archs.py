@@ -113,3 +113,14 @@ def test_bad_files_are_one_line_naming_the_key_or_tensor(arch, config, change, m
         load_model(path)
     proc = in_process("logits", path, "--ids", "1", "--out", tmp_path / "o.npz", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and arch in proc.stderr
+
+
+def test_llama_without_head_count_kv_is_multi_head(tmp_path):
+    """llama.cpp reads a missing ``attention.head_count_kv`` as the head count (older llama
+    files of multi-head models have none): the same logits as the file that says so."""
+    hf = hf_written(tmp_path, mistral(vocab_size=1024, num_key_value_heads=4), seed=3)
+    said = load_model(write_gguf(hf, tmp_path / "said.gguf"))
+    unsaid = load_model(write_gguf(hf, tmp_path / "unsaid.gguf", drop=("llama.attention.head_count_kv",)))
+    ids = prompt(1, 1024)[:12]
+    assert unsaid.config.num_key_value_heads == 4
+    np.testing.assert_array_equal(unsaid.forward(ids, unsaid.new_state()), said.forward(ids, said.new_state()))

@@ -59,6 +59,7 @@ KEYS = {
 def config_json(arch: str, keys: Mapping, shapes: Mapping) -> dict:
     """The config.json of a ``llama`` or ``mistral3`` GGUF (`keys`: its ``{arch}.*`` keys without the prefix)."""
     d = {hf: keys[k] for k, hf in KEYS.items() if k in keys}
+    d.setdefault("num_key_value_heads", keys["attention.head_count"])  # llama.cpp: absent means n_head (MHA)
     head_dim = d.get("head_dim") or keys["embedding_length"] // keys["attention.head_count"]
     for key, what in (("attention.value_length", "a value head size other than the key's"),
                       ("rope.dimension_count", "partial rotary embeddings")):
