@@ -6,6 +6,7 @@ the files cannot say, and the refusals, by name."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -28,9 +29,10 @@ from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
 YARN_16 = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 16, "beta_fast": 32.0,
            "beta_slow": 1.0}  # a trained context of 16: YaRN and the llama-4 scale both act within the prompt
-MINISTRAL3 = MISTRAL["ministral3"] | {"rope_parameters": YARN_16 | {"rope_theta": 1e6, "mscale": 1.0,
+MINISTRAL3 = copy.deepcopy(MISTRAL["ministral3"]) | {"rope_parameters": YARN_16 | {"rope_theta": 1e6, "mscale": 1.0,
                                                                    "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}}
-M4 = MISTRAL4["mistral4"] | {"qk_nope_head_dim": 32, "v_head_dim": 32}  # k_b and v_b rows fill Q8_0 blocks
+# (deep copies: transformers' config classes write into the rope_parameters dict they are given)
+M4 = copy.deepcopy(MISTRAL4["mistral4"]) | {"qk_nope_head_dim": 32, "v_head_dim": 32}  # k_b, v_b rows fill Q8_0 blocks
 LARGE3 = M4 | {"n_group": 1, "topk_group": 1, "routed_scaling_factor": 1.5,  # Mistral Large 3's router
                "rope_parameters": YARN_16 | {"rope_theta": 1e4, "mscale": 0.707, "mscale_all_dim": 0.707,
                                              "llama_4_scaling_beta": 0.1}}  # DeepSeek-V2's mscales: deepseek2's rule
