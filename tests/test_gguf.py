@@ -207,11 +207,11 @@ def small_gguf(tmp_path, config=None, **kw) -> Path:
 def test_unsupported_keys_tensors_and_types_are_named(tmp_path):
     base = small_gguf(tmp_path)
     cases = {  # how the file differs -> what the one-line error must say
-        "llama.rope.scaling.type": "llama.rope.scaling.type = 'yarn' is not supported",
+        "llama.rope.scaling.type": "llama.rope.scaling.type = 'longrope' is not supported",
         "llama.attention.sliding_window_pattern": "GGUF key llama.attention.sliding_window_pattern = 2 is not supported",
     }
     for key, message in cases.items():
-        path = small_gguf(tmp_path / key, extra={key: "yarn" if "scaling" in key else 2})
+        path = small_gguf(tmp_path / key, extra={key: "longrope" if "scaling" in key else 2})
         with pytest.raises(CheckpointError, match=message.replace(".", r"\.").replace("(", r"\(")):
             load_model(path)
     # a tensor the reader does not know (llama3's rope_freqs), and one missing
@@ -241,8 +241,9 @@ def test_unsupported_keys_tensors_and_types_are_named(tmp_path):
 
 
 @pytest.mark.parametrize("arch, message", [
-    ("mamba2", "GGUF architecture 'mamba2' is not supported yet"),
-    ("qwen2", "general.architecture = 'qwen2' is not supported \\(supported: llama, jamba\\)")])
+    ("qwen2", "general.architecture = 'qwen2' is not supported \\(supported: llama, mistral3, jamba, mistral4, "
+              "deepseek2, mamba2\\)"),
+    ("deepseek32", "general.architecture = 'deepseek32' is not supported")])
 def test_other_architectures_are_named(arch, message, tmp_path):
     out = tmp_path / "a.gguf"
     writer = gguf.GGUFWriter(str(out), arch)

@@ -4,14 +4,15 @@ Everything the front (server, schema, generation, CLI, oracle) needs to know abo
 family is a field of its `Family` entry in `FAMILIES`; no other module of `engine/`
 names an architecture. `engine.load.open` turns a checkpoint into a model through it.
 
-| family  | architectures (config.json)                  | package    | native layout (params.json) | GGUF  |
-|---------|----------------------------------------------|------------|-----------------------------|-------|
-| mistral | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         | llama |
-|         | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |       |
-| jamba   | JambaForCausalLM                             | jamba_np   | no                          | jamba |
-| mistral4 | Mistral4ForCausalLM (Mistral Small 4)       | mistral_np | yes (Mistral Large 3)       |       |
-| mistral_large4 | MistralLarge4ForConditionalGeneration | mistral_np | no                          |       |
-| mamba2  | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          |       |
+| family         | architectures (config.json)                  | package    | native layout (params.json) | GGUF                |
+|----------------|----------------------------------------------|------------|-----------------------------|---------------------|
+| mistral        | MistralForCausalLM, MixtralForCausalLM,      | mistral_np | yes                         | llama, mistral3     |
+|                | MinistralForCausalLM, Ministral3ForCausalLM  |            |                             |                     |
+| jamba          | JambaForCausalLM                             | jamba_np   | no                          | jamba               |
+| mistral4       | Mistral4ForCausalLM (Mistral Small 4;        | mistral_np | yes (Mistral Large 3)       | mistral4, deepseek2 |
+|                | Mistral Large 3's HF form)                   |            |                             |                     |
+| mistral_large4 | MistralLarge4ForConditionalGeneration        | mistral_np | no                          |                     |
+| mamba2         | Mamba2ForCausalLM (Codestral Mamba)          | mistral_np | no                          | mamba2              |
 
 (GGUF: the ``general.architecture`` values of llama.cpp's files the family reads.)
 
@@ -41,6 +42,7 @@ from npinfer.mistral_np.large4 import config as large4_config
 from npinfer.mistral_np.large4 import model as large4_model
 from npinfer.mistral_np.large4 import weights as large4_weights
 from npinfer.mistral_np.mamba2 import config as mamba2_config
+from npinfer.mistral_np.mamba2 import gguf as mamba2_gguf
 from npinfer.mistral_np.mamba2 import model as mamba2_model
 from npinfer.mistral_np.mamba2 import weights as mamba2_weights
 from npinfer.mistral_np.mistral import config as mistral_config
@@ -48,6 +50,7 @@ from npinfer.mistral_np.mistral import gguf as mistral_gguf
 from npinfer.mistral_np.mistral import model as mistral_model
 from npinfer.mistral_np.mistral import weights as mistral_weights
 from npinfer.mistral_np.mistral4 import config as mistral4_config
+from npinfer.mistral_np.mistral4 import gguf as mistral4_gguf
 from npinfer.mistral_np.mistral4 import model as mistral4_model
 from npinfer.mistral_np.mistral4 import weights as mistral4_weights
 
@@ -114,7 +117,7 @@ FAMILIES = (
         model=mistral_model.Mistral, expected_shapes=mistral_weights.expected_shapes,
         tiny=mistral_config.TINY, describe=mistral_config.MistralConfig.describe,
         embeddings="model.embed_tokens.weight", provider="MistralAI", chat_format="mistral-v1",
-        gguf=GGUFLayout(("llama",), mistral_gguf.config_json, mistral_gguf.weights, mistral_gguf.read_config),
+        gguf=GGUFLayout(("llama", "mistral3"), mistral_gguf.config_json, mistral_gguf.weights, mistral_gguf.read_config),
     ),
     Family(
         name="jamba",
@@ -137,6 +140,8 @@ FAMILIES = (
         special_init=mistral4_weights.special_init, tiny=mistral4_config.TINY,
         describe=mistral4_config.Mistral4Config.describe,
         embeddings="model.embed_tokens.weight", provider="MistralAI", chat_format="mistral-v1",
+        gguf=GGUFLayout(("mistral4", "deepseek2"), mistral4_gguf.config_json, mistral4_gguf.weights,
+                        mistral4_gguf.read_config),
     ),
     Family(  # Mistral Large 4 (mistral_np/large4/): the text decoder of its multimodal checkpoint, whose
         # config.json is transformers' but whose tensor names are Mistral's native ones
@@ -156,10 +161,9 @@ FAMILIES = (
         model=mamba2_model.Mamba2, expected_shapes=mamba2_weights.expected_shapes,
         special_init=mamba2_weights.special_init, tiny=mamba2_config.TINY, describe=mamba2_config.Mamba2Config.describe,
         embeddings="backbone.embeddings.weight", provider="MistralAI", chat_format="mistral-v1",
+        gguf=GGUFLayout(("mamba2",), mamba2_gguf.config_json, mamba2_gguf.weights, mamba2_gguf.read_config),
     ),
 )
-# GGUF architectures of a family here that has no GGUF layout yet: the error says so
-GGUF_NOT_YET = {"mamba2": "the Mamba-2 family (Codestral Mamba) reads Hugging Face checkpoints, no GGUF layout yet"}
 
 
 @dataclass(frozen=True)
@@ -254,8 +258,6 @@ def gguf_family(arch: str, where: str) -> Family:
     """The family that reads GGUF architecture `arch`, or a one-line error."""
     family = next((f for f in FAMILIES if f.gguf and arch in f.gguf.architectures), None)
     if family is None:
-        if arch in GGUF_NOT_YET:
-            raise CheckpointError(f"{where}: GGUF architecture {arch!r} is not supported yet ({GGUF_NOT_YET[arch]})")
         known = ", ".join(a for f in FAMILIES if f.gguf for a in f.gguf.architectures)
         raise CheckpointError(f"{where}: GGUF key general.architecture = {arch!r} is not supported (supported: {known})")
     return family

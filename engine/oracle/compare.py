@@ -11,31 +11,43 @@ prompt (default: the set shipped in ``engine/oracle/data/compare_prompts.jsonl``
    ``POST /v1/completions`` as token ids, BOS (unless the GGUF's ``add_bos_token`` is
    false) + npinfer's tokenization, so both sides start from the same ids; a chat
    (``{"messages": [...]}``) goes to ``POST /v1/chat/completions``, the backend rendering
-   and tokenizing its own template (its ``usage.prompt_tokens`` is checked against
-   npinfer's rendering, and a difference noted).
-2. **Map its tokens to ids**: the ``id`` a backend sends with each token (llama-server and
-   npinfer's ``/v1/completions`` do), else the token's bytes (`Vocabulary`: where pieces
-   share their bytes, the normal piece for the output, the candidate closest in logprob
-   for an alternative).
-3. **Teacher-force**: one forward pass over prompt + the backend's tokens gives, at each
+   and tokenizing its own template.
+2. **Ask the backend for its prompt ids** where it can tell them (`Backend.dialect`:
+   llama-server's ``/apply-template`` + ``/tokenize``, vLLM's ``/tokenize``): a chat's
+   rendering, a raw prompt's tokenization. Where they differ from npinfer's, that is a
+   *prompt finding* (`engine.oracle.report`: a template or a tokenization, the first
+   differing token and both renderings), reported apart; npinfer is then teacher-forced on
+   the backend's own ids, so the numbers compare the model and not the templates. A backend
+   that cannot tell (npinfer's own server, OpenAI) is scored on npinfer's rendering, and a
+   chat whose ``usage.prompt_tokens`` says the prompts differ is kept out of the numbers.
+3. **Map its tokens to ids**: the ``id`` a backend sends with each token (llama-server and
+   npinfer's ``/v1/completions`` do; vLLM with ``--return-tokens-as-token-ids`` writes
+   ``token:ID``), else the token's bytes (`Vocabulary`). Where several
+   pieces share those bytes (a byte piece ``<0x64>`` and ``d``), the text cannot tell them
+   apart and the numbers can: the one whose npinfer logprob on the same prefix is closest to
+   the backend's (each choice changes the prefix after it, so it is made in order).
+4. **Teacher-force**: one forward pass over prompt + the backend's tokens gives, at each
    position of the output, npinfer's exact distribution q on the backend's own prefix.
-4. **Per position** t (the backend chose token o_t and reported logprobs b on its top K set S):
+5. **Per position** t (the backend chose token o_t and reported logprobs b on its top K set S):
 
    * KL_K = sum_{j in S} p_j log(p_j / r_j), with p = q on S renormalised and r = exp(b)
      on S renormalised. **The approximation:** only the backend's top K are known, so the
      divergence is that of the two distributions conditioned on S; it is exact in the
      limit K = V and misses differences in the tail beyond S (llama-perplexity's
      ``--kl-divergence`` has both full distributions; no OpenAI-style API returns them);
-   * same top: the backend's most likely token is npinfer's argmax;
+   * same top: the backend's most likely token is npinfer's argmax (or prints the same);
    * |Δ logprob| = |b(o_t) - log q(o_t)| and Δp = exp(b(o_t)) - q(o_t), the chosen token's;
-   * the first greedy divergence: the first t where o_t is not npinfer's argmax, with
-     npinfer's margin log q(argmax) - log q(o_t) there (a near-tie has a tiny margin).
+   * o_t and npinfer's argmax different ids of the same bytes: a tokenization finding;
+   * the first greedy divergence: the first other t where o_t is not npinfer's argmax, with
+     npinfer's margin log q(argmax) - log q(o_t) and the backend's b(o_t) - b(argmax) there
+     (`engine.oracle.report` says when the two make a near-tie the backend's numerics explain).
 
 The summary over all positions of all prompts reads like llama-perplexity's: mean KL with
 its standard error, max, percentiles (99.9, 99, 90, median, 10), min; mean and RMS Δp;
-"same top" share; mean and max |Δ logprob|; the perplexity of the backend's output under
+"same top" share; mean, p99 and max |Δ logprob|; the perplexity of the backend's output under
 npinfer and under the backend. Exit status: 0 when the mean KL is within ``--max-kl``,
-1 beyond it, 2 on an error (unreachable backend, a refused request, a bad prompts file).
+1 beyond it (findings do not change it), 2 on an error (unreachable backend, a refused
+request, a bad prompts file).
 
 ``--ray [ADDRESS]`` runs the prompts as tasks on Ray actors (the ``sweep`` extra): each
 actor opens MODEL itself, memory-mapped (so MODEL must be readable at the same path on
@@ -47,13 +59,10 @@ joins a cluster. The driver's npinfer code is shipped to the workers (``py_modul
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,78 +71,92 @@ from npinfer.engine.errors import NpinferError
 from npinfer.engine.generation.sampling import log_softmax
 from npinfer.engine.load.fp8 import FP8_ACTIVATIONS_HELP
 from npinfer.engine.oracle.backend import DEFAULT_PROMPTS, Backend, Prompt, Token, Vocabulary, read_prompts
+from npinfer.engine.oracle.report import PromptResult, Report
 
 DEFAULT_MAX_KL = 0.01
 
 
 # ----------------------------------------------------------------------------- scoring
-@dataclass
-class PromptResult:
-    """One prompt's comparison. `tokens` are the backend's output ids; the metrics are per
-    *scored* position, `scored[i]` being the index in `tokens` of metric i (a token the
-    backend reported merged into the next one has no logprob of its own: `unreported`)."""
+def teacher_force(model, prompt_ids: list[int], tokens: list[Token], vocab: Vocabulary,
+                  where: str) -> tuple[list[tuple[int, Token | None]], np.ndarray]:
+    """The backend's output as (id, its report) pairs, and npinfer's logits [n, V] on the
+    backend's own prefix (row t predicts token t).
 
-    id: str
-    kind: str  # "prompt" (/v1/completions) or "chat" (/v1/chat/completions)
-    prompt_tokens: int
-    tokens: list[int]
-    scored: list[int]
-    kl: list[float]  # KL over the backend's top K, renormalised
-    npinfer_logprob: list[float]  # log q(o_t)
-    backend_logprob: list[float]  # b(o_t)
-    same_top: list[bool]
-    unreported: list[int] = field(default_factory=list)
-    first_divergence: dict | None = None  # {position, backend, npinfer, margin, ...}
-    note: str = ""
+    One chunked prefill over prompt + output, stopping where the bytes leave a choice open,
+    which npinfer's distribution on the prefix before it then makes (so each is made in order):
 
-
-def output_ids(tokens: list[Token], vocab: Vocabulary, where: str) -> list[tuple[int, Token | None]]:
-    """The backend's output as (id, its report) pairs.
-
-    llama-server reports a token whose text is an incomplete UTF-8 sequence (a byte
-    piece) inside the *next* token's entry: that entry carries the next token's id and
-    logprob and both tokens' bytes. The tokens before the id's own bytes are restored
-    here (their ids from their bytes: one token if they are one, else one byte piece
-    per byte), with no report of their own, so the prefix npinfer is forced through
-    is the backend's.
+    * a token without an id whose bytes several pieces share (step 3 of the module docstring):
+      the one whose npinfer logprob is closest to the backend's;
+    * tokens the backend never reported: llama-server reports a token whose text is an
+      incomplete UTF-8 sequence (a byte piece) inside the *next* token's entry, which carries
+      the next token's id and logprob and the bytes of both (or of several). The tokens of
+      those leading bytes are restored one at a time, each npinfer's most likely token among
+      those the bytes allow (the backend chose its most likely one there), with no report of
+      their own (not scored).
     """
-    out = []
+    state, rows, pairs, pending = model.new_state(), [], [], list(prompt_ids)
+    P, tok, limit = len(prompt_ids), vocab.tok, model.config.max_position_embeddings
+
+    def feed(ids):  # run `ids` through the state; keep the rows that predict output tokens
+        if ids:
+            z = model.forward(ids, state)  # [len(ids), V]
+            rows.extend(z if rows else z[P - 1:])  # (the first call holds the prompt: from its last token on)
+
+    def logprobs():  # npinfer's log q at the next output position: feeds what is pending
+        feed(pending)
+        pending.clear()
+        return log_softmax(rows[len(pairs)])
+
     for i, t in enumerate(tokens):
-        o = vocab.id_of(t.id, t.bytes, f"{where} token {i}")
-        own = vocab.tok.token_bytes(o)
-        if t.id is not None and own and t.bytes != own and t.bytes.endswith(own):
-            head = t.bytes[:-len(own)]
-            parts = [head] if head in vocab.by_bytes else [bytes([b]) for b in head]
-            out += [(vocab.id_of(None, b, f"{where} token {i} (merged)"), None) for b in parts]
-        out.append((o, t))
-    return out
+        if P + len(pairs) >= limit:
+            raise NpinferError(f"{where}: prompt + output (more than {limit} tokens) exceed this model's context")
+        o = None if t.id is None else vocab.id_of(t.id, t.bytes, f"{where} token {i}")
+        own = b"" if o is None else tok.token_bytes(o)
+        head = t.bytes[:-len(own)] if own and t.bytes != own and t.bytes.endswith(own) else b""
+        while head:  # tokens merged into this report, restored in order
+            q = logprobs()
+            fits = [c for k in range(1, len(head) + 1) for c in vocab.candidates.get(head[:k], ())]
+            if not fits:
+                raise NpinferError(f"{where} token {i}: the backend's bytes {head!r} are no tokens of npinfer's vocabulary")
+            c = max(fits, key=lambda c: q[c])
+            pairs.append((c, None))
+            pending.append(c)
+            head = head[len(tok.token_bytes(c)):]
+        if o is None:
+            ambiguous = len(vocab.candidates.get(t.bytes, ())) > 1
+            o = vocab.id_of(None, t.bytes, f"{where} token {i}", *((logprobs(), t.logprob) if ambiguous else ()))
+        pairs.append((o, t))
+        pending.append(o)
+    if pairs:
+        feed(pending[:-1])  # (the last token's row would predict past the output)
+    return pairs, np.asarray(rows[:len(pairs)])
 
 
 def score(model, tok, prompt_ids: list[int], tokens: list[Token], vocab: Vocabulary, where: str) -> dict:
     """npinfer's distributions on the backend's own prefix, compared position by position."""
-    pairs = output_ids(tokens, vocab, where)
-    out = [o for o, _ in pairs]
-    metrics = dict(tokens=out, scored=[], kl=[], npinfer_logprob=[], backend_logprob=[], same_top=[],
-                   unreported=[t for t, (_, r) in enumerate(pairs) if r is None], first_divergence=None)
-    if not out:
-        return metrics
-    ids = list(prompt_ids) + out[:-1]
-    if len(ids) >= model.config.max_position_embeddings:
-        raise NpinferError(f"{where}: prompt + output ({len(ids) + 1} tokens) exceed this model's context")
-    logits = model.forward(ids, model.new_state())[len(prompt_ids) - 1:]  # [n, V]: row t predicts output t
+    pairs, logits = teacher_force(model, prompt_ids, tokens, vocab, where)
+    metrics = dict(tokens=[o for o, _ in pairs], scored=[], kl=[], npinfer_logprob=[], backend_logprob=[],
+                   same_top=[], unreported=[t for t, (_, r) in enumerate(pairs) if r is None], first_divergence=None,
+                   tokenization=[])
     for t, (z, (o, token)) in enumerate(zip(logits, pairs)):
         q = log_softmax(z)  # [V] float64
         best = int(np.argmax(q))
-        if metrics["first_divergence"] is None and best != o:
+        alike = best != o and tok.token_bytes(best) == tok.token_bytes(o) != b""
+        if alike:
+            metrics["tokenization"].append({"position": t, "backend": o, "npinfer": best,
+                                            "text": tok.token_bytes(o).decode("utf-8", "replace")})
+        top = [] if token is None else [(vocab.id_of(i, raw, f"{where} token {t} alternative", q, lp), lp)
+                                        for i, raw, lp in token.top] or [(o, token.logprob)]
+        alternatives = dict(reversed(top))  # id -> backend logprob (a repeated id: its first entry)
+        if metrics["first_divergence"] is None and best != o and not alike:
             metrics["first_divergence"] = {
                 "position": t, "backend": o, "npinfer": best, "margin": float(q[best] - q[o]),
+                "backend_margin": float(token.logprob - alternatives[best]) if best in alternatives else None,
+                "reported": token is not None,
                 "backend_token": tok.token_bytes(o).decode("utf-8", "replace"),
                 "npinfer_token": tok.token_bytes(best).decode("utf-8", "replace")}
         if token is None:
             continue
-        top = [(vocab.id_of(i, raw, f"{where} token {t} alternative", q, lp), lp) for i, raw, lp in token.top] or [
-            (o, token.logprob)]
-        alternatives = dict(reversed(top))  # id -> backend logprob (a repeated id: its first entry)
         S = np.array(list(alternatives))  # [K]
         b = np.array(list(alternatives.values()), np.float64)  # [K]
         p_s, r_s = q[S] - np.logaddexp.reduce(q[S]), b - np.logaddexp.reduce(b)  # renormalised on S (logs)
@@ -141,8 +164,36 @@ def score(model, tok, prompt_ids: list[int], tokens: list[Token], vocab: Vocabul
         metrics["kl"].append(max(0.0, float(np.sum(np.exp(p_s) * (p_s - r_s)))))
         metrics["npinfer_logprob"].append(float(q[o]))
         metrics["backend_logprob"].append(token.logprob)
-        metrics["same_top"].append(best == top[0][0])
+        metrics["same_top"].append(best == top[0][0] or tok.token_bytes(best) == tok.token_bytes(top[0][0]) != b"")
     return metrics
+
+
+def rendering(tok, ids: list[int]) -> str:
+    """The text of `ids`, control tokens (which print nothing) as their pieces: ``<s>[INST] Hi``."""
+    out, raw = [], b""
+    for i in ids:
+        if b := tok.token_bytes(i):
+            raw += b
+        else:
+            out += [raw.decode("utf-8", "replace"), tok.id_to_piece(i)]
+            raw = b""
+    return "".join(out) + raw.decode("utf-8", "replace")
+
+
+def prompt_finding(kind: str, theirs: list[int], ours: list[int], tok, source: str) -> dict | None:
+    """Where the backend's prompt ids part from npinfer's (None if nowhere): the first differing
+    token and both renderings (`rendering`: what each side feeds the model, BOS included)."""
+    if theirs == ours:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+    piece = lambda ids: rendering(tok, ids[at:at + 1]) if at < len(ids) else "(end)"  # noqa: E731
+    return {"kind": kind, "source": source, "position": at, "backend_token": piece(theirs),
+            "npinfer_token": piece(ours), "backend_prompt_tokens": len(theirs), "npinfer_prompt_tokens": len(ours),
+            "backend_rendering": rendering(tok, theirs), "npinfer_rendering": rendering(tok, ours)}
+
+
+SOURCES = {"llama-server": {"template": "llama-server /apply-template + /tokenize", "tokenization": "llama-server /tokenize"},
+           "vllm": {"template": "vLLM /tokenize (messages)", "tokenization": "vLLM /tokenize"}}
 
 
 class Scorer:
@@ -155,34 +206,54 @@ class Scorer:
         self.chat = load_chat_model(model, dtype=dtype, fp8_activations=fp8_activations)
         self.vocab = Vocabulary(self.chat.tok)
         self.backend, self.max_tokens, self.top_k = backend, max_tokens, top_k
+        self.dialect = backend.dialect()  # can it tell its prompt ids?
+
+    def backend_ids(self, ids: list[int], where: str) -> list[int]:
+        """The backend's prompt ids, checked against npinfer's vocabulary and context."""
+        V = self.chat.tok.vocab_size
+        if bad := [i for i in ids if not 0 <= i < V]:
+            raise NpinferError(f"{where}: the backend's prompt id {bad[0]} is not in npinfer's vocabulary "
+                               f"(0..{V - 1}): is it serving MODEL?")
+        return self.chat.raw_prompt(ids)
 
     def run(self, p: Prompt) -> PromptResult:
         from npinfer.tokenizer.errors import ChatFormatError
 
-        chat, n = self.chat, p.max_tokens or self.max_tokens
-        note = ""
-        if p.prompt is not None:
-            try:
-                ids = chat.raw_prompt(p.prompt)
-            except NpinferError as e:
-                raise NpinferError(f"prompt {p.id}: {e}") from None
-            tokens, _ = self.backend.complete(ids, n, self.top_k)
+        chat, tok, n, where = self.chat, self.chat.tok, p.max_tokens or self.max_tokens, f"prompt {p.id}"
+        finding, note, scored_on, excluded = None, "", "npinfer", False
+        try:
+            ours = chat.raw_prompt(p.prompt) if p.prompt is not None else chat.prompt(p.messages)
+        except (ChatFormatError, NpinferError) as e:
+            raise NpinferError(f"{where}: {e}") from None
+        ids = ours
+        if p.prompt is not None:  # sent as npinfer's ids: the backend's own tokenization is a finding only
             kind = "prompt"
+            tokens, _ = self.backend.complete(ours, n, self.top_k)
+            if self.dialect:
+                theirs = self.backend.tokenize(self.dialect, p.prompt, special=True)
+                finding = prompt_finding("tokenization", theirs, ours, tok, SOURCES[self.dialect]["tokenization"])
         else:
-            try:
-                ids = chat.prompt(p.messages)
-            except (ChatFormatError, NpinferError) as e:
-                raise NpinferError(f"prompt {p.id}: {e}") from None
-            tokens, used = self.backend.chat(p.messages, n, self.top_k)
             kind = "chat"
-            if used is not None and used != len(ids):
-                note = (f"the backend's prompt has {used} tokens, npinfer's {chat.chat_format} rendering {len(ids)}: "
-                        f"the chat templates differ, so the prefixes do")
-        metrics = score(chat.model, chat.tok, ids, tokens, self.vocab, f"prompt {p.id}")
+            tokens, used = self.backend.chat(p.messages, n, self.top_k)
+            if self.dialect:
+                theirs = self.backend.chat_prompt(self.dialect, p.messages)
+                ids, scored_on = self.backend_ids(theirs, where), "backend"
+                finding = prompt_finding("template", theirs, ours, tok, SOURCES[self.dialect]["template"])
+                if used is not None and used != len(theirs):
+                    note = f"the chat route's usage says {used} prompt tokens, its prompt ids are {len(theirs)}"
+            elif used is not None and used != len(ours):
+                excluded = True
+                note = (f"the backend's prompt has {used} tokens, npinfer's {chat.chat_format} rendering {len(ours)}: "
+                        f"the templates differ and the backend cannot tell its prompt ids")
+                finding = {"kind": "template", "source": "usage.prompt_tokens of /v1/chat/completions",
+                           "position": None, "backend_prompt_tokens": used, "npinfer_prompt_tokens": len(ours),
+                           "backend_rendering": "(unknown)", "npinfer_rendering": rendering(tok, ours)}
+        metrics = score(chat.model, tok, ids, tokens, self.vocab, where)
         if metrics["unreported"]:
             note = "; ".join(filter(None, [note, f"{len(metrics['unreported'])} tokens the backend reported merged "
                                                  f"into the next one (incomplete UTF-8): in the prefix, not scored"]))
-        return PromptResult(p.id, kind, len(ids), **metrics, note=note)
+        return PromptResult(p.id, kind, len(ids), **metrics, prompt_finding=finding, scored_on=scored_on,
+                            excluded=excluded, note=note)
 
 
 def run_serial(scorer_args: tuple, prompts: list[Prompt]) -> list[PromptResult]:
@@ -241,91 +312,6 @@ class _RayScorer:
             return self.scorer.run(p)
         except NpinferError as e:  # cross the process boundary as a plain message
             raise RuntimeError(str(e)) from None
-
-
-# ----------------------------------------------------------------------------- the summary
-@dataclass
-class Report:
-    backend: str
-    model: str
-    top_logprobs: int
-    max_kl: float
-    prompts: list[PromptResult] = field(default_factory=list)
-
-    @property
-    def summary(self) -> dict:
-        kl = np.array([x for r in self.prompts for x in r.kl])
-        ours = np.array([x for r in self.prompts for x in r.npinfer_logprob])
-        theirs = np.array([x for r in self.prompts for x in r.backend_logprob])
-        same = np.array([x for r in self.prompts for x in r.same_top], float)
-        n = len(kl)
-        if n == 0:
-            return {"positions": 0}
-        dp = np.exp(theirs) - np.exp(ours)
-        se = lambda x: float(np.std(x, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0  # noqa: E731
-        pct = {f"kl_p{q:g}": float(np.percentile(kl, q)) for q in (99.9, 99, 90, 50, 10)}
-        return {
-            "positions": n, "prompts": len(self.prompts), "kl_mean": float(kl.mean()), "kl_mean_se": se(kl),
-            "kl_max": float(kl.max()), **pct, "kl_min": float(kl.min()),
-            "delta_p_mean": float(dp.mean()), "delta_p_mean_se": se(dp), "delta_p_rms": float(np.sqrt(np.mean(dp ** 2))),
-            "same_top": float(same.mean()), "same_top_se": float(math.sqrt(same.mean() * (1 - same.mean()) / n)),
-            "abs_delta_logprob_mean": float(np.abs(theirs - ours).mean()),
-            "abs_delta_logprob_max": float(np.abs(theirs - ours).max()),
-            "ppl_npinfer": float(np.exp(-ours.mean())), "ppl_backend": float(np.exp(-theirs.mean())),
-            "diverged_prompts": sum(r.first_divergence is not None for r in self.prompts),
-        }
-
-    @property
-    def within(self) -> bool:
-        s = self.summary
-        return s["positions"] > 0 and s["kl_mean"] <= self.max_kl
-
-    def to_json(self) -> str:
-        return json.dumps({"backend": self.backend, "model": self.model, "top_logprobs": self.top_logprobs,
-                           "kl": f"over the backend's top {self.top_logprobs} tokens at each position, both "
-                                 f"distributions renormalised on them (the tail beyond them is not seen)",
-                           "max_kl": self.max_kl, "within_max_kl": self.within, "summary": self.summary,
-                           "prompts": [asdict(r) for r in self.prompts]}, indent=1)
-
-    def table(self) -> str:
-        head = ["prompt", "kind", "tokens", "mean KL", "max KL", "same top", "mean |dlp|", "first greedy divergence"]
-        rows = []
-        for r in self.prompts:
-            d = r.first_divergence
-            div = "-" if d is None else (f"at {d['position']}: backend {d['backend_token']!r} ({d['backend']}), "
-                                         f"npinfer {d['npinfer_token']!r} ({d['npinfer']}), margin {d['margin']:.3g}")
-            n = len(r.kl)
-            rows.append([r.id, r.kind, str(len(r.tokens)), f"{np.mean(r.kl):.3g}" if n else "-", f"{max(r.kl):.3g}" if n else "-",
-                         f"{np.mean(r.same_top):.1%}" if n else "-",
-                         f"{np.mean(np.abs(np.subtract(r.backend_logprob, r.npinfer_logprob))):.3g}" if n else "-",
-                         div + (f"  [{r.note}]" if r.note else "")])
-        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        out = [f"backend {self.backend}", f"npinfer {self.model}", "", line(head), line(["-" * w for w in widths]),
-               *map(line, rows), ""]
-        s = self.summary
-        if s["positions"] == 0:
-            return "\n".join(out + ["the backend returned no tokens"])
-        out += [
-            f"====== KL divergence, over the backend's top {self.top_logprobs} tokens (both renormalised on them) ======",
-            f"Mean    KLD: {s['kl_mean']:10.4g} ± {s['kl_mean_se']:.3g}   ({s['positions']} positions, "
-            f"{s['prompts']} prompts)",
-            f"Maximum KLD: {s['kl_max']:10.4g}",
-            *(f"{label:<7} KLD: {s[key]:10.4g}" for label, key in (("99.9%", "kl_p99.9"), ("99.0%", "kl_p99"),
-                                                                    ("90.0%", "kl_p90"), ("Median", "kl_p50"),
-                                                                    ("10.0%", "kl_p10"))),
-            f"Minimum KLD: {s['kl_min']:10.4g}",
-            "====== The backend's chosen tokens ======",
-            f"Mean    Δp: {100 * s['delta_p_mean']:8.4f} ± {100 * s['delta_p_mean_se']:.4f} %   (backend - npinfer)",
-            f"RMS     Δp: {100 * s['delta_p_rms']:8.4f} %",
-            f"Same top p: {100 * s['same_top']:8.4f} ± {100 * s['same_top_se']:.4f} %",
-            f"|Δ logprob|: mean {s['abs_delta_logprob_mean']:.3g}, max {s['abs_delta_logprob_max']:.3g}",
-            f"PPL of the backend's output: npinfer {s['ppl_npinfer']:.6g}, backend {s['ppl_backend']:.6g}",
-            f"first greedy divergence in {s['diverged_prompts']} of {s['prompts']} prompts",
-            f"mean KL {s['kl_mean']:.3g} {'<=' if self.within else '>'} --max-kl {self.max_kl:g}: "
-            f"{'within' if self.within else 'BEYOND'}",
-        ]
-        return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- the command

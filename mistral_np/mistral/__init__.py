@@ -5,7 +5,7 @@ One network with a dense or a sparse-MoE feed-forward and per-layer attention wi
     config.py    the frozen config, from config.json or Mistral's native params.json
     model.py     the forward pass, top to bottom (GQA, RoPE with YaRN, sliding windows, MoE)
     weights.py   tensor names and shapes (Hugging Face's, and the native layout's)
-    gguf.py      llama.cpp's `llama` GGUF layout
+    gguf.py      llama.cpp's `llama` and `mistral3` GGUF layouts
 
     model = Mistral(config, weights)          # weights: HF name -> array
     state = model.new_state()                 # one KV cache per layer (kernels.cache)
