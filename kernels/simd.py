@@ -131,26 +131,22 @@ def store(typingctx, arr, i, v):
     return types.void(arr, i, v), codegen
 
 
-@intrinsic
-def bytes16(typingctx, arr, i):
-    """arr[i:i + 16] of a uint8 array as int32 lanes (np.int32(arr[i:i + 16]))."""
+def _byte_lanes(widen: str):
+    """The typing function of an intrinsic reading arr[i:i + 16] of a uint8 array as int32 lanes,
+    each byte widened by `widen`: "zext" (as unsigned) or "sext" (as int8)."""
 
-    def codegen(context, builder, sig, args):
-        v = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _vec(ir.IntType(8))), align=1)
-        return builder.zext(v, _vec(_I32))
+    def typer(typingctx, arr, i):
+        def codegen(context, builder, sig, args):
+            v = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _vec(ir.IntType(8))), align=1)
+            return getattr(builder, widen)(v, _vec(_I32))
 
-    return Lanes(types.int32)(arr, i), codegen
+        return Lanes(types.int32)(arr, i), codegen
+
+    return typer
 
 
-@intrinsic
-def int8x16(typingctx, arr, i):
-    """arr[i:i + 16] of a uint8 array read as int8, in int32 lanes (arr[i:i + 16].view(np.int8))."""
-
-    def codegen(context, builder, sig, args):
-        v = builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _vec(ir.IntType(8))), align=1)
-        return builder.sext(v, _vec(_I32))
-
-    return Lanes(types.int32)(arr, i), codegen
+bytes16 = intrinsic(_byte_lanes("zext"))  # arr[i:i + 16] of a uint8 array as int32 lanes (np.int32(arr[i:i + 16]))
+int8x16 = intrinsic(_byte_lanes("sext"))  # the same bytes read as int8 (arr[i:i + 16].view(np.int8)), in int32 lanes
 
 
 @intrinsic

@@ -129,6 +129,11 @@ class Tokenizer:
             pattern = self._special_re = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")")
         return pattern.split(text)
 
+    def _json_file(self, path, data: dict | None):
+        """Note where the tokenizer comes from; its parsed JSON file (`data` if the caller already read it)."""
+        self.path = str(path)
+        return read_json(path) if data is None else data
+
     def _check_id(self, token_id: int) -> None:
         if not 0 <= token_id < self.vocab_size:
             raise IndexError(f"token id {token_id} out of range [0, {self.vocab_size}) for {self.path}")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Tokenizer, read_json, read_tokenizer_config
+from .base import Tokenizer, read_tokenizer_config
 from .bpe import WordCache, bpe_merge, no_piece_crosses_space
 from .errors import TokenizerError
 from .stream import DecodeState, WholeRun
@@ -100,9 +100,7 @@ class HFJsonTokenizer(Tokenizer):
     decode_state = HFDecodeState
 
     def __init__(self, path: str, data: dict | None = None):
-        self.path = str(path)
-        if data is None:
-            data = read_json(path)
+        data = self._json_file(path, data)
         try:
             self._init_model(data["model"])
             self._init_added(data.get("added_tokens") or [])

@@ -41,7 +41,7 @@ import base64
 
 import regex
 
-from .base import Tokenizer, read_json
+from .base import Tokenizer
 from .bpe import WordCache, bpe_merge
 from .errors import TokenizerError
 from .pretokenizers import PreTokenizer
@@ -73,9 +73,7 @@ class TekkenTokenizer(Tokenizer):
 
     def __init__(self, path: str, data: dict | None = None):
         """``data``: the parsed file, if the caller already read it."""
-        self.path = str(path)
-        if data is None:
-            data = read_json(path)
+        data = self._json_file(path, data)
         try:
             config = data["config"]
             pattern = config["pattern"]

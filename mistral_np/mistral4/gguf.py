@@ -126,11 +126,11 @@ MOE = {"mlp.gate.weight": "ffn_gate_inp.weight", "mlp.experts.down_proj": "ffn_d
 def weights(d: dict, tensors: Mapping) -> dict:
     """{HF name: tensor} of a ``mistral4`` or ``deepseek2`` GGUF (views of the file, but kv_b_proj)."""
     cfg = read_config(d)
+    query = LOW_RANK_Q if cfg.q_lora_rank else {"self_attn.q_proj.weight": "attn_q.weight"}
     out = gguf_embeddings(tensors, "model.norm", cfg.tie_word_embeddings)
     for i in range(cfg.num_hidden_layers):
+        out |= gguf_layer(tensors, i, ATTENTION | query)
         p, b = f"model.layers.{i}.", f"blk.{i}."
-        out |= gguf_layer(tensors, i, ATTENTION)
-        out |= gguf_layer(tensors, i, LOW_RANK_Q if cfg.q_lora_rank else {"self_attn.q_proj.weight": "attn_q.weight"})
         if b + "attn_kv_b.weight" in tensors:  # older files: kv_b_proj as is
             out |= gguf_layer(tensors, i, {"self_attn.kv_b_proj.weight": "attn_kv_b.weight"})
         else:
