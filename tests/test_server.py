@@ -28,7 +28,7 @@ from npinfer.engine.generation.chat_model import load_chat_model
 from npinfer.engine.generation.scheduler import BatchLimits
 from npinfer.engine.load.tiny import family_config, write_checkpoint
 from npinfer.engine.oracle.dumps import greedy
-from npinfer.engine.serve.server import server_config
+from npinfer.engine.serve.server import listen, server_config
 from npinfer.engine.serve.service import Limits, Service
 from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
@@ -40,13 +40,13 @@ MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": Q
 
 @contextlib.contextmanager
 def running(chat, limits: Limits | None = None, api_key=KEY):
-    """Serve `chat` on a free loopback port for the duration of the block; yields (base url, service)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Serve `chat` on a free loopback port for the duration of the block, as `npinfer serve` does
+    (`listen`, then uvicorn on that socket); yields (base url, service)."""
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
     service = Service(chat, limits or Limits())
     server = uvicorn.Server(server_config(service, "127.0.0.1", port, api_key, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not server.started:

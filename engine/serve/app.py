@@ -16,11 +16,12 @@ How a request flows (one model, one worker thread doing continuous batching)::
 
     event loop (FastAPI/uvicorn)                       worker thread (engine.generation.scheduler)
     ----------------------------                       --------------------------------
+    a request h11 can parse (400/431, JSON, closed),
     headers within header_timeout (408, closed),
     Host on a loopback server (403), API key (401),
     Content-Type application/json (415),
     body within body_timeout (408) and max_body_bytes (413),
-    JSON: depth, NaN, lone surrogates (400/422),
+    JSON: UTF-8, depth, NaN, lone surrogates (400/422),
     schema and budgets (422), then in a thread:
     chat format -> prompt ids, grammar (422),
     context (400), rate limits (429)
