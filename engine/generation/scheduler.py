@@ -267,9 +267,15 @@ class Scheduler:
             return self.waiting.popleft()
 
     def _guarded(self, r: Running, step: Callable[[], list]) -> None:
-        """Run one request's part of a turn and send its events; if it fails, only it ends (500)."""
+        """Run one request's part of a turn and send its events; if it fails, only it ends: with
+        its own NpinferError (a grammar llguidance gave up on, logits that are not finite), or
+        with GenerationFailed (500) for anything else."""
         try:
             events = step()
+        except NpinferError as e:
+            self.running.remove(r)
+            self._end(r.job, e)
+            return
         except Exception as e:  # noqa: BLE001 -- a bug met by one request: it answers 500, the rest go on
             print(f"npinfer: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
             self.running.remove(r)
