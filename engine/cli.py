@@ -180,9 +180,12 @@ def cmd_serve(args) -> int:
     progress.done()
     if chat.load_line:
         print(chat.load_line, file=sys.stderr)
+    service = Service(chat, limits)
+    for line in service.scheduler.unleased:  # (engine.load.mapped_files: what a truncation could still do)
+        print(f"npinfer: warning: {line}", file=sys.stderr)
     print(f"npinfer: serving {chat.name} ({chat.architecture}, chat format {chat.chat_format}) on "
           f"http://{args.host}:{sock.getsockname()[1]}" + (" (API key required)" if api_key else ""), file=sys.stderr)
-    serve(Service(chat, limits), sock, api_key)
+    serve(service, sock, api_key)
     return 0
 
 
