@@ -588,6 +588,25 @@ def test_azure_sdk_tools_required_json_schema_and_tool_messages(v3server, v3chat
     assert r.choices[0].message.content.lstrip().startswith("{")
 
 
+def test_call_arguments_given_as_an_object_are_accepted_on_both_routes(v3server, v3chat):
+    """transformers' convention (arguments the JSON object itself) beside OpenAI's (its text): the
+    same prompt, rendered as mistral-common renders both."""
+    def chat(arguments):
+        return [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "tool_calls": [{"id": "abcdefghi", "type": "function", "function": {
+                    "name": "get_weather", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "abcdefghi", "content": '{"temperature": 21}'}]
+
+    expected = len(v3chat.prompt(chat('{"city": "Paris"}'), TOOLS))
+    with httpx.Client(base_url=v3server, headers={"api-key": KEY}, timeout=60) as client:
+        for path in ("/chat/completions", "/v1/chat/completions"):
+            answers = [post(client, {"messages": chat(arguments), "tools": TOOLS, "max_tokens": 3, "temperature": 0},
+                            path) for arguments in ('{"city": "Paris"}', {"city": "Paris"})]
+            assert [r.status_code for r in answers] == [200, 200], answers[1].text
+            assert [r.json()["usage"]["prompt_tokens"] for r in answers] == [expected, expected]
+            assert answers[0].json()["choices"] == answers[1].json()["choices"]
+
+
 def test_openai_sdk_accepts_every_v1_parameter(v3server, v3chat):
     client = OpenAI(base_url=f"{v3server}/v1", api_key=KEY)
     assert [m.id for m in client.models.list()] == ["tiny-mistral-v3"]

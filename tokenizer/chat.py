@@ -43,7 +43,10 @@ Normalization (``InstructRequestNormalizer``): the text parts of one message are
 ``"\\n\\n"`` (empty ones skipped); a v1-v3 system message with empty content is dropped, v7+
 keep it; tool-call arguments, and v1-v3 tool results, are re-serialized JSON when they parse as
 JSON (``_normalize_json_content``, empty -> ``{}``), and are then put in the format's JSON as the
-parsed value. An assistant content that is a plain string loses its trailing spaces (v2+); one
+parsed value. A call's ``arguments`` may be the JSON object itself rather than its text (as
+transformers' chat templates and many clients pass them): mistral-common serializes it
+(``FunctionCall.validate_arguments``), so it renders as the same object given as text does; an
+HF template gets it as given, as transformers hands it over. An assistant content that is a plain string loses its trailing spaces (v2+); one
 with a thinking part is encoded part by part, unstripped. The same rules hold for sentencepiece
 and tekken files: only ``enc`` differs. Versions after v13 are rendered as v13 (not checked
 against mistral-common).
@@ -180,9 +183,10 @@ def _check_calls(calls, k: int) -> None:
     ids = set()
     for j, c in enumerate(calls):
         fn = c.get("function") if isinstance(c, dict) else None
-        if not isinstance(fn, dict) or not isinstance(c.get("id"), str) or not isinstance(fn.get("arguments"), str):
+        if not isinstance(fn, dict) or not isinstance(c.get("id"), str) \
+                or not isinstance(fn.get("arguments"), (str, dict)):
             raise ChatFormatError(f"message {k}: tool_calls.{j} must be {{id, type: function, "
-                                  "function: {name, arguments (a JSON string)}}")
+                                  "function: {name, arguments (a JSON string, or a JSON object)}}")
         if not isinstance(fn.get("name"), str) or not NAME_RE.match(fn["name"]):
             raise ChatFormatError(f"message {k}: tool_calls.{j}.function.name {fn.get('name')!r} must be 1-64 "
                                   "of a-z, A-Z, 0-9, _ and -")
@@ -192,8 +196,11 @@ def _check_calls(calls, k: int) -> None:
 
 
 # --------------------------------------------------------------------------- Mistral formats
-def _json_value(text: str | None):
-    """``_normalize_json_content`` then ``_parse_json_content``: the parsed JSON, or the text."""
+def _json_value(text: str | dict | None):
+    """``_normalize_json_content`` then ``_parse_json_content``: the parsed JSON, or the text (a
+    JSON object given as itself, as call arguments may be, is that object)."""
+    if isinstance(text, dict):
+        return text
     if not text:
         return {}
     try:
