@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,10 +158,11 @@ def test_default_model_is_written_once_atomically_and_deterministically(tmp_path
         t.join()
     assert len(set(paths)) == 1 and len(paths) == 3
     first = paths[0]
-    assert sorted(os.listdir(first.parent)) == [default_model.NAME]  # no scratch directory left behind
+    assert sorted(os.listdir(first.parent)) == [first.name]  # no scratch directory left behind
+    assert first.name.startswith(default_model.NAME + "-")  # (and the tokenizer's digest)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
     second = default_model.default_model_dir()
-    for name in ("model.safetensors", "config.json", "tokenizer.model"):
+    for name in ("model.safetensors", "config.json", "tokenizer.model", "tokenizer.model.v7"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
     assert json.loads((first / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
 
@@ -191,9 +193,11 @@ def run_cli_env(args, env):
 
 
 def load_chat_model_in(cache_home):
+    """The embedded default as written under `cache_home` (its folder carries the tokenizer's digest)."""
     from npinfer.engine.load.default_model import NAME
 
-    return load_chat_model(os.path.join(cache_home, "npinfer", NAME))
+    (folder,) = Path(cache_home, "npinfer").glob(f"{NAME}-*")
+    return load_chat_model(str(folder))
 
 
 def test_choices_decode_as_one_batch_and_each_is_its_own_sequence(chat, prompt):

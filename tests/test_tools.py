@@ -21,7 +21,7 @@ from test_tokenizer_chat import hf_template_dir
 
 from npinfer.tokenizer.chat import chat_format_for, chat_tool_syntax, render_chat
 from npinfer.tokenizer.errors import ChatFormatError
-from npinfer.tokenizer.files import load_tokenizer
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, TINY_TOKENIZER_VERSION, load_tokenizer
 from npinfer.tokenizer.tekken import DEPRECATED_SPECIAL_TOKENS
 from npinfer.tokenizer.tools import ToolCallParser, ToolSyntax
 
@@ -53,6 +53,9 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("tekken")
     paths = {k: (DATA / f, fmt) for k, (f, fmt) in SPM.items()}
     paths |= {k: (tekken_file(d, v), fmt) for k, (v, fmt) in TEKKEN.items()}
+    tiny = d / f"tiny_tokenizer.model.{TINY_TOKENIZER_VERSION}"  # what the tiny checkpoints ship, named as a v7 file
+    shutil.copy(TINY_TOKENIZER_PATH, tiny)
+    paths["tiny-v7"] = (tiny, "mistral-v7")
     return {k: (load_tokenizer(p), MistralTokenizer.from_file(str(p)), fmt, p) for k, (p, fmt) in paths.items()}
 
 
@@ -99,7 +102,7 @@ CHATS = [
 ]
 
 
-@pytest.mark.parametrize("case", list(SPM) + list(TEKKEN))
+@pytest.mark.parametrize("case", list(SPM) + list(TEKKEN) + ["tiny-v7"])
 def test_tool_chats_identical_to_mistral_common(files, case):
     ours, ref, fmt, _ = files[case]
     agreed_errors = 0

@@ -49,6 +49,8 @@ from .sentencepiece_bpe import SentencePieceTokenizer
 from .tekken import TekkenTokenizer
 
 TINY_TOKENIZER_PATH = str(Path(__file__).parent / "data" / "tiny_tokenizer.model")
+TINY_TOKENIZER_VERSION = "v7"  # its Mistral instruct version: its control tokens are v7's (data/train_tiny.py)
+
 
 def find_tokenizer_file(directory: str | os.PathLike) -> str:
     """The tokenizer file :func:`load_tokenizer` uses in ``directory`` (rule above)."""

@@ -56,11 +56,14 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
 
 
 def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dtype: str = "float32",
-                     shard_bytes: int | None = None, tokenizer: str | os.PathLike | None = None) -> Path:
+                     shard_bytes: int | None = None, tokenizer: str | os.PathLike | None = None,
+                     tokenizer_version: str | None = None) -> Path:
     """Write config.json and random weights (one file, or shards of ~shard_bytes).
 
-    dtype: "float32", "float16" or "bfloat16" (stored as BF16). The directory is
-    built under a temporary name and renamed, so a failure leaves nothing behind.
+    dtype: "float32", "float16" or "bfloat16" (stored as BF16). `tokenizer` (a sentencepiece
+    file) is copied as ``tokenizer.model``, and with `tokenizer_version` (``"v7"``) also as
+    ``tokenizer.model.v7``, as Mistral's repositories ship it: that names its chat format. The
+    directory is built under a temporary name and renamed, so a failure leaves nothing behind.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -84,6 +87,8 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dt
             _write_shards(tmp, weights, bf16, shard_bytes)
         if tokenizer is not None:
             shutil.copy(tokenizer, tmp / "tokenizer.model")
+            if tokenizer_version is not None:
+                shutil.copy(tokenizer, tmp / f"tokenizer.model.{tokenizer_version}")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
