@@ -65,6 +65,14 @@ template (a GGUF's ``tokenizer.chat_template``) uses it, with its BOS and EOS pi
 variables. The text is tokenized with ``add_special_tokens=False``: special-token strings in it
 become their ids (:meth:`Tokenizer.encode_with_special_tokens`).
 
+A template is a program from the checkpoint, so its rendering is bounded (`_render_bounded`): the
+rendered prompt at most MAX_RENDERED characters plus 8 per character of the chat it renders
+(messages, tools, variables), computed for at most RENDER_SECONDS; a ``*`` or ``**`` that would
+build a larger string or number is refused where it stands (the sandbox's own ``range`` is at
+most 100,000 long). Past either bound the chat is refused in one line (a ``ChatFormatError``),
+as a template that raises is. The time is watched by a trace function on the template's own
+code (``<template>``: the lines Jinja compiled it to), in the rendering thread only.
+
 Roles are checked first, for every format (:func:`validate_messages`): an optional ``system``
 message, then ``user`` and ``assistant`` turns alternating, where an assistant turn with tool
 calls is followed by one tool message per call (by ``tool_call_id``), and may be followed by
@@ -74,6 +82,8 @@ another assistant turn; the chat ends with a user turn or with the last call's r
 from __future__ import annotations
 
 import json
+import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -348,6 +358,10 @@ def _model_dir(path) -> Path:
     return p if p.is_dir() else p.parent
 
 
+MAX_RENDERED = 1 << 20  # characters a rendered prompt may have, beyond 8 per character of its chat
+RENDER_SECONDS = 1.5  # a template's rendering time, at most (a 1 MiB chat takes ~0.2 s, traced)
+
+
 def find_chat_template(path, tools: bool = False) -> str | None:
     """The chat template for a model directory or tokenizer file, or None.
 
@@ -362,7 +376,10 @@ def find_chat_template(path, tools: bool = False) -> str | None:
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("tool_use") if tools and "tool_use" in named else named.get("default")
-    return template if isinstance(template, str) and template else None
+    if template is not None and not isinstance(template, str):
+        raise TokenizerError(f"{d / 'tokenizer_config.json'}: chat_template must be a string (or a list of "
+                             f"{{name, template}} objects), not {str(template)[:40]!r}")
+    return template or None
 
 
 def _special_token_strings(directory: Path) -> dict[str, str]:
@@ -417,22 +434,71 @@ def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict] 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    chat_size = len(json.dumps([messages, tools, template_kwargs], ensure_ascii=False, default=str))
+    limit = MAX_RENDERED + 8 * chat_size
+
+    class Bounded(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            """``*`` and ``**`` that would build more than the prompt may hold are refused before they run."""
+            sized = next((n for n in (left, right) if isinstance(n, (str, list, tuple))), None)
+            count = right if sized is left else left
+            if operator == "*" and sized is not None and isinstance(count, int) and len(sized) * count > limit:
+                raise ChatFormatError(f"hf-template: the template builds a string of {len(sized) * count} "
+                                      f"characters; a rendered prompt here has at most {limit}")
+            if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(right) > 64 \
+                    and abs(left) > 1:
+                raise ChatFormatError(f"hf-template: the template raises {left} to the power {right}")
+            return super().call_binop(context, operator, left, right)
+
+    env = Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     own = _own_token_strings(tok) if tok.chat_template else _special_token_strings(_model_dir(tok.path))
     variables = own | template_kwargs
     try:
-        text = env.from_string(template).render(
-            messages=template_messages(messages), tools=tools, documents=None,
-            add_generation_prompt=True, **variables)
+        compiled = env.from_string(template)
+        text = _render_bounded(compiled, limit, messages=template_messages(messages), tools=tools, documents=None,
+                               add_generation_prompt=True, **variables)
+    except ChatFormatError:
+        raise
     except jinja2.exceptions.TemplateError as e:
         message = " ".join(str(e).split())
         raise ChatFormatError(f"hf-template: {message}") from None
-    except (TypeError, ValueError, AttributeError) as e:  # a template tripping over unexpected input
-        raise ChatFormatError(f"hf-template: the template failed on this chat ({type(e).__name__}: {e})") from None
+    except (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError, MemoryError) as e:
+        # a template tripping over unexpected input, or asking for more than it may have
+        raise ChatFormatError(f"hf-template: the template failed on this chat ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from None
     return tok.encode_with_special_tokens(text)
+
+
+def _render_bounded(template, limit: int, **variables) -> str:
+    """`template` rendered, at most `limit` characters of it, in at most RENDER_SECONDS (module
+    docstring); a ChatFormatError past either."""
+    deadline = time.monotonic() + RENDER_SECONDS
+
+    def watch(frame, event, arg):  # a new frame: watch the template's own lines
+        return on_line if frame.f_code.co_filename == "<template>" else None
+
+    def on_line(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise ChatFormatError(f"hf-template: the template took more than {RENDER_SECONDS:g} seconds to render")
+        return on_line
+
+    parts, size, outer = [], 0, sys.gettrace()
+    sys.settrace(watch)
+    try:
+        for part in template.generate(**variables):
+            size += len(part)
+            if size > limit:
+                raise ChatFormatError(f"hf-template: the rendered prompt is longer than {limit} characters "
+                                      f"(the template renders more than this chat can need)")
+            parts.append(part)
+    finally:
+        sys.settrace(outer)
+    return "".join(parts)
 
 
 # --------------------------------------------------------------------------- which format
