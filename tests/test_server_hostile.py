@@ -126,6 +126,8 @@ HOSTILE = [  # (what, body, path, extra headers, status, words in the message)
         "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}, path, {}, 422,
        f"response_format.json_schema.schema: {words}") for path in ("/chat/completions", "/v1/chat/completions")
       for what, schema, words in UNENFORCEABLE],
+    ("a field named with a newline (found by the mutation fuzzing: the message was two lines)",
+     {"messages": MESSAGES, "\n": 1}, "/v1/chat/completions", {}, 422, "\\x0a: Extra inputs are not permitted"),
     ("NaN", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "/v1/chat/completions", {},
      400, "NaN is not a JSON number"),
     ("seed 2**64", {"messages": MESSAGES, "seed": 2**64}, "/v1/chat/completions", {}, 422,
@@ -355,3 +357,108 @@ def test_a_loopback_server_answers_loopback_hosts(server):
             assert status == 403 and answer["error"]["code"] == "forbidden_host", host
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------- mutation fuzzing
+VALID = [  # (path, body): requests the server answers 200, the seeds of the mutations
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "Hi there"}],
+                              "max_tokens": 2, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["\n"],
+                              "logprobs": True, "top_logprobs": 2, "logit_bias": {"5": -1.5}, "n": 1}),
+    ("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 2, "stream": True,
+                              "stream_options": {"include_usage": True}}),
+    ("/chat/completions", {"messages": MESSAGES, "max_tokens": 2, "presence_penalty": 0.5,
+                           "response_format": {"type": "json_object"}}),
+    ("/v1/completions", {"prompt": "Once upon", "max_tokens": 2, "logprobs": 1}),
+    ("/v1/completions", {"prompt": [1, 5, 9], "max_tokens": 2}),
+]
+
+
+def json_values():
+    from hypothesis import strategies as st
+
+    scalars = (st.none() | st.booleans() | st.integers() | st.integers(-2**70, 2**70)
+               | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+               | st.sampled_from(["", "\x00", "\ud7ff", "a\\\\", '"', "[" * 70, "user", "tool", "function", "auto",
+                                  "json_schema", "-1", "1e999", "\u202e"]))
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(max_size=8) | st.sampled_from(["role", "content", "type", "name", "schema", "function"]), inner,
+        max_size=3), max_leaves=8)
+
+
+def mutated(draw, body):
+    """`body` with one to three mutations: a value replaced by any JSON value, a key removed,
+    an unknown key added, a list item repeated; each at a random place of the tree."""
+    import copy
+
+    from hypothesis import strategies as st
+
+    body = copy.deepcopy(body)
+    for _ in range(draw(st.integers(1, 3))):
+        places = []  # (container, key) of every value in the tree
+
+        def walk(node):
+            for key in (list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else ()):
+                places.append((node, key))
+                walk(node[key])
+
+        walk(body)
+        container, key = draw(st.sampled_from(places)) if places else (body, "messages")
+        action = draw(st.sampled_from(["replace", "replace", "remove", "add", "repeat"]))
+        if action == "replace" or (action == "remove" and isinstance(container, list)):
+            container[key] = draw(json_values())
+        elif action == "remove":
+            del container[key]
+        elif action == "add" and isinstance(container, dict):
+            container[draw(st.text(min_size=1, max_size=12))] = draw(json_values())
+        elif action == "repeat" and isinstance(container, list):
+            container.append(copy.deepcopy(container[key]))
+    if "max_tokens" not in body and "max_completion_tokens" not in body:  # (the defaults: thousands of tokens)
+        body["max_tokens"] = 4
+    for key in ("max_tokens", "max_completion_tokens"):  # keep each generation short here
+        if isinstance(body.get(key), int) and not isinstance(body.get(key), bool) and body[key] > 4:
+            body[key] = 4
+    if isinstance(body.get("n"), int) and not isinstance(body["n"], bool) and body["n"] > 2:
+        body["n"] = 2
+    return body
+
+
+def test_mutated_valid_bodies_never_get_a_5xx_and_errors_are_well_formed(server):
+    """Hypothesis mutates valid requests of every route (types, values, fields); whatever comes
+    out is answered 2xx or with a well-formed 4xx error body whose status is the answer's."""
+    import httpx
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client = httpx.Client(base_url=server, timeout=60, headers={"extra-parameters": "pass-through"})
+
+    @st.composite
+    def requests(draw):
+        path, body = draw(st.sampled_from(VALID))
+        return path, mutated(draw, body)
+
+    @given(requests())
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(request):
+        path, body = request
+        r = client.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+        assert r.status_code < 500, (r.status_code, r.text[:500], body)
+        if r.status_code >= 400:
+            error = r.json()["error"]
+            assert set(error) == {"code", "message", "status"} and error["status"] == r.status_code, r.text
+            assert isinstance(error["code"], str) and error["message"] and "\n" not in error["message"], r.text
+        elif r.headers["content-type"].startswith("text/event-stream"):
+            lines = [x for x in r.text.split("\n") if x]
+            assert lines[-1] == "data: [DONE]" and all(x.startswith("data: ") for x in lines), r.text[:500]
+            for x in lines[:-1]:
+                event = json.loads(x[6:])
+                assert event.get("object") == "chat.completion.chunk" or set(event) == {"error"}, x
+        else:
+            assert r.json()["object"] in ("chat.completion", "text_completion"), r.text[:500]
+
+    try:
+        for path, body in VALID:  # the seeds themselves are answered
+            assert client.post(path, json=body).status_code == 200, (path, body)
+        check()
+    finally:
+        client.close()

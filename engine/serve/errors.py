@@ -32,10 +32,13 @@ class ApiError(Exception):
         return error_body(self.status, self.code, self.message)
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}  # C0 and DEL -> \xNN
+
+
 def error_body(status: int, code: str, message: str) -> dict:
-    """The error shape; a lone surrogate the message quotes from a request is written escaped
-    (the body must be UTF-8)."""
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    """The error shape; a lone surrogate or a control character the message quotes from a
+    request (a field named "\n") is written escaped: the message is UTF-8 and one line."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROLS)
     return {"error": {"code": code, "message": message, "status": status}}
 
 
