@@ -9,9 +9,12 @@ import socket
 import time
 
 import pytest
-from test_server import chat, running  # noqa: F401  (chat: the tiny model fixture)
+from test_server import running
 
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.load.tiny import family_config, write_checkpoint
 from npinfer.engine.serve.service import Limits
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, TINY_TOKENIZER_VERSION
 
 MESSAGES = [{"role": "user", "content": "Hi there"}]
 PASS = {"extra-parameters": "pass-through"}
@@ -74,8 +77,11 @@ class Connection:
 
 
 @pytest.fixture(scope="module")
-def server(chat):  # noqa: F811  (the imported fixture)
-    with running(chat, Limits(header_timeout=1.0, body_timeout=1.0), api_key=None) as (url, _):
+def server(tmp_path_factory):
+    """The tiny Mistral as `npinfer tiny` writes it (chat format mistral-v7: tools and their grammars)."""
+    path = write_checkpoint(tmp_path_factory.mktemp("hostile") / "tiny-mistral", family_config("mistral"), seed=5,
+                            tokenizer=TINY_TOKENIZER_PATH, tokenizer_version=TINY_TOKENIZER_VERSION)
+    with running(load_chat_model(str(path)), Limits(header_timeout=1.0, body_timeout=1.0), api_key=None) as (url, _):
         yield url
 
 
@@ -126,6 +132,11 @@ HOSTILE = [  # (what, body, path, extra headers, status, words in the message)
         "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}, path, {}, 422,
        f"response_format.json_schema.schema: {words}") for path in ("/chat/completions", "/v1/chat/completions")
       for what, schema, words in UNENFORCEABLE],
+    *[(f"a tool whose parameters are {what} (tool_choice {choice})", {"messages": MESSAGES, "tool_choice": choice,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"x": schema}, "required": ["x"]}}}]}, "/v1/chat/completions", {}, 422,
+       f"tools.0.function.parameters: {words}") for what, schema, words in UNENFORCEABLE
+      for choice in ("required", {"type": "function", "function": {"name": "f"}})],
     ("a field named with a newline (found by the mutation fuzzing: the message was two lines)",
      {"messages": MESSAGES, "\n": 1}, "/v1/chat/completions", {}, 422, "\\x0a: Extra inputs are not permitted"),
     ("NaN", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "/v1/chat/completions", {},

@@ -13,8 +13,8 @@ a GGUF's metadata           ``gguf_vocab.from_gguf``        sentencepiece (``lla
 ==========================  ==============================  ==============================
 
 All three share one BPE merge loop (:mod:`tokenizer.bpe`) and one streaming
-decoder (:mod:`tokenizer.stream`); chat formats are in :mod:`tokenizer.chat`, tool
-definitions and the model's tool calls in :mod:`tokenizer.tools`.
+decoder (:mod:`tokenizer.stream`); chat formats are in :mod:`tokenizer.chat` (HF chat templates
+in :mod:`tokenizer.hf_template`), tool definitions and the model's tool calls in :mod:`tokenizer.tools`.
 The ``tokenizer`` package imports no other npinfer package.
 
 Usage::
