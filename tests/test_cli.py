@@ -139,3 +139,23 @@ def test_every_tiny_layout_and_the_default_have_a_chat_format_with_tools(tmp_pat
                                       tuple(eos_ids(model.model, model.tok)), model.tool_syntax, tools, "required",
                                       True, "text", None)
         assert grammar is not None
+
+
+def test_help_says_what_a_new_user_needs():
+    """serve: its routes, its defaults, the rate limits on by default, --dtype; chat: --top-p, --seed,
+    --dtype; the top level: every family (the help once left these out)."""
+    from npinfer.engine.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    top, serve, chat = parser.format_help(), sub["serve"].format_help(), sub["chat"].format_help()
+    for family in ("Ministral", "Mistral Small 4", "Codestral Mamba", "Mixtral", "Jamba"):
+        assert family in " ".join(top.split()), family
+    serve = " ".join(serve.split())
+    for words in ("/v1/completions", "/models", "/openapi.json", "default 127.0.0.1", "default 8000",
+                  "1000 requests and 200000 tokens per minute", "--dtype {float32,float64} compute dtype",
+                  "$NPINFER_API_KEY"):
+        assert words in serve, words
+    chat = " ".join(chat.split())
+    for words in ("--top-p TOP_P nucleus sampling", "--seed SEED the sampler's seed", "--dtype {float32,float64} compute"):
+        assert words in chat, words
