@@ -208,9 +208,9 @@ def test_the_mask_wins_over_logit_bias_and_the_ban_holds(spm):
     forced = SamplingParams(temperature=1.0, logit_bias=((trigger, 100.0),))
     params = GenerationParams(max_tokens=3, n=4, seed=0, sampling=forced, banned=(trigger,), logprobs=True)
     for c in complete(model, spm, [spm.bos_id], params).choices:
-        assert all(e.bytes != [] for e in c.logprobs)  # the control token (no bytes) never came
+        assert all(e.ids[0] != trigger for e in c.logprobs)  # the control token never came
     params = GenerationParams(max_tokens=3, n=4, seed=0, sampling=forced, logprobs=True)
-    assert any(e.bytes == [] for c in complete(model, spm, [spm.bos_id], params).choices for e in c.logprobs)
+    assert any(e.ids[0] == trigger for c in complete(model, spm, [spm.bos_id], params).choices for e in c.logprobs)
 
 
 def test_tool_choice_none_bans_the_trigger(spm):
