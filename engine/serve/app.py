@@ -38,8 +38,9 @@ disconnects sets `job.cancelled`: the worker drops the request at its next turn,
 queued or running.
 
 No request gets a 500 or breaks its connection: every answer above is a JSON error
-body with the connection kept open (except the 408s, which close it, and 500s, which
-remain for engine bugs alone and are answered the same way, `ErrorsAnswered`).
+body with the connection kept open (except the 408s and what h11 cannot parse, which close
+it once the answer is out, and 500s, which remain for engine bugs alone and are answered the
+same way, `ErrorsAnswered`).
 Timeouts (`Limits`, `server.py`): the request line and headers must arrive within header_timeout
 seconds of the connection opening or of the previous answer (a slow or idle client is
 answered 408 and disconnected: it cannot hold a connection open), the body within
