@@ -372,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     except NpinferError as e:
         print(f"npinfer: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # e.g. a sliding window far past the context: its ring is allocated whole
+        print(f"npinfer: error: out of memory ({e}); a size in the checkpoint's config may ask for more than "
+              "this machine has", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("npinfer: interrupted", file=sys.stderr)
         return 130

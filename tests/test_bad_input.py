@@ -493,3 +493,16 @@ def test_diff_into_a_pipe_closed_early_is_quiet(ckpt, tmp_path):
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141 and err == "", err
+
+
+def test_an_allocation_the_machine_cannot_make_is_one_line(ckpt, tmp_path, capsys, monkeypatch):
+    """A sliding window far past the context (but under 2**31) has its ring allocated whole when
+    the state is made: where that fails, one line (not a MemoryError traceback). The allocation is
+    stood in for here: a real one of 119 GiB would depend on the machine's overcommit policy."""
+    from npinfer.mistral_np.mistral import model
+
+    def unable(*args, **kwargs):
+        raise MemoryError("Unable to allocate 119. GiB for an array with shape (1000000000, 2, 16)")
+
+    monkeypatch.setattr(model, "new_kv_cache", unable)
+    fails(capsys, *logits(ckpt, tmp_path), needles=["out of memory (Unable to allocate 119. GiB"])
