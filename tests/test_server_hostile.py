@@ -78,10 +78,15 @@ class Connection:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """The tiny Mistral as `npinfer tiny` writes it (chat format mistral-v7: tools and their grammars)."""
+    """The tiny Mistral as `npinfer tiny` writes it (chat format mistral-v7: tools and their grammars),
+    warmed up (its kernels compiled before the first timed request)."""
+    from npinfer.engine.generation.request import GenerationParams, complete
+
     path = write_checkpoint(tmp_path_factory.mktemp("hostile") / "tiny-mistral", family_config("mistral"), seed=5,
                             tokenizer=TINY_TOKENIZER_PATH, tokenizer_version=TINY_TOKENIZER_VERSION)
-    with running(load_chat_model(str(path)), Limits(header_timeout=1.0, body_timeout=1.0), api_key=None) as (url, _):
+    chat = load_chat_model(str(path))
+    complete(chat.model, chat.tok, chat.prompt(MESSAGES), GenerationParams(max_tokens=2))
+    with running(chat, Limits(header_timeout=1.0, body_timeout=1.0), api_key=None) as (url, _):
         yield url
 
 
