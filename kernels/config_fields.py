@@ -41,12 +41,14 @@ def _present(d: dict, key: str, default):
 
 
 def int_field(d: dict, key: str, default=MISSING, minimum: int = 0) -> int:
-    """d[key] (or `default`) as an int in `minimum`..MAX_INT, else a ConfigError naming the field."""
+    """d[key] (or `default`) as an int from `minimum` to MAX_INT, else a ConfigError naming the field."""
     value = _present(d, key, default)
     if not isinstance(value, int) or isinstance(value, bool):
         raise ConfigError(f"field {key!r} must be an integer, not {_short(value)}")
-    if not minimum <= value <= MAX_INT:
-        raise ConfigError(f"field {key!r} must be in {minimum}..{MAX_INT}, not {_short(value)}")
+    if value < minimum:
+        raise ConfigError(f"field {key!r} must be >= {minimum}, not {_short(value)}")
+    if value > MAX_INT:
+        raise ConfigError(f"field {key!r} must be at most {MAX_INT}, not {_short(value)}")
     return value
 
 

@@ -55,7 +55,8 @@ def test_greedy_text_is_the_greedy_decode_and_logprobs_are_the_model_distributio
                                                                   sampling=GREEDY))
     choice = out.choices[0]
     assert choice.text == chat.tok.decode(ids)
-    assert [e.bytes for e in choice.logprobs] == [list(chat.tok.token_bytes(i)) for i in ids]
+    names = {i: name.encode() for name, i in chat.tok.special_tokens.items()}  # a control token: its name
+    assert [e.bytes for e in choice.logprobs] == [list(chat.tok.token_bytes(i) or names.get(i, b"")) for i in ids]
     assert choice.finish_reason == ("length" if len(ids) == 24 else "stop")
     assert out.usage.prompt_tokens == len(prompt)
     # logprobs: log-softmax of the raw logits at each step; greedy picks the top alternative.

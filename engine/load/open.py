@@ -15,7 +15,6 @@ Every failure is one line naming the file and the field or tensor (`CheckpointEr
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,22 +131,20 @@ def identify(ckpt: Checkpoint, name: str = "") -> Loaded:
     return Loaded(family, arch, config, weights, ckpt, name, unread)
 
 
-LAYER = re.compile(r"(?:^|\.)(?:layers|blk)\.(\d+)\.")  # model.layers.N., layers.N. (native), blk.N. (GGUF)
-
-
 def layers_fit(config: dict, tensors: Mapping, where: str, keys: tuple[str, ...]) -> None:
-    """A layer count the file's tensors can hold, checked on the raw config before any config
-    reader or per-layer table is sized by it (``num_hidden_layers: 10**9`` once built a list a
-    billion long). `keys` name the count (also under ``text_config``); a value that is not an
-    integer is left to the config reader, which names its type."""
-    present = len({m.group(1) for name in tensors if (m := LAYER.search(name))})
+    """A layer count the file could hold, checked on the raw config before any config reader or
+    per-layer table is sized by it (``num_hidden_layers: 10**9`` once built a list a billion long):
+    every layer has tensors of its own, so a count past the number of tensors cannot be right (a
+    smaller one that the tensors do not fill is named later, tensor by tensor). `keys` name the
+    count (also under ``text_config``); a value that is not an integer is left to the config
+    reader, which names its type."""
     for prefix, d in (("", config), ("text_config.", config.get("text_config"))):
         for key in keys if isinstance(d, dict) else ():
             n = d.get(key)
-            if isinstance(n, int) and not isinstance(n, bool) and n > present:
+            if isinstance(n, int) and not isinstance(n, bool) and n > len(tensors):
                 shown = n if n < 10**12 else f"{str(n)[:6]}... ({len(str(n))} digits)"
-                raise CheckpointError(f"{where} {prefix}{key} is {shown}, but the checkpoint holds tensors for "
-                                      f"{present} layer{'s' * (present != 1)}")
+                raise CheckpointError(f"{where} {prefix}{key} is {shown}, more layers than the checkpoint has "
+                                      f"tensors ({len(tensors)}; each layer has its own)")
 
 
 def _identify_gguf(ckpt: Checkpoint, name: str) -> Loaded:
