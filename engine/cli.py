@@ -288,9 +288,9 @@ def add_serve_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="npinfer", description="A pure-NumPy reference inference engine for the "
-                                "Mistral family (Mistral, Mixtral, Ministral, Ministral 3 and Mistral 3's text decoder, "
-                                "Mistral Small 4, Codestral Mamba) and AI21 Jamba, from Hugging Face, Mistral native or "
-                                "GGUF files.")
+                                "Mistral family (Mistral, Mixtral, Ministral, Ministral 3 and Mistral 3's text "
+                                "decoder, Mistral Small 4, Codestral Mamba) and AI21 Jamba, from Hugging Face, "
+                                "Mistral native or GGUF files.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("logits", help="logits of a prompt (and a greedy continuation) to an .npz file",

@@ -314,8 +314,8 @@ SIZE_CASES = {  # each once hung, grew past 14 GB, ended in a ValueError, or was
     "rope_theta 10**400": ({"rope_theta": 10**400}, ["field 'rope_theta' must be a finite number"]),
     "architectures a string": ({"architectures": "MistralForCausalLM"},
                                ["field 'architectures' must be a list of strings"]),
-    "bos_token_id outside the vocabulary": ({"bos_token_id": 5000},
-                                            ["field 'bos_token_id' is 5000, which is not a token id", "vocab_size 1024"]),
+    "bos_token_id outside the vocabulary": ({"bos_token_id": 5000}, ["field 'bos_token_id' is 5000, which is not a "
+                                                                     "token id", "vocab_size 1024"]),
 }
 
 

@@ -157,5 +157,6 @@ def test_help_says_what_a_new_user_needs():
                   "$NPINFER_API_KEY"):
         assert words in serve, words
     chat = " ".join(chat.split())
-    for words in ("--top-p TOP_P nucleus sampling", "--seed SEED the sampler's seed", "--dtype {float32,float64} compute"):
+    for words in ("--top-p TOP_P nucleus sampling", "--seed SEED the sampler's seed",
+                  "--dtype {float32,float64} compute"):
         assert words in chat, words

@@ -46,10 +46,10 @@ JSON (``_normalize_json_content``, empty -> ``{}``), and are then put in the for
 parsed value. A call's ``arguments`` may be the JSON object itself rather than its text (as
 transformers' chat templates and many clients pass them): mistral-common serializes it
 (``FunctionCall.validate_arguments``), so it renders as the same object given as text does; an
-HF template gets it as given, as transformers hands it over. An assistant content that is a plain
-string loses its trailing spaces (v2+); one with a thinking part is encoded part by part, unstripped. The same rules hold for sentencepiece
-and tekken files: only ``enc`` differs. Versions after v13 are rendered as v13 (not checked
-against mistral-common).
+HF template gets it as given, as transformers hands it over. An assistant content that is a
+plain string loses its trailing spaces (v2+); one with a thinking part is encoded part by part,
+unstripped. The same rules hold for sentencepiece and tekken files: only ``enc`` differs.
+Versions after v13 are rendered as v13 (not checked against mistral-common).
 
 **hf-template**: the model's Jinja2 chat template, rendered as transformers renders it, within
 bounds of length and time (:mod:`tokenizer.hf_template`).
