@@ -4,6 +4,11 @@ The session keeps the conversation and sends all of it through the chat format a
 turn (nothing is cached between turns: exactly what a chat-completions request with this
 history computes). `/reset` forgets it, `/system TEXT` sets the system prompt, `/exit` or
 Ctrl-D quits, Ctrl-C stops an answer.
+
+On a terminal, the control characters a model may write (ESC and the rest of C0 and C1 but
+newline and tab) are shown escaped (``\x1b``), so an answer cannot move the cursor, recolour
+or retitle the terminal; piped, the text is written as it is. An answer cut short says why:
+``--max-tokens`` reached, or the model's context full.
 """
 
 from __future__ import annotations
@@ -33,6 +38,15 @@ class LoadProgress:
             self.shown = False
 
 
+# C0 and C1 control characters but newline and tab, shown as \xNN; DEL too
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c not in (0x09, 0x0A)}
+
+
+def escape_controls(text: str) -> str:
+    """`text` with its control characters written out (``"\x1b[2J"`` -> ``"\\x1b[2J"``)."""
+    return text.translate(_CONTROLS)
+
+
 class ChatSession:
     """A conversation with one model: the system prompt, the turns so far, how to sample.
 
@@ -48,8 +62,11 @@ class ChatSession:
         from npinfer.engine.generation.sampling import SamplingParams
 
         self.chat, self.system, self.turns, self.loading = chat, args.system, [], loading
-        self.params = GenerationParams(max_tokens=args.max_tokens, seed=args.seed,
+        from npinfer.engine.serve.budgets import read_seed
+
+        self.params = GenerationParams(max_tokens=args.max_tokens, seed=read_seed(args.seed),
                                        sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p))
+        self.show = escape_controls if sys.stdout.isatty() else str
 
     def messages(self, user: str) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -57,8 +74,8 @@ class ChatSession:
 
     def say(self, user: str) -> str:
         """Stream the answer to `user` after the turns so far to stdout; keep the turn."""
-        from npinfer.engine.generation.events import Delta, Finish
-        from npinfer.engine.generation.request import PromptTooLong, generate
+        from npinfer.engine.generation.events import Delta, Finish, Usage
+        from npinfer.engine.generation.request import PromptTooLong, context_limit, generate
         from npinfer.engine.progress import prefill_progress
         from npinfer.tokenizer.errors import ChatFormatError
 
@@ -66,19 +83,25 @@ class ChatSession:
             ids = self.chat.prompt(self.messages(user))
         except (ChatFormatError, PromptTooLong) as e:
             raise NpinferError(str(e)) from None
-        text, cut = [], False
+        text, cut, usage = [], False, None
         for event in generate(self.chat.model, self.chat.tok, ids, self.params,
                               progress=prefill_progress(self.chat.model, len(ids))):
             self.loading.done()  # the weights are paged in by the first pass
             if isinstance(event, Delta):
-                sys.stdout.write(event.text)
+                sys.stdout.write(self.show(event.text))
                 sys.stdout.flush()
                 text.append(event.text)
             elif isinstance(event, Finish):
                 cut = event.reason == "length"
+            elif isinstance(event, Usage):
+                usage = event
         print()
         if cut:
-            print(f"[stopped after {self.params.max_tokens} tokens]", file=sys.stderr)
+            context = context_limit(self.chat.model)
+            why = (f"--max-tokens {self.params.max_tokens} reached" if usage.completion_tokens >= self.params.max_tokens
+                   else f"the model's context is full: {usage.prompt_tokens} prompt + {usage.completion_tokens} "
+                        f"generated = {context} tokens")
+            print(f"[stopped after {usage.completion_tokens} tokens: {why}]", file=sys.stderr)
         answer = "".join(text)
         if answer:  # (a chat format has no empty assistant turn: an empty answer is not kept)
             self.turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]

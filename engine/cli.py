@@ -5,8 +5,8 @@
     npinfer diff REF OTHER [--atol A] [--rtol R] [--json]
     npinfer tiny LAYOUT OUT_DIR [--dtype D] [--fp8 tensor|block [--fp8-block BM,BN]]
     npinfer tokenize TOKENIZER [--decode | --chat FORMAT]
-    npinfer chat [-m MODEL] ["message"] [--system TEXT] [--max-tokens N] [--temperature T] [--seed S]
-    npinfer serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    npinfer chat [-m MODEL] ["message"] [--system TEXT] [--max-tokens N] [--temperature T] [--top-p P] [--seed S]
+    npinfer serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY] (and the limits: npinfer serve --help)
     npinfer compare MODEL --backend URL [--prompts F.jsonl] [--max-tokens N] [--top-logprobs K]
                     [--max-kl X] [--json] [--ray [ADDRESS]]
 
@@ -24,6 +24,7 @@ stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -72,9 +73,13 @@ def cmd_logits(args) -> int:
     model = loaded.model(args.dtype, args.fp8_activations)
     if (line := loaded.describe()) is not None:  # e.g. the layer schedule; what stays on disk
         print(line, file=sys.stderr)
-    V = model.config.vocab_size
+    V, context = model.config.vocab_size, int(model.config.max_position_embeddings)
     if ids.min() < 0 or ids.max() >= V:
         raise NpinferError(f"token ids must be in 0..{V - 1} for this model")
+    if len(ids) + max(args.generate - 1, 0) > context:  # (the last generated token is never fed back)
+        raise NpinferError(f"--generate {args.generate}: the prompt's {len(ids)} tokens and {args.generate} generated "
+                           f"tokens ({len(ids) + args.generate - 1} positions) do not fit this model's context of "
+                           f"{context} (max_position_embeddings)")
     router: dict[str, list] = {"router_logits": [], "experts": []}
 
     def collect_router(name, value):
@@ -84,6 +89,8 @@ def cmd_logits(args) -> int:
 
     prompt_trace = collect_router if args.router else no_trace
     times: dict = {}
+    if args.timing:  # the kernels compiled (or loaded from Numba's cache) before the clock starts
+        warm_up(model, ids, args.generate, args.last_only)
     if args.dump_activations:
         logits, gen_ids, gen_logits = dump_activations(model, ids, args.dump_activations,
                                                        generate=args.generate, prompt_trace=prompt_trace)
@@ -93,7 +100,7 @@ def cmd_logits(args) -> int:
                                              last_only=args.last_only, times=times)
     if args.timing and times:  # one line a benchmark can parse: no process start, no loading, no writing
         steps = max(args.generate - 1, 0)
-        line = (f"npinfer: timing: prefill {len(ids)} tokens in {times['prefill_s']:.4f} s "
+        line = (f"npinfer: timing: prefill {len(ids)} tokens in {times['prefill_s']:.6f} s "
                 f"({len(ids) / times['prefill_s']:.1f} tokens/s)")
         if steps:
             line += f"; decode {steps} tokens in {times['decode_s'] / steps * 1e3:.2f} ms/token"
@@ -114,13 +121,23 @@ def cmd_logits(args) -> int:
     return 0
 
 
+def warm_up(model, ids: np.ndarray, generate: int, last_only: bool) -> None:
+    """A run of the code paths `greedy` will take, on a fresh state: a prefill of the first
+    SMALL_BATCH + 1 prompt tokens at most (both sides of `kernels.linear`'s batch bound) and a
+    decode step if any, so the first call's Numba compilation is outside --timing."""
+    from npinfer.engine.oracle.dumps import greedy
+    from npinfer.kernels.linear import SMALL_BATCH
+
+    greedy(model, ids[:SMALL_BATCH + 1], min(generate, 2), last_only=last_only)
+
+
 def cmd_tiny(args) -> int:
     from npinfer.engine.load.tiny import write_layout
-    from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
+    from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, TINY_TOKENIZER_VERSION
 
-    try:  # with the tiny model's own byte-fallback BPE tokenizer (1024 pieces)
+    try:  # with the tiny model's own byte-fallback BPE tokenizer (1024 pieces; chat format mistral-v7, with tools)
         out = write_layout(args.out_dir, args.layout, seed=args.seed, dtype=args.dtype, tokenizer=TINY_TOKENIZER_PATH,
-                           fp8=args.fp8, fp8_block=_block(args.fp8_block))
+                           tokenizer_version=TINY_TOKENIZER_VERSION, fp8=args.fp8, fp8_block=_block(args.fp8_block))
     except (FileExistsError, ValueError) as e:
         raise NpinferError(str(e)) from None
     except OSError as e:  # an unwritable or missing parent folder, a full disk, ...
@@ -175,6 +192,9 @@ def cmd_chat(args) -> int:
     or, with no message on a terminal, an interactive session."""
     if args.max_tokens < 1 or not 0 <= args.temperature <= 2 or not 0 < args.top_p <= 1:
         raise NpinferError("--max-tokens must be >= 1, --temperature in [0, 2], --top-p in (0, 1]")
+    if args.seed is not None and not -2**63 <= args.seed < 2**64:
+        raise NpinferError(f"--seed must be a 64-bit integer (-2**63 to 2**64 - 1; a negative one is taken modulo "
+                           f"2**64, as the server does), not {args.seed}")
     if len(args.message) > 1 and any((Path(args.message[0]) / f).is_file() for f in ("config.json", "params.json")):
         raise NpinferError(f"{args.message[0]!r} is a checkpoint folder: give the model with -m/--model "
                            f'(npinfer chat -m {args.message[0]} "message")')
@@ -209,9 +229,12 @@ def cmd_serve(args) -> int:
     progress.done()
     if chat.load_line:
         print(chat.load_line, file=sys.stderr)
+    service = Service(chat, limits)
+    for line in service.scheduler.unleased:  # (engine.load.mapped_files: what a truncation could still do)
+        print(f"npinfer: warning: {line}", file=sys.stderr)
     print(f"npinfer: serving {chat.name} ({chat.architecture}, chat format {chat.chat_format}) on "
           f"http://{args.host}:{sock.getsockname()[1]}" + (" (API key required)" if api_key else ""), file=sys.stderr)
-    serve(Service(chat, limits), sock, api_key)
+    serve(service, sock, api_key)
     return 0
 
 
@@ -225,8 +248,8 @@ def _limits(args):
     if args.max_batch is not None and not 1 <= args.max_batch <= MAX_BATCH:
         raise NpinferError(f"--max-batch must be in 1..{MAX_BATCH}")
     for name in ("max_cache_mib", "deadline", "header_timeout", "body_timeout", "max_request_tokens"):
-        if (value := getattr(args, name)) is not None and value <= 0:
-            raise NpinferError(f"--{name.replace('_', '-')} must be > 0")
+        if (value := getattr(args, name)) is not None and not (0 < value < math.inf):  # (nan and inf too)
+            raise NpinferError(f"--{name.replace('_', '-')} must be a finite number > 0, not {value}")
     for name, least in (("max_queue", 1), ("max_body_bytes", 1), ("requests_per_minute", 0), ("tokens_per_minute", 0)):
         if (value := getattr(args, name)) is not None and value < least:
             raise NpinferError("--max-queue and --max-body-bytes must be >= 1, the per-minute limits >= 0")
@@ -250,22 +273,28 @@ def add_chat_parser(sub) -> None:
     c.add_argument("-m", "--model", help="checkpoint directory, GGUF file or Hugging Face repo id (default: the tiny default)")
     c.add_argument("--system", help="a system prompt")
     c.add_argument("--max-tokens", type=int, default=256, help="per answer (default 256)")
-    c.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy")
-    c.add_argument("--top-p", type=float, default=1.0)
-    c.add_argument("--seed", type=int)
-    c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    c.add_argument("--temperature", type=float, default=0.0, help="0 (the default) is greedy; at most 2")
+    c.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: sample from the smallest set of "
+                   "tokens whose probability reaches P, in (0, 1] (default 1: all)")
+    c.add_argument("--seed", type=int, help="the sampler's seed: the same seed, the same answer (any 64-bit "
+                   "integer; a negative one is taken modulo 2**64); default: a fresh one each time")
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="compute dtype (default float32; float64: every operation in float64)")
     c.add_argument("--fp8-activations", action="store_true", help=FP8_ACTIVATIONS_HELP)
     c.set_defaults(run=cmd_chat)
 
 
 def add_serve_parser(sub) -> None:
-    s = sub.add_parser("serve", help="an HTTP server: Azure AI model inference and AI21 chat completions",
-                       description="Serve GET /info, POST /chat/completions (Azure AI model inference) and "
-                       "POST /v1/chat/completions (AI21; OpenAI SDK with base_url=.../v1). Without MODEL, "
-                       "the embedded tiny default is served.")
+    s = sub.add_parser("serve", help="an HTTP server: Azure AI model inference, AI21 and OpenAI chat completions",
+                       description="Serve GET /info and POST /chat/completions (Azure AI model inference), "
+                       "POST /v1/chat/completions (AI21; the OpenAI SDK with base_url=.../v1), POST /v1/completions "
+                       "(OpenAI text completions: a raw prompt), GET /models and /v1/models, and the OpenAPI "
+                       "document at GET /openapi.json. Without MODEL, the embedded tiny default is served. "
+                       "Rate limits are on by default (1000 requests and 200000 tokens per minute).")
     s.add_argument("model", nargs="?", metavar="MODEL", help="checkpoint directory, GGUF file or Hugging Face repo id")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine "
+                   "only, and only requests whose Host is a loopback name)")
+    s.add_argument("--port", type=int, default=8000, help="default 8000")
     s.add_argument("--api-key", help="require this key (Authorization: Bearer KEY or api-key: KEY); "
                    "default: $NPINFER_API_KEY, else none")
     # defaults (None here): engine.serve.service.Limits, the hosted service's limits
@@ -282,14 +311,17 @@ def add_serve_parser(sub) -> None:
                    "(default 600)")
     s.add_argument("--header-timeout", type=float, help="seconds for a request's headers (default 10)")
     s.add_argument("--body-timeout", type=float, help="seconds for a request's body (default 30)")
-    s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    s.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="compute dtype (default float32; float64: every operation in float64)")
     s.add_argument("--fp8-activations", action="store_true", help=FP8_ACTIVATIONS_HELP)
     s.set_defaults(run=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="npinfer", description="A pure-NumPy reference inference engine "
-                                "for Mistral, Mixtral, Codestral Mamba and Jamba.")
+    p = argparse.ArgumentParser(prog="npinfer", description="A pure-NumPy reference inference engine for the "
+                                "Mistral family (Mistral, Mixtral, Ministral, Ministral 3 and Mistral 3's text "
+                                "decoder, Mistral Small 4, Codestral Mamba) and AI21 Jamba, from Hugging Face, "
+                                "Mistral native or GGUF files.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("logits", help="logits of a prompt (and a greedy continuation) to an .npz file",
@@ -315,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "prefill computes (the head runs on that row alone)"),
                        ("--timing", "print on stderr: 'npinfer: timing: prefill T tokens in X s (R tokens/s); decode N "
                         "tokens in Y ms/token' (N = --generate - 1 decode steps, each with its argmax; no loading "
-                        "or writing)")):
+                        "or writing, and no compiling: a warm-up run of the first 33 prompt tokens at most and one "
+                        "decode step comes first)")):
         q.add_argument(flag, action="store_true", help=text)
     q.add_argument("--out", required=True, help="output .npz file")
     q.set_defaults(run=cmd_logits)
@@ -375,13 +408,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with np.errstate(all="ignore"):  # NaN/inf from bad weights: the commands say so in one line
-            return args.run(args)
+            status = args.run(args)
+        sys.stdout.flush()  # (here, where a reader that left is caught, rather than at the exit)
+        return status
     except NpinferError as e:
         print(f"npinfer: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:  # e.g. a sliding window far past the context: its ring is allocated whole
+        print(f"npinfer: error: out of memory ({e}); a size in the checkpoint's config may ask for more than "
+              "this machine has", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("npinfer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`npinfer diff ... | head`): quietly, as a command killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (so the exit's flush cannot fail again)
+        return 128 + 13
 
 
 if __name__ == "__main__":

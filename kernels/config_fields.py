@@ -9,7 +9,10 @@ readers, so a wrong value is reported by name before any tensor is touched:
 JSON is typed and so are the readers: ``"8"`` is not an integer, ``"false"`` is not
 a boolean, ``true`` is not an integer. A key present with ``null`` counts as
 missing for the ``optional_*`` readers (transformers writes ``"head_dim": null``)
-and is an error for the others.
+and is an error for the others. An integer is at most MAX_INT (2**31 - 1: no size,
+count, window or position of a model is larger, and GGUF's own are 32-bit), so a
+``sliding_window: 10**18`` or ``num_hidden_layers: 10**9`` is refused by name before
+anything is sized by it.
 
 `decoder_fields` reads the fields every decoder's ``config.json`` shares (sizes,
 heads, norm epsilon, head tying, special token ids), each family passing the
@@ -19,6 +22,7 @@ defaults of the transformers class that wrote the file.
 from __future__ import annotations
 
 MISSING = object()
+MAX_INT = 2**31 - 1  # the largest integer a config field may hold (module docstring)
 
 
 class ConfigError(ValueError):
@@ -37,13 +41,21 @@ def _present(d: dict, key: str, default):
 
 
 def int_field(d: dict, key: str, default=MISSING, minimum: int = 0) -> int:
-    """d[key] (or `default`) as an int >= `minimum`, else a ConfigError naming the field."""
+    """d[key] (or `default`) as an int from `minimum` to MAX_INT, else a ConfigError naming the field."""
     value = _present(d, key, default)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"field {key!r} must be an integer, not {value!r}")
+        raise ConfigError(f"field {key!r} must be an integer, not {_short(value)}")
     if value < minimum:
-        raise ConfigError(f"field {key!r} must be >= {minimum}, not {value}")
+        raise ConfigError(f"field {key!r} must be >= {minimum}, not {_short(value)}")
+    if value > MAX_INT:
+        raise ConfigError(f"field {key!r} must be at most {MAX_INT}, not {_short(value)}")
     return value
+
+
+def _short(value) -> str:
+    """A value for a message: at most 40 characters of it."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def optional_int(d: dict, key: str, default: int | None = None, minimum: int = 1) -> int | None:
@@ -56,11 +68,16 @@ def optional_int(d: dict, key: str, default: int | None = None, minimum: int = 1
 def float_field(d: dict, key: str, default=MISSING, positive: bool = False) -> float:
     """d[key] (or `default`) as a finite float (a JSON int is a float too)."""
     value = _present(d, key, default)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or abs(value) == float("inf"):
-        raise ConfigError(f"field {key!r} must be a number, not {value!r}")
-    if positive and value <= 0:
+    number = float(value) if isinstance(value, float) else None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**1023:  # (a larger one is inf)
+        number = float(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"field {key!r} must be a number, not {_short(value)}")
+    if number is None or number != number or abs(number) == float("inf"):
+        raise ConfigError(f"field {key!r} must be a finite number, not {_short(value)}")
+    if positive and number <= 0:
         raise ConfigError(f"field {key!r} must be positive, not {value}")
-    return float(value)
+    return number
 
 
 def bool_field(d: dict, key: str, default=MISSING) -> bool:
@@ -127,8 +144,9 @@ def decoder_fields(d: dict, family: str, **defaults) -> dict:
     check_activation(d, family)
     hidden = int_field(d, "hidden_size", defaults.get("hidden_size", MISSING), minimum=1)
     heads = int_field(d, "num_attention_heads", defaults.get("num_attention_heads", MISSING), minimum=1)
+    vocab = int_field(d, "vocab_size", defaults.get("vocab_size", MISSING), minimum=1)
     return dict(
-        vocab_size=int_field(d, "vocab_size", defaults.get("vocab_size", MISSING), minimum=1),
+        vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=int_field(d, "intermediate_size", defaults.get("intermediate_size", MISSING), minimum=1),
         num_hidden_layers=int_field(d, "num_hidden_layers", defaults.get("num_hidden_layers", MISSING)),
@@ -139,6 +157,14 @@ def decoder_fields(d: dict, family: str, **defaults) -> dict:
         tie_word_embeddings=bool_field(d, "tie_word_embeddings", False),
         max_position_embeddings=int_field(d, "max_position_embeddings",
                                           defaults.get("max_position_embeddings", MISSING), minimum=1),
-        bos_token_id=token_id(d, "bos_token_id", 1),
-        eos_token_id=token_id(d, "eos_token_id", 2),
+        bos_token_id=check_token_id(d, "bos_token_id", 1, vocab),
+        eos_token_id=check_token_id(d, "eos_token_id", 2, vocab),
     )
+
+
+def check_token_id(d: dict, key: str, default: int | None, vocab_size: int) -> int | None:
+    """`token_id`, which must be one of the model's ids (0..vocab_size - 1)."""
+    value = token_id(d, key, default)
+    if value is not None and value >= vocab_size:
+        raise ConfigError(f"field {key!r} is {value}, which is not a token id of this model (vocab_size {vocab_size})")
+    return value

@@ -121,3 +121,52 @@ def test_one_shot_forms(model_dir, answer):
     assert old.returncode == 2 and "-m/--model" in old.stderr and old.stderr.count("\n") == 1
     empty = run("-m", model_dir)
     assert empty.returncode == 2 and "no message" in empty.stderr
+
+
+def test_an_answer_cut_short_says_why(tmp_path):
+    """--max-tokens reached, or the context full: each said as it is (the context case once said
+    "[stopped after 3000 tokens]" after ~100 tokens)."""
+    path = write_checkpoint(tmp_path / "short", tiny_layout("mistral")[1] | {"max_position_embeddings": 40}, seed=4,
+                            tokenizer=TINY_TOKENIZER_PATH)
+
+    def run(message, max_tokens):
+        return subprocess.run([sys.executable, "-m", "npinfer.engine.cli", "chat", "-m", str(path), message,
+                               "--max-tokens", str(max_tokens)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    chat = load_chat_model(str(path))
+    prompt = len(chat.prompt([user("Hello there")]))
+    greedy = complete(chat.model, chat.tok, chat.prompt([user("Hello there")]),
+                      GenerationParams(max_tokens=3000, sampling=SamplingParams(temperature=0.0)))
+    assert greedy.choices[0].finish_reason == "length"  # (this seed writes no EOS before the context is full)
+    proc = run("Hello there", 3000)
+    generated = 40 - prompt
+    assert proc.returncode == 0 and (f"[stopped after {generated} tokens: the model's context is full: {prompt} "
+                                     f"prompt + {generated} generated = 40 tokens]") in proc.stderr, proc.stderr
+    proc = run("Hello there", 2)
+    assert proc.returncode == 0 and "[stopped after 2 tokens: --max-tokens 2 reached]" in proc.stderr, proc.stderr
+
+
+def test_control_characters_are_escaped_on_a_terminal_only(model_dir, monkeypatch):
+    """A model's ESC (a random-weight model writes any byte) cannot drive the terminal; a pipe gets the text as is."""
+    import io
+    from types import SimpleNamespace
+
+    from npinfer.engine.chat_session import ChatSession, LoadProgress
+    from npinfer.engine.generation import request
+    from npinfer.engine.generation.events import Delta, Finish, Usage
+
+    def generate(model, tok, ids, params, progress=None):
+        yield Delta(0, "red \x1b[31mtext\x1b]0;title\x07 tab\tend\x9b", [], ())
+        yield Finish(0, "stop")
+        yield Usage(len(ids), 1)
+
+    monkeypatch.setattr(request, "generate", generate)
+    chat = load_chat_model(str(model_dir))
+    args = SimpleNamespace(system=None, max_tokens=4, seed=None, temperature=0.0, top_p=1.0)
+    for tty, expected in ((True, "red \\x1b[31mtext\\x1b]0;title\\x07 tab\tend\\x9b\n"),
+                          (False, "red \x1b[31mtext\x1b]0;title\x07 tab\tend\x9b\n")):
+        out = type("Out", (io.StringIO,), {"isatty": lambda self, tty=tty: tty})()
+        monkeypatch.setattr(sys, "stdout", out)
+        ChatSession(chat, args, LoadProgress(None)).say("hi")
+        assert out.getvalue() == expected

@@ -38,7 +38,8 @@ def ggufs(tmp_path_factory):
     from safetensors.numpy import load_file, save_file
 
     tmp = tmp_path_factory.mktemp("compare")
-    path = write_checkpoint(tmp / "tiny", family_config("mistral"), seed=5, tokenizer=TINY_TOKENIZER_PATH)
+    # a seed whose greedy chat picks no byte piece that has a normal twin (the chat route sends no ids)
+    path = write_checkpoint(tmp / "tiny", family_config("mistral"), seed=6, tokenizer=TINY_TOKENIZER_PATH)
     same = write_gguf(path, tmp / "tiny.gguf", qtype=Q.Q8_0, tokenizer_model=TINY_TOKENIZER_PATH)
     weights = load_file(path / "model.safetensors")
     rng = np.random.default_rng(0)
@@ -343,7 +344,7 @@ def test_a_backend_with_another_template_is_a_template_finding_not_a_divergence(
         at = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
         shown = "<s>" + b"".join(chat.tok.token_bytes(i) for i in theirs[1:]).decode()  # (sentencepiece's space)
         assert (f["kind"], f["position"], f["backend_rendering"]) == ("template", at, shown)
-        assert f["npinfer_rendering"].startswith("<s>") and f"{m[-1]['content']} [/INST]" in f["npinfer_rendering"]
+        assert f["npinfer_rendering"].startswith("<s>") and f"{m[-1]['content']}[/INST]" in f["npinfer_rendering"]
         assert r["scored_on"] == "backend"
         assert r["prompt_tokens"] == len(theirs)
         wrong = compare.score(chat.model, chat.tok, ours, tokens_of(r, chat.tok), backend.Vocabulary(chat.tok), "x")

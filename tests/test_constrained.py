@@ -201,9 +201,9 @@ def test_the_mask_wins_over_logit_bias_and_the_ban_holds(spm):
     forced = SamplingParams(temperature=1.0, logit_bias=((trigger, 100.0),))
     params = GenerationParams(max_tokens=3, n=4, seed=0, sampling=forced, banned=(trigger,), logprobs=True)
     for c in complete(model, spm, [spm.bos_id], params).choices:
-        assert all(e.bytes != [] for e in c.logprobs)  # the control token (no bytes) never came
+        assert all(e.ids[0] != trigger for e in c.logprobs)  # the control token never came
     params = GenerationParams(max_tokens=3, n=4, seed=0, sampling=forced, logprobs=True)
-    assert any(e.bytes == [] for c in complete(model, spm, [spm.bos_id], params).choices for e in c.logprobs)
+    assert any(e.ids[0] == trigger for c in complete(model, spm, [spm.bos_id], params).choices for e in c.logprobs)
 
 
 def test_tool_choice_none_bans_the_trigger(spm):
@@ -253,3 +253,103 @@ def test_realistic_layout_picks_v3(tmp_path):
     shutil.copy(V3, path / "tokenizer.model.v3")
     chat = load_chat_model(str(path))
     assert chat.chat_format == "mistral-v3" and chat.tool_syntax.style == "mistral-json"
+
+
+UNENFORCEABLE = {  # schemas llguidance gives up on at their first tokens (they once answered 500)
+    "a 100000-fold repetition": {"type": "string", "pattern": "^a{100000}$"},
+    "a property that requires itself": {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]},
+}
+
+
+@pytest.mark.parametrize("case", UNENFORCEABLE)
+def test_a_schema_llguidance_gives_up_on_is_refused_when_compiled(spm, case):
+    """Compiled and probed at once (not at the request's first tokens): the field and llguidance's reason."""
+    schema = UNENFORCEABLE[case]
+    with pytest.raises(GrammarError, match=r"^response_format.json_schema.schema: cannot be enforced \((lexer|parser) "
+                                           r"error: ") as e:
+        plan(spm, spm.vocab_size, (2,), None, [], "none", True, "json_schema", schema)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+    tools = TOOLS[:1] + [{"type": "function", "function": {"name": "bad", "parameters": schema}}]
+    for choice in ("required", "bad"):
+        with pytest.raises(GrammarError, match=r"^tools.1.function.parameters: cannot be enforced \("):
+            plan(spm, spm.vocab_size, (2,), chat_tool_syntax(spm, "mistral-v3"), tools, choice, True, "text", None)
+
+
+def test_a_grammar_is_compiled_once_and_copied_for_each_choice(spm, monkeypatch):
+    """Choices copy the compiled matcher: llguidance compiles only where the request is prepared."""
+    import llguidance
+
+    compiled = []
+    real = llguidance.LLMatcher
+
+    class Counting:  # (llguidance's class cannot be subclassed; generation needs no other attribute of it)
+        def __new__(cls, *args, **kwargs):
+            compiled.append(1)
+            return real(*args, **kwargs)
+
+    grammar = Grammar(spm, json_grammar(SCHEMAS[1]), spm.vocab_size, (spm.eos_id,))
+    monkeypatch.setattr(llguidance, "LLMatcher", Counting)
+    params = GenerationParams(max_tokens=20, n=4, seed=0, sampling=SAMPLE, grammar=grammar)
+    complete(RandomLogits(spm.vocab_size, spm.eos_id, seed=1), spm, [spm.bos_id], params)
+    assert compiled == []
+
+
+class GivesUpAtToken3:
+    """A grammar that lets anything through and then gives up, as llguidance does on a token no
+    probe reached."""
+
+    def matcher(self):
+        grammar = self
+
+        class M:
+            consumed, done = 0, False
+
+            def allowed(self):
+                if self.consumed == 3:
+                    raise GrammarError("response_format.json_schema.schema: cannot be enforced past 3 generated "
+                                       "tokens (lexer error: too many expressions constructed)")
+                return np.ones(grammar.vocab_size, dtype=bool)
+
+            def consume(self, token_id):
+                self.consumed += 1
+
+        return M()
+
+
+def test_a_grammar_giving_up_mid_generation_ends_its_request_with_the_error(spm):
+    """Not a 500 (GenerationFailed): the request ends with the GrammarError, which the server
+    answers 422, and the requests beside it go on."""
+    from npinfer.engine.generation.scheduler import DONE, Job, Scheduler
+
+    class Sized(dict):
+        def nbytes_at(self, positions):  # (what the scheduler asks of a state)
+            return 0
+
+    class Model(RandomLogits):
+        def new_state(self):
+            return Sized(super().new_state())
+
+    model = Model(spm.vocab_size, spm.eos_id, seed=2)
+    bad = GivesUpAtToken3()
+    bad.vocab_size = spm.vocab_size
+    scheduler = Scheduler(model, spm)
+    try:
+        received = {"bad": [], "good": []}
+        done = {k: __import__("threading").Event() for k in received}
+        for key, grammar in (("bad", bad), ("good", None)):
+            def sink(item, key=key):
+                received[key].append(item)
+                if item is DONE:
+                    done[key].set()
+
+            params = GenerationParams(max_tokens=8, seed=0, sampling=SAMPLE, grammar=grammar)
+            scheduler.submit(Job([spm.bos_id], params, sink))
+        assert all(d.wait(60) for d in done.values())
+    finally:
+        scheduler.close()
+    errors = [item for item in received["bad"] if isinstance(item, Exception)]
+    assert len(errors) == 1 and isinstance(errors[0], GrammarError) and "past 3 generated tokens" in str(errors[0])
+    assert not any(isinstance(item, Exception) for item in received["good"])
+    from npinfer.engine.serve.errors import api_error
+
+    assert api_error(errors[0]).status == 422

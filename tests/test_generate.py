@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +50,8 @@ def test_greedy_text_is_the_greedy_decode_and_logprobs_are_the_model_distributio
                                                                   sampling=GREEDY))
     choice = out.choices[0]
     assert choice.text == chat.tok.decode(ids)
-    assert [e.bytes for e in choice.logprobs] == [list(chat.tok.token_bytes(i)) for i in ids]
+    names = {i: name.encode() for name, i in chat.tok.special_tokens.items()}  # a control token: its name
+    assert [e.bytes for e in choice.logprobs] == [list(chat.tok.token_bytes(i) or names.get(i, b"")) for i in ids]
     assert choice.finish_reason == ("length" if len(ids) == 24 else "stop")
     assert out.usage.prompt_tokens == len(prompt)
     # logprobs: log-softmax of the raw logits at each step; greedy picks the top alternative.
@@ -152,10 +154,11 @@ def test_default_model_is_written_once_atomically_and_deterministically(tmp_path
         t.join()
     assert len(set(paths)) == 1 and len(paths) == 3
     first = paths[0]
-    assert sorted(os.listdir(first.parent)) == [default_model.NAME]  # no scratch directory left behind
+    assert sorted(os.listdir(first.parent)) == [first.name]  # no scratch directory left behind
+    assert first.name.startswith(default_model.NAME + "-")  # (and the tokenizer's digest)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "b"))
     second = default_model.default_model_dir()
-    for name in ("model.safetensors", "config.json", "tokenizer.model"):
+    for name in ("model.safetensors", "config.json", "tokenizer.model", "tokenizer.model.v7"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
     assert json.loads((first / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
 
@@ -186,9 +189,11 @@ def run_cli_env(args, env):
 
 
 def load_chat_model_in(cache_home):
+    """The embedded default as written under `cache_home` (its folder carries the tokenizer's digest)."""
     from npinfer.engine.load.default_model import NAME
 
-    return load_chat_model(os.path.join(cache_home, "npinfer", NAME))
+    (folder,) = Path(cache_home, "npinfer").glob(f"{NAME}-*")
+    return load_chat_model(str(folder))
 
 
 def test_choices_decode_as_one_batch_and_each_is_its_own_sequence(chat, prompt):

@@ -147,7 +147,7 @@ def test_tiny_layout_and_which_family_reads_a_params_json(tmp_path):
     family's, a dense one Mistral's (each params.json is one family's)."""
     run_cli("tiny", "mistral-large3", tmp_path / "tiny")
     assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["consolidated.safetensors", "params.json",
-                                                                     "tokenizer.model"]
+                                                                     "tokenizer.model", "tokenizer.model.v7"]
     proc = run_cli("logits", tmp_path / "tiny", "--ids", "1,2,3", "--out", tmp_path / "o.npz")
     assert proc.stderr.startswith("Mistral 4: 3 layers (1 dense, 2 MoE")
     assert native_family(large3_params(), "params.json").name == "mistral4"

@@ -10,6 +10,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.core import NOT_SET
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -75,4 +77,25 @@ def test_the_document_resolves(api):
     assert '"#/$defs/' not in doc and '"$defs"' not in doc
     operations = {(r.ok().method.upper(), r.ok().path) for r in api.get_all_operations()}
     assert operations == {("GET", "/info"), ("GET", "/models"), ("GET", "/v1/models"),
-                          ("POST", "/chat/completions"), ("POST", "/v1/chat/completions")}
+                          ("POST", "/chat/completions"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")}
+
+
+def test_the_event_stream_is_documented_event_by_event(api):
+    """Each server-sent event is what the document says (schemathesis reads a text/event-stream
+    schema as one event's): a real stream on both chat routes, and one that ends in an error event
+    (a refusal after the stream began), conform; an event that is neither a chunk nor an error does not."""
+    for path in ("/chat/completions", "/v1/chat/completions"):
+        case = api[path]["POST"].Case(body={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                                            "stream": True}, media_type="application/json")
+        response = case.call(timeout=60)
+        assert response.headers["content-type"][0].startswith("text/event-stream")
+        case.validate_response(response, checks=[response_schema_conformance])
+        *events, done = response.content.split(b"\n\n")[:-1]
+        error = b'data: {"error": {"code": "checkpoint_changed", "message": "...", "status": 503}}'
+        response.content = b"\n\n".join([*events, error, done]) + b"\n\n"
+        response._deserialized = NOT_SET  # (a new body: schemathesis deserializes it again)
+        case.validate_response(response, checks=[response_schema_conformance])
+        response.content = b'data: {"object": "chat.completion.chunk"}\n\ndata: [DONE]\n\n'
+        response._deserialized = NOT_SET
+        with pytest.raises(FailureGroup, match="SSE event violates schema"):
+            case.validate_response(response, checks=[response_schema_conformance])

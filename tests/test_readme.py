@@ -16,8 +16,9 @@ with these stand-ins (nothing is downloaded):
 * a ``*.gguf`` file a command names is the tiny Mistral written as a Q8_0 GGUF the way
   llama.cpp's converter writes it (`gguf_writer.write_gguf`), and ``llama-server``
   (llama.cpp's, not installed in CI) is npinfer's own server on the same file: another
-  OpenAI-compatible backend. A command ending in ``&`` starts in the background; the
-  test waits until its ``--port`` answers, and stops it at the end.
+  OpenAI-compatible backend. A command ending in ``&`` (a server: ``npinfer serve``,
+  ``llama-server``) starts in the background; the test waits until its ``--port``
+  answers, and stops it at the end.
 
 A command must exit 0, or N when its comment says "exit N", and print no traceback.
 What cannot run in CI is listed in NOT_RUN, with the reason; each entry must still
@@ -176,11 +177,11 @@ def start_in_background(command: str, cwd, env) -> subprocess.Popen:
 
 @pytest.mark.parametrize("run, comment", RUN, ids=[c[:60] for c, _ in RUN])
 def test_readme_command_runs(run, comment, sandbox):
-    assert not re.match(r"^npinfer serve\b", run), "a server in a README block needs handling here (start, stop)"
     cwd, env, background = sandbox
-    if run.endswith("&"):
+    if run.endswith("&"):  # a server (npinfer serve, llama-server): started, then stopped at the end
         background.append(start_in_background(run[:-1].strip(), cwd, env))
         return
+    assert not re.match(r"^npinfer serve\b", run), "a server in a README block runs in the background (&)"
     proc = subprocess.run(["bash", "-c", run], cwd=cwd, env=env, input="Hello\n", capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == expected_status(comment), f"{run}\n{proc.stderr[-3000:]}"

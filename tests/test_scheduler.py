@@ -10,6 +10,8 @@ logprobs, prompts longer than a prefill chunk)."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import threading
 import time
 
@@ -281,10 +283,36 @@ def test_a_changed_checkpoint_is_refused_before_it_is_read(tmp_path):
         scheduler.submit(Job(ids, GenerationParams(max_tokens=2), ok))
         assert ok.done.wait(30) and not ok.errors
         size = (path / "model.safetensors").stat().st_size
-        with open(path / "model.safetensors", "r+b") as f:
+        with open(path / "model.safetensors", "r+b") as f:  # (held until the scheduler gives its lease back)
             f.truncate(size // 2)  # reading the map past here would be SIGBUS
-        with pytest.raises(CheckpointChanged, match=f"model.safetensors is now {size // 2} bytes") as e:
+        with pytest.raises(CheckpointChanged, match="model.safetensors is being written or truncated") as e:
             scheduler.submit(Job(ids, GenerationParams(max_tokens=2), Collector()))
         assert api_error(e.value).status == 503 and "restart the server" in str(e.value)
+        assert f"model.safetensors is now {size // 2} bytes" in files.changed()  # (a file without a lease)
     finally:
         scheduler.close()
+
+
+def test_a_read_lease_holds_a_writer_until_it_is_given_back(tmp_path):
+    """What keeps a truncation out of a decode step (engine.load.mapped_files): another process's
+    truncate waits on the lease, the lease shows it at once, and goes on when the lease is given back."""
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"x" * 8192)
+    files = MappedFiles([str(weights)])
+    assert files.lease() == [] and not files.breaking() and files.changed() is None
+    writer = subprocess.Popen([sys.executable, "-c", f"import os; os.truncate({str(weights)!r}, 10)"])
+    try:
+        deadline = time.monotonic() + 30
+        while not files.breaking():
+            assert time.monotonic() < deadline and writer.poll() is None
+            time.sleep(0.01)
+        assert weights.stat().st_size == 8192 and writer.poll() is None  # held
+        assert "w.bin is being written or truncated by another process" in files.changed()
+        files.release()
+        assert writer.wait(30) == 0 and weights.stat().st_size == 10
+    finally:
+        writer.kill()
+        files.release()
+    with open(weights, "r+b"):  # open for writing: no read lease, and a line that says what that risks
+        refused = MappedFiles([str(weights)]).lease()
+    assert len(refused) == 1 and "w.bin: no read lease (" in refused[0] and "SIGBUS" in refused[0]

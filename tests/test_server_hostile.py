@@ -1,5 +1,5 @@
 """Requests meant to break the server, sent over raw sockets so that the connection itself is
-watched: each is answered 4xx within a second with the error body, and the next request on the
+watched: each is answered 4xx within two seconds with the error body, and the next request on the
 same connection is answered normally; slow clients are timed out and cannot hold sockets."""
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ import socket
 import time
 
 import pytest
-from test_server import chat, running  # noqa: F401  (chat: the tiny model fixture)
+from test_server import running
 
+from npinfer.engine.generation.chat_model import load_chat_model
+from npinfer.engine.load.tiny import family_config, write_checkpoint
 from npinfer.engine.serve.service import Limits
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, TINY_TOKENIZER_VERSION
 
 MESSAGES = [{"role": "user", "content": "Hi there"}]
 PASS = {"extra-parameters": "pass-through"}
@@ -74,12 +77,32 @@ class Connection:
 
 
 @pytest.fixture(scope="module")
-def server(chat):  # noqa: F811  (the imported fixture)
+def server(tmp_path_factory):
+    """The tiny Mistral as `npinfer tiny` writes it (chat format mistral-v7: tools and their grammars),
+    warmed up (its kernels compiled before the first timed request)."""
+    from npinfer.engine.generation.request import GenerationParams, complete
+
+    path = write_checkpoint(tmp_path_factory.mktemp("hostile") / "tiny-mistral", family_config("mistral"), seed=5,
+                            tokenizer=TINY_TOKENIZER_PATH, tokenizer_version=TINY_TOKENIZER_VERSION)
+    chat = load_chat_model(str(path))
+    complete(chat.model, chat.tok, chat.prompt(MESSAGES), GenerationParams(max_tokens=2))
     with running(chat, Limits(header_timeout=1.0, body_timeout=1.0), api_key=None) as (url, _):
         yield url
 
 
+UNENFORCEABLE = [  # (what, schema, words): schemas the grammar engine cannot honour (they answered 500)
+    ("pattern a{1000}{1000}", {"type": "string", "pattern": "a{1000}{1000}"}, "not a valid JSON schema"),
+    ("pattern ^a{100000}$", {"type": "string", "pattern": "^a{100000}$"}, "cannot be enforced (lexer error"),
+    ("a property requiring itself", {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]},
+     "cannot be enforced (parser error: Too many items"),
+]
 SURROGATE = b'{"messages": [{"role": "user", "content": "a \\ud800 b"}], "max_tokens": 2}'
+DEEP = b"[" * 100_000 + b"]" * 100_000
+# a string that ends in an escaped backslash ("a\\"), then nesting that a scanner which gets the escape
+# wrong takes for the inside of a string (it once reached the parser and answered 500)
+ESCAPED_BACKSLASH_THEN_DEEP = (b'{"messages": [{"role": "user", "content": "a\\\\"}], "user": "x", "stop": '
+                               + DEEP + b', "z": ""}')
+UTF16 = json.dumps({"messages": MESSAGES, "max_tokens": 2}).encode("utf-16")  # (with its byte order mark)
 HOSTILE = [  # (what, body, path, extra headers, status, words in the message)
     ("a 1M-character stop string", {"messages": MESSAGES, "stop": "x" * 1_000_000}, "/v1/chat/completions", {}, 422,
      "stop: a stop string has at most 1000 characters"),
@@ -95,7 +118,8 @@ HOSTILE = [  # (what, body, path, extra headers, status, words in the message)
      "messages.0.content: a lone surrogate (\\ud800 at character 2)"),
     ("a lone surrogate in a key", b'{"messages": [], "\\udfff": 1}', "/v1/chat/completions", {}, 422,
      "a lone surrogate"),
-    ("invalid UTF-8", b'{"messages": "\xff\xfe"}', "/v1/chat/completions", {}, 400, "not valid JSON"),
+    ("invalid UTF-8", b'{"messages": "\xff\xfe"}', "/v1/chat/completions", {}, 400,
+     "not UTF-8 (invalid start byte at byte 14)"),
     ("100k-deep nesting", b"[" * 100_000 + b"]" * 100_000, "/v1/chat/completions", {}, 400,
      "nests 100000 levels deep; at most 64"),
     ("deep nesting inside a string is fine, a deep tool schema is not",
@@ -103,6 +127,23 @@ HOSTILE = [  # (what, body, path, extra headers, status, words in the message)
                  "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
                      "type": "array", "items": json.loads("[" * 70 + "]" * 70)}}}}).encode(),
      "/v1/chat/completions", {}, 400, "nests 74 levels deep"),
+    *[(f"an escaped backslash, then 100k-deep nesting ({path})", ESCAPED_BACKSLASH_THEN_DEEP, path, PASS, 400,
+       "nests 100001 levels deep; at most 64") for path in ("/chat/completions", "/v1/chat/completions",
+                                                            "/v1/completions")],
+    ("UTF-16 with its byte order mark", UTF16, "/v1/chat/completions", {}, 400, "not UTF-8"),
+    ("UTF-8 with a byte order mark", b"\xef\xbb\xbf" + json.dumps({"messages": MESSAGES}).encode(),
+     "/v1/chat/completions", {}, 400, "byte order mark"),
+    *[(f"a json_schema {what} ({path})", {"messages": MESSAGES, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}, path, {}, 422,
+       f"response_format.json_schema.schema: {words}") for path in ("/chat/completions", "/v1/chat/completions")
+      for what, schema, words in UNENFORCEABLE],
+    *[(f"a tool whose parameters are {what} (tool_choice {choice})", {"messages": MESSAGES, "tool_choice": choice,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"x": schema}, "required": ["x"]}}}]}, "/v1/chat/completions", {}, 422,
+       f"tools.0.function.parameters: {words}") for what, schema, words in UNENFORCEABLE
+      for choice in ("required", {"type": "function", "function": {"name": "f"}})],
+    ("a field named with a newline (found by the mutation fuzzing: the message was two lines)",
+     {"messages": MESSAGES, "\n": 1}, "/v1/chat/completions", {}, 422, "\\x0a: Extra inputs are not permitted"),
     ("NaN", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', "/v1/chat/completions", {},
      400, "NaN is not a JSON number"),
     ("seed 2**64", {"messages": MESSAGES, "seed": 2**64}, "/v1/chat/completions", {}, 422,
@@ -137,12 +178,120 @@ def test_hostile_request_is_answered_4xx_fast_and_the_connection_stays_usable(se
         took = time.perf_counter() - started
         assert (got, answer["error"]["status"]) == (status, status), answer
         assert words in answer["error"]["message"], answer["error"]["message"]
-        assert took < 1.0, f"{what}: {took:.2f} s"
+        assert took < 2.0, f"{what}: {took:.2f} s"
         assert answer_headers.get("connection") != "close"
         ok, _, answer = conn.request({"messages": MESSAGES, "max_tokens": 2})  # the same connection
         assert ok == 200 and answer["usage"]["completion_tokens"] <= 2
     finally:
         conn.close()
+
+
+def test_a_schema_no_output_within_max_tokens_can_satisfy_is_cut_at_max_tokens(server):
+    """Documented (README, engine.generation.constrained): minItems 10**9 is enforced as far as max_tokens goes."""
+    conn = Connection(server)
+    try:
+        status, _, answer = conn.request({"messages": MESSAGES, "max_tokens": 3, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "minItems": 10**9}}}})
+        assert status == 200 and answer["choices"][0]["finish_reason"] == "length"
+        assert answer["choices"][0]["message"]["content"].lstrip().startswith("[")
+    finally:
+        conn.close()
+
+
+def test_grammars_are_compiled_neither_on_the_event_loop_nor_in_the_worker(server, monkeypatch):
+    """One slow schema must not stall every stream: llguidance compiles where the request is
+    prepared (a thread of its own), and the worker only copies the compiled matcher."""
+    import asyncio
+    import threading
+
+    from npinfer.engine.generation import constrained
+
+    where, real = [], constrained.Grammar.__init__
+
+    def recorded(self, *args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            where.append("the event loop")
+        except RuntimeError:
+            where.append(threading.current_thread().name)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(constrained.Grammar, "__init__", recorded)
+    conn = Connection(server)
+    try:
+        status, _, answer = conn.request({"messages": MESSAGES, "max_tokens": 2, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}})
+    finally:
+        conn.close()
+    assert status == 200 and where and not {"the event loop", "npinfer-scheduler"} & set(where), where
+
+
+def test_brackets_quotes_and_backslashes_inside_strings_are_text(server):
+    """A message holding a backslash, a quote and then 100 '[' is content, not nesting (the old
+    scanner took the escaped quote for the string's end and refused it as "nests 103 levels deep")."""
+    conn = Connection(server)
+    try:
+        for content in ['\\"' + "[" * 100, "\\" + "[" * 100 + '"', '\\\\\\"{' * 80]:
+            status, _, answer = conn.request({"messages": [{"role": "user", "content": content}], "max_tokens": 1})
+            assert status == 200, answer
+    finally:
+        conn.close()
+
+
+UNPARSEABLE = [  # (what, the raw request, status, words)
+    ("a garbage request line", b"GARBAGE\r\n\r\n", 400, "illegal request line"),
+    ("a 1 MB header", b"GET /info HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n", 431,
+     "Receive buffer too long"),
+    ("two Host headers", b"GET /info HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n", 400,
+     "multiple Host"),
+]
+
+
+@pytest.mark.parametrize("what,raw,status,words", UNPARSEABLE, ids=[u[0] for u in UNPARSEABLE])
+def test_requests_h11_cannot_parse_get_a_json_error_body(server, what, raw, status, words):
+    """uvicorn answered these in plain text; now the error body of every other answer (and the
+    connection is closed, after the client has been able to read it)."""
+    conn = Connection(server)
+    try:
+        started = time.perf_counter()
+        conn.send(raw)
+        got, headers, answer = conn.answer()
+        assert (got, answer["error"]["status"], answer["error"]["code"]) == (status, status, "bad_request")
+        assert words in answer["error"]["message"] and headers["content-type"] == "application/json"
+        assert time.perf_counter() - started < 2
+        assert conn.closed_by_server(within=3)
+    finally:
+        conn.close()
+
+
+def test_a_kept_alive_connection_costs_what_a_fresh_one_does(server):
+    """Nagle's algorithm meeting the client's delayed ACK cost every request after the first on a
+    kept-alive connection 40 ms (the SDKs' connection pools): a GET /info took 44 ms there against
+    0.7 ms on a fresh connection. TCP_NODELAY on the accepted sockets (`listen` makes sockets
+    asyncio does not set it on)."""
+    def median_ms(requests) -> float:
+        times = []
+        for request in requests:
+            started = time.perf_counter()
+            request()
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2] * 1e3
+
+    kept = Connection(server)
+    try:
+        info = lambda conn: conn.request(b"", "/info", {"Content-Type": None}, method="GET")  # noqa: E731
+        info(kept)
+        kept_ms = median_ms([lambda: info(kept)] * 21)
+
+        def fresh():
+            conn = Connection(server)
+            info(conn)
+            conn.close()
+
+        fresh_ms = median_ms([fresh] * 21)
+    finally:
+        kept.close()
+    assert kept_ms < max(3 * fresh_ms, 10), (kept_ms, fresh_ms)
 
 
 @pytest.mark.parametrize("seed", [-1, -2**63, 0, 2**63, 2**64 - 1])
@@ -224,3 +373,108 @@ def test_a_loopback_server_answers_loopback_hosts(server):
             assert status == 403 and answer["error"]["code"] == "forbidden_host", host
     finally:
         conn.close()
+
+
+# --------------------------------------------------------------------------- mutation fuzzing
+VALID = [  # (path, body): requests the server answers 200, the seeds of the mutations
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "Hi there"}],
+                              "max_tokens": 2, "temperature": 0.7, "top_p": 0.9, "seed": 3, "stop": ["\n"],
+                              "logprobs": True, "top_logprobs": 2, "logit_bias": {"5": -1.5}, "n": 1}),
+    ("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 2, "stream": True,
+                              "stream_options": {"include_usage": True}}),
+    ("/chat/completions", {"messages": MESSAGES, "max_tokens": 2, "presence_penalty": 0.5,
+                           "response_format": {"type": "json_object"}}),
+    ("/v1/completions", {"prompt": "Once upon", "max_tokens": 2, "logprobs": 1}),
+    ("/v1/completions", {"prompt": [1, 5, 9], "max_tokens": 2}),
+]
+
+
+def json_values():
+    from hypothesis import strategies as st
+
+    scalars = (st.none() | st.booleans() | st.integers() | st.integers(-2**70, 2**70)
+               | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+               | st.sampled_from(["", "\x00", "\ud7ff", "a\\\\", '"', "[" * 70, "user", "tool", "function", "auto",
+                                  "json_schema", "-1", "1e999", "\u202e"]))
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(max_size=8) | st.sampled_from(["role", "content", "type", "name", "schema", "function"]), inner,
+        max_size=3), max_leaves=8)
+
+
+def mutated(draw, body):
+    """`body` with one to three mutations: a value replaced by any JSON value, a key removed,
+    an unknown key added, a list item repeated; each at a random place of the tree."""
+    import copy
+
+    from hypothesis import strategies as st
+
+    body = copy.deepcopy(body)
+    for _ in range(draw(st.integers(1, 3))):
+        places = []  # (container, key) of every value in the tree
+
+        def walk(node):
+            for key in (list(node) if isinstance(node, dict) else range(len(node)) if isinstance(node, list) else ()):
+                places.append((node, key))
+                walk(node[key])
+
+        walk(body)
+        container, key = draw(st.sampled_from(places)) if places else (body, "messages")
+        action = draw(st.sampled_from(["replace", "replace", "remove", "add", "repeat"]))
+        if action == "replace" or (action == "remove" and isinstance(container, list)):
+            container[key] = draw(json_values())
+        elif action == "remove" and key in container:  # (an emptied body: nothing left to remove)
+            del container[key]
+        elif action == "add" and isinstance(container, dict):
+            container[draw(st.text(min_size=1, max_size=12))] = draw(json_values())
+        elif action == "repeat" and isinstance(container, list):
+            container.append(copy.deepcopy(container[key]))
+    if "max_tokens" not in body and "max_completion_tokens" not in body:  # (the defaults: thousands of tokens)
+        body["max_tokens"] = 4
+    for key in ("max_tokens", "max_completion_tokens"):  # keep each generation short here
+        if isinstance(body.get(key), int) and not isinstance(body.get(key), bool) and body[key] > 4:
+            body[key] = 4
+    if isinstance(body.get("n"), int) and not isinstance(body["n"], bool) and body["n"] > 2:
+        body["n"] = 2
+    return body
+
+
+def test_mutated_valid_bodies_never_get_a_5xx_and_errors_are_well_formed(server):
+    """Hypothesis mutates valid requests of every route (types, values, fields); whatever comes
+    out is answered 2xx or with a well-formed 4xx error body whose status is the answer's."""
+    import httpx
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client = httpx.Client(base_url=server, timeout=60, headers={"extra-parameters": "pass-through"})
+
+    @st.composite
+    def requests(draw):
+        path, body = draw(st.sampled_from(VALID))
+        return path, mutated(draw, body)
+
+    @given(requests())
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(request):
+        path, body = request
+        r = client.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+        assert r.status_code < 500, (r.status_code, r.text[:500], body)
+        if r.status_code >= 400:
+            error = r.json()["error"]
+            assert set(error) == {"code", "message", "status"} and error["status"] == r.status_code, r.text
+            assert isinstance(error["code"], str) and error["message"] and "\n" not in error["message"], r.text
+        elif r.headers["content-type"].startswith("text/event-stream"):
+            lines = [x for x in r.text.split("\n") if x]
+            assert lines[-1] == "data: [DONE]" and all(x.startswith("data: ") for x in lines), r.text[:500]
+            for x in lines[:-1]:
+                event = json.loads(x[6:])
+                assert event.get("object") == "chat.completion.chunk" or set(event) == {"error"}, x
+        else:
+            assert r.json()["object"] in ("chat.completion", "text_completion"), r.text[:500]
+
+    try:
+        for path, body in VALID:  # the seeds themselves are answered
+            assert client.post(path, json=body).status_code == 200, (path, body)
+        check()
+    finally:
+        client.close()

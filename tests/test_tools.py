@@ -21,7 +21,7 @@ from test_tokenizer_chat import hf_template_dir
 
 from npinfer.tokenizer.chat import chat_format_for, chat_tool_syntax, render_chat
 from npinfer.tokenizer.errors import ChatFormatError
-from npinfer.tokenizer.files import load_tokenizer
+from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, TINY_TOKENIZER_VERSION, load_tokenizer
 from npinfer.tokenizer.tekken import DEPRECATED_SPECIAL_TOKENS
 from npinfer.tokenizer.tools import ToolCallParser, ToolSyntax
 
@@ -53,6 +53,9 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("tekken")
     paths = {k: (DATA / f, fmt) for k, (f, fmt) in SPM.items()}
     paths |= {k: (tekken_file(d, v), fmt) for k, (v, fmt) in TEKKEN.items()}
+    tiny = d / f"tiny_tokenizer.model.{TINY_TOKENIZER_VERSION}"  # what the tiny checkpoints ship, named as a v7 file
+    shutil.copy(TINY_TOKENIZER_PATH, tiny)
+    paths["tiny-v7"] = (tiny, "mistral-v7")
     return {k: (load_tokenizer(p), MistralTokenizer.from_file(str(p)), fmt, p) for k, (p, fmt) in paths.items()}
 
 
@@ -99,7 +102,7 @@ CHATS = [
 ]
 
 
-@pytest.mark.parametrize("case", list(SPM) + list(TEKKEN))
+@pytest.mark.parametrize("case", list(SPM) + list(TEKKEN) + ["tiny-v7"])
 def test_tool_chats_identical_to_mistral_common(files, case):
     ours, ref, fmt, _ = files[case]
     agreed_errors = 0
@@ -211,6 +214,7 @@ def test_v1_has_no_tools():
 def test_tokenize_chat_auto_gives_mistral_common_ids(files, tmp_path):
     """The done-when: JSON-object lines with tools, on the v3, v7 and tekken files."""
     lines = [{"messages": m, "tools": TOOLS} for m in CHATS[:3]] + [CHATS[2]]
+    lines.append({"messages": with_object_arguments(CHATS[2]), "tools": TOOLS})  # arguments as an object (HF's way)
     stdin = "".join(json.dumps(line) + "\n" for line in lines)
     realistic = tmp_path / "hub-style"  # tokenizer.model beside tokenizer.model.v3, as Mistral's repos ship
     realistic.mkdir()
@@ -367,3 +371,59 @@ def test_parser_sees_copies_independently():
     feed(b, ["plain"])
     assert len(a.finish()[1]) == 1 and b.finish() == ("", [])
     assert copy.deepcopy(a).calling
+
+
+def with_object_arguments(messages):
+    """The chat with each call's arguments given as the JSON object itself where they are one (as
+    transformers' templates and many clients pass them), the rest as they were."""
+    def obj(arguments):
+        try:
+            value = json.loads(arguments)
+        except ValueError:
+            return arguments
+        return value if isinstance(value, dict) else arguments
+
+    return [m | {"tool_calls": [c | {"function": c["function"] | {"arguments": obj(c["function"]["arguments"])}}
+                                for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+
+
+@pytest.mark.parametrize("case", list(SPM) + list(TEKKEN))
+def test_call_arguments_given_as_objects_render_as_mistral_common_renders_them(files, case):
+    """mistral-common takes a dict (FunctionCall.validate_arguments): the same ids as the text form."""
+    ours, ref, fmt, _ = files[case]
+    rendered = 0
+    for k, messages in enumerate(CHATS):
+        objects = with_object_arguments(messages)
+        if objects == messages:
+            continue
+        assert any(isinstance(c["function"]["arguments"], dict) for m in objects for c in m.get("tool_calls") or [])
+        try:
+            expected = reference(ref, objects, TOOLS)
+        except Exception:  # the reference refuses the chat (v1-v3 rules): so must we
+            with pytest.raises(ChatFormatError):
+                render_chat(ours, objects, fmt, TOOLS)
+            continue
+        assert render_chat(ours, objects, fmt, TOOLS) == expected == render_chat(ours, messages, fmt, TOOLS), k
+        rendered += 1
+    assert rendered >= 1
+
+
+def test_call_arguments_given_as_objects_reach_an_hf_template_as_transformers_hands_them(hf_dir):
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(str(hf_dir))
+    ours = load_tokenizer(hf_dir / "tokenizer.json")
+    for messages in map(with_object_arguments, CHATS[1:3]):
+        expected = ref.apply_chat_template(messages, tools=TOOLS, add_generation_prompt=True, tokenize=True,
+                                           return_dict=False)
+        assert render_chat(ours, messages, "hf-template", TOOLS) == list(expected)
+
+
+@pytest.mark.parametrize("arguments", [[1, 2], 5, None])
+def test_call_arguments_neither_text_nor_an_object_are_refused(files, arguments):
+    ours, _, fmt, _ = files["spm-v7"]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call("abcdefghi", "time",
+                                                                                           arguments)]},
+                {"role": "tool", "tool_call_id": "abcdefghi", "content": "noon"}]
+    with pytest.raises(ChatFormatError, match=r"tool_calls.0 must be .*arguments \(a JSON string, or a JSON object\)"):
+        render_chat(ours, messages, fmt, TOOLS)

@@ -43,25 +43,16 @@ Normalization (``InstructRequestNormalizer``): the text parts of one message are
 ``"\\n\\n"`` (empty ones skipped); a v1-v3 system message with empty content is dropped, v7+
 keep it; tool-call arguments, and v1-v3 tool results, are re-serialized JSON when they parse as
 JSON (``_normalize_json_content``, empty -> ``{}``), and are then put in the format's JSON as the
-parsed value. An assistant content that is a plain string loses its trailing spaces (v2+); one
-with a thinking part is encoded part by part, unstripped. The same rules hold for sentencepiece
-and tekken files: only ``enc`` differs. Versions after v13 are rendered as v13 (not checked
-against mistral-common).
+parsed value. A call's ``arguments`` may be the JSON object itself rather than its text (as
+transformers' chat templates and many clients pass them): mistral-common serializes it
+(``FunctionCall.validate_arguments``), so it renders as the same object given as text does; an
+HF template gets it as given, as transformers hands it over. An assistant content that is a
+plain string loses its trailing spaces (v2+); one with a thinking part is encoded part by part,
+unstripped. The same rules hold for sentencepiece and tekken files: only ``enc`` differs.
+Versions after v13 are rendered as v13 (not checked against mistral-common).
 
-**hf-template**: the Jinja2 ``chat_template`` of ``tokenizer_config.json`` (or
-``chat_template.jinja``) next to the tokenizer file, rendered as transformers'
-``apply_chat_template(messages, tools=tools, add_generation_prompt=True, **template_kwargs)``
-does (``utils/chat_template_utils.py``): keys whose value is None dropped from each message
-(``_normalize_chat_messages``), reasoning copied to ``thinking`` and ``reasoning_content``
-(``_alias_reasoning_fields``), the ``tool_use`` template of a list of named templates when tools
-are given; an ``ImmutableSandboxedEnvironment`` with ``trim_blocks``, ``lstrip_blocks`` and
-``loopcontrols``, the ``tojson`` filter that does not escape HTML, ``raise_exception``,
-``strftime_now``, and the tokenizer's special-token strings (``bos_token``, ...) as variables,
-which `template_kwargs` (e.g. ``enable_thinking``) override. A tokenizer that carries its own
-template (a GGUF's ``tokenizer.chat_template``, and ``tokenizer.chat_template.tool_use`` for
-a chat with tools) uses it, with the special tokens its metadata names as variables. The text
-is tokenized with ``add_special_tokens=False``: special-token strings in it become their ids
-(:meth:`Tokenizer.encode_with_special_tokens`).
+**hf-template**: the model's Jinja2 chat template, rendered as transformers renders it, within
+bounds of length and time (:mod:`tokenizer.hf_template`).
 
 Roles are checked first, for every format (:func:`validate_messages`): an optional ``system``
 message, then ``user`` and ``assistant`` turns alternating, where an assistant turn with tool
@@ -72,11 +63,11 @@ another assistant turn; the chat ends with a user turn or with the last call's r
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 
-from .base import Tokenizer, read_tokenizer_config
+from .base import Tokenizer
 from .errors import ChatFormatError, TokenizerError
+from .hf_template import carried_template, find_chat_template, render_hf_template
 from .tools import MISTRAL_ID_RE, NAME_RE, check_tools, mistral_tool_dump, tool_syntax
 
 VERSIONS = {"mistral-v1": 1, "mistral-v2": 2, "mistral-v3": 3, "mistral-v7": 7, "mistral-v11": 11, "mistral-v13": 13}
@@ -181,9 +172,10 @@ def _check_calls(calls, k: int) -> None:
     ids = set()
     for j, c in enumerate(calls):
         fn = c.get("function") if isinstance(c, dict) else None
-        if not isinstance(fn, dict) or not isinstance(c.get("id"), str) or not isinstance(fn.get("arguments"), str):
+        if not isinstance(fn, dict) or not isinstance(c.get("id"), str) \
+                or not isinstance(fn.get("arguments"), (str, dict)):
             raise ChatFormatError(f"message {k}: tool_calls.{j} must be {{id, type: function, "
-                                  "function: {name, arguments (a JSON string)}}")
+                                  "function: {name, arguments (a JSON string, or a JSON object)}}")
         if not isinstance(fn.get("name"), str) or not NAME_RE.match(fn["name"]):
             raise ChatFormatError(f"message {k}: tool_calls.{j}.function.name {fn.get('name')!r} must be 1-64 "
                                   "of a-z, A-Z, 0-9, _ and -")
@@ -193,8 +185,11 @@ def _check_calls(calls, k: int) -> None:
 
 
 # --------------------------------------------------------------------------- Mistral formats
-def _json_value(text: str | None):
-    """``_normalize_json_content`` then ``_parse_json_content``: the parsed JSON, or the text."""
+def _json_value(text: str | dict | None):
+    """``_normalize_json_content`` then ``_parse_json_content``: the parsed JSON, or the text (a
+    JSON object given as itself, as call arguments may be, is that object)."""
+    if isinstance(text, dict):
+        return text
     if not text:
         return {}
     try:
@@ -213,7 +208,7 @@ def render_chat(tok: Tokenizer, messages: list[dict], fmt: str, tools: list[dict
     validate_messages(messages)
     check_tools(tools)
     if fmt == "hf-template":  # tools as given: None and [] are not the same to a template
-        return _render_hf_template(tok, messages, tools, template_kwargs or {})
+        return render_hf_template(tok, messages, tools, template_kwargs or {})
     if fmt not in FORMATS:
         raise ChatFormatError(f"unknown chat format {fmt!r} (known: {', '.join(FORMATS)})")
     if template_kwargs:
@@ -336,101 +331,6 @@ class _MistralChat:
         return [begin, *self.enc(content), end]
 
 
-# --------------------------------------------------------------------------- Hugging Face chat templates
-def _model_dir(path) -> Path:
-    p = Path(path)
-    return p if p.is_dir() else p.parent
-
-
-def find_chat_template(path, tools: bool = False) -> str | None:
-    """The chat template for a model directory or tokenizer file, or None.
-
-    ``chat_template.jinja`` (transformers >= 4.50 writes it) or the ``chat_template`` field of
-    ``tokenizer_config.json``; of a list of named templates, ``tool_use`` when the chat has tools
-    and the list has one, else ``default`` (transformers' ``get_chat_template``).
-    """
-    d = _model_dir(path)
-    if (d / "chat_template.jinja").is_file():
-        return (d / "chat_template.jinja").read_text(encoding="utf-8")
-    template = read_tokenizer_config(d).get("chat_template")
-    if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("tool_use") if tools and "tool_use" in named else named.get("default")
-    return template if isinstance(template, str) and template else None
-
-
-def _special_token_strings(directory: Path) -> dict[str, str]:
-    """``special_tokens_map`` as transformers passes it to the template."""
-    cfg = read_tokenizer_config(directory)
-    out = {}
-    for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
-        value = cfg.get(key)
-        if isinstance(value, dict):
-            value = value.get("content")
-        if isinstance(value, str):
-            out[key] = value
-    return out
-
-
-def _carried_template(tok: Tokenizer, tools: bool) -> str | None:
-    """The template a tokenizer carries itself (a GGUF's): its ``tool_use`` one for a chat with
-    tools if it has one, else its default (transformers' ``get_chat_template`` on a dict of them)."""
-    if tools and "tool_use" in tok.named_chat_templates:
-        return tok.named_chat_templates["tool_use"]
-    return tok.chat_template
-
-
-REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")  # transformers' _REASONING_FIELDS
-
-
-def template_messages(messages: list[dict]) -> list[dict]:
-    """The messages as transformers hands them to a template: None values dropped, reasoning aliased."""
-    out = []
-    for m in messages:
-        m = {key: value for key, value in m.items() if value is not None}
-        reasoning = next((m[key] for key in REASONING_FIELDS if m.get(key) is not None), None)
-        if reasoning is not None:
-            m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
-        out.append(m)
-    return out
-
-
-def _render_hf_template(tok: Tokenizer, messages: list[dict], tools: list[dict] | None,
-                        template_kwargs: dict) -> list[int]:
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    template = _carried_template(tok, bool(tools)) or find_chat_template(tok.path, tools=bool(tools))
-    if template is None:
-        raise ChatFormatError(f"hf-template: no chat_template next to {tok.path}")
-    if not isinstance(template_kwargs, dict):
-        raise ChatFormatError("hf-template: chat template variables must be a JSON object")
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    own = dict(tok.template_tokens) if tok.chat_template else _special_token_strings(_model_dir(tok.path))
-    variables = own | template_kwargs
-    try:
-        text = env.from_string(template).render(
-            messages=template_messages(messages), tools=tools, documents=None,
-            add_generation_prompt=True, **variables)
-    except jinja2.exceptions.TemplateError as e:
-        message = " ".join(str(e).split())
-        raise ChatFormatError(f"hf-template: {message}") from None
-    except (TypeError, ValueError, AttributeError) as e:  # a template tripping over unexpected input
-        raise ChatFormatError(f"hf-template: the template failed on this chat ({type(e).__name__}: {e})") from None
-    return tok.encode_with_special_tokens(text)
-
-
 # --------------------------------------------------------------------------- which format
 def _version(model_dir_or_tokenizer_path, tok: Tokenizer) -> str | None:
     """The tokenizer's Mistral version; for an unversioned ``tokenizer.model``, the version of a
@@ -477,7 +377,7 @@ def chat_tool_syntax(tok: Tokenizer, fmt: str):
     """The :class:`tokenizer.tools.ToolSyntax` of chat format `fmt` (None: it has no tool calls)."""
     if fmt != "hf-template":
         return tool_syntax(tok, fmt, None)
-    template = _carried_template(tok, True) or find_chat_template(tok.path, tools=True)
+    template = carried_template(tok, True) or find_chat_template(tok.path, tools=True)
     return tool_syntax(tok, fmt, template)
 
 

@@ -15,8 +15,8 @@ a GGUF's metadata           ``gguf_vocab.from_gguf``        sentencepiece (``lla
 ==========================  ==============================  ==============================
 
 All of them share one BPE merge loop (:mod:`tokenizer.bpe`) and one streaming
-decoder (:mod:`tokenizer.stream`); chat formats are in :mod:`tokenizer.chat`, tool
-definitions and the model's tool calls in :mod:`tokenizer.tools`.
+decoder (:mod:`tokenizer.stream`); chat formats are in :mod:`tokenizer.chat` (HF chat templates
+in :mod:`tokenizer.hf_template`), tool definitions and the model's tool calls in :mod:`tokenizer.tools`.
 The ``tokenizer`` package imports no other npinfer package.
 
 Usage::
@@ -51,6 +51,8 @@ from .sentencepiece_bpe import SentencePieceTokenizer
 from .tekken import TekkenTokenizer
 
 TINY_TOKENIZER_PATH = str(Path(__file__).parent / "data" / "tiny_tokenizer.model")
+TINY_TOKENIZER_VERSION = "v7"  # its Mistral instruct version: its control tokens are v7's (data/train_tiny.py)
+
 
 def find_tokenizer_file(directory: str | os.PathLike) -> str:
     """The tokenizer file :func:`load_tokenizer` uses in ``directory`` (rule above)."""

@@ -9,7 +9,8 @@ and a call, in an assistant message or a response::
 
     {"id": "D681PevKs", "type": "function", "function": {"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}}
 
-(``arguments`` is a JSON *string*). How a chat format renders them is in :mod:`tokenizer.chat`;
+(``arguments`` is a JSON *string*; in a chat's assistant messages it may also be the JSON object
+itself, as transformers' templates take it). How a chat format renders them is in :mod:`tokenizer.chat`;
 this module checks them (:func:`check_tools`, as mistral-common's ``MistralRequestValidator``
 does) and reads the model's own calls back out of its output.
 

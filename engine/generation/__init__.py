@@ -5,7 +5,7 @@
     events.py       what it produces (`Delta`, `Finish`, `PromptLogprobs`, `Usage`) and `collect`
     sampling.py     logit bias, penalties, grammar mask, temperature, top_p, seeds
     stops.py        stop strings, matched as the text streams
-    constrained.py  constrained decoding with llguidance (JSON, JSON schemas, tool calls)
+    constrained.py  constrained decoding with llguidance (JSON, JSON schemas, tool calls), its budgets
     scheduler.py    continuous batching: the server's worker thread, its budgets and its errors
     chat_model.py   a model with its tokenizer and chat format (`load_chat_model`)
 

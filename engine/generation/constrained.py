@@ -7,9 +7,24 @@ of the grammar. Generation (`engine.generation.request`) ANDs that set into the 
 the penalties, before temperature and top_p (`engine.generation.sampling`); logprobs stay the raw model's.
 
     grammar = Grammar(tok, json_grammar(schema), vocab_size, eos_ids)   # compiled once per request
-    m = grammar.matcher()                                                # one per choice
+    m = grammar.matcher()                                                # one per choice (a copy)
     allowed = m.allowed()      # bool [V]
     m.consume(token_id)        # after sampling; m.done: only EOS may follow
+
+**Budgets.** A schema can ask for more than any grammar engine should build (``pattern:
+"^a{100000}$"``, a property that requires itself). llguidance bounds its own work (`LIMITS`: the
+fuel of its regex analysis at compile time and at each step, the Earley items of a step, the
+lexer states, the grammar's size; each ~tens of milliseconds at most), and reports what it
+refused; but much of it is done lazily, at the first tokens. So `Grammar` compiles the grammar
+once, in the thread that prepares the request (never on the event loop nor in the scheduler's
+worker: choices copy the compiled matcher), and then *probes* it: two walks of PROBE_STEPS
+tokens through it (always the lowest allowed id, always the highest), which build the lexer
+states and Earley rows the first tokens need. A grammar that fails there is a `GrammarError`
+naming the field (``response_format.json_schema.schema``, or ``tools.K.function.parameters``:
+each tool is compiled alone first) and llguidance's reason: a 422, at once. One that fails
+later, at a token no probe reached, ends its request with the same error (`Matcher`) rather
+than a 500. A schema no output within ``max_tokens`` can satisfy (``minItems: 10**9``) is not
+detected: it is enforced as far as ``max_tokens`` goes (finish_reason ``length``).
 
 What gets constrained (`plan` builds the grammar of a request):
 
@@ -51,7 +66,11 @@ NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": Fals
 
 
 class GrammarError(NpinferError, ValueError):
-    """A schema or grammar llguidance cannot compile; the message names the field."""
+    """A schema or grammar llguidance cannot compile (or enforce); the message names the field."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason  # llguidance's words, when it gave up
 
 
 # --------------------------------------------------------------------------- the tokenizer
@@ -146,43 +165,93 @@ def tool_grammar(syntax, tools: list[dict], parallel: bool, json_schema: dict | 
     return "\n".join([start, *lines]) + "\n"
 
 
+PROBE_STEPS = 16  # tokens of each probe walk (module docstring)
+
+
+@functools.cache
+def limits():
+    """llguidance's resource limits (its defaults, written out; rates from its documentation)."""
+    import llguidance
+
+    return llguidance.LLParserLimits(
+        initial_lexer_fuel=1_000_000,  # regex analysis at compile time (~50k/ms: ~20 ms)
+        step_lexer_fuel=200_000,  # per token (~14k/ms: ~15 ms)
+        step_max_items=50_000,  # Earley items per token (~20k/ms: ~2.5 ms)
+        max_items_in_row=2_000,
+        max_lexer_states=250_000,  # ~1-2 kB each
+        max_grammar_size=500_000,  # symbols in the productions
+        verbose_errors=False)  # (the parser's state is no business of the client's)
+
+
+def _reason(error: str) -> str:
+    """llguidance's error in one line of at most 300 characters."""
+    return " ".join(error.split("<state>")[0].replace("<non-verbose/>", "").split())[:300]
+
+
 class Grammar:
-    """A grammar compiled for one tokenizer and vocabulary: make one matcher per choice."""
+    """A grammar compiled (and probed) for one tokenizer and vocabulary: make one matcher per choice."""
 
     def __init__(self, tok, lark: str, vocab_size: int, eos: tuple[int, ...], where: str = "grammar"):
         import llguidance
 
         self.lltok = lltokenizer(tok, vocab_size, tuple(eos))
-        self.grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-        self.vocab_size = vocab_size
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self.grammar, self.lltok)
+        self.vocab_size, self.where, self.eos = vocab_size, where, tuple(eos)
+        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.lltok,
+                                                                                 limits=limits())
         if is_error:
-            raise GrammarError(f"{where}: cannot be enforced ({' '.join(messages[0].split())[:300]})")
+            raise GrammarError(f"{where}: cannot be enforced ({_reason(messages[0])})")
+        self.compiled = llguidance.LLMatcher(self.lltok, grammar, log_level=0, limits=limits())
+        if self.compiled.is_error():
+            raise GrammarError(f"{where}: cannot be enforced ({_reason(self.compiled.get_error())})")
+        for pick in (min, max):
+            self._probe(pick)
+
+    def _probe(self, pick) -> None:
+        """Walk PROBE_STEPS tokens, each `pick` of the allowed ids (EOS aside); a GrammarError if
+        llguidance gives up on the way."""
+        m = self.matcher()
+        try:
+            for _ in range(PROBE_STEPS):
+                allowed = np.flatnonzero(m.allowed())  # [k]
+                allowed = allowed[~np.isin(allowed, self.eos)]
+                if m.done or not len(allowed):
+                    return
+                m.consume(int(pick(allowed)))
+        except GrammarError as e:
+            raise GrammarError(f"{self.where}: cannot be enforced ({e.reason})", e.reason) from None
 
     def matcher(self) -> Matcher:
         return Matcher(self)
 
 
 class Matcher:
-    """One choice's position in the grammar."""
+    """One choice's position in the grammar: a copy of the compiled one (copying is cheap; the
+    lexer's states are shared)."""
 
     def __init__(self, grammar: Grammar):
-        import llguidance
-
-        self.m = llguidance.LLMatcher(grammar.lltok, grammar.grammar, log_level=0)
-        self.vocab_size = grammar.vocab_size
+        self.m = grammar.compiled.deep_copy()
+        self.vocab_size, self.where, self.consumed = grammar.vocab_size, grammar.where, 0
         self.bits = np.zeros((grammar.vocab_size + 31) // 32, dtype=np.int32)  # [ceil(V/32)], llguidance's bitmask
-        if self.m.is_error():
-            raise GrammarError(f"grammar: {self.m.get_error()}")
 
     def allowed(self) -> np.ndarray:
         """bool [V]: the tokens that keep the output in the grammar (EOS once it is complete)."""
         self.m.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
+        self._check()
         return np.unpackbits(self.bits.view(np.uint8), bitorder="little")[:self.vocab_size].astype(bool)  # [V]
 
     def consume(self, token_id: int) -> None:
-        if not self.m.consume_token(token_id):
-            raise RuntimeError(f"token {token_id} was outside the grammar: {self.m.get_error()}")
+        self.m.consume_token(token_id)
+        self.consumed += 1
+        self._check()
+
+    def _check(self) -> None:
+        """llguidance gave up (a resource limit met at a token no probe reached): the request ends
+        with the field and the reason, as its compilation would have."""
+        if self.m.is_error():
+            reason = _reason(self.m.get_error())
+            raise GrammarError(f"{self.where}: cannot be enforced past {self.consumed} generated tokens "
+                               f"({reason})", reason)
 
     @property
     def done(self) -> bool:
@@ -208,16 +277,32 @@ def plan(tok, vocab_size: int, eos: tuple[int, ...], syntax, tools: list[dict], 
             raise GrammarError(f"{where}: this model's chat format has no known tool-call syntax, "
                                "so calls cannot be enforced (use tool_choice auto)")
         chosen = tools if tool_choice == "required" else [t for t in tools if t["function"]["name"] == tool_choice]
+        if len(chosen) == 1:  # its calls alone: the grammar is that tool's
+            where = f"tools.{next(k for k, t in enumerate(tools) if t is chosen[0])}.function.parameters"
+        else:
+            _each_tool(tok, vocab_size, eos, syntax, tools, chosen, parallel)
         return Grammar(tok, tool_grammar(syntax, chosen, parallel), vocab_size, eos, where), ()
     if json_wanted:
         where = "response_format" + (".json_schema.schema" if schema is not None else "")
         if tools and tool_choice == "auto" and syntax is not None:
+            _each_tool(tok, vocab_size, eos, syntax, tools, tools, parallel)
+            Grammar(tok, json_grammar(schema, lead), vocab_size, eos, where)  # the JSON alone names its field
             lark = tool_grammar(syntax, tools, parallel, schema, json_too=True, json_lead=lead)
-            return Grammar(tok, lark, vocab_size, eos, where), ()
+            return Grammar(tok, lark, vocab_size, eos, "tools and response_format together"), ()
         return Grammar(tok, json_grammar(schema, lead), vocab_size, eos, where), ()
     if tools and tool_choice == "none" and syntax is not None and syntax.trigger is not None:
         return None, (syntax.trigger,)
     return None, ()
+
+
+def _each_tool(tok, vocab_size: int, eos: tuple[int, ...], syntax, tools: list[dict], chosen: list[dict],
+               parallel: bool) -> None:
+    """Compile the calls of each chosen tool alone (in the format's syntax: llguidance's limits
+    depend on the context a schema is in), so a schema that cannot be enforced is named
+    (``tools.K.function.parameters``) before the tools' grammar is compiled together."""
+    for k, tool in enumerate(tools):
+        if any(tool is c for c in chosen) and tool["function"].get("parameters"):
+            Grammar(tok, tool_grammar(syntax, [tool], parallel), vocab_size, eos, f"tools.{k}.function.parameters")
 
 
 def _dummy_prefix(tok) -> bool:

@@ -11,6 +11,7 @@ streamed answer and a collected one always hold the same text.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,13 +61,23 @@ class Usage:
 
 
 def token_logprob(tok, token_id: int, logprobs: np.ndarray, k: int) -> TokenLogprob:
+    """A token's logprob entry: its text and bytes (a control token, which has none, by its name,
+    ``[INST]``, as llama-server and vLLM write it), its logprob and the k most likely alternatives."""
+    names = _control_names(tok)
+
     def entry(i):
-        raw = tok.token_bytes(i)
+        raw = tok.token_bytes(i) or names.get(i, b"")
         return raw.decode("utf-8", errors="replace"), list(raw)
 
     best = top_logprobs(logprobs, k)
     top = [(*entry(i), lp) for i, lp in best]
     return TokenLogprob(*entry(token_id), float(logprobs[token_id]), top, (token_id, *(i for i, _ in best)))
+
+
+@functools.lru_cache(maxsize=8)
+def _control_names(tok) -> dict[int, bytes]:
+    """{id: its name's bytes} of the tokenizer's control tokens that have no bytes of their own."""
+    return {i: name.encode() for name, i in tok.special_tokens.items() if not tok.token_bytes(i)}
 
 
 Event = PromptLogprobs | Delta | Finish | Usage

@@ -103,6 +103,10 @@ class PromptTooLong(NpinferError):
     pass
 
 
+class LogitsNotFinite(NpinferError):
+    """The model computed NaN or infinite logits: nothing can be sampled (a checkpoint's fault)."""
+
+
 NOT_FINITE = ("a weight is NaN or infinite, or the activations overflowed: `npinfer logits MODEL --ids ... "
               "--dump-activations acts.npz` shows the first module where it happens")
 
@@ -111,7 +115,7 @@ def finite(logits: np.ndarray) -> np.ndarray:
     """`logits` [V] if every value is finite, else a one-line NpinferError (nothing can be
     sampled from NaN; a finite model never produces an infinite logit)."""
     if not np.isfinite(logits).all():
-        raise NpinferError(f"the model's logits are not finite ({NOT_FINITE})")
+        raise LogitsNotFinite(f"the model's logits are not finite ({NOT_FINITE})")
     return logits
 
 

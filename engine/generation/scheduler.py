@@ -32,11 +32,16 @@ recurrent states as they are).
 
 **The checkpoint changed on disk.** The weights are memory maps of the checkpoint's
 files; a file truncated under them would kill the process with SIGBUS at the next read
-of a page past its new end. Before every turn (so before each request is admitted, and
-between steps) the worker compares each mapped file's size, modification time and inode
-with those at load (`engine.load.mapped_files`); on any change every request ends with a 503 naming
-the file, and every later one is refused so, until the server is restarted. (A change
-that lands in the middle of a step is not caught before that step reads the file.)
+of a page past its new end. The scheduler holds a read lease on each mapped file
+(`engine.load.mapped_files`): a process that opens one for writing or truncates it is held by
+the kernel until the lease is given back. Before every turn (so before each request is
+admitted, and between steps; every LEASE_POLL seconds when idle) the worker looks whether a
+lease is breaking and compares each file's size, modification time and inode with those at
+load; on either, every request ends with `CheckpointChanged` (naming the file), the leases
+are given back (the writer goes on: nothing reads the weights any more), and every later
+request is refused so, until the server is restarted. A file that could not be leased
+(`Scheduler.unleased` says why) has the comparison only, which cannot catch a change that
+lands in the middle of a step.
 
 **Errors** are the scheduler's own (`SchedulerError` and its kinds): it knows requests, not
 HTTP; the server (`engine.serve.errors`) says which status each one is.
@@ -60,6 +65,7 @@ from npinfer.kernels.linear import SMALL_BATCH
 
 MAX_BATCH = SMALL_BATCH  # live sequences per decode step, at most: batch-invariant up to here
 DONE = object()  # the last item a job receives
+LEASE_POLL = 0.1  # seconds between looks at the leases while idle (a writer waits at most this long)
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ class Scheduler:
             raise NpinferError(f"max_batch must be in 1..{MAX_BATCH} (the batch-invariant batch size)")
         self.model, self.tok, self.limits, self.on_usage = model, tok, limits, on_usage
         self.files = MappedFiles.of(model)
+        self.unleased = self.files.lease()  # one line per mapped file without a read lease (module docstring)
         self.template = model.new_state()  # asked its size (nbytes_at), never run
         self.waiting: deque[Job] = deque()
         self.running: list[Running] = []
@@ -165,6 +172,7 @@ class Scheduler:
         with self.cond:
             self.broken = self.broken or self.files.changed()
             if self.broken:
+                self.cond.notify()  # the worker gives the leases back
                 raise CheckpointChanged(self.broken)
             if len(self.waiting) >= self.limits.max_queue:
                 raise QueueFull(f"the server is busy ({self.limits.max_queue} requests waiting); retry later")
@@ -176,13 +184,16 @@ class Scheduler:
             self.closing = True
             self.cond.notify()
         self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.files.release()
 
     # -- the worker thread
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not (self.closing or self.waiting or self.running):
-                    self.cond.wait()
+                while not (self.closing or self.waiting or self.running or (self.broken and self.files.leases)):
+                    if not self.cond.wait(LEASE_POLL if self.files.leases else None) and self.files.breaking():
+                        break  # a writer waits on a lease: the turn below gives it back
                 if self.closing:
                     return
             try:
@@ -196,12 +207,13 @@ class Scheduler:
     def _turn(self) -> None:
         # 1. the checkpoint
         if problem := self.broken or self.files.changed():
-            self.broken = problem
             with self.cond:
+                self.broken = problem
                 waiting, self.waiting = list(self.waiting), deque()
             for job in [r.job for r in self.running] + waiting:
                 self._end(job, CheckpointChanged(problem))
             self.running = []
+            self.files.release()  # nothing reads the weights any more: a writer held by a lease goes on
             return
         # 2. cancelled and late requests
         now = time.monotonic()
@@ -263,9 +275,15 @@ class Scheduler:
             return self.waiting.popleft()
 
     def _guarded(self, r: Running, step: Callable[[], list]) -> None:
-        """Run one request's part of a turn and send its events; if it fails, only it ends (500)."""
+        """Run one request's part of a turn and send its events; if it fails, only it ends: with
+        its own NpinferError (a grammar llguidance gave up on, logits that are not finite), or
+        with GenerationFailed (500) for anything else."""
         try:
             events = step()
+        except NpinferError as e:
+            self.running.remove(r)
+            self._end(r.job, e)
+            return
         except Exception as e:  # noqa: BLE001 -- a bug met by one request: it answers 500, the rest go on
             print(f"npinfer: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
             self.running.remove(r)

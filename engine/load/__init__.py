@@ -10,7 +10,7 @@
     gguf_checkpoint.py  GGUF files: metadata, tensors (ggml blocks kept as they are), the HF view
     tiny.py             small seeded random checkpoints (`npinfer tiny`, the tests' fixtures)
     default_model.py    the embedded tiny default, written once to the cache
-    mapped_files.py     the files the weights are mapped from, watched while a server runs
+    mapped_files.py     the files the weights are mapped from, leased and watched while a server runs
 
 Nothing here generates or serves: the packages above (`generation`, `serve`, `oracle`) import
 this one, never the other way.

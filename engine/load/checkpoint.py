@@ -74,8 +74,10 @@ def _read_json(path: Path) -> dict:
         data = json.loads(regular_file(path).read_text())
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError) as e:  # (a 5000-digit number is a ValueError of its own)
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deep)") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
@@ -85,8 +87,11 @@ def shards_of(index_path: Path) -> tuple[dict, list[str]]:
     """The weight_map of a shard index and its shard files, each a plain relative path
     inside the checkpoint folder (no ``..``, not absolute), or a one-line error."""
     weight_map = _read_json(index_path).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
+    if weight_map is None:
         raise CheckpointError(f"{index_path}: no 'weight_map'")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: 'weight_map' must be a non-empty object of tensor name -> shard file, "
+                              f"not {type(weight_map).__name__} {str(weight_map)[:40]}")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard or PurePosixPath(shard).is_absolute() \
                 or ".." in PurePosixPath(shard).parts or "\\" in shard:

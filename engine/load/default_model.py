@@ -1,9 +1,14 @@
 """The embedded default model: what `npinfer chat` and `npinfer serve` run without MODEL.
 
 It is the tiny Mistral of `engine.load.tiny` (seed 0, float32, the tiny 1024-piece
-tokenizer), written once per user to the cache directory and reused:
+tokenizer with Mistral's v7 control tokens, so its chat format is mistral-v7: tools, tool
+results and structured output work on it), written once per user to the cache directory
+and reused:
 
-    ~/.cache/npinfer/tiny-mistral-seed0/      ($XDG_CACHE_HOME/npinfer/... when set)
+    ~/.cache/npinfer/tiny-mistral-seed0-<tokenizer digest>/     ($XDG_CACHE_HOME/npinfer/... when set)
+
+(the folder is named after the tokenizer file's content too, so a new release's tokenizer
+never meets an older release's checkpoint; the model is still called tiny-mistral-seed0).
 
 The checkpoint is built in a private temporary directory next to it and renamed
 into place, so a reader never sees a half-written model and two processes
@@ -13,6 +18,7 @@ are random: the text it writes is noise, but every code path is real.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -31,11 +37,13 @@ def cache_dir() -> Path:
 
 def default_model_dir() -> Path:
     """The default checkpoint directory, created on first use."""
-    final = cache_dir() / NAME
+    from npinfer.tokenizer.files import TINY_TOKENIZER_PATH, TINY_TOKENIZER_VERSION
+
+    digest = hashlib.sha256(Path(TINY_TOKENIZER_PATH).read_bytes()).hexdigest()[:8]
+    final = cache_dir() / f"{NAME}-{digest}"
     if (final / "config.json").is_file():
         return final
     from npinfer.engine.load.tiny import family_config, write_checkpoint
-    from npinfer.tokenizer.files import TINY_TOKENIZER_PATH
 
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +52,7 @@ def default_model_dir() -> Path:
         raise NpinferError(f"{final.parent}: cannot create the default model here ({e.strerror})") from None
     try:
         built = write_checkpoint(scratch / NAME, family_config(LAYOUT), seed=SEED,
-                                 tokenizer=TINY_TOKENIZER_PATH)
+                                 tokenizer=TINY_TOKENIZER_PATH, tokenizer_version=TINY_TOKENIZER_VERSION)
         try:
             os.rename(built, final)
         except OSError:

@@ -31,6 +31,7 @@ it maps (an oracle must not silently compute something else than the file says).
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,6 +53,9 @@ def is_gguf(path) -> bool:
     except OSError:
         return False
 
+
+MAX_NESTING = 8  # arrays of arrays a key may nest (llama.cpp writes none; a deeper one is refused by name)
+MAX_DIMS = 4  # GGML_MAX_DIMS: a tensor has 1 to 4 dimensions
 
 # GGUFValueType (gguf-py constants.py) -> struct format of one scalar
 SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -83,13 +87,15 @@ class _Header:
         except UnicodeDecodeError:
             raise CheckpointError(f"{self.path}: {what} is not valid UTF-8") from None
 
-    def value(self, kind: int, key: str):
+    def value(self, kind: int, key: str, depth: int = 0):
         if kind == STRING:
             return self.string(f"GGUF key {key}")
         if kind in SCALARS:
             return self.take(SCALARS[kind])
         if kind != ARRAY:
             raise CheckpointError(f"{self.path}: GGUF key {key} has unknown value type {kind}")
+        if depth == MAX_NESTING:
+            raise CheckpointError(f"{self.path}: GGUF key {key} nests arrays more than {MAX_NESTING} deep")
         item, n = self.take("I"), self.take("Q")
         if item in SCALARS:  # one read for the whole array
             dtype = np.dtype("<" + SCALARS[item])
@@ -113,7 +119,9 @@ class _Header:
                 raise CheckpointError(f"{self.path}: truncated file (GGUF key {key} is cut)")
             self.pos = pos
             return out
-        return [self.value(item, key) for _ in range(n)]
+        if n > len(self.buf) - self.pos:  # (every item takes a byte at least)
+            raise CheckpointError(f"{self.path}: truncated file (GGUF key {key} is cut)")
+        return [self.value(item, key, depth + 1) for _ in range(n)]
 
 
 class GGUFFile:
@@ -155,15 +163,20 @@ class GGUFFile:
         for _ in range(n_keys):
             key = h.string("a GGUF key")
             self.metadata[key] = h.value(h.take("I"), key)
-        if self.metadata.get("split.count", 1) != 1:
-            raise CheckpointError(f"{self.path}: GGUF key split.count = {self.metadata['split.count']}: split files "
+        split, align = self._count("split.count", 1), self._count("general.alignment", 32)
+        if split != 1:
+            raise CheckpointError(f"{self.path}: GGUF key split.count = {split}: split files "
                                   f"are not supported (merge them with llama-gguf-split --merge)")
+        if align == 0 or align % 8:
+            raise CheckpointError(f"{self.path}: GGUF key general.alignment = {align} must be a positive multiple of 8")
         table = []
         for _ in range(n_tensors):
             name = h.string("a tensor name")
-            dims = [h.take("Q") for _ in range(h.take("I"))]
+            if not 1 <= (n_dims := h.take("I")) <= MAX_DIMS:
+                raise CheckpointError(f"{self.path}: tensor {name!r} has {n_dims} dimensions (a GGUF tensor has "
+                                      f"1 to {MAX_DIMS})")
+            dims = [h.take("Q") for _ in range(n_dims)]
             table.append((name, tuple(reversed(dims)), h.take("I"), h.take("Q")))  # shape: ne0 (fastest) last
-        align = self.metadata.get("general.alignment", 32)
         start = -(-h.pos // align) * align
         self.tensors: dict[str, np.ndarray | QuantizedTensor] = {}
         supported = ", ".join([*ARRAY_TYPES, *LAYOUTS])
@@ -180,7 +193,7 @@ class GGUFFile:
             if shape[-1] % block:
                 raise CheckpointError(f"{self.path}: tensor {name!r}: rows of {shape[-1]} do not fill {kind} blocks")
             row = shape[-1] // block * size  # bytes per row
-            begin, nbytes = start + offset, int(np.prod(shape[:-1])) * row
+            begin, nbytes = start + offset, math.prod(shape[:-1]) * row  # (Python integers: no overflow)
             if begin + nbytes > len(data):
                 raise CheckpointError(f"{self.path}: truncated file: tensor {name!r} ends at byte {begin + nbytes}, "
                                       f"file has {len(data)}")
@@ -189,6 +202,14 @@ class GGUFFile:
                 raise CheckpointError(f"{self.path}: tensor {name!r} is listed twice")
             self.tensors[name] = (raw.view(ARRAY_TYPES[kind]).reshape(shape) if kind in ARRAY_TYPES
                                   else QuantizedTensor(kind, raw, shape[-1]))
+
+
+    def _count(self, key: str, default: int) -> int:
+        """An integer metadata key, or a one-line error naming it."""
+        value = self.metadata.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise CheckpointError(f"{self.path}: GGUF key {key} must be a non-negative integer, not {value!r}")
+        return value
 
 
 def open_gguf(path) -> GGUFFile:
@@ -205,17 +226,23 @@ def gguf_tokenizer(path, metadata: Mapping | None = None):
 
 
 class Reads(Mapping):
-    """A read-only mapping that remembers which keys were read (`unread` lists the rest);
-    a missing key is a ValueError naming it (`what(key)`)."""
+    """A read-only mapping that remembers which keys were read (`unread` lists the rest, `last`
+    the latest); a missing key is a ValueError naming it (`what(key)`), and so is a count or a
+    length (GGUF's names for integers: ``block_count``, ``context_length``, ...) that is not a
+    non-negative integer."""
 
     def __init__(self, items: Mapping, what):
-        self._items, self.what, self.read = dict(items), what, set()
+        self._items, self.what, self.read, self.last = dict(items), what, set(), None
 
     def __getitem__(self, key):
         if key not in self._items:
             raise ValueError(f"{self.what(key)} is missing")
         self.read.add(key)
-        return self._items[key]
+        self.last, value = key, self._items[key]
+        if isinstance(key, str) and key.endswith(("count", "length", "vocab_size")) and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"{self.what(key)} must be a non-negative integer, not {str(value)[:40]!r}")
+        return value
 
     def get(self, key, default=None):
         return self[key] if key in self._items else default
@@ -228,6 +255,10 @@ class Reads(Mapping):
 
     def __len__(self):
         return len(self._items)
+
+    def peek(self, key):
+        """The value of `key`, not counted as read nor checked (for messages)."""
+        return self._items.get(key)
 
     def unread(self) -> list[str]:
         return [k for k in self._items if k not in self.read]
@@ -247,15 +278,20 @@ def hf_view(path, metadata: Mapping, tensors: Mapping, layout) -> tuple[dict, di
     prefix = arch + "."
     keys = Reads({k[len(prefix):]: v for k, v in metadata.items() if k.startswith(prefix)},
                  lambda k: f"GGUF key {prefix}{k}")
-    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    shapes = Reads({name: tuple(t.shape) for name, t in tensors.items()}, lambda name: f"tensor {name!r}")
     tensors = Reads(tensors, lambda name: f"tensor {name!r}")
     try:
         config_json = layout.config_json(arch, keys, shapes)
         weights = layout.weights(config_json, tensors)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    except (TypeError, ArithmeticError, LookupError) as e:  # a value of the wrong type or size for the layout
+        what = "the GGUF keys" if keys.last is None else \
+            f"GGUF key {prefix}{keys.last} = {str(keys.peek(keys.last))[:40]!r} (the last one read)"
+        raise CheckpointError(f"{path}: {what} cannot be read as npinfer's {arch} reader reads it "
+                              f"({type(e).__name__}: {e})") from None
     if unread := keys.unread():
-        raise CheckpointError(f"{path}: GGUF key {prefix}{unread[0]} = {keys.get(unread[0])!r} is not "
+        raise CheckpointError(f"{path}: GGUF key {prefix}{unread[0]} = {keys.peek(unread[0])!r} is not "
                               f"supported by npinfer's {arch} reader")
     if unread := tensors.unread():
         raise CheckpointError(f"{path}: tensor {unread[0]!r} is not used by npinfer's {arch} reader "

@@ -117,6 +117,7 @@ def identify(ckpt: Checkpoint, name: str = "") -> Loaded:
     if ckpt.layout == "gguf":
         return _identify_gguf(ckpt, name)
     source = str(ckpt.path / (PARAMS if ckpt.layout == "native" else CONFIG))
+    layers_fit(ckpt.config, ckpt.tensors, f"{source}: field", ("num_hidden_layers", "n_layers"))
     if ckpt.layout == "native":
         family = native_family(ckpt.config, source)
         arch, read, rename = family.native.architecture(ckpt.config), family.native.read_config, family.native.tensor_name
@@ -136,12 +137,31 @@ def identify(ckpt: Checkpoint, name: str = "") -> Loaded:
     return Loaded(family, arch, config, weights, ckpt, name, unread)
 
 
+def layers_fit(config: dict, tensors: Mapping, where: str, keys: tuple[str, ...]) -> None:
+    """A layer count the file could hold, checked on the raw config before any config reader or
+    per-layer table is sized by it (``num_hidden_layers: 10**9`` once built a list a billion long):
+    every layer has tensors of its own, so a count past the number of tensors cannot be right (a
+    smaller one that the tensors do not fill is named later, tensor by tensor). `keys` name the
+    count (also under ``text_config``); a value that is not an integer is left to the config
+    reader, which names its type."""
+    for prefix, d in (("", config), ("text_config.", config.get("text_config"))):
+        for key in keys if isinstance(d, dict) else ():
+            n = d.get(key)
+            if isinstance(n, int) and not isinstance(n, bool) and n > len(tensors):
+                shown = n if n < 10**12 else f"{str(n)[:6]}... ({len(str(n))} digits)"
+                raise CheckpointError(f"{where} {prefix}{key} is {shown}, more layers than the checkpoint has "
+                                      f"tensors ({len(tensors)}; each layer has its own)")
+
+
 def _identify_gguf(ckpt: Checkpoint, name: str) -> Loaded:
     """`identify` for a GGUF file: the family's GGUF layout makes its config.json and HF names."""
     arch = ckpt.config.get("general.architecture")
-    if not isinstance(arch, str):
+    if arch is None:
         raise CheckpointError(f"{ckpt.path}: GGUF key general.architecture is missing")
+    if not isinstance(arch, str):
+        raise CheckpointError(f"{ckpt.path}: GGUF key general.architecture must be a string, not {arch!r}")
     family = gguf_family(arch, str(ckpt.path))
+    layers_fit(ckpt.config, ckpt.tensors, f"{ckpt.path}: GGUF key", (f"{arch}.block_count",))
     config_json, weights = hf_view(ckpt.path, ckpt.config, ckpt.tensors, family.gguf)
     try:
         config = family.gguf.read_config(config_json)

@@ -234,6 +234,8 @@ TINY_LAYOUTS |= NATIVE_TINY_LAYOUTS  # (their configs are params.json files: eng
 def architecture_of(config_json: dict, where: str = CONFIG) -> str:
     """The architecture a config.json names (``architectures[0]``, else by ``model_type``)."""
     names = config_json.get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{where}: field 'architectures' must be a list of strings, not {str(names)[:60]!r}")
     by_type = {t: a for f in FAMILIES for t, a in f.model_types.items()} | {m.model_type: m.architecture
                                                                            for m in MULTIMODAL}
     model_type = config_json.get("model_type")

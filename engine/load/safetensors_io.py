@@ -125,7 +125,10 @@ def open_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     header, start = read_header(path)
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise CheckpointError(f"{path}: __metadata__ must be an object of strings (as safetensors reads it), "
+                              f"not {str(metadata)[:40]!r}")
     entries = sorted(((*parse_entry(path, name, entry), name) for name, entry in header.items()),
                      key=lambda e: (e[2], e[3]))
     size = path.stat().st_size

@@ -116,14 +116,16 @@ def fp8_weights(config: dict, weights: dict, fp8: str, block=(128, 128), gate_up
 
 def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dtype: str = "float32",
                      shard_bytes: int | None = None, tokenizer: str | os.PathLike | None = None,
-                     fp8: str | None = None, fp8_block=(128, 128), gate_up_scales: int = 1,
-                     native: bool = False) -> Path:
+                     tokenizer_version: str | None = None, fp8: str | None = None, fp8_block=(128, 128),
+                     gate_up_scales: int = 1, native: bool = False) -> Path:
     """Write config.json and random weights (one file, or shards of ~shard_bytes); with
     `native`, `config` is a params.json and the weights go to one consolidated.safetensors.
 
     dtype: "float32", "float16" or "bfloat16" (stored as BF16); with `fp8` ("tensor" or
-    "block", see `fp8_weights`) the matrices are FP8 and the rest in `dtype`. The directory
-    is built under a temporary name and renamed, so a failure leaves nothing behind.
+    "block", see `fp8_weights`) the matrices are FP8 and the rest in `dtype`. `tokenizer` (a
+    sentencepiece file) is copied as ``tokenizer.model``, and with `tokenizer_version` (``"v7"``)
+    also as ``tokenizer.model.v7``, as Mistral's repositories ship it: that names its chat format.
+    The directory is built under a temporary name and renamed, so a failure leaves nothing behind.
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -157,6 +159,8 @@ def write_checkpoint(out_dir: str | os.PathLike, config: dict, seed: int = 0, dt
                 _write_shards(tmp, weights, bf16, shard_bytes)
         if tokenizer is not None:
             shutil.copy(tokenizer, tmp / "tokenizer.model")
+            if tokenizer_version is not None:
+                shutil.copy(tokenizer, tmp / f"tokenizer.model.{tokenizer_version}")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

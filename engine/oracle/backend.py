@@ -228,6 +228,10 @@ class Vocabulary:
 
     def __init__(self, tok):
         self.tok, self.by_bytes, self.candidates = tok, {}, {}  # bytes -> (id, is a byte piece); bytes -> ids
+        for name, i in tok.special_tokens.items():  # a control token, which has no bytes, is sent by its name
+            if i < tok.vocab_size and not tok.token_bytes(i):  # ("[INST]": llama-server, vLLM and npinfer do)
+                self.candidates.setdefault(name.encode(), []).append(i)
+                self.by_bytes.setdefault(name.encode(), (i, False))
         for i in range(tok.vocab_size):
             b = tok.token_bytes(i)  # b"" for control tokens (</s>): told apart by their logprobs too
             byte_piece = re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", tok.id_to_piece(i)) is not None

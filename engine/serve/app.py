@@ -16,11 +16,12 @@ How a request flows (one model, one worker thread doing continuous batching)::
 
     event loop (FastAPI/uvicorn)                       worker thread (engine.generation.scheduler)
     ----------------------------                       --------------------------------
+    a request h11 can parse (400/431, JSON, closed),
     headers within header_timeout (408, closed),
     Host on a loopback server (403), API key (401),
     Content-Type application/json (415),
     body within body_timeout (408) and max_body_bytes (413),
-    JSON: depth, NaN, lone surrogates (400/422),
+    JSON: UTF-8, depth, NaN, lone surrogates (400/422),
     schema and budgets (422), then in a thread:
     chat format -> prompt ids, grammar (422),
     context (400), rate limits (429)
@@ -37,8 +38,9 @@ disconnects sets `job.cancelled`: the worker drops the request at its next turn,
 queued or running.
 
 No request gets a 500 or breaks its connection: every answer above is a JSON error
-body with the connection kept open (except the 408s, which close it, and 500s, which
-remain for engine bugs alone and are answered the same way, `ErrorsAnswered`).
+body with the connection kept open (except the 408s and what h11 cannot parse, which close
+it once the answer is out, and 500s, which remain for engine bugs alone and are answered the
+same way, `ErrorsAnswered`).
 Timeouts (`Limits`, `server.py`): the request line and headers must arrive within header_timeout
 seconds of the connection opening or of the previous answer (a slow or idle client is
 answered 408 and disconnected: it cannot hold a connection open), the body within

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from npinfer.engine.serve.schema import EXTRA_MODES, AzureChatRequest, ExtraParameters, V1ChatRequest
+from npinfer.engine.serve.text_completions import CompletionRequest
 
 
 class ErrorDetail(BaseModel):
@@ -143,6 +144,43 @@ class ChatCompletionChunk(BaseModel):
     prompt_logprobs: Logprobs | None = None
 
 
+class TextTokenAlternative(BaseModel):
+    id: int
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
+class TextTokenEntry(TextTokenAlternative):
+    top_logprobs: list[TextTokenAlternative]
+
+
+class TextLogprobs(BaseModel):
+    """OpenAI's fields, and llama-server's ``content`` (with token ids)."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+    content: list[TextTokenEntry]
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: FinishReason
+    logprobs: TextLogprobs | None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+
+
 REF = "#/components/schemas/{model}"
 ERRORS = {400: "bad JSON or header, the prompt does not fit the context, or its cache does not fit the server",
           401: "missing or wrong API key", 403: "a Host that is not a loopback name, on a loopback server",
@@ -159,8 +197,8 @@ def _ref(model: type[BaseModel]) -> dict:
 
 def openapi_document(api_key: bool) -> dict:
     """The document; `api_key`: the server requires the key."""
-    models = [AzureChatRequest, ExtraParameters, V1ChatRequest, ErrorBody, ModelInfo, ModelList, ChatCompletion,
-              ChatCompletionChunk]
+    models = [AzureChatRequest, ExtraParameters, V1ChatRequest, CompletionRequest, ErrorBody, ModelInfo, ModelList,
+              ChatCompletion, ChatCompletionChunk, TextCompletion]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     schemas = top["$defs"]
 
@@ -172,16 +210,24 @@ def openapi_document(api_key: bool) -> dict:
         return {"get": {"summary": summary, "responses": {
             "200": {"description": "OK", "content": {"application/json": {"schema": _ref(model)}}}} | errors(401, 403)}}
 
+    # Each event of the stream (OpenAPI 3.1: the schema of a text/event-stream describes one event,
+    # as {data, event, id, retry}): its data is a ChatCompletionChunk, an error body (a refusal
+    # that came after the stream began, e.g. 503 when the checkpoint changed), or the last, [DONE].
+    event = {"type": "object", "required": ["data"], "description": "one server-sent event: 'data: "
+             "<ChatCompletionChunk or ErrorBody JSON>', the last one 'data: [DONE]'",
+             "properties": {"event": {"const": "message"}, "data": {"anyOf": [
+                 {"const": "[DONE]"},
+                 {"type": "string", "contentMediaType": "application/json",
+                  "contentSchema": {"anyOf": [_ref(ChatCompletionChunk), _ref(ErrorBody)]}}]}}}
+
     def chat(summary: str, body: type[BaseModel], description: str, parameters: list) -> dict:
-        stream = {"type": "string", "description": "server-sent events: lines 'data: <ChatCompletionChunk JSON>', "
-                  "then 'data: [DONE]'", "contentMediaType": "text/event-stream"}
         return {"post": {
             "summary": summary, "description": description, "parameters": parameters,
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(body)}}},
             "responses": {"200": {"description": "the completion, or with stream: true its event stream "
                                   "(each event a ChatCompletionChunk)",
                                   "content": {"application/json": {"schema": _ref(ChatCompletion)},
-                                              "text/event-stream": {"schema": stream}}}}
+                                              "text/event-stream": {"schema": event}}}}
             | errors(400, 401, 403, 408, 413, 415, 422, 429, 500, 503)}}
 
     extra_header = {"name": "extra-parameters", "in": "header", "required": False,
@@ -197,6 +243,14 @@ def openapi_document(api_key: bool) -> dict:
                                   "the extra-parameters header.", [extra_header]),
         "/v1/chat/completions": chat("Chat completions (AI21 Studio, with the OpenAI parameters)", V1ChatRequest,
                                      "Unknown fields are refused (422).", []),
+        "/v1/completions": {"post": {
+            "summary": "Text completions (OpenAI): a raw prompt, text or token ids, no chat format",
+            "description": "A text prompt gets BOS first (unless the tokenizer says not to); unknown fields are "
+                           "refused (422).",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(CompletionRequest)}}},
+            "responses": {"200": {"description": "the completion",
+                                  "content": {"application/json": {"schema": _ref(TextCompletion)}}}}
+            | errors(400, 401, 403, 408, 413, 415, 422, 429, 500, 503)}},
     }
     document = {
         "openapi": "3.1.0",

@@ -86,7 +86,7 @@ Part = Annotated[Union[TextPart, ThinkingPart], Field(discriminator="type")]
 
 class FunctionCall(Strict):
     name: str
-    arguments: str  # a JSON object, as a string
+    arguments: str | dict[str, Any]  # a JSON object as a string (OpenAI), or the object (transformers' templates)
 
 
 class ToolCall(Strict):
