@@ -30,6 +30,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from npinfer.kernels import jit_cache  # noqa: F401  (compiled kernels kept per machine, by source)
 from npinfer.kernels.backend import dispatch
 from npinfer.kernels.dtypes import widen
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from npinfer.kernels import jit_cache  # noqa: F401  (compiled kernels kept per machine, by source)
 from npinfer.kernels.intrinsics import f16_to_f32
 
 E4M3_MAX = 448.0

@@ -22,6 +22,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from npinfer.kernels import jit_cache  # noqa: F401  (compiled kernels kept per machine, by source)
 from npinfer.kernels.activations import silu
 from npinfer.kernels.backend import dispatch
 from npinfer.kernels.dtypes import widen

@@ -54,7 +54,7 @@ from numba import types
 from numba.core import errors
 from numba.extending import overload
 
-from npinfer.kernels import simd
+from npinfer.kernels import jit_cache, simd  # noqa: F401  (jit_cache: compiled kernels kept per machine, by source)
 from npinfer.kernels.intrinsics import prefetch
 from npinfer.kernels.simd import fma, hsum, load, load_first, stack_array, store, zeros
 
