@@ -10,7 +10,9 @@ Importing this module (every kernel module that caches does, first) puts `Source
 ahead of Numba's locators for the files of ``kernels/``:
 
 - the compiled code goes to ``~/.cache/npinfer/numba/<module>/`` (``$XDG_CACHE_HOME`` honoured),
-  beside the decode schedules (`kernels.schedule`);
+  beside the decode schedules (`kernels.schedule`), or to ``$NPINFER_KERNEL_CACHE/<module>/``
+  (the tests set it, so that those which give a command a fresh home do not compile the
+  machine's kernels again);
 - an entry is valid while the text of *every* file in ``kernels/`` is what it was when it was
   compiled (`SOURCES_DIGEST`): a kernel inlines functions from other files of the package
   (``simd.py``, ``quant_lanes.py``, ...), so an edit anywhere in it compiles them all again,
@@ -30,7 +32,8 @@ from pathlib import Path
 from numba.core import caching, config
 
 KERNELS = Path(__file__).resolve().parent
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "npinfer" / "numba"
+CACHE = Path(os.environ.get("NPINFER_KERNEL_CACHE")
+             or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "npinfer" / "numba")
 SOURCES_DIGEST = hashlib.sha256(b"".join(p.name.encode() + b"\0" + p.read_bytes()
                                          for p in sorted(KERNELS.glob("*.py")))).hexdigest()
 

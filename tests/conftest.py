@@ -11,6 +11,11 @@ import pytest
 from hypothesis import settings
 
 from npinfer.engine.load.tiny import write_checkpoint
+from npinfer.kernels import jit_cache
+
+# Commands run with a fresh home (tests/test_readme.py, the default model's tests) still find the
+# kernels this machine has compiled (kernels/jit_cache.py).
+os.environ.setdefault("NPINFER_KERNEL_CACHE", str(jit_cache.CACHE))
 
 # CI replays the same examples every run (a failure there is reproducible, never a
 # lucky draw); local runs explore new ones each time.

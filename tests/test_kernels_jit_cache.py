@@ -29,7 +29,8 @@ print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.ca
 
 
 def probe(cache_home, mode="same") -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"XDG_CACHE_HOME": str(cache_home)}
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NPINFER_KERNEL_CACHE")}
+    env |= {"XDG_CACHE_HOME": str(cache_home)}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -42,6 +43,13 @@ def test_a_kernel_compiled_once_is_loaded_by_the_next_process_until_kernels_chan
     assert (again["hits"], again["misses"]) == (1, 0)
     edited = probe(tmp_path, "edited")  # any file of kernels/ edited: compiled again
     assert (edited["hits"], edited["misses"]) == (0, 1)
+
+
+def test_npinfer_kernel_cache_names_the_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"NPINFER_KERNEL_CACHE": str(tmp_path / "k")}
+    out = subprocess.run([sys.executable, "-c", "from npinfer.kernels import norm; print(norm._rms_norm_rows._cache"
+                          "._cache_path)"], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path / "k" / "norm")
 
 
 def test_the_stamp_is_the_text_of_every_kernel_file_not_its_time():
