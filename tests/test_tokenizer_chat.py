@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mistral_common
 import pytest
+from conftest import ASSIGNED_CHARACTERS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
@@ -79,7 +80,7 @@ def test_mistral_formats_identical(files, case):
         assert render_chat(ours, messages, CASES[case][1]) == expected, messages
 
 
-text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
+text = st.text(ASSIGNED_CHARACTERS, min_size=1, max_size=20)
 
 
 @settings(max_examples=40, deadline=None)

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import ASSIGNED_CHARACTERS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llama_vocab import build_llama_tokenize, llama_eog_ids, llama_tokenize, llama_vocab_dir, read_vectors
@@ -254,7 +255,7 @@ def test_decode_equals_transformers_and_the_stream(hf_qwen2, vocab_dir, ids):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(max_size=40))
+@given(st.text(ASSIGNED_CHARACTERS, max_size=40))
 def test_encode_equals_transformers_and_round_trips(hf_qwen2, vocab_dir, text):
     """qwen2 is a vocabulary transformers converts exactly (it passes the test vectors too)."""
     tok = vocab(vocab_dir, "qwen2")

@@ -13,6 +13,7 @@ from pathlib import Path
 import mistral_common
 import pytest
 import tokenizers
+from conftest import ASSIGNED_CHARACTERS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,7 +91,7 @@ def test_vocabulary(converted):
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=40))
+@given(st.text(ASSIGNED_CHARACTERS, max_size=40))
 def test_hypothesis_identical(converted, text):
     for layout in ("metaspace", "legacy"):
         ours, ref = converted[layout]

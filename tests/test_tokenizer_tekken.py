@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mistral_common
 import pytest
+from conftest import ASSIGNED_CHARACTERS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mistral_common.tokens.tokenizers.tekken import Tekkenizer
@@ -63,7 +64,7 @@ def test_vocabulary_cut_changes_merges():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.text(max_size=40))
+@given(st.text(ASSIGNED_CHARACTERS, max_size=40))
 def test_hypothesis_encode_identical_and_round_trip(text):
     ours, ref = pair("240911")
     ids = ours.encode(text)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mistral_common
 import pytest
-from conftest import run_cli
+from conftest import ASSIGNED_CHARACTERS, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
@@ -120,7 +120,7 @@ def test_tool_chats_identical_to_mistral_common(files, case):
 
 
 names = st.sampled_from(["get_weather", "time", "ping", "a-b_c"])
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+text = st.text(ASSIGNED_CHARACTERS, max_size=12)
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-1000, 1000) | text,
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
                            max_leaves=6)

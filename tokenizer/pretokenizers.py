@@ -35,6 +35,11 @@ checked against a model's tokenizer here.
   otherwise (for the other names it does not, unless the key says so);
 - ``byte_level``: pieces and tokens are bytes spelled in GPT-2's alphabet (False:
   SentencePiece-style BPE over characters, spaces as ``▁``, bytes as ``<0xXX>``).
+
+The ``\\p{..}`` classes are the ``regex`` package's, in its Unicode version: a code point
+assigned after the version of tiktoken's or Hugging Face tokenizers' tables (U+3D000 is a letter
+to regex 2026.12.2, unassigned to regex 2026.5.9 and to tiktoken 0.14) can be split
+differently from them. Every code point assigned in Unicode 14 is held to both by the tests.
 """
 
 from __future__ import annotations
