@@ -19,12 +19,17 @@ ahead of Numba's locators for the files of ``kernels/``:
   while a checkout of the same sources, wherever it is, compiles nothing.
 
 Numba's index still keys each entry on the function's bytecode and closure values, its
-signature, the CPU and Numba's version. With ``NUMBA_CACHE_DIR`` set, Numba's own rule applies
+signature, the CPU and Numba's version. Processes compiling at once (the tests run on every core)
+add their entries under a lock (`_locked_save`): Numba's own ``save`` reads the index, numbers a
+new data file after the entries it saw and writes the index back, so two processes adding
+kernels of one function at once (the streaming kernels of every format and schedule share one
+index) would each drop the other's entry, or number two kernels' data files alike. With ``NUMBA_CACHE_DIR`` set, Numba's own rule applies
 (``tests/test_cli.py`` uses it for a cold compilation).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -59,5 +64,18 @@ class SourceKeyedLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLo
         return super().from_function(py_func, py_file)  # (None if the folder cannot be written)
 
 
+_numba_save = caching.IndexDataCacheFile.save
+
+
+def _locked_save(self, key, data):
+    """Numba's ``IndexDataCacheFile.save``, for an index in CACHE holding its lock file."""
+    if Path(self._cache_path).parent != CACHE:
+        return _numba_save(self, key, data)
+    with open(self._index_path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (released when the file is closed)
+        return _numba_save(self, key, data)
+
+
 if SourceKeyedLocator not in caching.CacheImpl._locator_classes:
     caching.CacheImpl._locator_classes.insert(0, SourceKeyedLocator)
+    caching.IndexDataCacheFile.save = _locked_save

@@ -77,3 +77,26 @@ def test_functions_outside_kernels_and_numba_cache_dir_keep_numbas_rule(monkeypa
 def test_every_caching_kernel_module_installs_the_locator_first(module):
     source = (jit_cache.KERNELS / f"{module}.py").read_text()
     assert "cache=True" in source and "from npinfer.kernels import jit_cache" in source
+
+
+COMPILE = """
+import sys
+import numpy as np
+from npinfer.kernels import norm
+x = np.ones((2, 8), sys.argv[1])
+for w in (np.float32, np.float64):
+    norm._rms_norm_rows(x, np.ones(8, w), 1e-6, 8, np.empty_like(x))
+"""
+
+
+def test_two_processes_compiling_one_function_at_once_keep_both_entries(tmp_path):
+    """Four signatures of one kernel, two compiled by each of two processes at the same time into
+    one index (kernels.jit_cache._locked_save): a third process finds all four."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"} | {"NPINFER_KERNEL_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", COMPILE, dtype], env=env) for dtype in ("float32", "float64")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    check = COMPILE + "print(sum(norm._rms_norm_rows.stats.cache_hits.values()))\n"
+    hits = [subprocess.run([sys.executable, "-c", check, d], env=env, capture_output=True, text=True, check=True)
+            .stdout.strip() for d in ("float32", "float64")]
+    assert hits == ["2", "2"]
+    assert len(list((tmp_path / "norm").glob("*.nbc"))) == 4  # four data files, none written over
