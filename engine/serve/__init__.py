@@ -1,5 +1,6 @@
 """The HTTP server: Azure AI model inference chat completions, AI21's / OpenAI's `/v1`.
 
+    command.py           `npinfer serve`: its flags, their checks, the start
     server.py            uvicorn with a guarded HTTP/1.1 protocol (header timeouts); listen, serve
     app.py               the routes, the answers, server-sent events
     guards.py            body size and time, media type, the Host of a loopback server, no 500 escapes
