@@ -43,13 +43,15 @@ serving must be. `quantize_activations` is that step; the rest is the exact path
 quantized x.
 
 **Fast paths** (`fp8_linear_fast`), as `kernels.linear`'s for bf16: decode (a few rows
-of x) streams the bytes through a Numba kernel that widens each byte in registers
-(`e4m3_over_256`: the byte moved into a float16's bit pattern, widened by vcvtph2ps),
-sums the products over a chunk of one block of columns and multiplies the sum by the
-block's scale (as FP8 GEMMs apply scales per block, not per weight: the rounding differs
-from the reference's in the order of operations only); it is batch-invariant (a row of x
-gets the same bits alone or in a batch). Prefill dequantizes a tile of rows at a time
-(the reference's numbers, bit for bit) for BLAS.
+of x) is `kernels.stream`'s kernel with FP8 as one more format (`FP8`): 16 codes at a time
+widened in registers (`decode_fp8`: each byte moved into a float16's bit pattern, widened by
+vcvtph2ps, times 2^8) and multiplied by their block's scale, which is the reference's W, bit
+for bit; so the sums, the schedules this machine measured and the batch invariance are the
+other formats'. That needs a block's columns to start on a multiple of 16 (bn % 16 == 0, or
+one block of columns) and power-of-two block sizes (the kernel finds a weight's scale by
+shifts: grid[r >> log2 bm, c >> log2 bn]), as every FP8 release has (128 x 128, or one scale
+per tensor); another shape streams its dequantized matrix instead. Prefill dequantizes a
+tile of rows at a time (the reference's numbers, bit for bit) for BLAS.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ import numpy as np
 
 from npinfer.kernels import jit_cache  # noqa: F401  (compiled kernels kept per machine, by source)
 from npinfer.kernels.intrinsics import f16_to_f32
+from npinfer.kernels.schedule import schedule_for
+from npinfer.kernels.simd import bytes16, half_to_f32, scalar_like, widen
+from npinfer.kernels.stream import FORMATS, LANES, Format, register, stream
 
 E4M3_MAX = 448.0
 # the file's F8_E4M3 bytes, as `engine.load.safetensors_io` keeps them: a one-field record,
@@ -244,45 +249,44 @@ def e4m3_over_256(q):
     return f16_to_f32(half)
 
 
-CHUNK = 512  # weights per partial sum, inside one block of columns
+@numba.njit(inline="always")
+def prepare_fp8(row, r, c, sc, o, scales):
+    """The scale of weights c .. c + 15 of row r: grid[r >> row_shift, c >> col_shift]."""
+    grid, row_shift, col_shift = scales
+    sc[o] = grid[r >> row_shift, c >> col_shift]
 
 
-@numba.njit(inline="always", fastmath=True)
-def _chunk_dot(w, x, c0, c1):
-    """sum_j e4m3(w[j]) 2^-8 x[j] over j in c0..c1, in x's dtype (LLVM vectorises the sum)."""
-    a = x[0] * np.float32(0)  # the compute dtype's zero
-    for j in range(c0, c1):
-        a += e4m3_over_256(w[j]) * x[j]
-    return a
+@numba.njit(inline="always")
+def decode_fp8(row, c, g, n, sc, o, like):
+    """W[r, c .. c + 15] = e4m3(q) * scale in like's dtype: the bits of `e4m3_over_256`, 16 at a
+    time, the NaN codes (0x7F, 0xFF) given a NaN's exponent; times 2^8 (exact), then the scale
+    (one rounding in float32, as the reference; exact in float64)."""
+    q = bytes16(row, c)
+    nan = ((q & 0x7F) + 1) >> 7  # 1 where the code is 0x7F or 0xFF
+    half = ((q & 0x80) << 8) | ((q & 0x7F) << 7) | (nan * 0x7C00)  # float16 bits of e4m3(q) 2^-8
+    e4m3 = widen(half_to_f32(half) * np.float32(256), like)
+    return e4m3 * scalar_like(sc[o], like)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _stream(w, s256, bm, bn, x, y):
-    """y[t, r] = sum_i W[r, i] x[t, i] for a few rows t of x, each weight byte read from memory once.
+FP8 = register(Format("fp8", prepare_fp8, decode_fp8, 1, 1))  # 16 codes a unit, one byte each
 
-    w uint8 [O, I] codes, s256 [gO, gI] the scales times 2^8 in x's dtype, x [T, I]. Output
-    rows run in parallel (each thread reads its share of the matrix front to back); a row
-    goes block of columns by block, each in chunks of at most CHUNK weights; each chunk (in
-    L1 after the first row of x) meets every row of x, and its sum (`_chunk_dot`) times the
-    block's scale is added to y[t, r] in order.
 
-    Batch invariance by construction: there is one kernel for every T (kernels.linear's
-    one-row twin `_stream_one` and its batch kernel are two loops that LLVM vectorises
-    differently, and on this Zen 4 machine they round differently), and y[t, r] is the same
-    machine code on the same numbers for every t, T and thread: a row of x gets the bits it
-    gets alone.
-    """
-    O, I = w.shape
-    T = x.shape[0]
-    for r in numba.prange(O):
-        for t in range(T):
-            y[t, r] = 0
-        for b in range(0, I, bn):
-            s = s256[r // bm, b // bn]
-            for c0 in range(b, min(I, b + bn), CHUNK):
-                c1 = min(I, b + bn, c0 + CHUNK)
-                for t in range(T):
-                    y[t, r] += _chunk_dot(w[r], x[t], c0, c1) * s
+def _shift(block: int, blocks: int) -> int | None:
+    """log2 of a block size the kernel can shift by: 62 (always 0) for a single block, None for a
+    size that is not a power of two."""
+    if blocks == 1:
+        return 62
+    return block.bit_length() - 1 if block & (block - 1) == 0 else None
+
+
+def stream_scales(w: FP8Tensor) -> tuple | None:
+    """`kernels.stream`'s scales of a 2-d FP8 weight (grid, row_shift, col_shift), or None when its
+    blocks are not a shape the kernel follows (module docstring)."""
+    I, (gO, gI), (bm, bn) = w.shape[1], w.scale.shape, w.block
+    rows, cols = _shift(bm, gO), _shift(bn, gI)
+    if rows is None or cols is None or I % LANES or (gI > 1 and bn % LANES):
+        return None
+    return np.ascontiguousarray(w.scale, np.float32), rows, cols
 
 
 @numba.njit(cache=True)
@@ -296,7 +300,7 @@ def _dequantize_into(w, s256, bm, bn, r0, out):
 
 def fp8_linear_fast(x: np.ndarray, w: FP8Tensor, small_batch: int, tile_bytes: int) -> np.ndarray:
     """`fp8_linear_ref` without a float copy of the matrix: up to `small_batch` rows of x streamed
-    (`_stream`: batch-invariant), more rows through BLAS a tile of about
+    (`kernels.stream`, format `FP8`: batch-invariant), more rows through BLAS a tile of about
     `tile_bytes` of dequantized rows at a time."""
     dtype = x.dtype
     if w.w8a8:
@@ -305,17 +309,20 @@ def fp8_linear_fast(x: np.ndarray, w: FP8Tensor, small_batch: int, tile_bytes: i
     O, I = w.shape
     T = x.shape[0]
     q = np.ascontiguousarray(w.bits)  # [O, I] (a view of the map when the file's rows are whole)
+    if T <= small_batch:
+        scales = stream_scales(w)
+        if scales is None:  # blocks the kernel cannot follow (no FP8 release has them): W dequantized, streamed
+            dense = FORMATS["f64" if x.dtype == np.float64 else "f32"]
+            wd = w.dequantize(x.dtype)  # [O, I]
+            return stream(x, wd, dense, schedule_for(dense, T, wd.nbytes)).astype(dtype, copy=False)
+        return stream(x, q, FP8, schedule_for(FP8, T, q.nbytes), scales).astype(dtype, copy=False)  # [T, O]
     s256 = w.scale.astype(x.dtype) * x.dtype.type(256)  # [gO, gI]
     bm, bn = w.block
-    if T <= small_batch:
-        y = np.empty((T, O), x.dtype)  # [T, O]
-        _stream(q, s256, bm, bn, x, y)
-    else:
-        y = np.empty((T, O), x.dtype)  # [T, O]
-        rows = max(1, min(O, tile_bytes // (I * x.dtype.itemsize)))
-        tile = np.empty((rows, I), x.dtype)  # [rows, I], reused for every tile
-        for r in range(0, O, rows):
-            n = min(rows, O - r)
-            _dequantize_into(q[r:r + n], s256, bm, bn, r, tile[:n])
-            y[:, r:r + n] = x @ tile[:n].T  # [T, n]
+    y = np.empty((T, O), x.dtype)  # [T, O]
+    rows = max(1, min(O, tile_bytes // (I * x.dtype.itemsize)))
+    tile = np.empty((rows, I), x.dtype)  # [rows, I], reused for every tile
+    for r in range(0, O, rows):
+        n = min(rows, O - r)
+        _dequantize_into(q[r:r + n], s256, bm, bn, r, tile[:n])
+        y[:, r:r + n] = x @ tile[:n].T  # [T, n]
     return y.astype(dtype, copy=False)

@@ -26,8 +26,8 @@ SMALL_BATCH a row's rounding may change with the number of rows. Those are prefi
 chunks, whose sizes `engine.generation.request` fixes by the prompt alone.
 
 ggml's block-quantized weights (`kernels.quant.QuantizedTensor`) take the same two regimes:
-streamed blocks decoded in registers, or dequantized tiles into BLAS. FP8 weights
-(`kernels.fp8.FP8Tensor`) take them in `kernels.fp8` (batch-invariant too).
+streamed blocks decoded in registers, or dequantized tiles into BLAS. So do FP8 weights
+(`kernels.fp8.FP8Tensor`: `kernels.fp8` brings the format, its block scales beside the rows).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def linear_ref(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> 
 
 
 @numba.njit(inline="always")
-def _dense_prepare(row, c, sc, o):
+def _dense_prepare(row, r, c, sc, o, scales):
     """Dense weights have no constants."""
 
 

@@ -9,10 +9,10 @@ computes, by the same operations in the same order (tests/test_kernels_stream.py
 equal bit for bit on random blocks, NaN and infinite scales included). The block layouts and
 formulas are in `kernels.quant`'s docstring; S is the block's bytes.
 
-A new weight format (say FP8 with block scales) plugs into the kernels the same way: a
-prepare and a decode function of this shape (and its NumPy reference), registered as a
-`kernels.stream.Format`; the schedules, the batch, the invariance and the tests come with
-the kernel.
+A new weight format plugs into the kernels the same way: a prepare and a decode function of
+this shape (and its NumPy reference), registered as a `kernels.stream.Format`; the schedules,
+the batch, the invariance and the tests come with the kernel (`kernels.fp8` does so for FP8,
+its block scales kept beside the rows).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def _format(kind: str) -> Format:
     S = TYPE_SIZE[kind]
 
     @numba.njit(inline="always")
-    def prepare(row, c, sc, o):
+    def prepare(row, r, c, sc, o, scales):
         prepare_block(row, c // BLOCK, S, sc, o)
 
     @numba.njit(inline="always")

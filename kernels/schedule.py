@@ -132,6 +132,9 @@ def random_matrix(fmt: Format, nbytes: int, cols: int = 4096, seed: int = 0) -> 
             if dtype == np.dtype("<f2"):
                 blocks[field] = np.float16(0.01)
         return raw
+    if fmt.name == "fp8":  # e4m3 codes of either sign, no NaN (0x7F, 0xFF); NO_SCALES: a scale of 1
+        return (rng.integers(0, 0x7F, (rows, cols), dtype=np.uint8) | (rng.integers(0, 2, (rows, cols), dtype=np.uint8)
+                                                                       << 7)).astype(np.uint8)
     w = (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02)
     return {"bf16": lambda a: (a.view(np.uint32) >> 16).astype(np.uint16), "f16": lambda a: a.astype(np.float16).view(np.int16),
             "f32": lambda a: a, "f64": lambda a: a.astype(np.float64)}[fmt.name](w)

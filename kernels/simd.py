@@ -21,9 +21,10 @@ change a bit.
 
 Integer lanes (int32) decode ggml's packed codes: `bytes16` loads 16 bytes, and the
 operators ``& | << >> + - *`` act lane by lane as NumPy's do on int32 arrays (a scalar
-operand is broadcast); `to_f32` converts them; float lanes take ``* + -`` (each one
-rounding, as NumPy). So a block decoder written with them computes, lane by lane, the
-float32 expression its NumPy reference (`kernels.quant`) computes, bit for bit.
+operand is broadcast); `to_f32` converts them (`half_to_f32` reads them as float16 bit
+patterns: FP8's codes); float lanes take ``* + -`` (each one rounding, as NumPy). So a block
+decoder written with them computes, lane by lane, the float32 expression its NumPy reference
+(`kernels.quant`, `kernels.fp8`) computes, bit for bit.
 
 The NumPy meaning of each function is in its docstring: that is its reference; the tests
 hold every decoder built from them to `kernels.quant.dequantize` bit for bit and every
@@ -178,6 +179,28 @@ def to_f32(typingctx, v):
         return builder.sitofp(args[0], _vec(_F32))
 
     return Lanes(types.float32)(v), codegen
+
+
+@intrinsic
+def half_to_f32(typingctx, v):
+    """Int32 lanes holding float16 bit patterns (in their low 16 bits) as the float32 values of
+    those half floats (exact, as vcvtph2ps widens them)."""
+
+    def codegen(context, builder, sig, args):
+        half = builder.bitcast(builder.trunc(args[0], _vec(ir.IntType(16))), _vec(ir.HalfType()))
+        return builder.fpext(half, _vec(_F32))
+
+    return Lanes(types.float32)(v), codegen
+
+
+@intrinsic
+def scalar_like(typingctx, s, like):
+    """The scalar s in like's dtype (a float32 scale beside float64 lanes: exact)."""
+
+    def codegen(context, builder, sig, args):
+        return context.cast(builder, args[0], sig.args[0], sig.args[1])
+
+    return like(s, like), codegen
 
 
 @intrinsic

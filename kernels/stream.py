@@ -74,8 +74,11 @@ class Format:
     The row is read a *unit* at a time: a block of `block` weights in `block_bytes` bytes (ggml's
     blocks), or 16 weights of a dense format (block 1, block_bytes its itemsize).
 
-    prepare(row, c, sc, o): the constants of the unit starting at weight c (its scales) into the
-        float32 array sc from o (at most SCRATCH numbers), once per unit and weight row;
+    prepare(row, r, c, sc, o, scales): the constants of the unit starting at weight c of row r (its
+        scales) into the float32 array sc from o (at most SCRATCH numbers), once per unit and weight
+        row; `scales` is a format's scales kept beside the rows, (grid, row_shift, col_shift): the
+        scale of weight (r, c) is grid[r >> row_shift, c >> col_shift] (FP8's block scales; the
+        formats whose scales are in their rows get NO_SCALES and ignore it);
     decode(row, c, g, n, sc, o, like) -> Lanes of like's dtype: weights c + 16 g .. c + 16 g + 15
         of the row, exactly the reference's values (the weights past n < 16 as 0: only a dense row
         ends inside 16 lanes).
@@ -91,7 +94,8 @@ class Format:
     block_bytes: int
 
 
-FORMATS: dict[str, Format] = {}  # by name: bf16, f16, f32, f64 (kernels.linear), Q4_0 .. Q6_K (kernels.quant_lanes)
+FORMATS: dict[str, Format] = {}  # by name: bf16, f16, f32, f64 (kernels.linear), Q4_0 .. Q6_K (kernels.quant_lanes), fp8
+NO_SCALES = (np.ones((1, 1), np.float32), 62, 62)  # `scales` of a format that keeps none beside its rows
 
 
 def register(fmt: Format) -> Format:
@@ -100,8 +104,8 @@ def register(fmt: Format) -> Format:
     return fmt
 
 
-def prepare(name, row, c, sc, o):
-    """`FORMATS[name].prepare(row, c, sc, o)`, chosen when Numba compiles (name a constant)."""
+def prepare(name, row, r, c, sc, o, scales):
+    """`FORMATS[name].prepare(row, r, c, sc, o, scales)`, chosen when Numba compiles (name a constant)."""
 
 
 def decode(name, row, c, g, n, sc, o, like):
@@ -111,11 +115,11 @@ def decode(name, row, c, g, n, sc, o, like):
 # The kernels hold a format's name (a string pickles the same in every process, so Numba's disk cache
 # finds them again), not its functions; these resolve the name when the kernel is compiled.
 @overload(prepare)
-def _prepare_by_name(name, row, c, sc, o):
+def _prepare_by_name(name, row, r, c, sc, o, scales):
     if not isinstance(name, types.StringLiteral):
         raise errors.RequireLiteralValue(name)
     fn = FORMATS[name.literal_value].prepare
-    return lambda name, row, c, sc, o: fn(row, c, sc, o)
+    return lambda name, row, r, c, sc, o, scales: fn(row, r, c, sc, o, scales)
 
 
 @overload(decode)
@@ -145,7 +149,7 @@ BATCH = [Schedule(2, 4, 0, 512), Schedule(4, 4, 0, 512), Schedule(2, 8, 0, 512),
 
 
 @numba.njit(inline="always")
-def _sums(w, r, nw, x, t, nx, c0, c1, partial, p, name, unit, ahead, line_every, lines):
+def _sums(w, scales, r, nw, x, t, nx, c0, c1, partial, p, name, unit, ahead, line_every, lines):
     """Columns c0..c1 of the sums y[t + s, r + v], v < nw, s < nx (nw, nx constants): nw * nx sums
     side by side, carried between column chunks in partial [TILE, T, 16] from offset p (as they
     are: a float's bits do not change in memory)."""
@@ -161,7 +165,7 @@ def _sums(w, r, nw, x, t, nx, c0, c1, partial, p, name, unit, ahead, line_every,
     base, row_bytes = w.ctypes.data + r * w.strides[0], w.strides[0]
     for c in range(c0, c1, unit):  # a unit (a block, or 16 dense weights) of each of the nw rows
         for v in range(nw):
-            prepare(name, w[r + v], c, sc, SCRATCH * v)
+            prepare(name, w[r + v], r + v, c, sc, SCRATCH * v, scales)
         for g in range(unit // LANES):
             i = c + LANES * g
             n = min(LANES, c1 - i)
@@ -190,8 +194,8 @@ def _sources_key(fmt: Format) -> str:
 
 
 def make_kernel(fmt: Format, schedule: Schedule):
-    """The Numba kernel kernel(w, x, y) for one format and schedule: y [T, O] = x [T, I] @ W.T with
-    T a multiple of schedule.rows_x, W the stored rows w [O, ...]."""
+    """The Numba kernel kernel(w, scales, x, y) for one format and schedule: y [T, O] = x [T, I] @ W.T
+    with T a multiple of schedule.rows_x, W the stored rows w [O, ...] (and `scales`, see Format)."""
     name, nw, nx, ahead, chunk = fmt.name, schedule.rows_w, schedule.rows_x, schedule.ahead, schedule.chunk
     # prefetch: every `line_every` weights, the `lines` cache lines those weights take
     line_every = max(LANES, fmt.block * 64 // fmt.block_bytes)
@@ -200,7 +204,7 @@ def make_kernel(fmt: Format, schedule: Schedule):
     sources = _sources_key(fmt)
 
     @numba.njit(parallel=True, cache=True)
-    def kernel(w, x, y):
+    def kernel(w, scales, x, y):
         if len(sources) == 0:  # never: the key only has to be part of the kernel (see _sources_key)
             return
         O, T, I = w.shape[0], x.shape[0], x.shape[1]
@@ -213,12 +217,12 @@ def make_kernel(fmt: Format, schedule: Schedule):
                 for t in range(0, T, nx):
                     r = r0
                     while r + nw <= r1:
-                        _sums(w, r, nw, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, unit, ahead,
-                              line_every, lines)
+                        _sums(w, scales, r, nw, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, unit,
+                              ahead, line_every, lines)
                         r += nw
                     while r < r1:
-                        _sums(w, r, 1, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, unit, ahead,
-                              line_every, lines)
+                        _sums(w, scales, r, 1, x, t, nx, c0, c1, partial, ((r - r0) * T + t) * LANES, name, unit,
+                              ahead, line_every, lines)
                         r += 1
             for r in range(r0, r1):
                 for t in range(T):
@@ -228,9 +232,10 @@ def make_kernel(fmt: Format, schedule: Schedule):
 
 
 def make_decoder(fmt: Format):
-    """decode_rows(w, out): out [R, I] float32 = the weights of rows w [R, ...] of a blocked format
-    (I a multiple of 16), single-threaded: the tiles a prefill hands to BLAS, between two
-    multi-threaded BLAS calls (Numba's spinning workers would slow BLAS down)."""
+    """decode_rows(w, out, scales=NO_SCALES, r0=0): out [R, I] float32 = the weights of rows w [R, ...]
+    of a blocked format (I a multiple of 16; rows r0 .. r0 + R of the matrix `scales` belongs to),
+    single-threaded: the tiles a prefill hands to BLAS, between two multi-threaded BLAS calls
+    (Numba's spinning workers would slow BLAS down)."""
     key = (fmt.name, "decoder")
     if key not in _KERNELS:
         name = fmt.name
@@ -238,18 +243,18 @@ def make_decoder(fmt: Format):
         unit, sources = max(LANES, fmt.block), _sources_key(fmt)
 
         @numba.njit(cache=True)
-        def decode_rows(w, out):
+        def decode_rows(w, out, scales, r0):
             if len(sources) == 0:  # never (see _sources_key)
                 return
             like = np.float32(0)
             sc = np.empty(SCRATCH, np.float32)
             for r in range(w.shape[0]):
                 for c in range(0, out.shape[1], unit):
-                    prepare(name, w[r], c, sc, 0)
+                    prepare(name, w[r], r0 + r, c, sc, 0, scales)
                     for g in range(unit // LANES):
                         store(out[r], c + LANES * g, decode(name, w[r], c, g, LANES, sc, 0, like))
 
-        _KERNELS[key] = decode_rows
+        _KERNELS[key] = lambda w, out, scales=NO_SCALES, r0=0: decode_rows(w, out, scales, r0)
     return _KERNELS[key]
 
 
@@ -265,8 +270,9 @@ def kernel_for(fmt: Format, schedule: Schedule):
     return _KERNELS[key]
 
 
-def stream(x: np.ndarray, w: np.ndarray, fmt: Format, schedule: Schedule) -> np.ndarray:
-    """y [T, O] = x [T, I] @ W.T, W stored as `w` [O, ...] in format `fmt`, by `schedule`.
+def stream(x: np.ndarray, w: np.ndarray, fmt: Format, schedule: Schedule, scales=NO_SCALES) -> np.ndarray:
+    """y [T, O] = x [T, I] @ W.T, W stored as `w` [O, ...] in format `fmt` (with `scales`: see Format),
+    by `schedule`.
 
     x (contiguous) is padded with zero rows to a multiple of rows_x (their results dropped)."""
     T, nx = x.shape[0], schedule.rows_x
@@ -275,5 +281,5 @@ def stream(x: np.ndarray, w: np.ndarray, fmt: Format, schedule: Schedule) -> np.
         padded[:T] = x
         x = padded
     y = np.empty((len(x), w.shape[0]), x.dtype)  # [T', O]
-    kernel_for(fmt, schedule)(w, x, y)
+    kernel_for(fmt, schedule)(w, scales, x, y)
     return y[:T]

@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npinfer.kernels import ops
-from npinfer.kernels.fp8 import E4M3, FP8Tensor, e4m3_to_float, float_to_e4m3, quantize_activations
+from npinfer.kernels import ops, schedule
+from npinfer.kernels.fp8 import E4M3, FP8, FP8Tensor, e4m3_to_float, float_to_e4m3, quantize_activations, stream_scales
 from npinfer.kernels.linear import SMALL_BATCH, linear_fast, linear_ref
+from npinfer.kernels.stream import BATCH, ONE_ROW, TILE, Schedule, make_decoder, stream
 
 
 def torch_e4m3(x: np.ndarray) -> np.ndarray:
@@ -53,9 +54,13 @@ def random_fp8(rng, shape, block) -> FP8Tensor:
     return FP8Tensor(q, rng.uniform(1e-3, 1e-2, grid).astype(np.float32), block)
 
 
+# widths up to 1100: several column blocks, blocks that do not divide the shape (cropped edges); half of
+# them multiples of 16, which the streaming kernel takes (the others stream the dequantized matrix)
+WIDTHS = st.one_of(st.integers(1, 1100), st.integers(1, 68).map(lambda k: 16 * k))
+
+
 @settings(max_examples=120, deadline=None)
-# I up to 1100: several 512-weight chunks and column blocks; blocks that do not divide the shape (cropped edges)
-@given(T=st.integers(1, SMALL_BATCH + 8), O=st.integers(1, 70), I=st.integers(1, 1100),
+@given(T=st.integers(1, SMALL_BATCH + 8), O=st.integers(1, 70), I=WIDTHS,
        block=st.sampled_from(["tensor", (4, 3), (16, 128), (128, 128), (7, 600)]),
        dtype=st.sampled_from([np.float32, np.float64]), w8a8=st.booleans(), static=st.booleans(),
        tile=st.sampled_from([64, 4 << 20]), seed=st.integers(0, 2**32 - 1))
@@ -88,7 +93,7 @@ def test_reference_is_dequantize_then_matmul_and_float64_dequantizes_exactly():
 
 
 @settings(max_examples=40, deadline=None)
-@given(T=st.integers(1, SMALL_BATCH), O=st.integers(1, 40), I=st.integers(1, 1100),
+@given(T=st.integers(1, SMALL_BATCH), O=st.integers(1, 40), I=WIDTHS,
        block=st.sampled_from(["tensor", (16, 128), (3, 5)]), dtype=st.sampled_from([np.float32, np.float64]),
        seed=st.integers(0, 2**32 - 1))
 def test_each_row_of_a_small_batch_is_the_row_alone_bit_for_bit(T, O, I, block, dtype, seed):
@@ -101,6 +106,50 @@ def test_each_row_of_a_small_batch_is_the_row_alone_bit_for_bit(T, O, I, block, 
     for t in range(T):
         alone = linear_fast(x[t:t + 1], w)[0]
         assert batched[t].tobytes() == alone.tobytes() == shuffled[list(order).index(t)].tobytes()
+
+
+def test_the_streamed_weights_are_the_references_bit_for_bit():
+    """Every code (NaN too) through the stream's decoder is e4m3 x its block's scale as `dequantize`
+    computes it; and in both compute dtypes the stream multiplies exactly those weights (x one-hot:
+    each product is one weight times 1, the rest exact zeros)."""
+    rng = np.random.default_rng(3)
+    w = random_fp8(rng, (48, 256), (16, 128))
+    w.bits[:16] = np.arange(256, dtype=np.uint8)  # rows 0..15: every code once
+    scales = stream_scales(w)
+    assert scales is not None and scales[1:] == (4, 7)
+    out = np.empty((48, 256), np.float32)
+    make_decoder(FP8)(w.bits, out, scales)
+    np.testing.assert_array_equal(out, w.dequantize(np.float32))  # (NaN where the reference has NaN)
+    w.bits[:16] = float_to_e4m3(rng.standard_normal((16, 256)) * 100)  # one-hot x: no NaN weights
+    for dtype in (np.float32, np.float64):
+        eye = np.eye(256, dtype=dtype)
+        got = np.concatenate([linear_fast(eye[k:k + 32], w) for k in range(0, 256, 32)])  # [I, O]
+        assert got.T.tobytes() == w.dequantize(dtype).tobytes(), dtype
+
+
+def test_the_shapes_fp8_releases_have_stream_their_bytes():
+    rng = np.random.default_rng(4)
+    for block in ((128, 128), (4096, 4096)):  # 128 x 128 blocks; one scale per tensor
+        assert stream_scales(random_fp8(rng, (300, 4096), block)) is not None
+    for block in ((128, 48), (100, 128)):  # columns in 48s, rows in 100s: not a shift
+        assert stream_scales(random_fp8(rng, (300, 4096), block)) is None
+    assert stream_scales(random_fp8(rng, (300, 4100), (128, 128))) is None  # a row ends inside 16 lanes
+
+
+@pytest.mark.parametrize("sched", ONE_ROW + BATCH, ids=str)
+def test_every_schedule_gives_a_row_the_bits_it_gets_alone(sched):
+    """As tests/test_kernels_stream.py for the other formats: every number of weight rows modulo the
+    blocking and around a tile, 1..9 rows of x: each row has the bits of the reference schedule
+    alone."""
+    rng = np.random.default_rng(7)
+    for O in [*range(1, 9), TILE - 1, TILE + 3]:
+        w = random_fp8(rng, (O, 608), (16, 128))  # 38 groups of 16, a cropped column block
+        x = rng.standard_normal((9, 608)).astype(np.float32)
+        alone = np.concatenate([stream(x[t:t + 1], w.bits, FP8, Schedule(), stream_scales(w)) for t in range(9)])
+        for T in range(1, 10):
+            with schedule.pinned(sched):
+                y = linear_fast(x[:T], w)
+            assert y.tobytes() == alone[:T].tobytes(), (O, T)
 
 
 def test_decode_kernel_never_dequantizes_the_matrix(monkeypatch):
