@@ -144,6 +144,9 @@ def main() -> None:
     results = {nodelay: {k: [] for k in kinds} for nodelay in servers}
     try:
         for nodelay in servers:  # warm-up: the kernels compiled, the weights paged in
+            # (a first chat on a connection of its own: it may take longer than uvicorn keeps an idle
+            # connection open, 5 s, which would close the round's kept-alive one)
+            Client(ports[nodelay]).request("POST", "/v1/chat/completions", CHAT)
             one_round(ports[nodelay], 2, 4, {k: [] for k in kinds})
         for r in range(args.rounds):
             for nodelay in servers:
