@@ -268,7 +268,16 @@ def decode_fp8(row, c, g, n, sc, o, like):
     return e4m3 * scalar_like(sc[o], like)
 
 
-FP8 = register(Format("fp8", prepare_fp8, decode_fp8, 1, 1))  # 16 codes a unit, one byte each
+def decode_fp8_ref(bits: np.ndarray, scales, dtype) -> np.ndarray:
+    """The weights `decode_fp8` gives for codes bits [O, I] with `scales` (grid, row_shift, col_shift):
+    e4m3(q[r, c]) * grid[r >> row_shift, c >> col_shift] in dtype, as `FP8Tensor.dequantize`."""
+    grid, row_shift, col_shift = scales
+    O, I = bits.shape
+    s = grid[(np.arange(O) >> row_shift)[:, None], (np.arange(I) >> col_shift)[None, :]]  # [O, I]
+    return e4m3_to_float(bits, dtype) * s.astype(dtype)
+
+
+FP8 = register(Format("fp8", prepare_fp8, decode_fp8, 1, 1, decode_fp8_ref))  # 16 codes a unit, one byte each
 
 
 def _shift(block: int, blocks: int) -> int | None:

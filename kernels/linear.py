@@ -77,10 +77,15 @@ def _dense(row, c, g, n, sc, o, like):
     return load_first(row, c, n, like)
 
 
-DENSE = {np.dtype(np.uint16): register(Format("bf16", _dense_prepare, _dense, 1, 2)),
-         np.dtype(np.float16): register(Format("f16", _dense_prepare, _dense, 1, 2)),
-         np.dtype(np.float32): register(Format("f32", _dense_prepare, _dense, 1, 4)),
-         np.dtype(np.float64): register(Format("f64", _dense_prepare, _dense, 1, 8))}
+def _dense_ref(w, scales, dtype):
+    """The values `_dense` gives: the stored numbers (f16 kept as int16 bits) widened to dtype."""
+    return widen(w.view(np.float16) if w.dtype == np.int16 else w, dtype)
+
+
+DENSE = {np.dtype(np.uint16): register(Format("bf16", _dense_prepare, _dense, 1, 2, _dense_ref)),
+         np.dtype(np.float16): register(Format("f16", _dense_prepare, _dense, 1, 2, _dense_ref)),
+         np.dtype(np.float32): register(Format("f32", _dense_prepare, _dense, 1, 4, _dense_ref)),
+         np.dtype(np.float64): register(Format("f64", _dense_prepare, _dense, 1, 8, _dense_ref))}
 
 
 def stored(w: np.ndarray | QuantizedTensor) -> tuple[Format, np.ndarray]:

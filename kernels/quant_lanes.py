@@ -17,11 +17,13 @@ its block scales kept beside the rows).
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
 from npinfer.kernels.intrinsics import f16_to_f32
-from npinfer.kernels.quant import BLOCK_SIZE, TYPE_SIZE
+from npinfer.kernels.quant import BLOCK_SIZE, TYPE_SIZE, dequantize
 from npinfer.kernels.simd import bytes16, int8x16, lane_index, to_f32, widen
 from npinfer.kernels.stream import Format, register
 
@@ -189,6 +191,12 @@ TYPES = {"Q8_0": (prepare_d, decode_q8_0), "Q4_0": (prepare_d, decode_q4_0), "Q4
          "Q6_K": (prepare_q6_k, decode_q6_k)}
 
 
+def decode_ref(kind: str, raw: np.ndarray, scales, dtype) -> np.ndarray:
+    """The weights the decoders of `kind` give for rows of blocks raw (uint8 [O, row bytes]): ggml's
+    dequantization as `kernels.quant` writes it, in float32 (then dtype: float64 widens it exactly)."""
+    return dequantize(kind, raw).astype(dtype, copy=False)  # [O, I]
+
+
 def _format(kind: str) -> Format:
     prepare_block, decode_block = TYPES[kind]
     S = TYPE_SIZE[kind]
@@ -202,7 +210,7 @@ def _format(kind: str) -> Format:
         return widen(decode_block(row, c // BLOCK, g, sc, o), like)
 
     BLOCK = BLOCK_SIZE[kind]
-    return register(Format(kind, prepare, decode, BLOCK, S))
+    return register(Format(kind, prepare, decode, BLOCK, S, functools.partial(decode_ref, kind)))
 
 
 FORMATS = {kind: _format(kind) for kind in TYPES}  # every ggml type, streamable

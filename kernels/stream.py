@@ -85,6 +85,9 @@ class Format:
 
     `row` is one row of the stored array: f32 / f64 numbers, bf16 / f16 bits, or a quantized row's
     bytes (uint8).
+
+    reference(w, scales, dtype) -> [O, I]: in NumPy, the weights of the stored rows w that decode
+    gives, in dtype (`stream_ref` multiplies by them).
     """
 
     name: str
@@ -92,6 +95,7 @@ class Format:
     decode: Callable
     block: int
     block_bytes: int
+    reference: Callable
 
 
 FORMATS: dict[str, Format] = {}  # by name: bf16, f16, f32, f64 (kernels.linear), Q4_0 .. Q6_K (kernels.quant_lanes), fp8
@@ -268,6 +272,12 @@ def kernel_for(fmt: Format, schedule: Schedule):
     if key not in _KERNELS:
         _KERNELS[key] = make_kernel(fmt, schedule)
     return _KERNELS[key]
+
+
+def stream_ref(x: np.ndarray, w: np.ndarray, fmt: Format, scales=NO_SCALES) -> np.ndarray:
+    """What `stream` computes, in NumPy: the format's weights (`Format.reference`) in x's dtype, then
+    x @ W.T. The kernel sums in its own fixed order (16 lanes, then a tree): equal up to rounding."""
+    return x @ fmt.reference(w, scales, x.dtype).T  # [T, O]
 
 
 def stream(x: np.ndarray, w: np.ndarray, fmt: Format, schedule: Schedule, scales=NO_SCALES) -> np.ndarray:

@@ -120,6 +120,8 @@ def test_the_streamed_weights_are_the_references_bit_for_bit():
     out = np.empty((48, 256), np.float32)
     make_decoder(FP8)(w.bits, out, scales)
     np.testing.assert_array_equal(out, w.dequantize(np.float32))  # (NaN where the reference has NaN)
+    for dtype in (np.float32, np.float64):  # the format's NumPy reference is FP8Tensor's dequantization
+        np.testing.assert_array_equal(FP8.reference(w.bits, scales, dtype), w.dequantize(dtype))
     w.bits[:16] = float_to_e4m3(rng.standard_normal((16, 256)) * 100)  # one-hot x: no NaN weights
     for dtype in (np.float32, np.float64):
         eye = np.eye(256, dtype=dtype)

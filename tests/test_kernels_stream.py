@@ -14,10 +14,11 @@ from test_kernels_quant import assert_same_floats, random_blocks
 
 from npinfer.kernels import quant, schedule
 from npinfer.kernels.dtypes import float32_to_bf16
+from npinfer.kernels.fp8 import FP8
 from npinfer.kernels.linear import DENSE, SMALL_BATCH, linear_fast, linear_ref, stored
 from npinfer.kernels.quant import BLOCK_SIZE, LAYOUTS, QuantizedTensor
 from npinfer.kernels.quant_lanes import FORMATS as QUANT_FORMATS
-from npinfer.kernels.stream import BATCH, ONE_ROW, TILE, Schedule, make_decoder, stream
+from npinfer.kernels.stream import BATCH, FORMATS, NO_SCALES, ONE_ROW, TILE, Schedule, make_decoder, stream, stream_ref
 
 KINDS = sorted(LAYOUTS)
 DENSE_KINDS = ["bf16", "f16", "f32", "f64"]
@@ -64,6 +65,26 @@ def test_streamed_product_matches_reference(kind, dtype, T, O, size, seed):
     assert fast.dtype == ref.dtype == dtype and fast.shape == (T, O)
     scale = np.sqrt(w.shape[1]) * (np.abs(x).max() + 1) * (np.abs(ref).max() + 1)
     np.testing.assert_allclose(fast, ref, rtol=0, atol=(2e-6 if dtype == np.float32 else 1e-13) * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_the_kernel_is_its_reference_on_every_format(name, dtype):
+    """`stream` against `stream_ref` (the format's reference weights, then x @ W.T), straight on the
+    stored rows, one row of x and three, on the default schedules (the kernels the product test above
+    compiles): FP8 with scales in blocks of 16 rows and 128 columns."""
+    fmt, rng = FORMATS[name], np.random.default_rng(11)
+    w = schedule.random_matrix(fmt, 37 * 512 * fmt.block_bytes // fmt.block, cols=512)  # [37, ...]
+    scales = NO_SCALES
+    if fmt is FP8:
+        scales = (rng.uniform(1e-3, 1e-2, (3, 4)).astype(np.float32), 4, 7)
+    for T, kind in ((1, "one"), (3, "batch")):
+        x = rng.standard_normal((T, 512)).astype(dtype)
+        got = stream(x, w, fmt, schedule.fit(schedule.DEFAULT[kind], T), scales)
+        ref = stream_ref(x, w, fmt, scales)
+        assert got.dtype == ref.dtype == dtype and got.shape == (T, 37)
+        bound = np.sqrt(512) * (np.abs(x).max() + 1) * (np.abs(ref).max() + 1)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=(2e-6 if dtype == np.float32 else 1e-13) * bound)
 
 
 # rows of W: every remainder modulo rows_w (1, 2, 4) and around the TILE boundary
